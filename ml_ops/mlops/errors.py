@@ -1,0 +1,49 @@
+"""The one exception hierarchy of the MLOps wheel.
+
+I/O boundaries wrap foreign errors once, with ``raise ... from``.
+"""
+
+
+class MlopsError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class ConfigError(MlopsError, ValueError):
+    """A parameter is unknown, malformed or missing."""
+
+
+class DataError(MlopsError):
+    """Input data is missing, has the wrong schema, or is empty."""
+
+
+class NotebookError(MlopsError):
+    """A notebook cell failed when run by the local runtime."""
+
+
+class JobError(MlopsError):
+    """A job file is invalid or one of its tasks failed."""
+
+
+class RegistryError(MlopsError):
+    """A model registry or tracking-server call failed or was refused."""
+
+
+class ValidationFailed(MlopsError):
+    """A model version failed one or more validation checks."""
+
+
+class PublishError(MlopsError):
+    """Publishing results to blob storage failed."""
+
+
+class TransientError(MlopsError):
+    """A retryable failure: throttling, 5xx, or a dropped connection."""
+
+
+class StageFailed(MlopsError):
+    """A pipeline stage failed; names the stage and keeps the cause."""
+
+    def __init__(self, stage, cause):
+        self.stage = stage
+        self.cause = cause
+        super().__init__(f"stage '{stage}' failed: {type(cause).__name__}: {cause}")
