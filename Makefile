@@ -7,7 +7,6 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 export MLOPS_HOME ?= $(abspath .mlops)
 
-DEMO_DATA := $(MLOPS_HOME)/data/trips_2016_01_02.parquet
 DEMO_ROWS ?= 200000
 
 .PHONY: venv node wheels demo test test-quick lint bench clean
@@ -42,7 +41,7 @@ test-quick: venv wheels lint
 	$(PY) -m pytest -m "not slow"
 
 demo: venv node wheels
-	$(PY) -m mlops.demo --rows $(DEMO_ROWS) --data $(DEMO_DATA)
+	$(PY) -m mlops.demo --rows $(DEMO_ROWS)
 
 bench: venv node wheels
 	$(PY) -m benchmarks.run

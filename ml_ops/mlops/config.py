@@ -1,0 +1,233 @@
+"""Typed job configuration, parsed once from job or widget parameters.
+
+Each job has one frozen dataclass. Field names are the parameter names
+(the Azure sample's names where it has them); the field type says how the
+string value is parsed. Unknown names, malformed values and missing
+required values fail here, before any Spark work starts.
+"""
+import dataclasses
+import datetime
+import os
+import typing
+from typing import Any, ClassVar, Mapping
+
+from mlops.errors import ConfigError
+from mlops.secrets import redact_params
+
+_TRUE = {"true", "1", "yes", "y"}
+_FALSE = {"false", "0", "no", "n"}
+
+REQUIRED = "<required>"
+
+
+def _parse_bool(name, raw):
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"parameter '{name}' must be true or false, got {raw!r}")
+
+
+def _parse_date(name, raw):
+    try:
+        return datetime.date.fromisoformat(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"parameter '{name}' must be a date as YYYY-MM-DD, got {raw!r}") from None
+
+
+def _parse_number(kind):
+    def parse(name, raw):
+        try:
+            return kind(raw.strip())
+        except ValueError:
+            raise ConfigError(
+                f"parameter '{name}' must be {'an integer' if kind is int else 'a number'}, "
+                f"got {raw!r}") from None
+    return parse
+
+
+_PARSERS = {
+    str: lambda name, raw: raw.strip(),
+    bool: _parse_bool,
+    int: _parse_number(int),
+    float: _parse_number(float),
+    datetime.date: _parse_date,
+}
+
+
+def _format(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """Base class: parsing, validation and widget declaration for one job's parameters."""
+
+    # Parameters every job takes.
+    env: str = "dev"
+    wheel_path: str = "dist"
+    wheel_version: str = "*"
+    registered_model_name: str = "taxi_fares"
+    registry_uri: str = ""
+    experiment_name: str = "/Shared/taxi_fares"
+    table_location: str = "dbfs:/mlops/taxi_fares/tables"
+    table_format: str = "auto"
+    appinsights_secret_scope: str = ""
+    appinsights_secret_key: str = ""
+    git_commit: str = ""
+
+    CHOICES: ClassVar[dict] = {"env": ("dev", "staging", "prod"),
+                               "table_format": ("auto", "parquet", "delta")}
+
+    @classmethod
+    def parameter_names(cls):
+        return [field.name for field in dataclasses.fields(cls)]
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Parameter defaults as the strings a widget or job file holds."""
+        return {field.name: ("" if field.default == REQUIRED else _format(field.default))
+                for field in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]):
+        """Parse string parameters; reject unknown names and bad values."""
+        valid = cls.parameter_names()
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter(s) {', '.join(unknown)} for {cls.__name__}; "
+                f"valid names are: {', '.join(sorted(valid))}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for field in dataclasses.fields(cls):
+            raw = params.get(field.name)
+            if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+                if field.default == REQUIRED:
+                    raise ConfigError(f"parameter '{field.name}' is required")
+                continue
+            values[field.name] = _PARSERS[hints[field.name]](field.name, str(raw))
+        config = cls(**values)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_widgets(cls, dbutils):
+        """Read every widget and job parameter once, then parse them."""
+        try:
+            params = dict(dbutils.widgets.getAll())
+        except AttributeError:
+            # Older runtimes have no getAll(); read the declared names one by one.
+            params = {name: dbutils.widgets.get(name) for name in cls.parameter_names()}
+        return cls.from_params(params)
+
+    @classmethod
+    def declare_widgets(cls, dbutils):
+        """Declare a text widget per parameter, defaulting to the config's default."""
+        for name, default in cls.defaults().items():
+            dbutils.widgets.text(name, default, name)
+
+    def validate(self):
+        for name, choices in self.CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ConfigError(
+                    f"parameter '{name}' must be one of {', '.join(choices)}, got {value!r}")
+        _check_date_range(self)
+
+    def as_params(self) -> dict:
+        """All parameters as strings, secrets redacted: safe to log anywhere."""
+        return redact_params({field.name: _format(getattr(self, field.name))
+                              for field in dataclasses.fields(self)})
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def _check_date_range(config):
+    for prefix in ("training_data", "scoring_data"):
+        start = getattr(config, f"{prefix}_start_date", None)
+        end = getattr(config, f"{prefix}_end_date", None)
+        if start and end and start > end:
+            raise ConfigError(
+                f"parameter '{prefix}_start_date' ({start}) is after "
+                f"'{prefix}_end_date' ({end}); swap them or fix the range")
+
+
+def running_on_databricks() -> bool:
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig(JobConfig):
+    """Parameters of the training job: train, validate and deploy tasks share them."""
+
+    taxi_fares_raw_data: str = "dbfs:/mlops/taxi_fares/raw/trips"
+    training_data_start_date: datetime.date = datetime.date(2016, 1, 1)
+    training_data_end_date: datetime.date = datetime.date(2016, 1, 31)
+    execute_feature_engineering: bool = True
+    execute_training: bool = True
+    training_num_leaves: int = 32
+    training_objective: str = "regression"
+    training_metric: str = "rmse"
+    training_num_rounds: int = 100
+    training_learning_rate: float = 0.1
+    training_sample_rows: int = 2_000_000
+    test_fraction: float = 0.2
+    seed: int = 42
+    # Validation and promotion (tasks `validate` and `deploy`).
+    model_version: str = ""
+    execute_validation: bool = True
+    execute_deployment: bool = True
+    validation_max_rmse: float = 10.0
+    validation_min_r2: float = 0.5
+    validation_slice_factor: float = 2.0
+    validation_sample_rows: int = 200_000
+    promotion_tolerance: float = 0.0
+    require_approval: bool = False
+
+    def validate(self):
+        super().validate()
+        if self.training_sample_rows < 100:
+            raise ConfigError("parameter 'training_sample_rows' must be at least 100, "
+                              f"got {self.training_sample_rows}")
+        if not 0.0 < self.test_fraction < 0.9:
+            raise ConfigError("parameter 'test_fraction' must be between 0 and 0.9, "
+                              f"got {self.test_fraction}")
+        try:
+            self.training_params().validate()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+    def training_params(self):
+        from taxi_fares.training import TrainingParams
+
+        return TrainingParams(
+            num_leaves=self.training_num_leaves, objective=self.training_objective,
+            metric=self.training_metric, num_rounds=self.training_num_rounds,
+            learning_rate=self.training_learning_rate, seed=self.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringConfig(JobConfig):
+    """Parameters of the batch scoring job."""
+
+    taxi_fares_raw_data: str = "dbfs:/mlops/taxi_fares/raw/trips"
+    scoring_data_start_date: datetime.date = datetime.date(2016, 2, 1)
+    scoring_data_end_date: datetime.date = datetime.date(2016, 2, 29)
+    execute_feature_engineering: bool = True
+    trained_model_version: str = ""
+    model_alias: str = "Champion"
+    predictions_table: str = "taxi_fares_predictions"
+    publish_results: bool = True
+    blob_container: str = "taxi-fares-scores"
+    blob_prefix: str = "batch-scores"
+    storage_secret_scope: str = ""
+    storage_secret_key: str = ""
+    publish_folder: str = "dbfs:/mlops/taxi_fares/published"

@@ -1,0 +1,138 @@
+"""The Spark session and the run context that notebooks run in.
+
+``current_context()`` tells code which job, job run, task and notebook it runs in, so
+orchestration code can tag MLflow runs or telemetry without reaching into
+``dbutils.notebook.entry_point`` (which only exists on Databricks).
+"""
+import contextlib
+import contextvars
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from mlops.local.home import new_run_id, runs_dir
+
+logger = logging.getLogger(__name__)
+
+MASTER_ENV = "MLOPS_SPARK_MASTER"
+REMOTE_ENV = "SPARK_REMOTE"
+SHUFFLE_PARTITIONS_ENV = "MLOPS_SHUFFLE_PARTITIONS"
+DRIVER_MEMORY_ENV = "MLOPS_DRIVER_MEMORY"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where the running code is. Job fields are None outside a job, all fields None outside a notebook."""
+
+    job_name: Optional[str] = None
+    job_run_id: Optional[str] = None
+    task_key: Optional[str] = None
+    notebook_path: Optional[str] = None
+
+
+_current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("mlops_local_run_context",
+                                                                       default=RunContext())
+
+
+def current_context() -> RunContext:
+    """The job name, job run id, task key and notebook path of the code running now."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def notebook_context(context: RunContext) -> Iterator[RunContext]:
+    """Make ``context`` the current one while a notebook runs."""
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)
+
+
+def spark_session():
+    """Get or create the local SparkSession, or a Spark Connect session when SPARK_REMOTE is set.
+
+    Local master: MLOPS_SPARK_MASTER (default ``local[*]``). Shuffle partitions:
+    MLOPS_SHUFFLE_PARTITIONS (default 8). Driver memory: MLOPS_DRIVER_MEMORY (default 4g).
+    """
+    from pyspark.sql import SparkSession
+
+    # Executors must import this interpreter's packages, not the system Python's.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    runtime_conf = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": os.environ.get(SHUFFLE_PARTITIONS_ENV, "8"),
+    }
+    remote = os.environ.get(REMOTE_ENV)
+    if remote:
+        # Static confs (UI, driver memory) belong to the Connect server, not to this client.
+        builder = SparkSession.builder.remote(remote)
+    else:
+        builder = (
+            SparkSession.builder.master(os.environ.get(MASTER_ENV, "local[*]"))
+            .appName("mlops-local")
+            .config("spark.ui.enabled", "false")
+            .config("spark.driver.memory", os.environ.get(DRIVER_MEMORY_ENV, "4g"))
+        )
+    for key, value in runtime_conf.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    logger.info("Spark session ready (%s)", remote or os.environ.get(MASTER_ENV, "local[*]"))
+    return session
+
+
+class LocalSession:
+    """What one local run shares across its notebooks: Spark, the job context and task values.
+
+    ``spark`` may be an existing SparkSession (tests pass theirs); otherwise one is created
+    on first use and stopped by ``close()``.
+    """
+
+    def __init__(self, spark=None, job_name: Optional[str] = None, job_run_id: Optional[str] = None,
+                 output_dir: Optional[Path] = None):
+        self._spark = spark
+        self._owns_spark = spark is None
+        self.job_name = job_name
+        self.job_run_id = job_run_id
+        self.task_key: Optional[str] = None
+        # task key -> {value key -> JSON-compatible value}; None is the key outside a job.
+        self.task_values: dict[Optional[str], dict[str, Any]] = {}
+        self.output_dir = output_dir
+
+    @property
+    def spark(self):
+        if self._spark is None:
+            self._spark = spark_session()
+        return self._spark
+
+    @property
+    def in_job(self) -> bool:
+        return self.task_key is not None
+
+    def context_for(self, notebook_path: Path) -> RunContext:
+        """The run context of a notebook run in this session."""
+        return RunContext(job_name=self.job_name, job_run_id=self.job_run_id,
+                          task_key=self.task_key, notebook_path=str(notebook_path))
+
+    def run_output_dir(self) -> Path:
+        """Folder for display output and error details, created on first use."""
+        if self.output_dir is None:
+            self.output_dir = runs_dir() / new_run_id()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        return self.output_dir
+
+    def close(self) -> None:
+        """Stop the Spark session if this object created it."""
+        if self._owns_spark and self._spark is not None:
+            self._spark.stop()
+            self._spark = None
+
+    def __enter__(self) -> "LocalSession":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,174 @@
+"""The run context of one notebook task: MLflow run, telemetry, temp files, failure handling.
+
+Notebooks open one ``task_run`` and call one function per stage inside it.
+Everything that must happen on failure happens here, once:
+
+* the MLflow run ends FAILED with an ``error`` tag;
+* telemetry records the exception and is flushed;
+* the task's temporary folder is removed;
+* the error propagates, so the task exits non-zero.
+"""
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+
+from mlops import context as run_context
+from mlops import tracking
+from mlops.config import running_on_databricks
+from mlops.errors import StageFailed
+from mlops.secrets import redact_text, register_secret
+from mlops.tables import TableStore, resolve_table_format, to_local_path
+from mlops.telemetry import Telemetry, TelemetrySettings
+
+logger = logging.getLogger(__name__)
+
+CONNECTION_STRING_ENV = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+
+
+@dataclass
+class TaskRun:
+    """What a stage function may use: Spark, config, tables, MLflow run and a temp folder."""
+
+    task: str
+    config: object
+    spark: object
+    dbutils: object
+    tables: TableStore
+    telemetry: Telemetry
+    temp_dir: Path
+    job: run_context.RunContext
+    mlflow_run_id: str | None = None
+    stage_durations: dict = field(default_factory=dict)
+
+    def stage(self, name, function, *args, **kwargs):
+        """Run one stage inside a telemetry span; wrap its failure once, naming the stage."""
+        logger.info("stage %s started", name)
+        started = time.monotonic()
+        self.telemetry.set_dimensions(stage=name)
+        try:
+            with self.telemetry.span(name):
+                result = function(self, *args, **kwargs)
+        except StageFailed:
+            raise
+        except Exception as error:
+            raise StageFailed(name, _described(error)) from error
+        finally:
+            self.stage_durations[name] = round(time.monotonic() - started, 3)
+            self.telemetry.set_dimensions(stage=None)
+        logger.info("stage %s finished in %.1fs", name, self.stage_durations[name])
+        return result
+
+    def set_task_value(self, key, value):
+        self.dbutils.jobs.taskValues.set(key=key, value=value)
+
+    def annotate(self, **dimensions):
+        """Add dimensions (model name, version...) to every later telemetry item."""
+        self.telemetry.set_dimensions(**dimensions)
+
+
+def _described(error):
+    """Keep the original exception, with any secret scrubbed from its message."""
+    message = str(error)
+    cleaned = redact_text(message)
+    if cleaned == message:
+        return error
+    return type(error)(cleaned) if _rebuildable(error) else RuntimeError(cleaned)
+
+
+def _rebuildable(error):
+    try:
+        type(error)("x")
+        return True
+    except Exception:
+        return False
+
+
+def _connection_string(config, dbutils):
+    if config.appinsights_secret_scope and config.appinsights_secret_key:
+        value = dbutils.secrets.get(config.appinsights_secret_scope, config.appinsights_secret_key)
+    else:
+        value = os.environ.get(CONNECTION_STRING_ENV)
+    if value:
+        register_secret(value)
+    return value or None
+
+
+def _git_commit(config):
+    if config.git_commit:
+        return config.git_commit
+    if os.environ.get("BUILD_SOURCEVERSION"):
+        return os.environ["BUILD_SOURCEVERSION"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _telemetry_file(job, task):
+    if running_on_databricks():
+        return Path(tempfile.gettempdir()) / "mlops-telemetry" / f"{job.job_run_id}-{task}.jsonl"
+    from mlops.local.home import runs_dir
+
+    return runs_dir() / job.job_run_id / f"telemetry-{task}.jsonl"
+
+
+@contextlib.contextmanager
+def task_run(task, config, spark, dbutils, mlflow_run=True):
+    """Open the run context of notebook task ``task``; see the module docstring."""
+    job = run_context.current(dbutils, task)
+    dimensions = {"job_run_id": job.job_run_id, "task": task, "env": config.env,
+                  "model_name": config.registered_model_name}
+    telemetry_file = _telemetry_file(job, task)
+    telemetry_file.parent.mkdir(parents=True, exist_ok=True)
+    settings = TelemetrySettings(
+        connection_string=_connection_string(config, dbutils),
+        role_name=f"{job.job_name}/{task}", jsonl_path=telemetry_file, dimensions=dimensions)
+    temp_dir = Path(tempfile.mkdtemp(prefix=f"mlops-{task}-"))
+    table_format = resolve_table_format(config.table_format, running_on_databricks())
+    tables = TableStore(spark, config.table_location, table_format)
+    telemetry = Telemetry.start(settings)
+    run = TaskRun(task=task, config=config, spark=spark, dbutils=dbutils, tables=tables,
+                  telemetry=telemetry, temp_dir=temp_dir, job=job)
+    try:
+        with contextlib.ExitStack() as stack:
+            if mlflow_run:
+                stack.enter_context(_mlflow_run(run))
+            yield run
+    except BaseException as error:
+        telemetry.record_exception(error)
+        logger.error("task %s failed: %s", task, redact_text(str(error)))
+        raise
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        telemetry.close()
+
+
+@contextlib.contextmanager
+def _mlflow_run(run: TaskRun):
+    uri = tracking.configure(run.config)
+    tags = {"task": run.task, "job_name": run.job.job_name, "job_run_id": run.job.job_run_id,
+            "env": run.config.env, "git_commit": _git_commit(run.config)}
+    with mlflow.start_run(run_name=f"{run.job.job_name}/{run.task}", tags=tags) as active:
+        run.mlflow_run_id = active.info.run_id
+        run.annotate(mlflow_run_id=active.info.run_id,
+                     mlflow_experiment_id=active.info.experiment_id)
+        mlflow.log_params(run.config.as_params())
+        logger.info("MLflow run %s at %s", active.info.run_id, uri.split("?")[0])
+        try:
+            yield active
+        except BaseException as error:
+            mlflow.set_tag("error", redact_text(f"{type(error).__name__}: {error}")[:4900])
+            raise
+        finally:
+            if run.stage_durations:
+                mlflow.log_metrics({f"stage_seconds_{name}": seconds
+                                    for name, seconds in run.stage_durations.items()})

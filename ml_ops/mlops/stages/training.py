@@ -1,0 +1,80 @@
+"""Training job stages: feature engineering, then training and registration."""
+import logging
+
+import mlflow
+from mlflow.models import infer_signature
+from pyspark.sql import functions as F
+from taxi_fares import evaluation, features, training
+
+from mlops import plots
+from mlops.errors import DataError
+from mlops.registry import ModelRef
+from mlops.stages.feature_tables import TRAINING, build_feature_tables, lineage, load_feature_set
+
+logger = logging.getLogger(__name__)
+
+
+def engineer_features(run):
+    """Clean raw trips in the training range and write the training feature tables."""
+    config = run.config
+    return build_feature_tables(run, config.taxi_fares_raw_data, config.training_data_start_date,
+                                config.training_data_end_date, TRAINING, "training_data")
+
+
+def load_training_set(run, start, end):
+    """The point-in-time training set for trips picked up in [start, end]."""
+    return load_feature_set(run, start, end, TRAINING)
+
+
+def collect_split(dataset, config):
+    """The one sanctioned collect: a bounded sample of train and held-out rows."""
+    split = features.split_column(dataset, config.test_fraction, config.seed)
+    counts = {row["is_test"]: row["count"] for row in split.groupBy("is_test").count().collect()}
+    total = sum(counts.values())
+    if total == 0:
+        raise DataError(
+            f"no training rows between {config.training_data_start_date} and "
+            f"{config.training_data_end_date} in the feature tables; rerun with "
+            "execute_feature_engineering=true for this range")
+    fraction = min(1.0, config.training_sample_rows / total)
+    columns = list(features.FEATURE_COLUMNS) + [features.LABEL_COLUMN]
+    sampled = split if fraction >= 1.0 else split.sample(fraction=fraction, seed=config.seed)
+    train = sampled.filter(~F.col("is_test")).select(*columns).toPandas()
+    test = sampled.filter(F.col("is_test")).select(*columns).toPandas()
+    logger.info("collected %d training and %d held-out rows (sample fraction %.4f of %d)",
+                len(train), len(test), fraction, total)
+    return train, test, {"rows_available": total, "sample_fraction": fraction}
+
+
+def train_and_register(run):
+    """Train LightGBM on the feature tables, evaluate on held-out rows, log and register."""
+    config = run.config
+    dataset = load_training_set(run, config.training_data_start_date, config.training_data_end_date)
+    train, test, sampling = collect_split(dataset, config)
+    feature_names = list(features.FEATURE_COLUMNS)
+    label = features.LABEL_COLUMN
+    booster = training.train_model(train[feature_names], train[label], config.training_params())
+    predictions = training.predict(booster, test[feature_names])
+    metrics = evaluation.regression_metrics(test[label].to_numpy(), predictions)
+    metrics["baseline_rmse"] = evaluation.mean_baseline_rmse(train[label], test[label])
+    metrics.update(train_rows=len(train), test_rows=len(test), rows_available=sampling["rows_available"])
+    mlflow.log_metrics(metrics)
+    mlflow.set_tags({f"lineage.{key}": value for key, value in lineage(run, TRAINING).items()})
+    mlflow.set_tags({"lineage.training_range": f"{config.training_data_start_date}.."
+                                               f"{config.training_data_end_date}",
+                     "lineage.sample_fraction": f"{sampling['sample_fraction']:.6f}"})
+    figure = plots.feature_importance_figure(evaluation.feature_importance(booster))
+    mlflow.log_figure(figure, "feature_importance.png")
+    plots.close(figure)
+    example = train[feature_names].head(5)
+    info = mlflow.lightgbm.log_model(
+        booster, name="model", signature=infer_signature(example, training.predict(booster, example)),
+        input_example=example, registered_model_name=config.registered_model_name)
+    model = ModelRef(config.registered_model_name, str(info.registered_model_version),
+                     run_id=run.mlflow_run_id)
+    logger.info("registered %s version %s: rmse %.3f (baseline %.3f), r2 %.3f", model.name,
+                model.version, metrics["rmse"], metrics["baseline_rmse"], metrics["r2"])
+    run.annotate(model_version=model.version)
+    for key, value in model.task_values().items():
+        run.set_task_value(key, value)
+    return model

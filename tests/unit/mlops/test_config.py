@@ -1,0 +1,82 @@
+import datetime
+
+import pytest
+
+from mlops.config import TrainingConfig
+from mlops.errors import ConfigError
+from mlops.tracking import validate_model_name
+
+
+def test_defaults_parse_and_hyperparameters_take_effect():
+    config = TrainingConfig.from_params({"training_num_leaves": "7", "training_num_rounds": "12",
+                                         "training_objective": "huber", "seed": "3"})
+    params = config.training_params()
+    assert (params.num_leaves, params.num_rounds, params.objective, params.seed) == (7, 12, "huber", 3)
+    assert config.training_data_start_date == datetime.date(2016, 1, 1)
+    assert config.execute_feature_engineering is True
+
+
+def test_unknown_parameter_lists_valid_names():
+    with pytest.raises(ConfigError, match="unknown parameter.*training_num_leafs") as caught:
+        TrainingConfig.from_params({"training_num_leafs": "3"})
+    assert "training_num_leaves" in str(caught.value)
+    assert "taxi_fares_raw_data" in str(caught.value)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("training_data_start_date", "2016/01/01", "training_data_start_date' must be a date as YYYY-MM-DD"),
+    ("training_num_leaves", "many", "training_num_leaves' must be an integer"),
+    ("training_learning_rate", "fast", "training_learning_rate' must be a number"),
+    ("execute_feature_engineering", "maybe", "execute_feature_engineering' must be true or false"),
+    ("env", "qa", "env' must be one of dev, staging, prod"),
+    ("table_format", "orc", "table_format' must be one of auto, parquet, delta"),
+    ("test_fraction", "0.95", "test_fraction' must be between 0 and 0.9"),
+    ("training_sample_rows", "5", "training_sample_rows' must be at least 100"),
+])
+def test_bad_values_name_the_parameter(name, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainingConfig.from_params({name: value})
+
+
+def test_start_after_end_is_rejected():
+    with pytest.raises(ConfigError, match="start_date' \\(2016-02-01\\) is after"):
+        TrainingConfig.from_params({"training_data_start_date": "2016-02-01",
+                                    "training_data_end_date": "2016-01-01"})
+
+
+def test_invalid_training_params_are_config_errors():
+    with pytest.raises(ConfigError, match="num_leaves"):
+        TrainingConfig.from_params({"training_num_leaves": "1"})
+
+
+def test_empty_value_keeps_default():
+    config = TrainingConfig.from_params({"training_num_rounds": ""})
+    assert config.training_num_rounds == TrainingConfig.training_num_rounds
+
+
+def test_as_params_redacts_secret_looking_values():
+    sas_path = "https://acct.blob.core.windows.net/c/trips?sv=2022-11-02&sig=abcdefghijklmnopqrstuvwxyz0123456789ABCD%3D"
+    config = TrainingConfig.from_params({"taxi_fares_raw_data": sas_path})
+    params = config.as_params()
+    assert "abcdefghijklmnopqrstuvwxyz0123456789" not in str(params)
+    assert params["training_num_leaves"] == "32"
+
+
+def test_defaults_round_trip_through_parsing():
+    defaults = TrainingConfig.defaults()
+    assert TrainingConfig.from_params(defaults) == TrainingConfig()
+
+
+@pytest.mark.parametrize("name, registry, message", [
+    ("taxi_fares", "databricks-uc", "must be catalog.schema.model"),
+    ("main..taxi_fares", "databricks-uc", "must be catalog.schema.model"),
+    ("models:/taxi", "", "must be a plain model name"),
+])
+def test_model_name_rules(name, registry, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_model_name(name, registry)
+
+
+def test_unity_catalog_three_level_name_is_accepted():
+    validate_model_name("main.ml.taxi_fares", "databricks-uc")
+    validate_model_name("taxi_fares", "")
