@@ -5,6 +5,7 @@ real storage API on loopback. Azurite is installed by ``npm ci`` at the repo roo
 """
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import shutil
@@ -24,6 +25,8 @@ ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 LOG_FILE_NAME = "azurite.log"
 _LOG_TAIL_LINES = 20
+_LISTENING_MESSAGE = b"successfully listens on"
+_PORT_PICK_ATTEMPTS = 3
 
 
 def _search_roots() -> list[Path]:
@@ -59,10 +62,23 @@ def _free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def _port_answers(host: str, port: int) -> bool:
+def _azurite_answers(host: str, port: int) -> bool:
+    """Whether Azurite itself answers HTTP on the port (not some other process holding it)."""
+    connection = http.client.HTTPConnection(host, port, timeout=1)
     try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
+        connection.request("GET", f"/{ACCOUNT_NAME}?comp=list")
+        return connection.getresponse().getheader("Server", "").startswith("Azurite-Blob")
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def _listening_logged(log_path: Path, offset: int) -> bool:
+    try:
+        with open(log_path, "rb") as log_file:
+            log_file.seek(offset)
+            return _LISTENING_MESSAGE in log_file.read()
     except OSError:
         return False
 
@@ -90,8 +106,9 @@ class AzuriteServer:
               timeout_seconds: float = 30.0) -> "AzuriteServer":
         """Start Azurite storing its data under ``location``; ``port=0`` picks a free port.
 
-        Waits until the port accepts connections. Raises PublishError when Azurite is
-        not installed, exits early, or does not answer within ``timeout_seconds``.
+        Waits until Azurite answers HTTP on the port. Raises PublishError when Azurite
+        is not installed, exits early (a busy port, say), or does not answer within
+        ``timeout_seconds``.
         """
         executable = find_executable()
         if executable is None:
@@ -102,31 +119,45 @@ class AzuriteServer:
         location = Path(location)
         location.mkdir(parents=True, exist_ok=True)
         log_path = location / LOG_FILE_NAME
-        chosen_port = port or _free_port(host)
-        command = [
-            str(executable), "--blobHost", host, "--blobPort", str(chosen_port),
-            "--location", str(location), "--silent", "--skipApiVersionCheck", "--loose",
-        ]
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL)
-        server = cls(process, location, host, chosen_port, log_path)
-        try:
-            server._wait_until_ready(timeout_seconds)
-        except BaseException:
-            server.stop()
-            raise
-        logger.info("Azurite blob service listening on %s (data in %s)", server.blob_endpoint, location)
-        return server
+        # A port picked here can be taken by another process before Azurite binds it.
+        attempts_left = _PORT_PICK_ATTEMPTS if port == 0 else 1
+        while True:
+            attempts_left -= 1
+            chosen_port = port or _free_port(host)
+            log_offset = log_path.stat().st_size if log_path.exists() else 0
+            command = [
+                str(executable), "--blobHost", host, "--blobPort", str(chosen_port),
+                "--location", str(location), "--silent", "--skipApiVersionCheck", "--loose",
+                # Telemetry would phone home, and its pending request keeps node alive for
+                # about 10 s after SIGTERM.
+                "--disableTelemetry",
+            ]
+            with open(log_path, "ab") as log_file:
+                process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL)
+            server = cls(process, location, host, chosen_port, log_path)
+            try:
+                server._wait_until_ready(timeout_seconds, log_offset)
+            except PublishError as error:
+                server.stop()
+                if attempts_left > 0 and "EADDRINUSE" in str(error):
+                    continue
+                raise
+            except BaseException:
+                server.stop()
+                raise
+            logger.info("Azurite blob service listening on %s (data in %s)", server.blob_endpoint, location)
+            return server
 
-    def _wait_until_ready(self, timeout_seconds: float) -> None:
+    def _wait_until_ready(self, timeout_seconds: float, log_offset: int) -> None:
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise PublishError(
                     f"Azurite exited with code {self._process.returncode} before listening on "
                     f"{self.host}:{self.port}; last lines of {self.log_path}:\n{_log_tail(self.log_path)}")
-            if _port_answers(self.host, self.port):
+            # The log line proves that this process, not another one on the port, is listening.
+            if _listening_logged(self.log_path, log_offset) and _azurite_answers(self.host, self.port):
                 return
             time.sleep(0.1)
         raise PublishError(

@@ -25,7 +25,7 @@ from mlops import tracking
 from mlops.config import running_on_databricks
 from mlops.errors import StageFailed
 from mlops.secrets import redact_text, register_secret
-from mlops.tables import TableStore, resolve_table_format, to_local_path
+from mlops.tables import TableStore, resolve_table_format
 from mlops.telemetry import Telemetry, TelemetrySettings
 
 logger = logging.getLogger(__name__)

@@ -153,12 +153,15 @@ def redact_params(params: dict) -> dict:
     """Return a copy of ``params`` where secret values are replaced by ``***``.
 
     A value is secret when its key :func:`is_secret_name` or the value :func:`looks_secret`.
-    Secret string values are also registered, so they are redacted from later log text.
+    Values secret by name only are also registered, so they are redacted from later free
+    text too; the others are found again by their patterns.
     """
     redacted = {}
     for name, value in params.items():
-        if is_secret_name(name) or looks_secret(value):
+        if is_secret_name(name):
             register_secret(value)
+            redacted[name] = REDACTED
+        elif looks_secret(value):
             redacted[name] = REDACTED
         else:
             redacted[name] = value
@@ -177,8 +180,18 @@ class SecretRedactingFilter(logging.Filter):
 
     def filter(self, record):
         try:
+            self._redact(record)
+        except Exception as exc:
+            # Logging must never fail the caller, and an unredacted record must not go out.
+            record.msg = f"[log record withheld: redaction failed with {type(exc).__name__}]"
+            record.args = None
+            record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+    def _redact(self, record):
+        try:
             message = record.getMessage()
-        except Exception:
+        except (TypeError, ValueError, KeyError):
             # A malformed format string: keep everything, so the record is not lost.
             message = f"{record.msg} (arguments: {record.args!r})"
         record.msg = redact_text(message)
@@ -195,7 +208,6 @@ class SecretRedactingFilter(logging.Filter):
                 key: REDACTED if is_secret_name(key) else redact_text(value)
                 for key, value in dimensions.items()
             }
-        return True
 
 
 def install_redaction(logger=None) -> SecretRedactingFilter:

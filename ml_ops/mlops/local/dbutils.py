@@ -24,6 +24,8 @@ notebook
 jobs.taskValues
     ``set`` stores a JSON value for the running task; ``get`` reads one set by an upstream task.
 """
+from __future__ import annotations
+
 import json
 import logging
 import os
@@ -337,7 +339,8 @@ class LocalNotebookUtils:
     def exit(self, value: Any) -> None:
         raise NotebookExit(None if value is None else str(value))
 
-    def run(self, path: str, timeout_seconds: int = 0, arguments: Optional[dict[str, str]] = None) -> Optional[str]:
+    def run(self, path: str, timeout_seconds: int = 0,
+            arguments: Optional[dict[str, str]] = None) -> Optional[str]:
         """Run another notebook with fresh widgets and return its exit value.
 
         ``path`` is relative to the calling notebook's folder; ``.py`` may be left out.

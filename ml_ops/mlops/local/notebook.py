@@ -110,7 +110,7 @@ def _parse_cell(path: Path, number: int, start: int, lines: list[str]) -> Cell:
         raise NotebookError(
             f"{path} cell {number} (line {start}) uses %{magic.group(1)}, which the local runtime "
             f"does not run (supported: {', '.join('%' + name for name in _MAGIC_KINDS)})")
-    return Cell(number, kind, text[magic.end():].strip("\n"), start)
+    return Cell(number, kind, text[magic.end():].strip(), start)
 
 
 def resolve_notebook(reference: str, base: Path) -> Path:

@@ -33,8 +33,8 @@ class RunContext:
     notebook_path: Optional[str] = None
 
 
-_current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("mlops_local_run_context",
-                                                                       default=RunContext())
+_current: contextvars.ContextVar[RunContext] = contextvars.ContextVar(
+    "mlops_local_run_context", default=RunContext())
 
 
 def current_context() -> RunContext:
@@ -88,8 +88,8 @@ def spark_session():
 class LocalSession:
     """What one local run shares across its notebooks: Spark, the job context and task values.
 
-    ``spark`` may be an existing SparkSession (tests pass theirs); otherwise one is created
-    on first use and stopped by ``close()``.
+    ``spark`` may be an existing SparkSession (tests pass theirs); otherwise the active one is
+    used, or one is created on first use and stopped by ``close()``.
     """
 
     def __init__(self, spark=None, job_name: Optional[str] = None, job_run_id: Optional[str] = None,
@@ -106,8 +106,17 @@ class LocalSession:
     @property
     def spark(self):
         if self._spark is None:
-            self._spark = spark_session()
+            from pyspark.sql import SparkSession
+
+            # A session someone else started (a test fixture, a notebook host) is theirs to stop.
+            active = SparkSession.getActiveSession()
+            self._owns_spark = active is None
+            self._spark = active if active is not None else spark_session()
         return self._spark
+
+    def start(self) -> None:
+        """Create (or attach to) the Spark session now rather than on first use."""
+        self.spark
 
     @property
     def in_job(self) -> bool:

@@ -1,0 +1,723 @@
+"""Telemetry to Azure Monitor (Application Insights), or to a JSON-lines file.
+
+One :class:`Telemetry` per task run sends three kinds of items:
+
+* ``traces``: log records at INFO and above from the configured loggers;
+* ``dependencies``: one item per stage, from :meth:`Telemetry.span`, plus one ``requests``
+  item for the task itself (the root of the operation);
+* ``exceptions``: from :meth:`Telemetry.record_exception`, from a stage that raises, and
+  from ``logger.exception``.
+
+Every item carries the cloud role name (``<job>/<task>``), one operation id per task run,
+a parent id, and customDimensions (the settings' dimensions, :meth:`Telemetry.set_dimensions`,
+and ``stage`` inside a span). All text passes through :func:`mlops.secrets.redact_text`.
+
+Without a valid connection string, the same envelopes are written as JSON lines to
+``settings.jsonl_path``: both sinks share the envelope-building code and the processor, and
+differ only in the final transmit step.
+
+This is the only module that imports OpenCensus (opencensus-ext-azure). The OpenCensus SDK
+was retired upstream in September 2024. Keep every OpenCensus detail inside this module, so
+that moving to OpenTelemetry (azure-monitor-opentelemetry) changes this file only; the public
+API (:class:`TelemetrySettings`, :class:`Telemetry`) names no OpenCensus type.
+
+Telemetry never breaks the job: export failures, an unreachable endpoint or a malformed
+connection string are logged once at WARNING on the ``mlops.telemetry`` logger (which the
+telemetry handler itself ignores) and otherwise ignored. SDK usage statistics ("statsbeat"),
+which would be sent to Microsoft hosts, are never started, and nothing is written to local
+retry storage.
+"""
+import contextlib
+import dataclasses
+import json
+import logging
+import re
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+from opencensus.common.schedule import QueueEvent
+from opencensus.ext.azure.common.transport import TransportStatusCode
+from opencensus.ext.azure.log_exporter import AzureLogHandler
+from opencensus.ext.azure.trace_exporter import AzureExporter
+from opencensus.trace import status as span_status
+from opencensus.trace.samplers import AlwaysOnSampler
+from opencensus.trace.span import Span, SpanKind
+from opencensus.trace.span_context import SpanContext
+from opencensus.trace.tracer import Tracer
+
+from mlops.errors import ConfigError
+from mlops.secrets import (
+    REDACTED,
+    SecretRedactingFilter,
+    install_redaction,
+    is_secret_name,
+    redact_text,
+)
+
+DEFAULT_LOGGER_NAMES = ("mlops", "taxi_fares", "__main__")
+INTERNAL_LOGGER_NAME = __name__
+SINK_APPINSIGHTS = "appinsights"
+SINK_JSONL = "jsonl"
+SINK_DISABLED = "disabled"
+
+internal_logger = logging.getLogger(INTERNAL_LOGGER_NAME)
+
+# Records from these loggers never become telemetry: they report on telemetry itself.
+_IGNORED_LOGGER_PREFIXES = (INTERNAL_LOGGER_NAME, "opencensus", "urllib3", "requests")
+_OPENCENSUS_LOGGER_NAMES = (
+    "opencensus.common.schedule",
+    "opencensus.ext.azure.common.processor",
+    "opencensus.ext.azure.common.transport",
+    "opencensus.ext.azure.log_exporter",
+    "opencensus.ext.azure.trace_exporter",
+)
+_RECORDED_MARK = "_mlops_telemetry_recorded"
+_HANDLER_MARK = "_mlops_telemetry_owner"
+_GUID = re.compile(r"^[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}$", re.IGNORECASE)
+_ITEM_TYPES = {
+    "MessageData": "trace",
+    "RemoteDependencyData": "dependency",
+    "RequestData": "request",
+    "ExceptionData": "exception",
+}
+# The JSONL sink still builds real envelopes; they need a syntactically valid key.
+_OFFLINE_CONNECTION_STRING = (
+    "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=http://127.0.0.1:9"
+)
+
+_active_lock = threading.Lock()
+_active = None
+
+
+@dataclasses.dataclass(repr=False)
+class TelemetrySettings:
+    """Where telemetry goes and what every item carries.
+
+    ``connection_string`` is a secret: ``repr`` hides it and it is never logged.
+    ``jsonl_path`` is used when there is no valid connection string; with neither,
+    telemetry is disabled. ``role_name`` becomes ``cloud_RoleName`` ("<job name>/<task>").
+    ``logger_names`` selects the loggers (and their children) whose records become traces;
+    ``""`` selects every logger.
+    """
+
+    connection_string: Optional[str]
+    role_name: str
+    jsonl_path: Optional[Path] = None
+    dimensions: dict = dataclasses.field(default_factory=dict)
+    export_interval: float = 2.0
+    logger_names: tuple = DEFAULT_LOGGER_NAMES
+    flush_timeout: float = 5.0
+
+    def __post_init__(self):
+        if not isinstance(self.role_name, str) or not self.role_name.strip():
+            raise ConfigError(f"role_name must be a non-empty string like '<job>/<task>', "
+                              f"got {self.role_name!r}")
+        if self.connection_string is not None and not isinstance(self.connection_string, str):
+            raise ConfigError("connection_string must be a string or None, "
+                              f"got {type(self.connection_string).__name__}")
+        if self.jsonl_path is not None:
+            self.jsonl_path = Path(self.jsonl_path)
+        if not isinstance(self.dimensions, dict):
+            raise ConfigError(f"dimensions must be a dict, got {type(self.dimensions).__name__}")
+        for name in ("export_interval", "flush_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if isinstance(self.logger_names, str) or not all(
+                isinstance(name, str) for name in self.logger_names):
+            raise ConfigError("logger_names must be a sequence of logger names, "
+                              f"got {self.logger_names!r}")
+        self.logger_names = tuple(self.logger_names)
+
+    def __repr__(self):
+        hidden = None if self.connection_string is None else REDACTED
+        return (f"TelemetrySettings(connection_string={hidden!r}, role_name={self.role_name!r}, "
+                f"jsonl_path={self.jsonl_path!r}, dimensions={self.dimensions!r}, "
+                f"export_interval={self.export_interval!r}, logger_names={self.logger_names!r}, "
+                f"flush_timeout={self.flush_timeout!r})")
+
+
+def check_connection_string(connection_string):
+    """Return ``(normalized, problem)`` for an Application Insights connection string.
+
+    ``normalized`` keeps only the parts the exporter uses, with the instrumentation key in
+    lower case and no trailing slash on the endpoint; it is None when the string is unusable,
+    and ``problem`` then says why without quoting the string.
+    """
+    if not connection_string or not connection_string.strip():
+        return None, "it is empty"
+    parts = {}
+    for pair in connection_string.strip().split(";"):
+        if not pair.strip():
+            continue
+        key, separator, value = pair.partition("=")
+        if not separator:
+            return None, "it is not a list of key=value pairs separated by ';'"
+        parts[key.strip().lower()] = value.strip()
+    key = parts.get("instrumentationkey")
+    if not key:
+        return None, "it has no InstrumentationKey"
+    if not _GUID.match(key):
+        return None, "its InstrumentationKey is not a GUID"
+    if parts.get("authorization", "ikey").lower() != "ikey":
+        return None, "only Authorization=ikey is supported"
+    normalized = [f"InstrumentationKey={key.lower()}"]
+    endpoint = parts.get("ingestionendpoint")
+    if endpoint:
+        if not re.match(r"^https?://[^/\s]+", endpoint):
+            return None, "its IngestionEndpoint is not an http(s) URL"
+        normalized.append(f"IngestionEndpoint={endpoint.rstrip('/')}")
+    for name, label in (("endpointsuffix", "EndpointSuffix"), ("location", "Location")):
+        if parts.get(name):
+            normalized.append(f"{label}={parts[name]}")
+    return ";".join(normalized), None
+
+
+def _duration_ms(duration):
+    """Milliseconds from an Application Insights duration "d.hh:mm:ss.fff"."""
+    match = re.match(r"^(\d+)\.(\d+):(\d+):(\d+)\.(\d+)$", duration or "")
+    if not match:
+        return None
+    days, hours, minutes, seconds, millis = (int(part) for part in match.groups())
+    return float((((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1000 + millis)
+
+
+def envelope_to_item(envelope) -> dict:
+    """Flatten an Application Insights envelope into the JSONL item written offline."""
+    data = envelope.get("data") or {}
+    base = data.get("baseData") or {}
+    tags = envelope.get("tags") or {}
+    item_type = _ITEM_TYPES.get(data.get("baseType"), data.get("baseType"))
+    exceptions = base.get("exceptions") or []
+    first = exceptions[0] if exceptions else {}
+    name = base.get("name")
+    message = base.get("message")
+    if item_type == "exception":
+        name = first.get("typeName")
+        message = first.get("message")
+    return {
+        "itemType": item_type,
+        "time": envelope.get("time"),
+        "name": name,
+        "message": message,
+        "severityLevel": base.get("severityLevel"),
+        "id": base.get("id"),
+        "duration_ms": _duration_ms(base.get("duration")),
+        "success": base.get("success") if item_type in ("dependency", "request") else None,
+        "resultCode": base.get("resultCode", base.get("responseCode")),
+        "operation_id": tags.get("ai.operation.id"),
+        "parent_id": tags.get("ai.operation.parentId"),
+        "operation_name": tags.get("ai.operation.name"),
+        "role": tags.get("ai.cloud.role"),
+        "role_instance": tags.get("ai.cloud.roleInstance"),
+        "customDimensions": dict(base.get("properties") or {}),
+        "stack": [dict(frame) for frame in first.get("parsedStack", [])] if first else None,
+    }
+
+
+def _redact_tree(value):
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        for key in list(value):
+            if isinstance(key, str) and is_secret_name(key) and isinstance(value[key], str):
+                value[key] = REDACTED
+            else:
+                value[key] = _redact_tree(value[key])
+        return value
+    if isinstance(value, list):
+        return [_redact_tree(element) for element in value]
+    return value
+
+
+class _JsonlSink:
+    """Appends flattened envelopes to a file, one JSON object per line."""
+
+    def __init__(self, path, on_error):
+        self.path = Path(path)
+        self._on_error = on_error
+        self._lock = threading.Lock()
+
+    def write(self, envelopes):
+        try:
+            lines = "".join(json.dumps(envelope_to_item(envelope), default=str) + "\n"
+                            for envelope in envelopes)
+            with self._lock:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as handle:
+                    handle.write(lines)
+            return TransportStatusCode.SUCCESS
+        except Exception as exc:
+            self._on_error("cannot write telemetry to %s: %s", self.path, exc)
+            return TransportStatusCode.DROP
+
+
+class _DiscardSink:
+    @staticmethod
+    def write(envelopes):
+        return TransportStatusCode.SUCCESS
+
+
+class _SinkMixin:
+    """Sends envelopes to ``_sink`` when set, else over HTTP; never starts statsbeat."""
+
+    _sink = None
+
+    def _check_stats_collection(self):
+        return False
+
+    def _transmit(self, envelopes):
+        if self._sink is not None:
+            return self._sink.write(envelopes)
+        return super()._transmit(envelopes)
+
+
+class _LogExporter(_SinkMixin, AzureLogHandler):
+    def __init__(self, sink, **options):
+        self._sink = sink
+        super().__init__(**options)
+
+
+class _SpanExporter(_SinkMixin, AzureExporter):
+    def __init__(self, sink, **options):
+        self._sink = sink
+        super().__init__(**options)
+
+
+def _sync_queue(exporter, timeout):
+    """Wait until everything queued before now has gone through the sink; False on timeout.
+
+    OpenCensus' own ``flush`` returns at once when the worker has already taken the items
+    off the queue but not sent them yet; an explicit marker event waits for the send.
+    """
+    worker = getattr(exporter, "_worker", None)
+    if worker is None or not worker.is_alive() or timeout <= 0:
+        return False
+    started = time.monotonic()
+    marker = QueueEvent("mlops-flush")
+    try:
+        exporter._queue._queue.put(marker, block=True, timeout=timeout)
+    except Exception:
+        return False
+    return marker.wait(max(timeout - (time.monotonic() - started), 0.0))
+
+
+class _StageFrame:
+    def __init__(self, name, span, dimensions):
+        self.name = name
+        self.span = span
+        self.dimensions = dimensions
+
+
+class StageSpan:
+    """What :meth:`Telemetry.span` yields: the stage's name and id, and extra dimensions."""
+
+    def __init__(self, frame):
+        self._frame = frame
+
+    @property
+    def name(self):
+        return self._frame.name
+
+    @property
+    def span_id(self):
+        return self._frame.span.span_id
+
+    def set_dimensions(self, **dimensions):
+        """Add dimensions to this stage's dependency item and to later logs inside it."""
+        _merge_dimensions(self._frame.dimensions, dimensions)
+
+
+def _merge_dimensions(target, updates):
+    for key, value in updates.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+
+
+def _as_dimensions(values):
+    """customDimensions are strings; secret names and values are redacted."""
+    return {
+        str(key): REDACTED if is_secret_name(str(key)) else redact_text(value)
+        for key, value in values.items() if value is not None
+    }
+
+
+class _SelectLoggers(logging.Filter):
+    """Accepts records at or under the given logger names, except telemetry's own."""
+
+    def __init__(self, names):
+        super().__init__()
+        self._names = tuple(names)
+
+    def filter(self, record):
+        name = record.name
+        if any(name == prefix or name.startswith(prefix + ".") for prefix in _IGNORED_LOGGER_PREFIXES):
+            return False
+        return any(not wanted or name == wanted or name.startswith(wanted + ".")
+                   for wanted in self._names)
+
+
+class _AddContext(logging.Filter):
+    """Adds customDimensions, operation id and parent span id to a record."""
+
+    def __init__(self, telemetry):
+        super().__init__()
+        self._telemetry = telemetry
+
+    def filter(self, record):
+        try:
+            self._telemetry._annotate(record)
+        except Exception as exc:
+            self._telemetry._warn_once("cannot annotate a log record: %s", type(exc).__name__)
+        return True
+
+
+class _ExportProblemsOnce(logging.Filter):
+    """Lets the first OpenCensus warning through (redacted) and drops the rest."""
+
+    _redactor = SecretRedactingFilter()
+
+    def __init__(self, telemetry):
+        super().__init__()
+        self._telemetry = telemetry
+
+    def filter(self, record):
+        if record.levelno < logging.WARNING:
+            return True
+        if not self._telemetry._claim_warning():
+            return False
+        self._redactor.filter(record)
+        record.msg = ("Application Insights export problem; telemetry may be incomplete "
+                      "(further telemetry warnings are suppressed): " + record.msg)
+        return True
+
+
+class Telemetry:
+    """One task run's telemetry; create it with :meth:`Telemetry.start`.
+
+    Use it as a context manager: leaving the block records an escaping exception, marks the
+    task failed, flushes and closes. Spans are meant for the stages of a task, run one after
+    another (nesting allowed); they are not tracked per thread.
+    """
+
+    def __init__(self, settings: TelemetrySettings):
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._dimensions = dict(settings.dimensions)
+        self._stack = []
+        self._closed = False
+        self._warned = False
+        self._root_failed = False
+        self._raised_levels = {}
+        self._log_exporter = None
+        self._span_exporter = None
+        self._problem_filter = _ExportProblemsOnce(self)
+        self.sink = SINK_DISABLED
+
+    @classmethod
+    def start(cls, settings: TelemetrySettings) -> "Telemetry":
+        """Start telemetry for a task run and attach its handler to the root logger.
+
+        A Telemetry started earlier in this process and still open is closed first, so the
+        root logger never carries two telemetry handlers. The root logger's other handlers
+        get a :class:`~mlops.secrets.SecretRedactingFilter` too.
+        """
+        global _active
+        telemetry = cls(settings)
+        with _active_lock:
+            previous, _active = _active, telemetry
+        if previous is not None:
+            previous.close()
+        telemetry._open()
+        return telemetry
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _open(self):
+        for name in _OPENCENSUS_LOGGER_NAMES:
+            logging.getLogger(name).addFilter(self._problem_filter)
+        self._build_exporters()
+        self._tracer = Tracer(span_context=SpanContext(), sampler=AlwaysOnSampler(),
+                              exporter=self._span_exporter)
+        self.operation_id = self._tracer.span_context.trace_id
+        self._root = Span(self.settings.role_name, context_tracer=self._tracer.tracer,
+                          span_kind=SpanKind.SERVER)
+        self._root.start()
+        self._attach_log_handler()
+
+    def _build_exporters(self):
+        settings = self.settings
+        connection_string = None
+        if settings.connection_string is not None:
+            connection_string, problem = check_connection_string(settings.connection_string)
+            if problem:
+                fallback = (f"writing telemetry to {settings.jsonl_path}" if settings.jsonl_path
+                            else "telemetry is disabled")
+                self._warn_once("The Application Insights connection string is malformed (%s); %s.",
+                                problem, fallback)
+        if connection_string is not None:
+            try:
+                self._create_exporters(None, connection_string)
+                self.sink = SINK_APPINSIGHTS
+                return
+            except Exception as exc:
+                self._close_exporters(0.1)
+                self._warn_once("Cannot start the Application Insights exporter (%s); falling back.",
+                                type(exc).__name__)
+        if settings.jsonl_path is not None:
+            self._create_exporters(_JsonlSink(settings.jsonl_path, self._warn_once),
+                                   _OFFLINE_CONNECTION_STRING)
+            self.sink = SINK_JSONL
+        else:
+            self._create_exporters(_DiscardSink(), _OFFLINE_CONNECTION_STRING)
+            self.sink = SINK_DISABLED
+
+    def _create_exporters(self, sink, connection_string):
+        options = dict(
+            connection_string=connection_string,
+            export_interval=self.settings.export_interval,
+            enable_local_storage=False,
+            grace_period=self.settings.flush_timeout,
+            timeout=self.settings.flush_timeout,
+        )
+        self._log_exporter = _LogExporter(sink, **options)
+        self._span_exporter = _SpanExporter(sink, **options)
+        for exporter in (self._log_exporter, self._span_exporter):
+            exporter.add_telemetry_processor(self._process_envelope)
+
+    def _attach_log_handler(self):
+        handler = self._log_exporter
+        handler.setLevel(logging.INFO)
+        for log_filter in (_SelectLoggers(self.settings.logger_names), SecretRedactingFilter(),
+                           _AddContext(self)):
+            handler.addFilter(log_filter)
+        setattr(handler, _HANDLER_MARK, self)
+        root = logging.getLogger()
+        for existing in list(root.handlers):
+            if getattr(existing, _HANDLER_MARK, None) is not None:
+                root.removeHandler(existing)
+        root.addHandler(handler)
+        install_redaction(root)
+        # Loggers that stay at the default WARNING level would never pass INFO records on.
+        for name in self.settings.logger_names:
+            logger = logging.getLogger(name)
+            if logger.getEffectiveLevel() > logging.INFO:
+                self._raised_levels[name] = logger.level
+                logger.setLevel(logging.INFO)
+
+    def flush(self) -> bool:
+        """Push everything recorded so far through the sink, waiting at most ``flush_timeout``.
+
+        Returns False when the time ran out. A failed delivery is logged (once), not raised.
+        """
+        deadline = time.monotonic() + self.settings.flush_timeout
+        delivered = True
+        for exporter in (self._log_exporter, self._span_exporter):
+            if exporter is None:
+                continue
+            try:
+                delivered = _sync_queue(exporter, deadline - time.monotonic()) and delivered
+            except Exception as exc:
+                delivered = False
+                self._warn_once("Telemetry flush failed: %s", type(exc).__name__)
+        return delivered
+
+    def close(self) -> None:
+        """End the task's root span, flush, detach the log handler and stop the exporters."""
+        global _active
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._finish_span(self._root, self._root_dimensions(), failed=self._root_failed)
+        except Exception as exc:
+            self._warn_once("Cannot end the telemetry root span: %s", type(exc).__name__)
+        root = logging.getLogger()
+        if self._log_exporter in root.handlers:
+            root.removeHandler(self._log_exporter)
+        for name, level in self._raised_levels.items():
+            logging.getLogger(name).setLevel(level)
+        started = time.monotonic()
+        self.flush()
+        self._close_exporters(max(self.settings.flush_timeout - (time.monotonic() - started), 0.1))
+        for name in _OPENCENSUS_LOGGER_NAMES:
+            logging.getLogger(name).removeFilter(self._problem_filter)
+        with _active_lock:
+            if _active is self:
+                _active = None
+
+    def _close_exporters(self, timeout):
+        try:
+            if self._log_exporter is not None:
+                self._log_exporter.close(timeout=timeout)
+            if self._span_exporter is not None:
+                self._span_exporter._stop(timeout)
+        except Exception as exc:
+            self._warn_once("Cannot stop the telemetry exporters: %s", type(exc).__name__)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None and not _is_clean_exit(exc):
+            self._root_failed = True
+            self.record_exception(exc)
+        self.close()
+        return False
+
+    # -- dimensions --------------------------------------------------------------------------
+
+    def set_dimensions(self, **dimensions) -> None:
+        """Add or replace customDimensions on every later item; a None value removes the key."""
+        with self._lock:
+            _merge_dimensions(self._dimensions, dimensions)
+
+    def _root_dimensions(self):
+        with self._lock:
+            return _as_dimensions(self._dimensions)
+
+    def _current_dimensions(self, extra=None):
+        with self._lock:
+            merged = dict(self._dimensions)
+            for frame in self._stack:
+                merged.update(frame.dimensions)
+                merged["stage"] = frame.name
+        merged.update(extra or {})
+        return _as_dimensions(merged)
+
+    def _current_span_id(self):
+        with self._lock:
+            return self._stack[-1].span.span_id if self._stack else self._root.span_id
+
+    # -- spans -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def span(self, name: str, **dimensions):
+        """Time one stage: one ``dependency`` item named ``name``, child of the task's span.
+
+        Logs inside carry ``stage=<name>``. An exception that escapes marks the item failed,
+        is recorded as an ``exceptions`` item, and is re-raised unchanged.
+        """
+        with self._lock:
+            parent = self._stack[-1].span if self._stack else self._root
+            frame = _StageFrame(str(name), Span(str(name), parent_span=parent,
+                                                context_tracer=self._tracer.tracer,
+                                                span_kind=SpanKind.CLIENT), dict(dimensions))
+            frame.span.start()
+            self._stack.append(frame)
+        failed = False
+        try:
+            yield StageSpan(frame)
+        except BaseException as exc:
+            failed = not _is_clean_exit(exc)
+            if failed:
+                self.record_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                dims = self._current_dimensions()
+                if frame in self._stack:
+                    self._stack.remove(frame)
+            try:
+                self._finish_span(frame.span, dims, failed=failed)
+            except Exception as exc:
+                self._warn_once("Cannot record the telemetry span %s: %s", frame.name,
+                                type(exc).__name__)
+
+    def _finish_span(self, span, dimensions, failed):
+        span.finish()
+        for key, value in dimensions.items():
+            span.add_attribute(key, value)
+        if failed:
+            span.set_status(span_status.Status(code=2, message="failed"))
+        self._span_exporter.export(self._tracer.tracer.get_span_datas(span))
+
+    # -- exceptions and logs -----------------------------------------------------------------
+
+    def record_exception(self, exc: BaseException, **dimensions) -> None:
+        """Send an ``exceptions`` item with ``exc``'s stack and the current dimensions.
+
+        One failure gives one item: an exception already recorded (by the span it escaped
+        from), or raised ``from`` one, is not sent again. Called outside any stage, the
+        exception is taken as the task's failure and the task's request item is marked failed.
+        """
+        try:
+            with self._lock:
+                if not self._stack:
+                    self._root_failed = True
+            if _already_recorded(exc):
+                return
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(exc, _RECORDED_MARK, True)
+            frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+            last = frames[-1] if frames else None
+            record = logging.LogRecord(
+                name=INTERNAL_LOGGER_NAME, level=logging.ERROR,
+                pathname=last.filename if last else "", lineno=last.lineno if last else 0,
+                msg="%s: %s", args=(type(exc).__name__, exc),
+                exc_info=(type(exc), exc, exc.__traceback__), func=last.name if last else None,
+            )
+            record.custom_dimensions = dict(dimensions)
+            SecretRedactingFilter().filter(record)
+            self._annotate(record)
+            self._log_exporter.emit(record)
+        except Exception as failure:
+            self._warn_once("Cannot record an exception in telemetry: %s", type(failure).__name__)
+
+    def _annotate(self, record):
+        extra = getattr(record, "custom_dimensions", None)
+        record.custom_dimensions = self._current_dimensions(extra if isinstance(extra, dict) else None)
+        record.traceId = self.operation_id
+        record.spanId = self._current_span_id()
+
+    # -- envelopes ---------------------------------------------------------------------------
+
+    def _process_envelope(self, envelope):
+        """The one processor both sinks share: role, operation, parent ids, redaction."""
+        tags = envelope.tags
+        tags["ai.cloud.role"] = self.settings.role_name
+        tags["ai.operation.name"] = self.settings.role_name
+        parent = tags.get("ai.operation.parentId")
+        # Log envelopes use the legacy "|<trace>.<span>." form; spans use the bare span id.
+        if parent and parent.startswith("|"):
+            tags["ai.operation.parentId"] = parent.strip("|.").rpartition(".")[2]
+        data = envelope.data
+        if data.baseType == "RemoteDependencyData":
+            data.baseData.type = "InProc"
+        elif data.baseType == "RequestData":
+            data.baseData.name = self.settings.role_name
+            tags.pop("ai.operation.parentId", None)
+        envelope.tags = _redact_tree(dict(tags))
+        data.baseData = _redact_tree(data.baseData)
+        return True
+
+    # -- failures ----------------------------------------------------------------------------
+
+    def _claim_warning(self):
+        with self._lock:
+            first, self._warned = not self._warned, True
+        return first
+
+    def _warn_once(self, message, *args):
+        if self._claim_warning():
+            internal_logger.warning(message, *(redact_text(arg) for arg in args))
+
+
+def _already_recorded(exc):
+    for _ in range(8):
+        if exc is None:
+            return False
+        if getattr(exc, _RECORDED_MARK, False):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def _is_clean_exit(exc):
+    return isinstance(exc, SystemExit) and exc.code in (0, None)

@@ -1,0 +1,68 @@
+"""The notebook run and job run subcommands, driven through argparse as the mlops CLI does."""
+import argparse
+
+import pytest
+
+from mlops.local.cli import register_cli
+
+from .notebook_files import JOBS, NOTEBOOKS
+
+
+def _main(argv):
+    parser = argparse.ArgumentParser(prog="mlops")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture
+def cli_env(spark, mlops_home):
+    """The CLI reuses the active test SparkSession instead of starting its own."""
+    return mlops_home
+
+
+def test_notebook_run_prints_the_exit_value(cli_env, capsys):
+    code = _main(["notebook", "run", str(NOTEBOOKS / "prepare.py"), "-p", "base=5"])
+    assert code == 0
+    assert capsys.readouterr().out.strip().endswith("exit value: 5")
+
+
+def test_notebook_failure_is_one_line_then_the_traceback(cli_env, capsys):
+    code = _main(["notebook", "run", str(NOTEBOOKS / "failing.py")])
+    assert code == 1
+    stderr = capsys.readouterr().err.splitlines()
+    assert stderr[0].startswith("error: ") and stderr[0].endswith(
+        "failing.py failed in cell 2 (ratio = 1 / 0): ZeroDivisionError: division by zero")
+    assert stderr[1] == "Traceback (most recent call last):"
+    assert "ZeroDivisionError: division by zero" in stderr
+
+
+def test_malformed_parameter_is_rejected(cli_env, capsys):
+    assert _main(["notebook", "run", str(NOTEBOOKS / "prepare.py"), "-p", "base"]) == 1
+    assert capsys.readouterr().err.strip() == "error: parameter 'base' must look like name=value"
+
+
+def test_repeated_parameter_is_rejected(cli_env, capsys):
+    assert _main(["job", "run", str(JOBS / "diamond.json"), "-p", "factor=1", "-p", "factor=2"]) == 1
+    assert capsys.readouterr().err.strip() == "error: parameter 'factor' given more than once"
+
+
+def test_job_run_exit_codes(cli_env, capsys):
+    assert _main(["job", "run", str(JOBS / "diamond.json")]) == 0
+    assert _main(["job", "run", str(JOBS / "diamond.json"), "-p", "fail_task=right"]) == 1
+    out = capsys.readouterr().out
+    assert "[2/4] right ... FAILED in " in out and "job 'diamond' FAILED in " in out
+
+
+def test_job_repair_through_the_cli(cli_env, capsys):
+    assert _main(["job", "run", str(JOBS / "diamond.json"), "-p", "fail_task=right"]) == 1
+    run_id = sorted(path.stem for path in (cli_env / "runs").glob("*.json"))[-1]
+    assert _main(["job", "run", str(JOBS / "diamond.json"), "--repair", run_id, "-p", "fail_task=none"]) == 0
+    assert f"repair of run {run_id}" in capsys.readouterr().out
+
+
+def test_invalid_job_file_is_one_clear_line(cli_env, tmp_path, capsys):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"tasks": []}')
+    assert _main(["job", "run", str(broken)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: job file {broken} has no tasks"
