@@ -6,6 +6,7 @@ MLOPS := $(VENV)/bin/mlops
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 export MLOPS_HOME ?= $(abspath .mlops)
+export SPARK_LOCAL_IP ?= 127.0.0.1
 
 DEMO_ROWS ?= 200000
 

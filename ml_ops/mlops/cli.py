@@ -16,7 +16,13 @@ def _register_local(subparsers):
     register_cli(subparsers)
 
 
-REGISTRARS = [_register_data, _register_local]
+def _register_deploy(subparsers):
+    from mlops.deploy import register_cli
+
+    register_cli(subparsers)
+
+
+REGISTRARS = [_register_data, _register_local, _register_deploy]
 
 
 def build_parser():

@@ -76,6 +76,7 @@ def spark_session():
             SparkSession.builder.master(os.environ.get(MASTER_ENV, "local[*]"))
             .appName("mlops-local")
             .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.driver.memory", os.environ.get(DRIVER_MEMORY_ENV, "4g"))
         )
     for key, value in runtime_conf.items():

@@ -53,8 +53,11 @@ def train_and_register(run):
     train, test, sampling = collect_split(dataset, config)
     feature_names = list(features.FEATURE_COLUMNS)
     label = features.LABEL_COLUMN
-    booster = training.train_model(train[feature_names], train[label], config.training_params())
-    predictions = training.predict(booster, test[feature_names])
+    # Float inputs let the model signature accept missing values at inference time.
+    train_features = train[feature_names].astype("float64")
+    test_features = test[feature_names].astype("float64")
+    booster = training.train_model(train_features, train[label], config.training_params())
+    predictions = training.predict(booster, test_features)
     metrics = evaluation.regression_metrics(test[label].to_numpy(), predictions)
     metrics["baseline_rmse"] = evaluation.mean_baseline_rmse(train[label], test[label])
     metrics.update(train_rows=len(train), test_rows=len(test), rows_available=sampling["rows_available"])
@@ -66,7 +69,7 @@ def train_and_register(run):
     figure = plots.feature_importance_figure(evaluation.feature_importance(booster))
     mlflow.log_figure(figure, "feature_importance.png")
     plots.close(figure)
-    example = train[feature_names].head(5)
+    example = train_features.head(5)
     info = mlflow.lightgbm.log_model(
         booster, name="model", signature=infer_signature(example, training.predict(booster, example)),
         input_example=example, registered_model_name=config.registered_model_name)

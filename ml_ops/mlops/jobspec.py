@@ -1,0 +1,261 @@
+"""Job files and environments: load, render for one environment, validate against the Jobs API.
+
+A job file (``databricks_jobs/<job>.json``) holds Jobs API 2.1 settings with the dev values.
+An environment file (``databricks_jobs/environments/<env>.json``) holds what differs per
+environment:
+
+``name``            the environment's name, equal to the file name (``dev``, ``staging``, ``prod``)
+``description``     free text (optional)
+``parameters``      parameter values, applied to every job parameter (``parameters[].default``) and
+                    notebook task ``base_parameters`` entry of the same name
+``cluster``         ``new_cluster`` overrides for every job cluster
+``workspace_root``  the workspace folder the repository's notebooks are imported under
+``wheel_root``      where the wheels are uploaded, a ``/Volumes/...`` or ``dbfs:/...`` folder
+``schedule``        optional: job name -> Jobs API ``schedule`` for that job
+
+Rendering never adds parameter names: Databricks passes every job and base parameter on
+to the notebooks, and the notebooks reject names they do not declare.
+"""
+import copy
+import json
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from mlops.errors import ConfigError, JobError
+from mlops.secrets import looks_secret
+
+DEFAULT_JOBS_DIR = "databricks_jobs"
+ENVIRONMENTS_FOLDER = "environments"
+
+REQUIRED_ENVIRONMENT_KEYS = ("name", "parameters", "cluster", "workspace_root", "wheel_root")
+OPTIONAL_ENVIRONMENT_KEYS = ("description", "schedule")
+# The deploy step derives these from wheel_root and the built version; an environment may not set them.
+DERIVED_PARAMETERS = ("wheel_path", "wheel_version")
+# Cluster sizes are either fixed or autoscaled; the Jobs API rejects a cluster with both.
+_EXCLUSIVE_SIZING = {"num_workers": "autoscale", "autoscale": "num_workers"}
+
+
+def load_job(path) -> dict:
+    """Read one job file; a missing file or bad JSON is a JobError naming the file."""
+    path = Path(path)
+    try:
+        job = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise JobError(f"job file {path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise JobError(f"job file {path} is not valid JSON: {error}") from error
+    if not isinstance(job, dict) or not isinstance(job.get("name"), str):
+        raise JobError(f"job file {path} must hold a JSON object with a 'name'")
+    return job
+
+
+def job_files(jobs_dir=DEFAULT_JOBS_DIR) -> list:
+    """Every job file of the repository, sorted by name."""
+    return sorted(Path(jobs_dir).glob("*.json"))
+
+
+def environment_names(jobs_dir=DEFAULT_JOBS_DIR) -> list:
+    return sorted(path.stem for path in (Path(jobs_dir) / ENVIRONMENTS_FOLDER).glob("*.json"))
+
+
+def load_environment(name: str, jobs_dir=DEFAULT_JOBS_DIR) -> dict:
+    """Read and check ``<jobs_dir>/environments/<name>.json``."""
+    available = environment_names(jobs_dir)
+    if name not in available:
+        raise ConfigError(
+            f"unknown environment {name!r}; available environments are: "
+            f"{', '.join(available) or '(none found in ' + str(Path(jobs_dir) / ENVIRONMENTS_FOLDER) + ')'}")
+    path = Path(jobs_dir) / ENVIRONMENTS_FOLDER / f"{name}.json"
+    try:
+        environment = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"environment file {path} is not valid JSON: {error}") from error
+    check_environment(environment, source=str(path))
+    if environment["name"] != name:
+        raise ConfigError(f"environment file {path} names itself {environment['name']!r}; "
+                          f"it must be {name!r}, like the file")
+    return environment
+
+
+def check_environment(environment: Any, source: str = "environment") -> None:
+    """Reject an environment with missing or unknown keys or malformed values."""
+    if not isinstance(environment, dict):
+        raise ConfigError(f"{source} must be a JSON object")
+    missing = [key for key in REQUIRED_ENVIRONMENT_KEYS if key not in environment]
+    if missing:
+        raise ConfigError(f"{source} lacks {', '.join(missing)}; "
+                          f"required keys are: {', '.join(REQUIRED_ENVIRONMENT_KEYS)}")
+    valid = REQUIRED_ENVIRONMENT_KEYS + OPTIONAL_ENVIRONMENT_KEYS
+    unknown = sorted(set(environment) - set(valid))
+    if unknown:
+        raise ConfigError(f"{source} has unknown key(s) {', '.join(unknown)}; "
+                          f"valid keys are: {', '.join(valid)}")
+    parameters = environment["parameters"]
+    if not isinstance(parameters, dict):
+        raise ConfigError(f"{source}: 'parameters' must be an object of name -> string value")
+    for name, value in parameters.items():
+        if name in DERIVED_PARAMETERS:
+            raise ConfigError(f"{source}: parameter '{name}' is set by the deploy step from wheel_root "
+                              f"and the wheel version; remove it from the environment")
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: parameter '{name}' must be a string, as Databricks passes "
+                              f"base parameters, got {type(value).__name__}")
+        if looks_secret(value):
+            raise ConfigError(f"{source}: parameter '{name}' holds what looks like a secret; environment "
+                              f"files name secret scopes and keys, never secret values")
+    if not isinstance(environment["cluster"], dict):
+        raise ConfigError(f"{source}: 'cluster' must be an object of new_cluster fields")
+    root = environment["workspace_root"]
+    if not isinstance(root, str) or not root.startswith("/") or root.rstrip("/") == "":
+        raise ConfigError(f"{source}: 'workspace_root' must be an absolute workspace folder "
+                          f"such as /Shared/taxi_fares/dev, got {root!r}")
+    wheel_root = environment["wheel_root"]
+    if not isinstance(wheel_root, str) or not (wheel_root.startswith("/Volumes/")
+                                               or wheel_root.startswith("dbfs:/")):
+        raise ConfigError(f"{source}: 'wheel_root' must be a /Volumes/... or dbfs:/... folder, "
+                          f"got {wheel_root!r}")
+    schedule = environment.get("schedule", {})
+    if not isinstance(schedule, dict) or not all(isinstance(entry, dict) for entry in schedule.values()):
+        raise ConfigError(f"{source}: 'schedule' must map job names to Jobs API schedule objects")
+
+
+def wheel_folder(environment: dict, wheel_version: str) -> str:
+    """Where the wheels of ``wheel_version`` are uploaded, as the upload API names it."""
+    return f"{environment['wheel_root'].rstrip('/')}/{wheel_version}"
+
+
+def pip_path(remote: str) -> str:
+    """The path ``%pip`` on a cluster reads: ``dbfs:/x`` is mounted at ``/dbfs/x``."""
+    return "/dbfs/" + remote[len("dbfs:/"):] if remote.startswith("dbfs:/") else remote
+
+
+def notebook_tasks(job: dict) -> Iterator[dict]:
+    for task in job.get("tasks", []):
+        if "notebook_task" in task:
+            yield task
+
+
+def declared_parameters(job: dict) -> Iterator[tuple]:
+    """(name, value, where) for every job parameter and every notebook task base parameter."""
+    for parameter in job.get("parameters", []):
+        yield parameter.get("name"), parameter.get("default"), "job parameters"
+    for task in notebook_tasks(job):
+        for name, value in task["notebook_task"].get("base_parameters", {}).items():
+            yield name, value, f"task '{task.get('task_key')}'"
+
+
+def render_job(job: dict, environment: dict, wheel_version: Optional[str] = None,
+               workspace_root: Optional[str] = None) -> dict:
+    """The job's settings for one environment, as a new dict; ``job`` is left unchanged."""
+    check_environment(environment)
+    rendered = copy.deepcopy(job)
+    root = (workspace_root or environment["workspace_root"]).rstrip("/")
+    values = dict(environment["parameters"])
+    if wheel_version:
+        values.update(wheel_path=pip_path(wheel_folder(environment, wheel_version)),
+                      wheel_version=wheel_version)
+    for parameter in rendered.get("parameters", []):
+        if parameter.get("name") in values:
+            parameter["default"] = values[parameter["name"]]
+    for task in notebook_tasks(rendered):
+        notebook = task["notebook_task"]
+        parameters = notebook.get("base_parameters", {})
+        for name in parameters:
+            if name in values:
+                parameters[name] = values[name]
+        if notebook.get("source", "WORKSPACE") == "WORKSPACE":
+            notebook["notebook_path"] = _absolute_notebook_path(notebook["notebook_path"], root)
+    for cluster in _clusters(rendered):
+        _merge_cluster(cluster, environment["cluster"])
+    rendered.setdefault("tags", {})["env"] = environment["name"]
+    schedule = environment.get("schedule", {}).get(rendered["name"])
+    if schedule:
+        rendered["schedule"] = copy.deepcopy(schedule)
+    _refuse_secrets(rendered)
+    return rendered
+
+
+def _absolute_notebook_path(path: str, root: str) -> str:
+    if path.startswith("/"):
+        return path
+    relative = path.removesuffix(".py").removeprefix("./")
+    return f"{root}/{relative}"
+
+
+def _clusters(job: dict) -> Iterator[dict]:
+    for job_cluster in job.get("job_clusters", []):
+        if "new_cluster" in job_cluster:
+            yield job_cluster["new_cluster"]
+    for task in job.get("tasks", []):
+        if "new_cluster" in task:
+            yield task["new_cluster"]
+
+
+def _merge_cluster(cluster: dict, overrides: dict) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cluster.get(key), dict):
+            cluster[key] = {**cluster[key], **copy.deepcopy(value)}
+        else:
+            cluster[key] = copy.deepcopy(value)
+        if key in _EXCLUSIVE_SIZING and _EXCLUSIVE_SIZING[key] not in overrides:
+            cluster.pop(_EXCLUSIVE_SIZING[key], None)
+
+
+def _refuse_secrets(job: dict) -> None:
+    """Job settings are readable by anyone who can see the job: a secret must come from a secret scope."""
+    for name, value, where in declared_parameters(job):
+        if looks_secret(value):
+            raise ConfigError(
+                f"job '{job['name']}' {where}: parameter '{name}' holds what looks like a secret; "
+                f"put it in a Databricks secret scope and pass the scope and key names instead")
+    for cluster in _clusters(job):
+        for field in ("spark_conf", "spark_env_vars"):
+            for name, value in cluster.get(field, {}).items():
+                if looks_secret(value):
+                    raise ConfigError(
+                        f"job '{job['name']}': cluster {field} '{name}' holds what looks like a secret; "
+                        f"reference it as {{{{secrets/<scope>/<key>}}}} instead")
+
+
+def validate_job_settings(job: dict):
+    """Parse ``job`` as databricks-sdk JobSettings; a field the SDK does not keep is a JobError.
+
+    The SDK models every field the Jobs API accepts, so a field lost in the round trip is one
+    the API would reject or ignore (usually a typo or a field at the wrong level).
+    """
+    from databricks.sdk.service.jobs import JobSettings
+
+    if not isinstance(job, dict):
+        raise JobError(f"job settings must be a JSON object, got {type(job).__name__}")
+    try:
+        settings = JobSettings.from_dict(job)
+    except (AttributeError, TypeError, ValueError) as error:
+        raise JobError(f"job '{job.get('name', '?')}' is malformed: a field holds the wrong kind of "
+                       f"value ({type(error).__name__}: {error})") from error
+    problems = list(_differences(job, settings.as_dict(), ""))
+    if problems:
+        raise JobError(f"job '{job.get('name', '?')}' does not match the Jobs API settings: "
+                       f"{'; '.join(problems)}")
+    return settings
+
+
+def _differences(original, kept, path) -> Iterator[str]:
+    if isinstance(original, dict):
+        if not isinstance(kept, dict):
+            yield f"field '{path}' must not be an object"
+            return
+        for key, value in original.items():
+            child = f"{path}.{key}" if path else key
+            if key not in kept:
+                yield (f"field '{child}' is lost when parsed: it is not a Jobs API field there, "
+                       f"or its value is not one the API allows")
+            else:
+                yield from _differences(value, kept[key], child)
+    elif isinstance(original, list):
+        if not isinstance(kept, list) or len(kept) != len(original):
+            yield f"field '{path}' must not be a list"
+            return
+        for index, (value, kept_value) in enumerate(zip(original, kept)):
+            yield from _differences(value, kept_value, f"{path}[{index}]")
+    elif original != kept:
+        yield f"field '{path}' has value {original!r}, which the Jobs API reads as {kept!r}"

@@ -1,0 +1,80 @@
+"""The `mlops deploy` command line: render, run and trigger, parsed by argparse as `mlops` does."""
+import argparse
+import json
+
+import pytest
+
+from mlops import deploy, jobspec
+from mlops.errors import ConfigError
+from support.databricks_api import FAKE_TOKEN
+
+from .conftest import JOBS_DIR, REPO_ROOT, WHEEL_VERSION
+
+TRAINING_JOB = JOBS_DIR / "taxi_fares_training.json"
+
+
+def mlops(*argv):
+    parser = argparse.ArgumentParser(prog="mlops")
+    deploy.register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(arg) for arg in argv])
+    return args.func(args)
+
+
+def test_render_prints_the_rendered_job(capsys):
+    assert mlops("deploy", "render", TRAINING_JOB, "--env", "staging", "--wheel-version", WHEEL_VERSION,
+                 "--jobs-dir", JOBS_DIR) == 0
+    staging = jobspec.load_environment("staging", JOBS_DIR)
+    expected = jobspec.render_job(jobspec.load_job(TRAINING_JOB), staging, WHEEL_VERSION)
+    assert json.loads(capsys.readouterr().out) == expected
+
+
+def test_render_writes_the_output_file(tmp_path, capsys):
+    output = tmp_path / "rendered.json"
+    mlops("deploy", "render", TRAINING_JOB, "--env", "prod", "--jobs-dir", JOBS_DIR, "--output", output)
+    assert json.loads(output.read_text())["tags"]["env"] == "prod"
+    assert capsys.readouterr().out == ""
+
+
+def test_render_parameters_only_reads_the_version_from_the_wheels(wheels_dir, capsys):
+    mlops("deploy", "render", TRAINING_JOB, "--env", "dev", "--wheels-dir", wheels_dir,
+          "--jobs-dir", JOBS_DIR, "--parameters-only")
+    parameters = json.loads(capsys.readouterr().out)
+    assert parameters["wheel_version"] == WHEEL_VERSION
+    assert parameters["wheel_path"] == f"/dbfs/FileStore/taxi_fares/wheels/dev/{WHEEL_VERSION}"
+    assert all(isinstance(value, str) for value in parameters.values())
+
+
+def test_render_with_an_unknown_environment_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown environment 'test'; available environments are: dev"):
+        mlops("deploy", "render", TRAINING_JOB, "--env", "test", "--jobs-dir", JOBS_DIR)
+
+
+def test_deploy_requires_a_sub_command(capsys):
+    with pytest.raises(SystemExit):
+        mlops("deploy")
+    assert "render" in capsys.readouterr().err
+
+
+def test_run_and_trigger_read_credentials_from_the_environment(databricks_api, wheels_dir, monkeypatch,
+                                                               capsys):
+    monkeypatch.setenv("DATABRICKS_HOST", databricks_api.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", FAKE_TOKEN)
+    assert mlops("deploy", "run", "--env", "dev", "--wheels-dir", wheels_dir, "--jobs-dir", JOBS_DIR,
+                 "--notebooks-dir", REPO_ROOT / "orchestrator",
+                 "--tests-dir", REPO_ROOT / "tests" / "nutter") == 0
+    assert mlops("deploy", "trigger", "--env", "dev", "--job", "taxi_fares_training", "--jobs-dir", JOBS_DIR,
+                 "-p", "training_data_start_date=2016-01-01", "-p", "training_data_end_date=2016-01-07",
+                 "--wait") == 0
+    printed = capsys.readouterr().out
+    assert "created job      taxi_fares_training" in printed
+    assert "ended SUCCESS" in printed
+    assert FAKE_TOKEN not in printed
+    (run,) = databricks_api.runs.values()
+    assert run["request"]["job_parameters"] == {"training_data_start_date": "2016-01-01",
+                                                "training_data_end_date": "2016-01-07"}
+
+
+def test_there_is_no_token_option(capsys):
+    with pytest.raises(SystemExit):
+        mlops("deploy", "run", "--env", "dev", "--token", FAKE_TOKEN)
+    assert "unrecognized arguments" in capsys.readouterr().err
