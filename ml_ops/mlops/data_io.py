@@ -5,7 +5,7 @@ from pyspark.sql import functions as F
 from taxi_fares.schema import RAW_COLUMNS, conform_raw, schema_problems
 
 from mlops.errors import DataError
-from mlops.tables import to_local_path
+from mlops.tables import spark_path, to_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +29,8 @@ def read_raw_trips(spark, uri: str, parameter: str = "taxi_fares_raw_data"):
     reader = spark.read.format(data_format)
     if data_format == "csv":
         reader = reader.option("header", "true")
-    path = uri if data_format == "delta" else str(local)
     try:
-        frame = reader.load(path)
+        frame = reader.load(spark_path(uri))
     except Exception as error:
         raise DataError(f"cannot read {data_format} input {uri} (parameter '{parameter}'): "
                         f"{type(error).__name__}: {str(error).splitlines()[0]}") from error

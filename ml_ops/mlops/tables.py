@@ -18,13 +18,31 @@ logger = logging.getLogger(__name__)
 METADATA_FILE = "_mlops_metadata.json"
 
 
+_DRIVER_VISIBLE_ROOTS = ("/dbfs/", "/Volumes/", "/Workspace/", "/tmp/", "/local_disk0/")
+
+
 def to_local_path(uri: str) -> Path:
-    """A path the driver can open: ``dbfs:/x`` is ``/dbfs/x`` on Databricks, the local DBFS root here."""
+    """A path the driver can open with plain file I/O.
+
+    On Databricks ``dbfs:/x`` and a bare ``/x`` (which Spark reads from DBFS) are
+    ``/dbfs/x``; Volumes and Workspace paths are already mounted. Locally, DBFS
+    is a folder under ``MLOPS_HOME``.
+    """
+    uri = str(uri)
     if running_on_databricks():
-        return Path("/dbfs" + uri[len("dbfs:"):] if uri.startswith("dbfs:/") else uri)
+        if uri.startswith("dbfs:/"):
+            return Path("/dbfs" + uri[len("dbfs:"):])
+        if uri.startswith("/") and not uri.startswith(_DRIVER_VISIBLE_ROOTS):
+            return Path("/dbfs" + uri)
+        return Path(uri)
     from mlops.local.dbutils import to_local_path as mapped
 
     return Path(mapped(uri))
+
+
+def spark_path(uri: str) -> str:
+    """The path to hand to Spark: the URI itself on Databricks, the mapped folder locally."""
+    return str(uri) if running_on_databricks() else str(to_local_path(uri))
 
 
 class TableStore:
@@ -79,9 +97,7 @@ class TableStore:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _spark_path(self, name: str) -> str:
-        uri = self.uri(name)
-        # Databricks Spark reads dbfs:/ itself; a local Spark needs the mapped folder.
-        return uri if self.table_format == "delta" else str(self._local(name))
+        return spark_path(self.uri(name))
 
     @staticmethod
     def _write_metadata(folder: Path, metadata: dict):

@@ -1,0 +1,117 @@
+"""The README's Kusto queries use only fields that the orchestration layer really sends."""
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+from mlops.config import TrainingConfig
+from mlops.errors import StageFailed
+from mlops.local.dbutils import LocalDbutils
+from mlops.orchestration import CONNECTION_STRING_ENV, task_run
+from support.appinsights import appinsights  # noqa: F401
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+TABLES = {"traces": "traces", "dependencies": "dependencies", "requests": "requests",
+          "exceptions": "exceptions"}
+COMMON_COLUMNS = {
+    "timestamp": ("time",),
+    "cloud_RoleName": ("tags", "ai.cloud.role"),
+    "operation_Id": ("tags", "ai.operation.id"),
+    "operation_ParentId": ("tags", "ai.operation.parentId"),
+}
+TABLE_COLUMNS = {
+    "traces": {"message": ("message",), "severityLevel": ("severityLevel",)},
+    "dependencies": {"name": ("name",), "duration": ("duration",), "success": ("success",)},
+    "requests": {"name": ("name",), "duration": ("duration",), "success": ("success",)},
+    # Application Insights derives these exception columns from the first exception detail.
+    "exceptions": {"type": ("exceptions", 0, "typeName"), "outerMessage": ("exceptions", 0, "message"),
+                   "details": ("exceptions",), "severityLevel": ("severityLevel",)},
+}
+ALL_COLUMNS = set(COMMON_COLUMNS) | {column for columns in TABLE_COLUMNS.values() for column in columns}
+
+
+def kusto_queries():
+    return re.findall(r"```kusto\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def _lookup(value, path):
+    for key in path:
+        value = value[key]
+    return value
+
+
+def _has(envelope, column, table):
+    if column in COMMON_COLUMNS:
+        path = COMMON_COLUMNS[column]
+        target = envelope
+    elif column in TABLE_COLUMNS[table]:
+        path = TABLE_COLUMNS[table][column]
+        target = envelope["data"]["baseData"]
+    else:
+        return False
+    try:
+        _lookup(target, path)
+        return True
+    except (KeyError, IndexError):
+        return False
+
+
+@pytest.fixture
+def captured(appinsights, mlflow_tracking, mlops_home, monkeypatch):  # noqa: F811
+    """One orchestrated task with a passing and a failing stage, sent to the capture server."""
+    monkeypatch.setenv(CONNECTION_STRING_ENV, appinsights.connection_string)
+    monkeypatch.setenv("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "true")
+    dbutils = LocalDbutils(None, {})
+
+    def build(run):
+        logging.getLogger("mlops.stages.example").info("features built")
+
+    def fail(run):
+        raise ValueError("planted failure")
+
+    with pytest.raises(StageFailed, match="stage 'training' failed"):
+        with task_run("train", TrainingConfig(), None, dbutils) as run:
+            run.stage("feature_engineering", build)
+            run.stage("training", fail)
+    assert appinsights.wait_for(lambda capture: capture.items("exceptions"), timeout=10)
+    return appinsights
+
+
+def test_readme_has_the_three_queries():
+    queries = kusto_queries()
+    assert len(queries) == 3
+    assert any("mlflow_run_id" in query for query in queries)
+    assert any("success == false" in query and "exceptions" in query for query in queries)
+
+
+def test_every_field_in_the_readme_queries_is_sent(captured):
+    for query in kusto_queries():
+        tables = [table for table in re.findall(r"(?:^|\()\s*(\w+)\s*\n?\s*\|", query, flags=re.M)
+                  if table in TABLES]
+        assert tables, f"no table in query:\n{query}"
+        main = tables[0]
+        items = captured.items(main)
+        assert items, f"nothing captured for {main}"
+        for dimension in re.findall(r"customDimensions\.(\w+)", query):
+            assert any(dimension in item["data"]["baseData"].get("properties", {}) for item in items), \
+                f"customDimensions.{dimension} is never sent on {main}"
+        words = set(re.findall(r"\b[A-Za-z_]+\b", query)) & ALL_COLUMNS
+        for column in words:
+            assert any(_has(item, column, table) for table in tables for item in captured.items(table)), \
+                f"column {column} is not sent on any of {tables}"
+
+
+def test_dimensions_the_readme_promises_are_on_stage_items(captured):
+    stages = {item["data"]["baseData"]["name"]: item["data"]["baseData"]
+              for item in captured.items("dependencies")}
+    assert set(stages) == {"feature_engineering", "training"}
+    assert stages["feature_engineering"]["success"] is True
+    assert stages["training"]["success"] is False
+    for stage in stages.values():
+        assert {"mlflow_run_id", "mlflow_experiment_id", "job_run_id", "task", "stage", "env",
+                "model_name"} <= set(stage["properties"])
+    roles = {item["tags"]["ai.cloud.role"] for item in captured.envelopes}
+    assert roles == {"notebook/train"}
+    assert len({item["tags"]["ai.operation.id"] for item in captured.envelopes}) == 1
