@@ -4,8 +4,10 @@ Every random draw is a hash of the row id, the seed and a stream number, so a ro
 only on (seed, row id): the output is the same whatever the partitioning or cluster size, and no
 row is ever built on the driver.
 """
+import bisect
 import calendar
 import datetime
+import itertools
 import logging
 import math
 import numbers
@@ -19,6 +21,7 @@ from taxi_fares.schema import RAW_COLUMNS
 logger = logging.getLogger(__name__)
 
 SECONDS_PER_DAY = 86_400
+CHOICE_BUCKETS = 4096
 
 # Relative pickup counts per hour of day: quiet before dawn, morning and evening peaks.
 HOURLY_PICKUP_WEIGHTS = (
@@ -50,6 +53,12 @@ NIGHT_SURCHARGE = 0.5          # every day 20:00-06:00
 MINIMUM_FARE = 2.5
 MEDIAN_DISTANCE_MILES = 1.8
 DISTANCE_LOG_SIGMA = 0.75
+# Airport trips are long and less variable; JFK to or from Manhattan pays a flat fare, not the meter.
+LGA_ZIP, JFK_ZIP = 11371, 11430
+AIRPORT_MEDIAN_MILES = {JFK_ZIP: 17.0, LGA_ZIP: 9.5}
+AIRPORT_DISTANCE_LOG_SIGMA = 0.3
+JFK_FLAT_FARE = 52.0
+MANHATTAN_ZIPS = (10001, 10282)
 MIN_DISTANCE_MILES = 0.1
 MAX_DISTANCE_MILES = 40.0
 MAX_DURATION_MINUTES = 240.0
@@ -123,8 +132,8 @@ def generate_trips(
         .withColumn("pickup_zip", _weighted_choice(uniform(4), zips, ZIP_WEIGHTS))
         .withColumn("dropoff_zip", _weighted_choice(uniform(5), zips, ZIP_WEIGHTS))
         .withColumn("trip_distance", F.round(F.least(F.greatest(
-            F.exp(F.lit(math.log(MEDIAN_DISTANCE_MILES)) + DISTANCE_LOG_SIGMA * normal(6))
-            * drift.distance_scale, F.lit(MIN_DISTANCE_MILES)), F.lit(MAX_DISTANCE_MILES)), 2))
+            _lognormal_distance(normal(6)) * drift.distance_scale, F.lit(MIN_DISTANCE_MILES)),
+            F.lit(MAX_DISTANCE_MILES)), 2))
         .withColumn("speed_mph", _lookup(F.col("hour"), HOURLY_SPEED_MPH))
         # Lights and stops add a couple of minutes; traffic varies trip to trip.
         .withColumn("duration_minutes", F.least(
@@ -132,13 +141,15 @@ def generate_trips(
             F.lit(MAX_DURATION_MINUTES)))
         .withColumn("duration_seconds", F.round(F.col("duration_minutes") * 60).cast("long"))
         .withColumn("surcharge", _surcharge(F.col("hour"), F.col("weekday")))
-        .withColumn("fare", F.round(F.greatest(
-            F.lit(BASE_FARE) + FARE_PER_MILE * F.col("trip_distance")
-            + FARE_PER_MINUTE * F.col("duration_seconds") / 60 + F.col("surcharge")
-            + F.element_at(zip_effect, F.col("pickup_zip"))
-            + 0.5 * F.element_at(zip_effect, F.col("dropoff_zip"))
-            + (0.8 + 0.05 * F.col("trip_distance")) * normal(8),
-            F.lit(MINIMUM_FARE)) * drift.fare_scale, 2))
+        .withColumn("metered_fare", F.lit(BASE_FARE) + FARE_PER_MILE * F.col("trip_distance")
+                    + FARE_PER_MINUTE * F.col("duration_seconds") / 60 + F.col("surcharge")
+                    + F.try_element_at(zip_effect, F.col("pickup_zip"))
+                    + 0.5 * F.try_element_at(zip_effect, F.col("dropoff_zip"))
+                    + (0.8 + 0.05 * F.col("trip_distance")) * normal(8))
+        .withColumn("fare", F.when(_is_jfk_manhattan(F.col("pickup_zip"), F.col("dropoff_zip")),
+                                   JFK_FLAT_FARE + F.col("surcharge") + 0.3 * normal(8))
+                    .otherwise(F.col("metered_fare")))
+        .withColumn("fare", F.round(F.greatest(F.col("fare"), F.lit(MINIMUM_FARE)) * drift.fare_scale, 2))
     )
     trips = _corrupt(trips, uniform(9) < invalid_fraction, uniform(10))
     columns = {
@@ -179,15 +190,35 @@ def _standard_normal(seed: int, stream: int) -> Column:
 
 
 def _weighted_choice(draw: Column, values, weights) -> Column:
-    """``values[i]`` with probability proportional to ``weights[i]``, given a uniform draw."""
-    total = float(sum(weights))
-    cumulative = 0.0
-    choice = None
-    for value, weight in zip(values[:-1], weights[:-1]):
-        cumulative += weight / total
-        condition = draw < cumulative
-        choice = F.when(condition, F.lit(value)) if choice is None else choice.when(condition, F.lit(value))
-    return choice.otherwise(F.lit(values[-1]))
+    """``values[i]`` with probability close to ``weights[i] / sum(weights)``, given a uniform draw.
+
+    The draw indexes a constant table of quantiles: one array lookup, however many values, which keeps
+    the generated code small when Spark inlines it into later expressions and pushed-down filters.
+    """
+    cumulative = list(itertools.accumulate(weights))
+    total = cumulative[-1]
+    table = [values[min(bisect.bisect_right(cumulative, (bucket + 0.5) / CHOICE_BUCKETS * total), len(values) - 1)]
+             for bucket in range(CHOICE_BUCKETS)]
+    return F.element_at(F.array(*[F.lit(value) for value in table]), F.floor(draw * CHOICE_BUCKETS).cast("int") + 1)
+
+
+def _lognormal_distance(standard_normal: Column) -> Column:
+    """Trip distance in miles: short city hops, or longer and steadier trips to and from airports."""
+    airport_medians = F.create_map(*[F.lit(value) for item in AIRPORT_MEDIAN_MILES.items() for value in item])
+    # greatest skips nulls: the farther airport wins when a trip joins two airports.
+    airport_median = F.greatest(F.try_element_at(airport_medians, F.col("pickup_zip")),
+                                F.try_element_at(airport_medians, F.col("dropoff_zip")))
+    median = F.coalesce(airport_median, F.lit(MEDIAN_DISTANCE_MILES))
+    sigma = F.when(airport_median.isNotNull(), AIRPORT_DISTANCE_LOG_SIGMA).otherwise(DISTANCE_LOG_SIGMA)
+    return F.exp(F.log(median) + sigma * standard_normal)
+
+
+def _is_jfk_manhattan(pickup_zip: Column, dropoff_zip: Column) -> Column:
+    def in_manhattan(zip_code: Column) -> Column:
+        return zip_code.between(*MANHATTAN_ZIPS)
+
+    return (((pickup_zip == JFK_ZIP) & in_manhattan(dropoff_zip))
+            | ((dropoff_zip == JFK_ZIP) & in_manhattan(pickup_zip)))
 
 
 def _lookup(index: Column, values) -> Column:

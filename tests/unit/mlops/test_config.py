@@ -55,7 +55,8 @@ def test_empty_value_keeps_default():
 
 
 def test_as_params_redacts_secret_looking_values():
-    sas_path = "https://acct.blob.core.windows.net/c/trips?sv=2022-11-02&sig=abcdefghijklmnopqrstuvwxyz0123456789ABCD%3D"
+    sas_path = ("https://acct.blob.core.windows.net/c/trips"
+                "?sv=2022-11-02&sig=abcdefghijklmnopqrstuvwxyz0123456789ABCD%3D")
     config = TrainingConfig.from_params({"taxi_fares_raw_data": sas_path})
     params = config.as_params()
     assert "abcdefghijklmnopqrstuvwxyz0123456789" not in str(params)
