@@ -1,0 +1,1 @@
+"""NYC taxi fare model: raw schema, synthetic data, features, training and evaluation."""

@@ -21,7 +21,7 @@ from taxi_fares.schema import RAW_COLUMNS
 logger = logging.getLogger(__name__)
 
 SECONDS_PER_DAY = 86_400
-CHOICE_BUCKETS = 4096
+CHOICE_BUCKETS = 1024
 
 # Relative pickup counts per hour of day: quiet before dawn, morning and evening peaks.
 HOURLY_PICKUP_WEIGHTS = (
@@ -197,9 +197,10 @@ def _weighted_choice(draw: Column, values, weights) -> Column:
     """
     cumulative = list(itertools.accumulate(weights))
     total = cumulative[-1]
-    table = [values[min(bisect.bisect_right(cumulative, (bucket + 0.5) / CHOICE_BUCKETS * total), len(values) - 1)]
-             for bucket in range(CHOICE_BUCKETS)]
-    return F.element_at(F.array(*[F.lit(value) for value in table]), F.floor(draw * CHOICE_BUCKETS).cast("int") + 1)
+    positions = [bisect.bisect_right(cumulative, (bucket + 0.5) / CHOICE_BUCKETS * total)
+                 for bucket in range(CHOICE_BUCKETS)]
+    table = F.array(*[F.lit(values[min(position, len(values) - 1)]) for position in positions])
+    return F.element_at(table, F.floor(draw * CHOICE_BUCKETS).cast("int") + 1)
 
 
 def _lognormal_distance(standard_normal: Column) -> Column:

@@ -77,7 +77,8 @@ def feature_importance(booster: lightgbm.Booster) -> pd.Series:
 def _require_columns(frame: pd.DataFrame, columns, purpose: str) -> None:
     missing = [name for name in columns if name not in frame.columns]
     if missing:
-        raise ValueError(f"{purpose} needs columns {', '.join(missing)}; found {', '.join(map(str, frame.columns))}")
+        found = ", ".join(map(str, frame.columns))
+        raise ValueError(f"{purpose} needs columns {', '.join(missing)}; found {found}")
 
 
 def slice_metrics(frame: pd.DataFrame) -> dict:

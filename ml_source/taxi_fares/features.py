@@ -113,7 +113,8 @@ def floor_to_grid(timestamp: Column) -> Column:
     return F.timestamp_micros(micros - F.pmod(micros, F.lit(GRID_MICROS)))
 
 
-def build_training_set(trips: DataFrame, pickup_features: DataFrame, dropoff_features: DataFrame) -> DataFrame:
+def build_training_set(trips: DataFrame, pickup_features: DataFrame,
+                       dropoff_features: DataFrame) -> DataFrame:
     """Trips with their trip features and the zip features as known at pickup (point-in-time join).
 
     Missing window counts become 0; a missing mean fare stays null (no trip to average).

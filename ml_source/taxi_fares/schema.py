@@ -30,7 +30,8 @@ _COMPATIBLE_TYPES = {
 
 def raw_schema() -> T.StructType:
     """The raw trip schema as a Spark StructType (all columns nullable, as in the source)."""
-    return T.StructType([T.StructField(name, _SPARK_TYPES[kind](), True) for name, kind in RAW_COLUMNS.items()])
+    return T.StructType([T.StructField(name, _SPARK_TYPES[kind](), nullable=True)
+                         for name, kind in RAW_COLUMNS.items()])
 
 
 def schema_problems(schema: T.StructType) -> list[str]:

@@ -79,11 +79,13 @@ def train_model(features: pd.DataFrame, labels: pd.Series, params: TrainingParam
         raise ValueError(f"features have {len(features)} rows but labels have {len(labels)}")
     label_values = np.asarray(labels, dtype=float)
     if not np.isfinite(label_values).all():
-        raise ValueError(f"labels contain {int((~np.isfinite(label_values)).sum())} missing or infinite values")
+        bad = int((~np.isfinite(label_values)).sum())
+        raise ValueError(f"labels contain {bad} missing or infinite values")
     logger.info("training LightGBM on %d rows, %d features: %s, %d rounds",
                 len(features), features.shape[1], asdict(params), params.num_rounds)
     dataset = lightgbm.Dataset(features, label=label_values, free_raw_data=True)
-    return lightgbm.train(params.lightgbm_params(num_threads), dataset, num_boost_round=int(params.num_rounds))
+    return lightgbm.train(params.lightgbm_params(num_threads), dataset,
+                          num_boost_round=int(params.num_rounds))
 
 
 def predict(booster: lightgbm.Booster, features: pd.DataFrame) -> np.ndarray:
