@@ -22,7 +22,13 @@ def _register_deploy(subparsers):
     register_cli(subparsers)
 
 
-REGISTRARS = [_register_data, _register_local, _register_deploy]
+def _register_model(subparsers):
+    from mlops.model_cli import register_cli
+
+    register_cli(subparsers)
+
+
+REGISTRARS = [_register_data, _register_local, _register_model, _register_deploy]
 
 
 def build_parser():

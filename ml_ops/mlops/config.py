@@ -160,6 +160,11 @@ def _check_date_range(config):
                 f"'{prefix}_end_date' ({end}); swap them or fix the range")
 
 
+def _require(config, name, holds, rule):
+    if not holds:
+        raise ConfigError(f"parameter '{name}' must be {rule}, got {getattr(config, name)}")
+
+
 def running_on_databricks() -> bool:
     return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
@@ -200,6 +205,10 @@ class TrainingConfig(JobConfig):
         if not 0.0 < self.test_fraction < 0.9:
             raise ConfigError("parameter 'test_fraction' must be between 0 and 0.9, "
                               f"got {self.test_fraction}")
+        _require(self, "validation_sample_rows", self.validation_sample_rows >= 100, "at least 100")
+        _require(self, "validation_slice_factor", self.validation_slice_factor >= 1.0, "at least 1")
+        _require(self, "validation_max_rmse", self.validation_max_rmse > 0, "above 0")
+        _require(self, "promotion_tolerance", self.promotion_tolerance > -1.0, "above -1")
         try:
             self.training_params().validate()
         except ValueError as error:

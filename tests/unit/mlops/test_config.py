@@ -32,6 +32,10 @@ def test_unknown_parameter_lists_valid_names():
     ("table_format", "orc", "table_format' must be one of auto, parquet, delta"),
     ("test_fraction", "0.95", "test_fraction' must be between 0 and 0.9"),
     ("training_sample_rows", "5", "training_sample_rows' must be at least 100"),
+    ("validation_sample_rows", "5", "validation_sample_rows' must be at least 100"),
+    ("validation_slice_factor", "0.5", "validation_slice_factor' must be at least 1"),
+    ("validation_max_rmse", "0", "validation_max_rmse' must be above 0"),
+    ("promotion_tolerance", "-1", "promotion_tolerance' must be above -1"),
 ])
 def test_bad_values_name_the_parameter(name, value, message):
     with pytest.raises(ConfigError, match=message):

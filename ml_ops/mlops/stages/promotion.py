@@ -1,0 +1,144 @@
+"""Task ``deploy``: compare the Challenger with the Champion offline and promote it if it is better.
+
+Both models are scored on the same held-out rows: those of the Challenger's training split.
+The Challenger is promoted when its rmse is at most the Champion's x (1 + promotion_tolerance).
+With no Champion yet it must beat the fare heuristic (per mile plus per minute) fitted on the
+training rows of that split. A version not tagged PASSED is never promoted.
+
+With ``require_approval`` the decision is recorded and the version tagged ``approval=pending``;
+the aliases stay as they are until ``mlops model approve``.
+"""
+import logging
+from dataclasses import dataclass
+
+import mlflow
+from taxi_fares import evaluation, features
+
+from mlops.registry import (APPROVAL_PENDING, APPROVAL_TAG, CHAMPION, ModelRef, RegistryClient, utc_now)
+from mlops.stages.validation import Split, load_held_out, load_model, predict, resolve_model
+
+logger = logging.getLogger(__name__)
+
+PROMOTED = "promoted"
+NOT_PROMOTED = "not_promoted"
+PENDING_APPROVAL = "pending_approval"
+ALREADY_CHAMPION = "already_champion"
+HEURISTIC = "heuristic"
+
+DECISION_TAG = "promotion_decision"
+COMPARED_WITH_TAG = "promotion_compared_with"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Challenger and reference metrics on the same rows, and whether the Challenger wins."""
+
+    compared_with: str
+    challenger: dict
+    reference: dict
+    challenger_wins: bool
+    rule: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    challenger: ModelRef
+    decision: str
+    comparison: Comparison | None
+    champion_before: str | None
+    champion_after: str | None
+
+    def task_values(self) -> dict:
+        return {**self.challenger.task_values(), "promotion_decision": self.decision,
+                "champion_version": self.champion_after or ""}
+
+
+def compare_with_champion(challenger_metrics: dict, champion_metrics: dict, champion_version: str,
+                          tolerance: float, rows: int) -> Comparison:
+    bar = champion_metrics["rmse"] * (1 + tolerance)
+    wins = challenger_metrics["rmse"] <= bar
+    rule = (f"challenger rmse {challenger_metrics['rmse']:.4f} {'<=' if wins else '>'} {bar:.4f} "
+            f"= {CHAMPION} v{champion_version} rmse {champion_metrics['rmse']:.4f} x (1 + {tolerance})")
+    return Comparison(f"{CHAMPION} v{champion_version}", challenger_metrics, champion_metrics, wins, rule,
+                      rows)
+
+
+def compare_with_heuristic(challenger_metrics: dict, heuristic_metrics: dict, rows: int) -> Comparison:
+    wins = challenger_metrics["rmse"] < heuristic_metrics["rmse"]
+    rule = (f"no {CHAMPION} yet: challenger rmse {challenger_metrics['rmse']:.4f} "
+            f"{'<' if wins else '>='} heuristic rmse {heuristic_metrics['rmse']:.4f}")
+    return Comparison(HEURISTIC, challenger_metrics, heuristic_metrics, wins, rule, rows)
+
+
+def decide(comparison: Comparison, require_approval: bool) -> str:
+    if not comparison.challenger_wins:
+        return NOT_PROMOTED
+    return PENDING_APPROVAL if require_approval else PROMOTED
+
+
+def _compare(run, registry: RegistryClient, challenger: ModelRef, champion_version: str | None) -> Comparison:
+    split = Split.of_training_run(registry.training_run(challenger.version))
+    data = load_held_out(run, split, run.config.validation_sample_rows,
+                         with_training_rows=champion_version is None)
+    label = data.rows[features.LABEL_COLUMN].to_numpy(dtype=float)
+    rows = len(data.rows)
+    challenger_metrics = evaluation.regression_metrics(label, predict(load_model(challenger), data.rows))
+    if champion_version is None:
+        heuristic = evaluation.fit_fare_heuristic(data.training_rows)
+        heuristic_metrics = evaluation.regression_metrics(label, heuristic.predict(data.rows))
+        return compare_with_heuristic(challenger_metrics, heuristic_metrics, rows)
+    champion = registry.resolve(champion_version)
+    champion_metrics = evaluation.regression_metrics(label, predict(load_model(champion), data.rows))
+    return compare_with_champion(challenger_metrics, champion_metrics, champion_version,
+                                 run.config.promotion_tolerance, rows)
+
+
+def promote_challenger(run) -> PromotionDecision:
+    """Compare, decide, record, and move the Champion alias when the decision is to promote."""
+    config = run.config
+    registry = RegistryClient.from_config(config)
+    challenger = resolve_model(run, registry, upstream_task="validate", switch_parameter="execute_validation")
+    run.annotate(model_version=challenger.version)
+    registry.require_passed(challenger.version, "promote")
+    champion_before = registry.alias_version(CHAMPION)
+    if champion_before == challenger.version:
+        result = PromotionDecision(challenger, ALREADY_CHAMPION, None, champion_before, champion_before)
+    else:
+        comparison = _compare(run, registry, challenger, champion_before)
+        decision = decide(comparison, config.require_approval)
+        if decision == PROMOTED:
+            registry.set_champion(challenger.version, by=f"job {run.job.job_name} run {run.job.job_run_id}",
+                                  via="promotion")
+        champion_after = registry.alias_version(CHAMPION)
+        result = PromotionDecision(challenger, decision, comparison, champion_before, champion_after)
+    _record(run, registry, result)
+    for key, value in result.task_values().items():
+        run.set_task_value(key, value)
+    logger.info("model %s version %s: %s (%s)", challenger.name, challenger.version, result.decision,
+                result.comparison.rule if result.comparison else "it already is the Champion")
+    return result
+
+
+def _record(run, registry: RegistryClient, result: PromotionDecision):
+    """The decision and both models' metrics, in the deploy run and as tags on the version."""
+    comparison = result.comparison
+    mlflow.set_tags({"model_name": result.challenger.name, "model_version": result.challenger.version,
+                     DECISION_TAG: result.decision,
+                     "champion_version_before": result.champion_before or "none",
+                     "champion_version_after": result.champion_after or "none"})
+    version_tags = {DECISION_TAG: result.decision, "promotion_decided_at": utc_now(),
+                    "promotion_run_id": run.mlflow_run_id or ""}
+    if comparison is not None:
+        reference = "heuristic" if comparison.compared_with == HEURISTIC else "champion"
+        mlflow.log_metrics({"held_out_rows": comparison.rows}
+                           | {f"challenger_{name}": value for name, value in comparison.challenger.items()}
+                           | {f"{reference}_{name}": value for name, value in comparison.reference.items()})
+        mlflow.set_tags({COMPARED_WITH_TAG: comparison.compared_with, "promotion_rule": comparison.rule})
+        version_tags |= {COMPARED_WITH_TAG: comparison.compared_with,
+                         "promotion_challenger_rmse": f"{comparison.challenger['rmse']:.6f}",
+                         "promotion_reference_rmse": f"{comparison.reference['rmse']:.6f}",
+                         "promotion_rule": comparison.rule}
+    if result.decision == PENDING_APPROVAL:
+        version_tags[APPROVAL_TAG] = APPROVAL_PENDING
+    registry.set_tags(result.challenger.version, version_tags)
