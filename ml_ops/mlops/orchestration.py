@@ -3,18 +3,24 @@
 Notebooks open one ``task_run`` and call one function per stage inside it.
 Everything that must happen on failure happens here, once:
 
-* the MLflow run ends FAILED with an ``error`` tag;
+* the MLflow run ends FAILED with an ``error`` tag (and ``error_stage``);
 * telemetry records the exception and is flushed;
 * the task's temporary folder is removed;
+* one line names the task, the stage and the cause, and the redacted traceback follows;
 * the error propagates, so the task exits non-zero.
+
+A stage's failure to reach the MLflow tracking server is reported as such, naming the
+server (:func:`mlops.tracking.tracking_server`), and the run is then only ended locally.
 """
 import contextlib
 import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,13 +30,16 @@ from mlops import context as run_context
 from mlops import tracking
 from mlops.config import running_on_databricks
 from mlops.errors import StageFailed
-from mlops.secrets import redact_text, register_secret
+from mlops.secrets import redact_params, redact_text, register_secret
 from mlops.tables import TableStore, resolve_table_format
 from mlops.telemetry import Telemetry, TelemetrySettings
 
 logger = logging.getLogger(__name__)
 
 CONNECTION_STRING_ENV = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+MAX_FAILURE_LINE = 1000
+# MLflow limits tag values to 5000 characters.
+MAX_ERROR_TAG = 4900
 
 
 @dataclass
@@ -54,7 +63,7 @@ class TaskRun:
         started = time.monotonic()
         self.telemetry.set_dimensions(stage=name)
         try:
-            with self.telemetry.span(name):
+            with self.telemetry.span(name), tracking.tracking_server():
                 result = function(self, *args, **kwargs)
         except StageFailed:
             raise
@@ -145,30 +154,84 @@ def task_run(task, config, spark, dbutils, mlflow_run=True):
             yield run
     except BaseException as error:
         telemetry.record_exception(error)
-        logger.error("task %s failed: %s", task, redact_text(str(error)))
+        _report_failure(task, error)
         raise
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
         telemetry.close()
 
 
+def failure_line(task, error) -> str:
+    """One line naming the task, the failed stage (when a stage failed) and the cause."""
+    if isinstance(error, StageFailed):
+        where, cause = f"task {task} failed in stage '{error.stage}'", error.cause
+    else:
+        where, cause = f"task {task} failed", error
+    text = " ".join(redact_text(f"{type(cause).__name__}: {cause}").split())
+    if len(text) > MAX_FAILURE_LINE:
+        text = text[:MAX_FAILURE_LINE] + " [...]"
+    return f"{where}: {text}"
+
+
+def _report_failure(task, error):
+    """The failure line as a log record (stderr and telemetry), then the redacted traceback.
+
+    The traceback goes to stderr only: telemetry already holds it as the exception item.
+    """
+    logger.error("%s", failure_line(task, error))
+    sys.stderr.write(redact_text("".join(traceback.format_exception(error))))
+    sys.stderr.flush()
+
+
 @contextlib.contextmanager
 def _mlflow_run(run: TaskRun):
+    """One MLflow run per task; it ends FAILED with an ``error`` tag when the task fails."""
     uri = tracking.configure(run.config)
     tags = {"task": run.task, "job_name": run.job.job_name, "job_run_id": run.job.job_run_id,
             "env": run.config.env, "git_commit": _git_commit(run.config)}
-    with mlflow.start_run(run_name=f"{run.job.job_name}/{run.task}", tags=tags) as active:
+    with tracking.tracking_server(uri):
+        active = mlflow.start_run(run_name=f"{run.job.job_name}/{run.task}",
+                                  tags=redact_params(tags))
+    try:
         run.mlflow_run_id = active.info.run_id
         run.annotate(mlflow_run_id=active.info.run_id,
                      mlflow_experiment_id=active.info.experiment_id)
-        mlflow.log_params(run.config.as_params())
-        logger.info("MLflow run %s at %s", active.info.run_id, uri.split("?")[0])
-        try:
-            yield active
-        except BaseException as error:
-            mlflow.set_tag("error", redact_text(f"{type(error).__name__}: {error}")[:4900])
-            raise
-        finally:
-            if run.stage_durations:
-                mlflow.log_metrics({f"stage_seconds_{name}": seconds
-                                    for name, seconds in run.stage_durations.items()})
+        with tracking.tracking_server(uri):
+            mlflow.log_params(run.config.as_params())
+        logger.info("MLflow run %s at %s", active.info.run_id, tracking.describe(uri))
+        yield active
+    except BaseException as error:
+        _end_failed_run(run, error)
+        raise
+    with tracking.tracking_server(uri):
+        _log_stage_durations(run)
+        mlflow.end_run()
+
+
+def _log_stage_durations(run: TaskRun):
+    if run.stage_durations:
+        mlflow.log_metrics({f"stage_seconds_{name}": seconds
+                            for name, seconds in run.stage_durations.items()})
+
+
+def _end_failed_run(run: TaskRun, error: BaseException):
+    """End the run FAILED, tagged with the error; never let this hide the task's own error.
+
+    When the tracking server itself is unreachable, only the local end of the run is done:
+    waiting for more retries would not bring the server back.
+    """
+    if tracking.unreachable_uri(error) is None:
+        tags = {"error": redact_text(f"{type(error).__name__}: {error}")[:MAX_ERROR_TAG]}
+        if isinstance(error, StageFailed):
+            tags["error_stage"] = error.stage
+        _best_effort("tag the MLflow run with its error", mlflow.set_tags, tags)
+        _best_effort("log stage durations", _log_stage_durations, run)
+    _best_effort("end the MLflow run as FAILED", mlflow.end_run, "FAILED")
+
+
+def _best_effort(action, function, *args):
+    try:
+        function(*args)
+    except Exception as failure:
+        logger.warning("could not %s: %s: %s", action, type(failure).__name__,
+                       " ".join(redact_text(failure).split())[:MAX_FAILURE_LINE])

@@ -1,15 +1,43 @@
-"""MLflow tracking and registry: where runs and models go, chosen by configuration."""
+"""MLflow tracking and registry: where runs and models go, chosen by configuration.
+
+MLflow's HTTP client retries transient failures (429, 5xx, refused or reset connections) with
+exponential backoff. Its defaults (7 retries, backoff factor 2, 120 s timeout) keep a job
+waiting for many minutes when the tracking server is down, so :func:`configure` bounds them
+through MLflow's own environment variables, unless they are already set (see
+:data:`HTTP_RETRY_DEFAULTS`). Permanent errors (other 4xx) are not retried by MLflow.
+
+A failure to reach the tracking server is wrapped once, by :func:`tracking_server`, into a
+:class:`~mlops.errors.RegistryError` that names the server's URI.
+"""
+import contextlib
 import logging
 import os
+import sys
 
 import mlflow
 
 from mlops.config import running_on_databricks
-from mlops.errors import ConfigError
+from mlops.errors import ConfigError, RegistryError
+from mlops.secrets import redact_text
 
 logger = logging.getLogger(__name__)
 
 UNITY_CATALOG = "databricks-uc"
+
+# About 1 + 2 + 4 s of backoff over 3 retries: a dead server fails a call within seconds,
+# while a restart or a burst of throttling still gets a few chances.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+
+# requests raises these for refused, reset and timed-out connections; answers that keep failing
+# (retries used up on 503s) are a RetryError instead, and are not called unreachable.
+_CONNECTION_ERRORS_BY_MODULE = {
+    "requests.exceptions": ("ConnectionError", "Timeout"),
+}
+_MAX_CHAIN_DEPTH = 12
 
 
 def tracking_uri() -> str:
@@ -38,13 +66,73 @@ def validate_model_name(name: str, registry_uri: str):
 def configure(config):
     """Point MLflow at the tracking store, registry and experiment of ``config``."""
     uri = tracking_uri()
+    bound_http_retries()
     mlflow.set_tracking_uri(uri)
     registry = config.registry_uri or uri
     mlflow.set_registry_uri(registry)
     validate_model_name(config.registered_model_name, config.registry_uri)
-    _ensure_experiment(uri, config.experiment_name)
-    logger.info("MLflow tracking at %s, experiment %s", _describe(uri), config.experiment_name)
+    with tracking_server(uri):
+        _ensure_experiment(uri, config.experiment_name)
+    logger.info("MLflow tracking at %s, experiment %s", describe(uri), config.experiment_name)
     return uri
+
+
+def bound_http_retries():
+    """Set MLflow's HTTP retry and timeout variables to :data:`HTTP_RETRY_DEFAULTS` unless set."""
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def is_unreachable(error) -> bool:
+    """True when ``error`` (or an error it was raised from or while handling) is a failure to
+    connect to, or to hear back from, a server: refused, reset or timed out."""
+    classes = [ConnectionError, TimeoutError]
+    for module_name, class_names in _CONNECTION_ERRORS_BY_MODULE.items():
+        module = sys.modules.get(module_name)
+        if module is not None:
+            classes += [getattr(module, name) for name in class_names if hasattr(module, name)]
+    return any(isinstance(link, tuple(classes)) for link in _chain(error))
+
+
+def unreachable_uri(error):
+    """The tracking URI named by an error :func:`tracking_server` raised, else None."""
+    return next((getattr(link, "tracking_uri") for link in _chain(error)
+                 if getattr(link, "tracking_uri", None)), None)
+
+
+@contextlib.contextmanager
+def tracking_server(uri=None):
+    """Wrap a failure to reach the MLflow tracking server, once, into a RegistryError naming it.
+
+    Other errors, connection errors that did not come through MLflow's client, and errors
+    already wrapped here, pass through unchanged.
+    """
+    try:
+        yield
+    except Exception as error:
+        if not _from_mlflow_client(error) or not is_unreachable(error) or unreachable_uri(error):
+            raise
+        shown = describe(uri or mlflow.get_tracking_uri())
+        retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLflow's default number of")
+        wrapped = RegistryError(
+            f"MLflow tracking server at {shown} is unreachable (after {retries} retries): "
+            f"{type(error).__name__}: {' '.join(redact_text(error).split())}")
+        wrapped.tracking_uri = shown
+        raise wrapped from error
+
+
+def _from_mlflow_client(error):
+    """Only MLflow's client talks to the tracking server; other connection errors are not its."""
+    return any(isinstance(link, mlflow.exceptions.MlflowException) for link in _chain(error))
+
+
+def _chain(error):
+    """``error`` and the exceptions it was raised from or while handling, nearest first."""
+    seen = []
+    while error is not None and len(seen) < _MAX_CHAIN_DEPTH and not any(error is s for s in seen):
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
 
 
 def _ensure_experiment(uri, name):
@@ -57,5 +145,6 @@ def _ensure_experiment(uri, name):
     mlflow.set_experiment(name)
 
 
-def _describe(uri: str) -> str:
-    return uri.split("?")[0]
+def describe(uri: str) -> str:
+    """The URI without its query string and with any credentials in it redacted."""
+    return redact_text(uri.split("?")[0])

@@ -44,6 +44,7 @@ from mlops.errors import ConfigError, JobError
 from mlops.local.home import new_run_id, runs_dir
 from mlops.local.notebook import run_notebook
 from mlops.local.session import LocalSession
+from mlops.secrets import REDACTED, redact_params
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +104,13 @@ class RunRecord:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The record as written: parameters whose name or value looks secret are redacted."""
+        tasks = {key: {**entry, "parameters": redact_params(entry["parameters"])} if "parameters" in entry
+                 else entry for key, entry in self.tasks.items()}
         return {"run_id": self.run_id, "job_name": self.job_name, "job_file": self.job_file,
-                "parameters": self.parameters, "state": self.state, "start_time": self.start_time,
-                "end_time": self.end_time, "repair_of": self.repair_of, "tasks": self.tasks}
+                "parameters": redact_params(self.parameters), "state": self.state,
+                "start_time": self.start_time, "end_time": self.end_time, "repair_of": self.repair_of,
+                "tasks": tasks}
 
     def save(self) -> None:
         """Write the record atomically, so a reader never sees half a file."""
@@ -328,6 +333,11 @@ def run_job(job_file: Path, overrides: Optional[dict[str, str]] = None, repair_r
     overrides = dict(overrides or {})
     earlier = _earlier_run(job, repair_run_id) if repair_run_id else None
     if earlier is not None:
+        withheld = sorted(name for name, value in earlier.parameters.items()
+                          if value == REDACTED and name not in overrides)
+        if withheld:
+            raise JobError(f"run {repair_run_id} recorded {', '.join(withheld)} redacted, as secret; "
+                           f"pass {'them' if len(withheld) > 1 else 'it'} again with -p name=value")
         overrides = {**earlier.parameters, **overrides}
     unknown = sorted(set(overrides) - job.parameter_names())
     if unknown:
