@@ -1,11 +1,12 @@
 """Shared fixtures: one local Spark session and a real MLflow store per test."""
 import os
-import sys
 
 import pytest
 
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+from support.spark_cluster import export_worker_environment
+
+# Before any fixture starts a JVM: Python workers use this venv and import the source tree.
+export_worker_environment()
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 

@@ -1,36 +1,99 @@
-"""``make demo``: generate trips, then run the real jobs through the local runtime."""
+"""``make demo``: generate trips, then run the real job files through the local runtime.
+
+Trains, validates and promotes on January 2016, then scores February 2016 with the
+Champion and publishes the results to a local Azurite (or a folder when Node is absent).
+"""
 import argparse
+import contextlib
 import datetime
+import json
+import os
 import sys
 from pathlib import Path
 
 import mlflow
 
+from mlops import azurite
 from mlops.datagen import generate
-from mlops.local.home import mlflow_tracking_uri
+from mlops.local.home import mlflow_tracking_uri, mlops_home
 from mlops.local.jobs import run_job
 from mlops.local.session import spark_session
+from mlops.config import ScoringConfig
+from mlops.publish import make_publisher
+from mlops.stages.scoring import publish_prefix
+from mlops.tables import to_local_path
 
 RAW_DATA = "dbfs:/mlops/taxi_fares/raw/trips"
 TRAINING_JOB = Path("databricks_jobs/taxi_fares_training.json")
+SCORING_JOB = Path("databricks_jobs/taxi_fares_batch_scoring.json")
+STORAGE_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+MODEL_NAME = "taxi_fares"
+SHOWN_FILES = 4
 
 
 def _banner(text):
     print(f"\n=== {text} ===", flush=True)
 
 
-def _print_model_summary(model_name):
-    client = mlflow.tracking.MlflowClient(tracking_uri=mlflow_tracking_uri(),
-                                          registry_uri=mlflow_tracking_uri())
-    versions = client.search_model_versions(f"name='{model_name}'")
+def _run(job_file, overrides):
+    _banner(f"Running {job_file}")
+    record = run_job(job_file, overrides)
+    if record.state != "SUCCESS":
+        raise SystemExit(f"{job_file.name} ended {record.state}; run record: {record.path}")
+    return record
+
+
+def _print_model_summary():
+    client = mlflow.MlflowClient(tracking_uri=mlflow_tracking_uri(), registry_uri=mlflow_tracking_uri())
+    versions = client.search_model_versions(f"name='{MODEL_NAME}'")
     latest = max(versions, key=lambda version: int(version.version))
-    run = client.get_run(latest.run_id)
-    metrics = run.data.metrics
-    _banner("Result")
-    print(f"registered model: {model_name} version {latest.version} (run {latest.run_id})")
+    metrics = client.get_run(latest.run_id).data.metrics
+    champion = client.get_registered_model(MODEL_NAME).aliases.get("Champion", "none")
+    _banner("Model")
+    print(f"registered model: {MODEL_NAME} version {latest.version} "
+          f"(validation {latest.tags.get('model_validation_status', 'n/a')}); Champion is version {champion}")
     print("held-out metrics: " + ", ".join(
         f"{name} {metrics[name]:.3f}" for name in ("rmse", "mae", "r2", "baseline_rmse") if name in metrics))
-    print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {mlflow_tracking_uri()} --port 5000")
+
+
+@contextlib.contextmanager
+def _storage():
+    """A local Azurite for the demo's publish step, or the folder fallback when Node is absent."""
+    if not azurite.available():
+        print("Azurite is not installed (npm missing): results go to the local publish folder instead.")
+        yield None
+        return
+    server = azurite.AzuriteServer.start(mlops_home() / "azurite")
+    previous = os.environ.get(STORAGE_ENV)
+    os.environ[STORAGE_ENV] = server.connection_string
+    try:
+        print(f"Azurite listening at {server.blob_endpoint}")
+        yield server
+    finally:
+        if previous is None:
+            os.environ.pop(STORAGE_ENV, None)
+        else:
+            os.environ[STORAGE_ENV] = previous
+        server.stop()
+
+
+def _print_published(server, scoring_record):
+    config = ScoringConfig.from_params(scoring_record.tasks["score"]["parameters"])
+    folder = to_local_path(config.publish_folder)
+    with make_publisher(server.connection_string if server else None, config.blob_container,
+                        folder) as publisher:
+        prefix, run_id = publish_prefix(config), scoring_record.run_id
+        _banner(f"Published results ({'Azurite' if server else f'folder {folder}'})")
+        blobs = publisher.list_run(prefix, run_id)
+        for name, size in blobs[:SHOWN_FILES] + blobs[-1:]:
+            print(f"  {config.blob_container}/{name}  {size:>10,} bytes")
+        if len(blobs) > SHOWN_FILES + 1:
+            print(f"  ... {len(blobs)} blobs in all")
+        manifest = publisher.read_manifest(prefix, run_id)
+        files = manifest.pop("files")
+        manifest.pop("file_partitions", None)
+        print("_manifest.json (file list shortened):")
+        print(json.dumps({**manifest, "files": files[:2] + [f"... {len(files)} files"]}, indent=2))
 
 
 def main(argv=None):
@@ -41,12 +104,14 @@ def main(argv=None):
     spark = spark_session()
     _banner(f"Generating {args.rows} trips for January and February 2016")
     generate(spark, args.rows, datetime.date(2016, 1, 1), datetime.date(2016, 2, 29), args.data, seed=7)
-    _banner(f"Running {TRAINING_JOB}")
-    record = run_job(TRAINING_JOB, {"taxi_fares_raw_data": args.data})
-    if record.state != "SUCCESS":
-        print(f"training job {record.state}: see {record.path}", file=sys.stderr)
-        return 1
-    _print_model_summary("taxi_fares")
+    _run(TRAINING_JOB, {"taxi_fares_raw_data": args.data})
+    _print_model_summary()
+    with _storage() as server:
+        scoring = _run(SCORING_JOB, {"taxi_fares_raw_data": args.data})
+        _print_published(server, scoring)
+    _banner("Next")
+    print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {mlflow_tracking_uri()} --port 5000")
+    print(f"run records and telemetry: {mlops_home() / 'runs'}")
     return 0
 
 

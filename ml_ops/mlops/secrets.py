@@ -158,7 +158,10 @@ def redact_params(params: dict) -> dict:
     """
     redacted = {}
     for name, value in params.items():
-        if is_secret_name(name):
+        if value in ("", None):
+            # Nothing to hide; showing the empty value tells a reader the setting is unused.
+            redacted[name] = value
+        elif is_secret_name(name):
             register_secret(value)
             redacted[name] = REDACTED
         elif looks_secret(value):

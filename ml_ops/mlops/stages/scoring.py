@@ -1,0 +1,323 @@
+"""Batch scoring job stages: resolve the model, check the publish target, score, publish, summarise.
+
+Everything that can be checked without Spark is checked first (model version, blob
+container, prefix, endpoint and key), so bad input fails in seconds and publishes nothing.
+"""
+import datetime
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import mlflow
+from pyspark.sql import functions as F
+from taxi_fares.features import filter_date_range
+
+from mlops import plots
+from mlops import scoring as engine
+from mlops.errors import ConfigError, DataError, RegistryError
+from mlops.publish import make_publisher, validate_prefix
+from mlops.registry import ModelRef, RegistryClient
+from mlops.secrets import register_secret
+from mlops.stages.feature_tables import REBUILD_HINT, SCORING, build_feature_tables, load_feature_set
+from mlops.tables import to_local_path
+
+logger = logging.getLogger(__name__)
+
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+HISTOGRAM_BINS = 40
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """The one model version this run scores with, and the LightGBM text shipped to executors."""
+
+    ref: ModelRef
+    resolved_from: str
+    scoring_model: engine.ScoringModel
+
+
+@dataclass
+class PublishTarget:
+    """The checked publisher (None when publishing is off); closes its connections on exit."""
+
+    publisher: object = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.publisher is not None:
+            self.publisher.close()
+
+
+@dataclass(frozen=True)
+class ScoredPredictions:
+    """What the score stage wrote: the predictions table and how it was produced."""
+
+    table: str
+    rows: int
+    model: ModelRef
+    scoring_run_id: str
+    scored_at: datetime.datetime
+    has_actuals: bool
+
+
+def resolve_model(run) -> ResolvedModel:
+    """Pin the model version once (trained_model_version, else the alias) and fetch its file.
+
+    A promotion later in the run cannot change the version: every later stage uses this one.
+    """
+    config = run.config
+    registry = RegistryClient.from_config(config)
+    if config.trained_model_version:
+        if not config.trained_model_version.isdigit():
+            raise ConfigError(f"parameter 'trained_model_version' must be a version number such as 3, "
+                              f"got {config.trained_model_version!r}; use 'model_alias' for an alias")
+        resolved_from, version = "trained_model_version", config.trained_model_version
+    else:
+        resolved_from, version = f"alias {config.model_alias}", registry.alias_version(config.model_alias)
+        if version is None:
+            raise RegistryError(
+                f"model '{config.registered_model_name}' has no version with alias '{config.model_alias}' "
+                "and trained_model_version is empty: promote a version to that alias (training job, "
+                "deploy task) or set trained_model_version")
+    ref = registry.resolve(version)
+    scoring_model = engine.load_scoring_model(ref.uri, download_dir=run.temp_dir / "model")
+    mlflow.set_tags({"scoring.model_name": ref.name, "scoring.model_version": ref.version,
+                     "scoring.model_resolved_from": resolved_from})
+    mlflow.log_param("resolved_model_version", ref.version)
+    run.annotate(model_version=ref.version)
+    for key, value in ref.task_values().items():
+        run.set_task_value(key, value)
+    logger.info("scoring with model %s version %s (from %s)", ref.name, ref.version, resolved_from)
+    return ResolvedModel(ref=ref, resolved_from=resolved_from, scoring_model=scoring_model)
+
+
+def storage_connection_string(config, dbutils) -> str | None:
+    """The secret scope's value when configured, else AZURE_STORAGE_CONNECTION_STRING; never logged."""
+    if bool(config.storage_secret_scope) != bool(config.storage_secret_key):
+        raise ConfigError("parameters 'storage_secret_scope' and 'storage_secret_key' must be set "
+                          f"together, got scope {config.storage_secret_scope!r} and key name "
+                          f"{config.storage_secret_key!r}")
+    if config.storage_secret_scope:
+        value = dbutils.secrets.get(config.storage_secret_scope, config.storage_secret_key)
+    else:
+        value = os.environ.get(CONNECTION_STRING_ENV)
+    if value:
+        register_secret(value)
+    return value or None
+
+
+def open_publish_target(run) -> PublishTarget:
+    """Validate container and prefix and reach the endpoint with the key, before any Spark work."""
+    config = run.config
+    if not config.publish_results:
+        logger.info("publish_results is false: results stay in table %s", config.predictions_table)
+        return PublishTarget()
+    validate_prefix(config.blob_prefix)
+    publisher = make_publisher(storage_connection_string(config, run.dbutils), config.blob_container,
+                               to_local_path(config.publish_folder))
+    try:
+        publisher.check_access()
+    except BaseException:
+        publisher.close()
+        raise
+    return PublishTarget(publisher)
+
+
+def engineer_features(run):
+    """Clean raw trips in the scoring range and write the scoring feature tables."""
+    config = run.config
+    return build_feature_tables(run, config.taxi_fares_raw_data, config.scoring_data_start_date,
+                                config.scoring_data_end_date, SCORING, "scoring_data")
+
+
+def score_and_write(run, model: ResolvedModel, load_marker_dir: str | None = None) -> ScoredPredictions:
+    """Score the scoring range's feature set on the executors; write the predictions table."""
+    config = run.config
+    features = load_feature_set(run, config.scoring_data_start_date, config.scoring_data_end_date, SCORING)
+    if _no_trips_in_range(run):
+        raise DataError(f"no trips to score between {config.scoring_data_start_date} and "
+                        f"{config.scoring_data_end_date} in table {SCORING.trips}; check "
+                        "scoring_data_start_date, scoring_data_end_date and execute_feature_engineering")
+    scored_at = datetime.datetime.now(datetime.timezone.utc)
+    scoring_run_id = run.job.job_run_id
+    write_predictions(run.tables, config.predictions_table, features, model, scoring_run_id, scored_at,
+                      scoring_range=scoring_range(config), load_marker_dir=load_marker_dir)
+    rows = run.tables.read(config.predictions_table).count()
+    logger.info("scored %d trips with %s version %s into table %s", rows, model.ref.name,
+                model.ref.version, config.predictions_table)
+    run.set_task_value("predictions_table", run.tables.uri(config.predictions_table))
+    run.set_task_value("rows_scored", rows)
+    return ScoredPredictions(table=config.predictions_table, rows=rows, model=model.ref,
+                             scoring_run_id=scoring_run_id, scored_at=scored_at,
+                             has_actuals=engine.LABEL_COLUMN in features.columns)
+
+
+def write_predictions(tables, table: str, features, model: ResolvedModel, scoring_run_id: str,
+                      scored_at: datetime.datetime, scoring_range: str = "", load_marker_dir=None):
+    """Score ``features`` on the executors and replace ``table`` with the predictions, by pickup date."""
+    predictions = engine.score_features(
+        features, model.scoring_model, model.ref.name, model.ref.version, scoring_run_id, scored_at,
+        load_marker_dir=load_marker_dir)
+    tables.write(predictions, table, partition_by=list(engine.PARTITION_COLUMNS),
+                 metadata={"model_name": model.ref.name, "model_version": model.ref.version,
+                           "scoring_run_id": scoring_run_id, "scored_at": scored_at.isoformat(),
+                           "scoring_range": scoring_range})
+
+
+def _no_trips_in_range(run) -> bool:
+    """A cheap emptiness check on the trip table (the feature set has one row per trip)."""
+    config = run.config
+    trips = run.tables.read(SCORING.trips, missing_hint=REBUILD_HINT)
+    return filter_date_range(trips, config.scoring_data_start_date, config.scoring_data_end_date).isEmpty()
+
+
+def scoring_range(config) -> str:
+    return f"{config.scoring_data_start_date}_{config.scoring_data_end_date}"
+
+
+def publish_prefix(config) -> str:
+    """The blob prefix of one scoring range: ``<blob_prefix>/<start>_<end>``; run ids go below it."""
+    return f"{config.blob_prefix}/{scoring_range(config)}"
+
+
+def _local_path(uri: str) -> Path:
+    """A driver path for a file URI that Spark reports (file:/..., dbfs:/... or a plain path)."""
+    if uri.startswith("dbfs:"):
+        return to_local_path(uri)
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme in ("file", "") else to_local_path(uri)
+
+
+def prediction_files(run, table: str) -> list[tuple[Path, str, int]]:
+    """(local path, publish name, rows) of the table's current part files; rows from Parquet footers.
+
+    Part files of different partitions share names, so the publish name carries the partition
+    folder: ``pickup_date=2016-02-01_part-....parquet``.
+    """
+    import pyarrow.parquet as pq
+
+    files = []
+    for uri in sorted(run.tables.read(table).inputFiles()):
+        path = _local_path(uri)
+        partition = path.parent.name if "=" in path.parent.name else ""
+        name = f"{partition}_{path.name}" if partition else path.name
+        files.append((path, name, pq.ParquetFile(path).metadata.num_rows))
+    return files
+
+
+def publish_predictions(run, scored: ScoredPredictions, target: PublishTarget, before_upload=None):
+    """Publish the part files under <prefix>/<scoring range>/<run id>/, manifest last."""
+    if target.publisher is None:
+        return None
+    config = run.config
+    files = prediction_files(run, scored.table)
+    staging = run.temp_dir / "publish"
+    staging.mkdir(parents=True, exist_ok=True)
+    named = []
+    for path, name, rows in files:
+        # Links give each file its publish name without copying data.
+        link = staging / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(path)
+        named.append((link, rows))
+    manifest = {
+        "model": {"name": scored.model.name, "version": scored.model.version, "uri": scored.model.uri,
+                  "training_run_id": scored.model.run_id},
+        "scoring_run_id": scored.scoring_run_id,
+        "mlflow_run_id": run.mlflow_run_id,
+        "scored_at": scored.scored_at.isoformat(),
+        "scoring_range": {"start": str(config.scoring_data_start_date),
+                          "end": str(config.scoring_data_end_date)},
+        "partition_columns": list(engine.PARTITION_COLUMNS),
+        "file_partitions": {name: name.split("_", 1)[0] for _, name, _ in files if "=" in name},
+        "format": "parquet",
+        "parameters": config.as_params(),
+    }
+    result = target.publisher.publish(named, prefix=publish_prefix(config),
+                                      run_id=scored.scoring_run_id, manifest=manifest,
+                                      before_upload=before_upload)
+    total = sum(rows for _, rows in named)
+    if total != scored.rows:
+        raise DataError(f"published files hold {total} rows but table {scored.table} has {scored.rows}")
+    mlflow.set_tags({"scoring.blob_url": result.url, "scoring.manifest_url": result.manifest_url})
+    run.set_task_value("blob_url", result.url)
+    logger.info("published %d files (%d rows) to %s", len(result.files), total, result.url)
+    return result
+
+
+def prediction_summary(run, scored: ScoredPredictions) -> dict:
+    """Row count and prediction statistics (and errors against actual fares), from Spark aggregates."""
+    table = run.tables.read(scored.table)
+    prediction = F.col(engine.PREDICTION)
+    aggregates = [F.count(F.lit(1)).alias("rows_scored"), F.mean(prediction).alias("prediction_mean"),
+                  F.stddev(prediction).alias("prediction_stddev"), F.min(prediction).alias("prediction_min"),
+                  F.max(prediction).alias("prediction_max"),
+                  F.percentile_approx(prediction, [0.5, 0.95]).alias("prediction_quantiles")]
+    if scored.has_actuals:
+        actual = F.col(engine.LABEL_COLUMN)
+        error = prediction - actual
+        aggregates += [F.count(actual).alias("rows_with_actuals"), F.mean(actual).alias("actual_mean"),
+                       F.sqrt(F.mean(error * error)).alias("rmse"), F.mean(F.abs(error)).alias("mae")]
+    row = table.agg(*aggregates).first().asDict()
+    median, p95 = row.pop("prediction_quantiles") or (None, None)
+    row.update(prediction_median=median, prediction_p95=p95)
+    return {name: value for name, value in row.items() if value is not None}
+
+
+def histograms(run, scored: ScoredPredictions, bins: int = HISTOGRAM_BINS):
+    """Bin edges and per-bin counts of predictions (and actual fares), counted by Spark."""
+    table = run.tables.read(scored.table)
+    columns = [engine.PREDICTION] + ([engine.LABEL_COLUMN] if scored.has_actuals else [])
+    # Clip at the 0.5th and 99.5th percentiles so a few extreme fares do not flatten the plot.
+    bounds = table.select(F.explode(F.array(*columns)).alias("value")).agg(
+        F.percentile_approx("value", [0.005, 0.995]).alias("bounds")).first()["bounds"]
+    low, high = bounds
+    width = (high - low) / bins if high > low else 1.0
+    counts = {}
+    for column in columns:
+        index = F.least(F.greatest(F.floor((F.col(column) - low) / width), F.lit(0)), F.lit(bins - 1))
+        binned = table.filter(F.col(column).isNotNull()).groupBy(index.cast("int").alias("bin")).count()
+        rows = binned.collect()  # at most `bins` rows
+        per_bin = [0] * bins
+        for item in rows:
+            per_bin[item["bin"]] = item["count"]
+        counts[column] = per_bin
+    edges = [low + width * position for position in range(bins + 1)]
+    return edges, counts
+
+
+def _histogram_figure(edges, counts_by_label):
+    """Overlaid step histograms of already-counted bins (the data never leaves Spark)."""
+    figure, axes = plots.plt.subplots(figsize=(8, 4.5))
+    for label, counts in counts_by_label.items():
+        axes.stairs(counts, edges, label=label, linewidth=1.5)
+    axes.set_title("Predicted vs actual fares")
+    axes.set_xlabel("fare amount")
+    axes.set_ylabel("trips")
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def log_summary(run, scored: ScoredPredictions, published=None) -> dict:
+    """Log row counts, prediction statistics, the histogram plot and the blob URL to the MLflow run."""
+    summary = prediction_summary(run, scored)
+    mlflow.log_metrics({name: float(value) for name, value in summary.items()
+                        if isinstance(value, (int, float)) and math.isfinite(value)})
+    edges, counts = histograms(run, scored)
+    labels = {engine.PREDICTION: f"predicted fare (v{scored.model.version})",
+              engine.LABEL_COLUMN: "actual fare"}
+    figure = _histogram_figure(edges, {labels[name]: values for name, values in counts.items()})
+    mlflow.log_figure(figure, "prediction_histogram.png")
+    plots.close(figure)
+    if published is not None:
+        summary["blob_url"] = published.url
+        summary["files_published"] = len(published.files)
+    mlflow.log_dict(summary, "scoring_summary.json")
+    logger.info("scoring summary: %s", summary)
+    return summary

@@ -1,0 +1,65 @@
+"""The scoring job on a standalone cluster and under Spark Connect gives local mode's predictions."""
+import datetime
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from support.spark_cluster import (SCORING_JOB, connect_server, ensure_wheels,  # noqa: F401
+                                   export_worker_environment, prepare_scoring_home, run_job_process,
+                                   standalone_cluster)
+
+pytestmark = pytest.mark.slow
+
+START, END = datetime.date(2016, 2, 1), datetime.date(2016, 2, 2)
+PREDICTION_COLUMNS = ["trip_id", "tpep_pickup_datetime", "pickup_zip", "dropoff_zip", "fare_amount",
+                      "prediction", "model_version"]
+
+
+@pytest.fixture(scope="module")
+def scoring_home(spark, tmp_path_factory):
+    export_worker_environment()
+    ensure_wheels()
+    home = tmp_path_factory.mktemp("distributed_home")
+    parameters = prepare_scoring_home(spark, home, 2500, START, END, "taxi_fares_distributed")
+    return home, parameters
+
+
+def score_with(scoring_home, engine_name, engine_env):
+    """Run the whole scoring job on one engine; its predictions table, sorted by trip id."""
+    home, parameters = scoring_home
+    location = f"dbfs:/tables/{engine_name}"
+    completed = run_job_process(SCORING_JOB, home, {**parameters, "table_location": location,
+                                                    "publish_results": "false"}, engine_env)
+    assert completed.returncode == 0, \
+        f"{engine_name}:\n{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}"
+    table = pq.read_table(home / "dbfs" / "tables" / engine_name / "taxi_fares_predictions")
+    return table.select(PREDICTION_COLUMNS).to_pandas().sort_values("trip_id", kind="stable") \
+        .reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def local_predictions(scoring_home):
+    return score_with(scoring_home, "local", {"MLOPS_SPARK_MASTER": "local[2]"})
+
+
+def assert_same_predictions(actual, expected):
+    assert len(actual) == len(expected) > 2000
+    assert actual["trip_id"].tolist() == expected["trip_id"].tolist()
+    for column in ("tpep_pickup_datetime", "pickup_zip", "dropoff_zip", "model_version"):
+        assert actual[column].tolist() == expected[column].tolist(), column
+    np.testing.assert_allclose(actual["fare_amount"], expected["fare_amount"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(actual["prediction"], expected["prediction"], rtol=0, atol=1e-9)
+
+
+def test_standalone_cluster_gives_local_predictions(scoring_home, local_predictions,
+                                                    standalone_cluster):  # noqa: F811
+    on_cluster = score_with(scoring_home, "cluster", {"MLOPS_SPARK_MASTER": standalone_cluster.master_url,
+                                                      "MLOPS_DRIVER_MEMORY": "1g"})
+    assert_same_predictions(on_cluster, local_predictions)
+    assert "mlops-local" in standalone_cluster.application_names()
+
+
+def test_spark_connect_gives_local_predictions(scoring_home, local_predictions, connect_server):  # noqa: F811
+    under_connect = score_with(scoring_home, "connect", {"SPARK_REMOTE": connect_server.remote})
+    assert_same_predictions(under_connect, local_predictions)

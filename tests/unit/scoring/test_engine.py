@@ -1,0 +1,118 @@
+"""The scoring engine on a local Spark: output columns, exact predictions, one model load per worker."""
+import datetime
+import json
+
+import numpy as np
+import pytest
+from taxi_fares import features, training
+
+from mlops import scoring
+from mlops.errors import DataError, RegistryError
+
+from .conftest import train_booster
+
+SCORED_AT = datetime.datetime(2016, 3, 1, 6, 30, tzinfo=datetime.timezone.utc)
+
+
+def score(feature_df, booster, **options):
+    model = scoring.ScoringModel.from_text(booster.model_to_string())
+    return scoring.score_features(feature_df, model, "fares", "7", "job-42", SCORED_AT, **options)
+
+
+def test_output_has_keys_prediction_actuals_model_run_and_partition_columns(feature_set, booster):
+    output = score(feature_set, booster)
+
+    assert output.columns == ["trip_id", "tpep_pickup_datetime", "pickup_zip", "dropoff_zip", "prediction",
+                              "fare_amount", "model_name", "model_version", "scoring_run_id", "scored_at",
+                              "pickup_date"]
+    types = {field.name: field.dataType.simpleString() for field in output.schema.fields}
+    assert types == {"trip_id": "bigint", "tpep_pickup_datetime": "timestamp", "pickup_zip": "int",
+                     "dropoff_zip": "int", "prediction": "double", "fare_amount": "double",
+                     "model_name": "string", "model_version": "string", "scoring_run_id": "string",
+                     "scored_at": "timestamp", "pickup_date": "date"}
+    first = output.orderBy("trip_id").first()
+    assert (first.model_name, first.model_version, first.scoring_run_id) == ("fares", "7", "job-42")
+    assert first.scored_at == SCORED_AT.replace(tzinfo=None)
+    assert first.pickup_date == first.tpep_pickup_datetime.date()
+
+
+def test_without_actuals_the_output_has_no_fare_column(feature_set, booster):
+    output = score(feature_set.drop(features.LABEL_COLUMN), booster)
+
+    assert "fare_amount" not in output.columns
+    assert output.count() == feature_set.count()
+
+
+def test_predictions_equal_raw_lightgbm_predict_on_the_same_features(feature_set, feature_frame, booster):
+    scored = score(feature_set, booster).select("trip_id", "tpep_pickup_datetime", "prediction") \
+        .toPandas().sort_values("trip_id", kind="stable")
+    expected = feature_frame.assign(
+        prediction=training.predict(booster, feature_frame[list(features.FEATURE_COLUMNS)])
+    ).sort_values("trip_id", kind="stable")
+
+    assert len(scored) == len(expected) > 2000
+    assert scored["trip_id"].tolist() == expected["trip_id"].tolist()
+    assert (scored["tpep_pickup_datetime"].to_numpy() == expected["tpep_pickup_datetime"].to_numpy()).all()
+    np.testing.assert_allclose(scored["prediction"].to_numpy(), expected["prediction"].to_numpy(),
+                               rtol=0, atol=1e-9)
+
+
+def test_model_is_loaded_once_per_python_worker_not_per_batch(spark, feature_set, feature_frame, tmp_path):
+    # A model of its own: workers reused from earlier tests have not cached it yet.
+    booster = train_booster(feature_frame, rounds=7)
+    markers = tmp_path / "loads"
+    rows_per_batch = 50
+    partitions = 8
+    previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(rows_per_batch))
+    try:
+        rows = score(feature_set.repartition(partitions), booster, load_marker_dir=str(markers)).count()
+    finally:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
+
+    loads = [json.loads(path.read_text()) for path in markers.glob("load-*.json")]
+    pids = [load["pid"] for load in loads]
+    batches_at_least = rows // rows_per_batch
+    assert batches_at_least > 40
+    assert loads, "no worker recorded a model load"
+    assert len(pids) == len(set(pids)), f"a worker loaded the model more than once: {pids}"
+    # local[2] runs two Python workers, reused for all eight partitions and every batch.
+    assert len(loads) <= 2 < partitions < batches_at_least
+    assert {load["model_digest"] for load in loads} == {
+        scoring.ScoringModel.from_text(booster.model_to_string()).digest}
+
+
+def test_missing_feature_column_is_a_data_error_naming_it(feature_set, booster):
+    with pytest.raises(DataError, match="lacks column\\(s\\) trip_distance needed for scoring"):
+        score(feature_set.drop("trip_distance"), booster)
+
+
+def test_model_read_from_an_mlflow_model_folder(tmp_path, booster, feature_set):
+    import mlflow
+
+    folder = tmp_path / "model"
+    mlflow.lightgbm.save_model(booster, str(folder))
+
+    model = scoring.load_scoring_model(str(folder))
+
+    assert model.feature_names == tuple(booster.feature_name())
+    assert model.digest == scoring.ScoringModel.from_text(booster.model_to_string()).digest
+
+
+def test_a_folder_that_is_not_a_model_is_rejected(tmp_path):
+    with pytest.raises(RegistryError, match="is neither a LightGBM model file nor an MLflow model folder"):
+        scoring.load_scoring_model(str(tmp_path))
+
+
+def test_a_model_without_lightgbm_flavor_is_rejected(tmp_path):
+    import mlflow
+
+    class Constant(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input: list[float]) -> list[float]:
+            return [1.0] * len(model_input)
+
+    folder = tmp_path / "pyfunc"
+    mlflow.pyfunc.save_model(str(folder), python_model=Constant())
+
+    with pytest.raises(RegistryError, match="has no lightgbm flavor; found python_function"):
+        scoring.load_scoring_model(str(folder))
