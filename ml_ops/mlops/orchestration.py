@@ -30,7 +30,7 @@ from mlops import context as run_context
 from mlops import tracking
 from mlops.config import running_on_databricks
 from mlops.errors import StageFailed
-from mlops.secrets import redact_params, redact_text, register_secret
+from mlops.secrets import read_secret, redact_params, redact_text
 from mlops.tables import TableStore, resolve_table_format
 from mlops.telemetry import Telemetry, TelemetrySettings
 
@@ -101,13 +101,8 @@ def _rebuildable(error):
 
 
 def _connection_string(config, dbutils):
-    if config.appinsights_secret_scope and config.appinsights_secret_key:
-        value = dbutils.secrets.get(config.appinsights_secret_scope, config.appinsights_secret_key)
-    else:
-        value = os.environ.get(CONNECTION_STRING_ENV)
-    if value:
-        register_secret(value)
-    return value or None
+    return read_secret(dbutils, config.appinsights_secret_scope, config.appinsights_secret_key,
+                       CONNECTION_STRING_ENV, ("appinsights_secret_scope", "appinsights_secret_key"))
 
 
 def _git_commit(config):

@@ -14,8 +14,10 @@ the life of the process, so :func:`redact_text` also removes them from free text
 log messages and exception texts.
 """
 import logging
+import os
 import re
 import threading
+from typing import Optional
 
 REDACTED = "***"
 
@@ -225,3 +227,20 @@ def install_redaction(logger=None) -> SecretRedactingFilter:
         if not any(isinstance(existing, SecretRedactingFilter) for existing in handler.filters):
             handler.addFilter(installed)
     return installed
+
+
+def read_secret(dbutils, scope: str, key: str, env_var: str, parameters: tuple) -> Optional[str]:
+    """A secret from a Databricks secret scope when ``scope`` and ``key`` are set, else from ``env_var``.
+
+    ``parameters`` names the scope and key parameters for the error message. The value is
+    registered for redaction before anything can log it.
+    """
+    from mlops.errors import ConfigError
+
+    if bool(scope) != bool(key):
+        raise ConfigError(f"parameters '{parameters[0]}' and '{parameters[1]}' must be set together, "
+                          f"got scope {scope!r} and key name {key!r}")
+    value = dbutils.secrets.get(scope, key) if scope else os.environ.get(env_var)
+    if value:
+        register_secret(value)
+    return value or None

@@ -5,9 +5,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from support.spark_cluster import (SCORING_JOB, connect_server, ensure_wheels,  # noqa: F401
-                                   export_worker_environment, prepare_scoring_home, run_job_process,
-                                   standalone_cluster)
+from support.spark_cluster import (SCORING_JOB, connect_server, new_scoring_home,  # noqa: F401
+                                   run_job_process, standalone_cluster)
 
 pytestmark = pytest.mark.slow
 
@@ -18,11 +17,8 @@ PREDICTION_COLUMNS = ["trip_id", "tpep_pickup_datetime", "pickup_zip", "dropoff_
 
 @pytest.fixture(scope="module")
 def scoring_home(spark, tmp_path_factory):
-    export_worker_environment()
-    ensure_wheels()
-    home = tmp_path_factory.mktemp("distributed_home")
-    parameters = prepare_scoring_home(spark, home, 2500, START, END, "taxi_fares_distributed")
-    return home, parameters
+    return new_scoring_home(spark, tmp_path_factory, "distributed_home", 2500, START, END,
+                            "taxi_fares_distributed")
 
 
 def score_with(scoring_home, engine_name, engine_env):

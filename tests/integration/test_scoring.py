@@ -8,8 +8,7 @@ from azure.storage.blob import BlobServiceClient
 
 from mlops.azurite import ACCOUNT_KEY
 from support.azurite import azurite  # noqa: F401
-from support.spark_cluster import (SCORING_JOB, ensure_wheels, export_worker_environment,
-                                   prepare_scoring_home, run_job_process)
+from support.spark_cluster import SCORING_JOB, new_scoring_home, run_job_process
 
 pytestmark = pytest.mark.slow
 
@@ -18,11 +17,8 @@ START, END = datetime.date(2016, 2, 1), datetime.date(2016, 2, 3)
 
 @pytest.fixture(scope="module")
 def scoring_home(spark, tmp_path_factory):
-    export_worker_environment()
-    ensure_wheels()
-    home = tmp_path_factory.mktemp("scoring_job_home")
-    parameters = prepare_scoring_home(spark, home, 3000, START, END, "taxi_fares_job_tests")
-    return home, parameters
+    return new_scoring_home(spark, tmp_path_factory, "scoring_job_home", 3000, START, END,
+                            "taxi_fares_job_tests")
 
 
 def blobs(azurite, container):  # noqa: F811

@@ -242,6 +242,14 @@ def run_job_process(job_file: Path, home: Path, parameters: dict, extra_env: dic
                           timeout=timeout_seconds)
 
 
+def new_scoring_home(spark, tmp_path_factory, folder: str, rows: int, start, end, model_name: str):
+    """A fresh MLOPS_HOME with raw trips and a Champion, plus the job parameters to score it."""
+    export_worker_environment()
+    ensure_wheels()
+    home = tmp_path_factory.mktemp(folder)
+    return home, prepare_scoring_home(spark, home, rows, start, end, model_name)
+
+
 def prepare_scoring_home(spark, home: Path, rows: int, start, end, model_name: str, seed: int = 5) -> dict:
     """Raw trips under ``home``'s DBFS and a LightGBM model registered there with alias Champion.
 

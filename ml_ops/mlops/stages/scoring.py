@@ -6,7 +6,6 @@ container, prefix, endpoint and key), so bad input fails in seconds and publishe
 import datetime
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -20,7 +19,7 @@ from mlops import scoring as engine
 from mlops.errors import ConfigError, DataError, RegistryError
 from mlops.publish import make_publisher, validate_prefix
 from mlops.registry import ModelRef, RegistryClient
-from mlops.secrets import register_secret
+from mlops.secrets import read_secret
 from mlops.stages.feature_tables import REBUILD_HINT, SCORING, build_feature_tables, load_feature_set
 from mlops.tables import to_local_path
 
@@ -98,17 +97,8 @@ def resolve_model(run) -> ResolvedModel:
 
 def storage_connection_string(config, dbutils) -> str | None:
     """The secret scope's value when configured, else AZURE_STORAGE_CONNECTION_STRING; never logged."""
-    if bool(config.storage_secret_scope) != bool(config.storage_secret_key):
-        raise ConfigError("parameters 'storage_secret_scope' and 'storage_secret_key' must be set "
-                          f"together, got scope {config.storage_secret_scope!r} and key name "
-                          f"{config.storage_secret_key!r}")
-    if config.storage_secret_scope:
-        value = dbutils.secrets.get(config.storage_secret_scope, config.storage_secret_key)
-    else:
-        value = os.environ.get(CONNECTION_STRING_ENV)
-    if value:
-        register_secret(value)
-    return value or None
+    return read_secret(dbutils, config.storage_secret_scope, config.storage_secret_key,
+                       CONNECTION_STRING_ENV, ("storage_secret_scope", "storage_secret_key"))
 
 
 def open_publish_target(run) -> PublishTarget:

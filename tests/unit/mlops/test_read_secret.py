@@ -1,0 +1,31 @@
+import pytest
+
+from mlops.errors import ConfigError
+from mlops.local.dbutils import LocalDbutils
+from mlops.secrets import read_secret, redact_text
+
+NAMES = ("storage_secret_scope", "storage_secret_key")
+PLANTED = "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=cGxhbnRlZC1rZXktZm9yLXRlc3RzLW9ubHk=;"
+
+
+def test_secret_scope_wins_and_is_registered_for_redaction(monkeypatch):
+    monkeypatch.setenv("MLOPS_SECRET_KV_DEV_STORAGE", PLANTED)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "unused-value")
+    value = read_secret(LocalDbutils(None, {}), "kv-dev", "storage", "AZURE_STORAGE_CONNECTION_STRING", NAMES)
+    assert value == PLANTED
+    assert PLANTED not in redact_text(f"connecting with {value}")
+
+
+def test_environment_variable_when_no_scope(monkeypatch):
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", PLANTED)
+    assert read_secret(LocalDbutils(None, {}), "", "", "AZURE_STORAGE_CONNECTION_STRING", NAMES) == PLANTED
+
+
+def test_nothing_configured_is_none(monkeypatch):
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    assert read_secret(LocalDbutils(None, {}), "", "", "AZURE_STORAGE_CONNECTION_STRING", NAMES) is None
+
+
+def test_scope_without_key_names_both_parameters():
+    with pytest.raises(ConfigError, match="'storage_secret_scope' and 'storage_secret_key' must be set"):
+        read_secret(LocalDbutils(None, {}), "kv-dev", "", "AZURE_STORAGE_CONNECTION_STRING", NAMES)
