@@ -192,7 +192,7 @@ class TrainingConfig(JobConfig):
     execute_deployment: bool = True
     validation_max_rmse: float = 10.0
     validation_min_r2: float = 0.5
-    validation_slice_factor: float = 3.0
+    validation_slice_factor: float = 5.0
     validation_sample_rows: int = 200_000
     promotion_tolerance: float = 0.0
     require_approval: bool = False
