@@ -7,12 +7,13 @@ fixture with ``from support.appinsights import appinsights  # noqa: F401``.
 """
 import gzip
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from support.ports import free_port
 
 FAKE_INSTRUMENTATION_KEY = "11111111-2222-3333-4444-555555555555"
 TRACK_PATHS = ("/v2.1/track", "/v2/track")
@@ -38,11 +39,8 @@ def decode_envelopes(body: bytes, content_encoding: str = "") -> list:
     return parsed if isinstance(parsed, list) else [parsed]
 
 
-def closed_loopback_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# A port nothing listens on: where an unreachable ingestion endpoint points.
+closed_loopback_port = free_port
 
 
 class _TrackHandler(BaseHTTPRequestHandler):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from support.ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_PATHS = (REPO_ROOT / "ml_source", REPO_ROOT / "ml_ops")
 HOST = "127.0.0.1"
@@ -43,12 +45,6 @@ def worker_environment() -> dict:
 def export_worker_environment():
     """Set worker_environment() in this process, before it starts a JVM (Spark inherits it)."""
     os.environ.update(worker_environment())
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 def log_tail(path: Path) -> str:

@@ -2,7 +2,6 @@
 import base64
 import hashlib
 import http.client
-import socket
 import threading
 import time
 import traceback
@@ -13,18 +12,13 @@ import pytest
 from mlops.azurite import ACCOUNT_KEY, ACCOUNT_NAME
 from mlops.errors import ConfigError, PublishError
 from mlops.publish import BlobPublisher
+from support.ports import free_port as closed_loopback_port
 
 # Every test here talks to Azurite, or times a connection failure.
 pytestmark = pytest.mark.slow
 
 WRONG_KEY = base64.b64encode(b"not the emulator key, but well formed" * 2).decode()
 SAS_SIGNATURE = "Zm9yZ2VkLXNpZ25hdHVyZS1mb3ItdGVzdHM%3D"
-
-
-def closed_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def shared_key_connection_string(port: int, key: str = ACCOUNT_KEY) -> str:
