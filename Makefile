@@ -42,7 +42,7 @@ test-quick: venv wheels lint
 	$(PY) -m pytest -m "not slow"
 
 demo: venv node wheels
-	$(PY) -m mlops.demo --rows $(DEMO_ROWS)
+	$(PY) -m mlops.local.demo --rows $(DEMO_ROWS)
 
 bench: venv node wheels
 	$(PY) -m benchmarks.run

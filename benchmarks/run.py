@@ -154,10 +154,10 @@ def train_and_register(spark, rows: int, tracking_uri: str, artifacts: Path) -> 
 
 def route_a(spark, features, model_uri, output: Path):
     """Our stage's score-and-write (stages.scoring.write_predictions) through the table store."""
-    from mlops import scoring as engine
-    from mlops.registry import ModelRef
+    from mlops.inference import engine
+    from mlops.lifecycle.registry import ModelRef
     from mlops.stages.scoring import ResolvedModel, write_predictions
-    from mlops.tables import TableStore
+    from mlops.data.tables import TableStore
 
     model = ResolvedModel(ModelRef(MODEL_NAME, "1"), "alias Champion", engine.load_scoring_model(model_uri))
     tables = TableStore(spark, str(output), "parquet")
@@ -189,7 +189,7 @@ def route_d(spark, features, model_uri, output: Path):
     import mlflow
     from pyspark.sql import functions as F
 
-    from mlops import scoring as engine
+    from mlops.inference import engine
 
     predict = mlflow.pyfunc.spark_udf(spark, model_uri, result_type="double", env_manager="local")
 
@@ -206,7 +206,7 @@ def route_d(spark, features, model_uri, output: Path):
 
 def profile_a(spark, features, model_uri, output: Path) -> dict:
     """Where A's time goes: each step adds one piece of the stage, timed like the routes."""
-    from mlops import scoring as engine
+    from mlops.inference import engine
 
     model = engine.load_scoring_model(model_uri)
 
@@ -240,7 +240,7 @@ def route_b(features, model_uri):
     import numpy as np
     import pyarrow.parquet as pq
 
-    from mlops import scoring as engine
+    from mlops.inference import engine
 
     model = engine.load_scoring_model(model_uri)
     booster = lightgbm.Booster(model_str=model.text)

@@ -7,17 +7,21 @@ required values fail here, before any Spark work starts.
 """
 import dataclasses
 import datetime
-import os
 import typing
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 from mlops.errors import ConfigError
-from mlops.secrets import redact_params
+from mlops.observability.redaction import REDACTED, redact_params, redact_text
 
 _TRUE = {"true", "1", "yes", "y"}
 _FALSE = {"false", "0", "no", "n"}
 
 REQUIRED = "<required>"
+
+
+def _shown(raw) -> str:
+    """A raw value for an error message: quoted, or hidden when it holds a secret."""
+    return repr(raw) if redact_text(raw) == raw else REDACTED
 
 
 def _parse_bool(name, raw):
@@ -26,7 +30,7 @@ def _parse_bool(name, raw):
         return True
     if value in _FALSE:
         return False
-    raise ConfigError(f"parameter '{name}' must be true or false, got {raw!r}")
+    raise ConfigError(f"parameter '{name}' must be true or false, got {_shown(raw)}")
 
 
 def _parse_date(name, raw):
@@ -34,7 +38,7 @@ def _parse_date(name, raw):
         return datetime.date.fromisoformat(raw.strip())
     except ValueError:
         raise ConfigError(
-            f"parameter '{name}' must be a date as YYYY-MM-DD, got {raw!r}") from None
+            f"parameter '{name}' must be a date as YYYY-MM-DD, got {_shown(raw)}") from None
 
 
 def _parse_number(kind):
@@ -44,7 +48,7 @@ def _parse_number(kind):
         except ValueError:
             raise ConfigError(
                 f"parameter '{name}' must be {'an integer' if kind is int else 'a number'}, "
-                f"got {raw!r}") from None
+                f"got {_shown(raw)}") from None
     return parse
 
 
@@ -165,18 +169,34 @@ def _require(config, name, holds, rule):
         raise ConfigError(f"parameter '{name}' must be {rule}, got {getattr(config, name)}")
 
 
-def running_on_databricks() -> bool:
-    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+def parse_assignments(pairs: Iterable[str]) -> dict:
+    """Turn ``["name=value", ...]`` into a dict; ConfigError on a malformed or repeated name."""
+    assignments = {}
+    for pair in pairs:
+        name, separator, value = pair.partition("=")
+        name = name.strip()
+        if not separator or not name:
+            raise ConfigError(f"parameter {_shown(pair)} must be written name=value")
+        if name in assignments:
+            raise ConfigError(f"parameter '{name}' given more than once")
+        assignments[name] = value
+    return assignments
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingConfig(JobConfig):
-    """Parameters of the training job: train, validate and deploy tasks share them."""
+class RawTripsConfig(JobConfig):
+    """Parameters of the jobs that read raw trips and build feature tables."""
 
     taxi_fares_raw_data: str = "dbfs:/mlops/taxi_fares/raw/trips"
+    execute_feature_engineering: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig(RawTripsConfig):
+    """Parameters of the training job: train, validate and deploy tasks share them."""
+
     training_data_start_date: datetime.date = datetime.date(2016, 1, 1)
     training_data_end_date: datetime.date = datetime.date(2016, 1, 31)
-    execute_feature_engineering: bool = True
     execute_training: bool = True
     training_num_leaves: int = 32
     training_objective: str = "regression"
@@ -210,27 +230,24 @@ class TrainingConfig(JobConfig):
         _require(self, "validation_max_rmse", self.validation_max_rmse > 0, "above 0")
         _require(self, "promotion_tolerance", self.promotion_tolerance > -1.0, "above -1")
         try:
-            self.training_params().validate()
+            self.training_params().validate(label=lambda field: f"parameter '{_TRAINING_PARAMETERS[field]}'")
         except ValueError as error:
             raise ConfigError(str(error)) from None
 
     def training_params(self):
+        """The LightGBM parameters; each comes from the job parameter of the same meaning."""
         from taxi_fares.training import TrainingParams
 
-        return TrainingParams(
-            num_leaves=self.training_num_leaves, objective=self.training_objective,
-            metric=self.training_metric, num_rounds=self.training_num_rounds,
-            learning_rate=self.training_learning_rate, seed=self.seed)
+        return TrainingParams(**{field: getattr(self, parameter)
+                                 for field, parameter in _TRAINING_PARAMETERS.items()})
 
 
 @dataclasses.dataclass(frozen=True)
-class ScoringConfig(JobConfig):
+class ScoringConfig(RawTripsConfig):
     """Parameters of the batch scoring job."""
 
-    taxi_fares_raw_data: str = "dbfs:/mlops/taxi_fares/raw/trips"
     scoring_data_start_date: datetime.date = datetime.date(2016, 2, 1)
     scoring_data_end_date: datetime.date = datetime.date(2016, 2, 29)
-    execute_feature_engineering: bool = True
     trained_model_version: str = ""
     model_alias: str = "Champion"
     predictions_table: str = "taxi_fares_predictions"
@@ -240,3 +257,9 @@ class ScoringConfig(JobConfig):
     storage_secret_scope: str = ""
     storage_secret_key: str = ""
     publish_folder: str = "dbfs:/mlops/taxi_fares/published"
+
+
+# LightGBM parameter -> the job parameter that sets it.
+_TRAINING_PARAMETERS = {"num_leaves": "training_num_leaves", "objective": "training_objective",
+                        "metric": "training_metric", "num_rounds": "training_num_rounds",
+                        "learning_rate": "training_learning_rate", "seed": "seed"}

@@ -47,3 +47,22 @@ class StageFailed(MlopsError):
         self.stage = stage
         self.cause = cause
         super().__init__(f"stage '{stage}' failed: {type(cause).__name__}: {cause}")
+
+
+MAX_CHAIN_DEPTH = 16
+
+
+def exception_chain(error) -> list:
+    """``error`` and the exceptions it was raised from or while handling, nearest first.
+
+    Follows ``__cause__``, else ``__context__`` unless suppressed (``raise ... from None``);
+    stops at a cycle or after :data:`MAX_CHAIN_DEPTH` links.
+    """
+    chain = []
+    while error is not None and len(chain) < MAX_CHAIN_DEPTH and not any(error is seen for seen in chain):
+        chain.append(error)
+        if error.__cause__ is not None:
+            error = error.__cause__
+        else:
+            error = None if error.__suppress_context__ else error.__context__
+    return chain

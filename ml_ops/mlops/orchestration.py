@@ -10,7 +10,7 @@ Everything that must happen on failure happens here, once:
 * the error propagates, so the task exits non-zero.
 
 A stage's failure to reach the MLflow tracking server is reported as such, naming the
-server (:func:`mlops.tracking.tracking_server`), and the run is then only ended locally.
+server (:func:`mlops.lifecycle.tracking.tracking_server`), and the run is then only ended locally.
 """
 import contextlib
 import logging
@@ -26,13 +26,14 @@ from pathlib import Path
 
 import mlflow
 
-from mlops import context as run_context
-from mlops import tracking
-from mlops.config import running_on_databricks
+from mlops import platform
+from mlops.data.tables import TableStore
 from mlops.errors import StageFailed
-from mlops.secrets import read_secret, redact_params, redact_text
-from mlops.tables import TableStore, resolve_table_format
-from mlops.telemetry import Telemetry, TelemetrySettings
+from mlops.lifecycle import tracking
+from mlops.observability.redaction import public_uri, redact_params, redact_text, redacted_exception
+from mlops.observability.telemetry import Telemetry, TelemetrySettings
+from mlops.platform.context import RunContext
+from mlops.platform.secrets import read_secret
 
 logger = logging.getLogger(__name__)
 
@@ -53,25 +54,32 @@ class TaskRun:
     tables: TableStore
     telemetry: Telemetry
     temp_dir: Path
-    job: run_context.RunContext
+    job: RunContext
     mlflow_run_id: str | None = None
     stage_durations: dict = field(default_factory=dict)
 
     def stage(self, name, function, *args, **kwargs):
-        """Run one stage inside a telemetry span; wrap its failure once, naming the stage."""
+        """Run one stage inside a telemetry span; wrap its failure once, naming the stage.
+
+        The failure is raised from a redacted copy of the error's chain, outside the
+        ``except`` block, so the raw chain (which may hold a secret) is not attached.
+        """
         logger.info("stage %s started", name)
         started = time.monotonic()
         self.telemetry.set_dimensions(stage=name)
+        failure = None
         try:
             with self.telemetry.span(name), tracking.tracking_server():
                 result = function(self, *args, **kwargs)
         except StageFailed:
             raise
         except Exception as error:
-            raise StageFailed(name, _described(error)) from error
+            failure = StageFailed(name, redacted_exception(error))
         finally:
             self.stage_durations[name] = round(time.monotonic() - started, 3)
             self.telemetry.set_dimensions(stage=None)
+        if failure is not None:
+            raise failure from failure.cause
         logger.info("stage %s finished in %.1fs", name, self.stage_durations[name])
         return result
 
@@ -81,23 +89,6 @@ class TaskRun:
     def annotate(self, **dimensions):
         """Add dimensions (model name, version...) to every later telemetry item."""
         self.telemetry.set_dimensions(**dimensions)
-
-
-def _described(error):
-    """Keep the original exception, with any secret scrubbed from its message."""
-    message = str(error)
-    cleaned = redact_text(message)
-    if cleaned == message:
-        return error
-    return type(error)(cleaned) if _rebuildable(error) else RuntimeError(cleaned)
-
-
-def _rebuildable(error):
-    try:
-        type(error)("x")
-        return True
-    except Exception:
-        return False
 
 
 def _connection_string(config, dbutils):
@@ -117,28 +108,19 @@ def _git_commit(config):
         return ""
 
 
-def _telemetry_file(job, task):
-    if running_on_databricks():
-        return Path(tempfile.gettempdir()) / "mlops-telemetry" / f"{job.job_run_id}-{task}.jsonl"
-    from mlops.local.home import runs_dir
-
-    return runs_dir() / job.job_run_id / f"telemetry-{task}.jsonl"
-
-
 @contextlib.contextmanager
 def task_run(task, config, spark, dbutils, mlflow_run=True):
     """Open the run context of notebook task ``task``; see the module docstring."""
-    job = run_context.current(dbutils, task)
+    job = platform.run_context(dbutils, task)
     dimensions = {"job_run_id": job.job_run_id, "task": task, "env": config.env,
                   "model_name": config.registered_model_name}
-    telemetry_file = _telemetry_file(job, task)
+    telemetry_file = platform.telemetry_file(job.job_run_id, task)
     telemetry_file.parent.mkdir(parents=True, exist_ok=True)
     settings = TelemetrySettings(
         connection_string=_connection_string(config, dbutils),
         role_name=f"{job.job_name}/{task}", jsonl_path=telemetry_file, dimensions=dimensions)
     temp_dir = Path(tempfile.mkdtemp(prefix=f"mlops-{task}-"))
-    table_format = resolve_table_format(config.table_format, running_on_databricks())
-    tables = TableStore(spark, config.table_location, table_format)
+    tables = TableStore(spark, config.table_location, platform.table_format(config.table_format))
     telemetry = Telemetry.start(settings)
     run = TaskRun(task=task, config=config, spark=spark, dbutils=dbutils, tables=tables,
                   telemetry=telemetry, temp_dir=temp_dir, job=job)
@@ -193,7 +175,7 @@ def _mlflow_run(run: TaskRun):
                      mlflow_experiment_id=active.info.experiment_id)
         with tracking.tracking_server(uri):
             mlflow.log_params(run.config.as_params())
-        logger.info("MLflow run %s at %s", active.info.run_id, tracking.describe(uri))
+        logger.info("MLflow run %s at %s", active.info.run_id, public_uri(uri))
         yield active
     except BaseException as error:
         _end_failed_run(run, error)

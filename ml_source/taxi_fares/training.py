@@ -31,21 +31,24 @@ class TrainingParams:
     learning_rate: float = 0.1
     seed: int = 0
 
-    def validate(self) -> None:
+    def validate(self, label=lambda field: field) -> None:
+        """ValueError for the first bad value; ``label(field)`` names the field in the message."""
         if not _is_integer(self.num_leaves) or self.num_leaves < 2:
-            raise ValueError(f"num_leaves must be an integer >= 2, got {self.num_leaves!r}")
+            raise ValueError(f"{label('num_leaves')} must be an integer >= 2, got {self.num_leaves!r}")
         if not _is_integer(self.num_rounds) or self.num_rounds < 1:
-            raise ValueError(f"num_rounds must be an integer >= 1, got {self.num_rounds!r}")
+            raise ValueError(f"{label('num_rounds')} must be an integer >= 1, got {self.num_rounds!r}")
         if self.objective not in REGRESSION_OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(REGRESSION_OBJECTIVES)}; "
+            raise ValueError(f"{label('objective')} must be one of {', '.join(REGRESSION_OBJECTIVES)}; "
                              f"got {self.objective!r}")
         if self.metric not in REGRESSION_METRICS:
-            raise ValueError(f"metric must be one of {', '.join(REGRESSION_METRICS)}; got {self.metric!r}")
+            raise ValueError(f"{label('metric')} must be one of {', '.join(REGRESSION_METRICS)}; "
+                             f"got {self.metric!r}")
         if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, numbers.Real) \
                 or not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
+            raise ValueError(f"{label('learning_rate')} must be a positive number, "
+                             f"got {self.learning_rate!r}")
         if not _is_integer(self.seed) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+            raise ValueError(f"{label('seed')} must be a non-negative integer, got {self.seed!r}")
 
     def lightgbm_params(self, num_threads: int = 0) -> dict:
         """The LightGBM parameter dict; training rounds are passed separately."""

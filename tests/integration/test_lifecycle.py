@@ -1,20 +1,25 @@
 """The model lifecycle end to end: the real train -> validate -> deploy job through the local runtime.
 
-The tests tell one story on one MLOPS_HOME, in file order: the first model beats the heuristic,
-a better one replaces it, a worse one does not, a threshold failure stops the job at validate,
-a promotion waits for approval, and a deploy failure is repaired by re-running deploy alone.
+One module fixture plays one story on one MLOPS_HOME and records each chapter: the first model
+beats the heuristic, a better one replaces it, a worse one does not, a threshold failure stops
+the job at validate, a promotion waits for approval, and a deploy failure is repaired by re-running
+deploy alone. Each test checks one chapter, so the tests pass alone and in any order.
 """
+import contextlib
+import io
 import datetime
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
 import pytest
 
-from mlops import datagen, model_cli
+from mlops.data import generator as datagen
+from mlops.cli import model as model_cli
+from mlops.lifecycle.registry import APPROVAL_TAG, CHALLENGER, CHAMPION, VALIDATION_STATUS_TAG, RegistryClient
 from mlops.local.jobs import FAILED, SUCCESS, UPSTREAM_FAILED, run_job
-from mlops.registry import APPROVAL_TAG, CHALLENGER, CHAMPION, VALIDATION_STATUS_TAG, RegistryClient
 from support.spark_cluster import REPO_ROOT, ensure_wheels
 
 pytestmark = pytest.mark.slow
@@ -43,11 +48,11 @@ def lifecycle(spark, tmp_path_factory):
             # overall one, so the default factor of 2 would fail every small model.
             "validation_slice_factor": "6",
         }
-        yield home, parameters
+        yield home, parameters, spark
 
 
-def run(lifecycle, spark, repair_run_id=None, **overrides):
-    _, parameters = lifecycle
+def run(lifecycle, repair_run_id=None, **overrides):
+    _, parameters, spark = lifecycle
     return run_job(JOB, {**parameters, **overrides}, repair_run_id=repair_run_id, spark=spark)
 
 
@@ -63,13 +68,86 @@ def version_tags(version):
     return registry().get_version(version).tags
 
 
-def test_first_model_is_validated_and_promoted_over_the_heuristic(lifecycle, spark):
-    record = run(lifecycle, spark, execute_feature_engineering="true", training_num_rounds="30")
+def cli(*argv):
+    """``mlops model ...``: (exit code, stdout, stderr)."""
+    import argparse
 
+    parser = argparse.ArgumentParser(prog="mlops")
+    model_cli.register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["model", *argv])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = args.func(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def champion_artifacts(version) -> Path:
+    return Path(urlparse(registry().client.get_model_version_download_uri(MODEL, version)).path)
+
+
+@dataclass
+class Chapter:
+    """One step of the story: its job run, and the registry as that step left it."""
+
+    record: object = None
+    aliases: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def snapshot(chapter: Chapter, record=None) -> Chapter:
+    chapter.record = record if record is not None else chapter.record
+    chapter.aliases = registry().aliases()
+    chapter.tags = {str(version.version): dict(version.tags) for version in registry().list_versions()}
+    return chapter
+
+
+@pytest.fixture(scope="module")
+def story(lifecycle, tmp_path_factory):
+    """Every chapter, played in order once per module; see the module docstring."""
+    chapters = {}
+    chapters["first"] = snapshot(Chapter(), run(lifecycle, execute_feature_engineering="true",
+                                                training_num_rounds="30"))
+    chapters["better"] = snapshot(Chapter(), run(lifecycle, training_num_rounds="120"))
+    # Two rounds barely leave the mean; loose rmse and r2 bars let it reach the comparison.
+    chapters["worse"] = snapshot(Chapter(), run(lifecycle, training_num_rounds="2", validation_max_rmse="25",
+                                                validation_min_r2="0.05"))
+    # Re-validate version 3 from the model_version parameter, with an rmse bar no model meets.
+    chapters["threshold"] = snapshot(Chapter(), run(lifecycle, execute_training="false", model_version="3",
+                                                    validation_max_rmse="0.01"))
+    approval = snapshot(Chapter(), run(lifecycle, training_num_rounds="200", require_approval="true",
+                                       promotion_tolerance="0.1"))
+    approval.extra["before_approval"] = (approval.aliases, approval.tags)
+    approval.extra["approve_failed"] = cli("approve", MODEL, "3", "--by", "carol")
+    approval.extra["after_refusal"] = registry().aliases()
+    approval.extra["approve_passed"] = cli("approve", MODEL, "4", "--by", "carol")
+    chapters["approval"] = snapshot(approval)
+    chapters["repair"] = _repair_chapter(lifecycle, tmp_path_factory.mktemp("moved"))
+    chapters["switched_off"] = snapshot(Chapter(), run(lifecycle, execute_training="false",
+                                                       execute_validation="false"))
+    chapters["show"] = Chapter(extra={"show": cli("show", MODEL)})
+    return chapters
+
+
+def _repair_chapter(lifecycle, moved_to) -> Chapter:
+    # The Champion's artifacts become unreadable (a storage outage), so deploy cannot load it.
+    artifacts = champion_artifacts("4")
+    shutil.move(artifacts, moved_to / "artifacts")
+    try:
+        failed = run(lifecycle, execute_training="false", model_version="1")
+    finally:
+        shutil.move(moved_to / "artifacts", artifacts)
+    chapter = Chapter(extra={"failed": failed, "aliases_after_failure": registry().aliases()})
+    return snapshot(chapter, run(lifecycle, repair_run_id=failed.run_id))
+
+
+def test_first_model_is_validated_and_promoted_over_the_heuristic(story):
+    chapter = story["first"]
+    record = chapter.record
     assert states(record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS}, record.tasks
     assert record.tasks["validate"]["task_values"]["validation_status"] == "PASSED"
-    assert registry().aliases() == {CHAMPION: "1"}
-    tags = version_tags("1")
+    assert chapter.aliases == {CHAMPION: "1"}
+    tags = chapter.tags["1"]
     assert tags[VALIDATION_STATUS_TAG] == "PASSED"
     assert (tags["promotion_decision"], tags["promotion_compared_with"]) == ("promoted", "heuristic")
     assert float(tags["promotion_challenger_rmse"]) < float(tags["promotion_reference_rmse"])
@@ -82,110 +160,83 @@ def test_first_model_is_validated_and_promoted_over_the_heuristic(lifecycle, spa
     assert {"challenger_rmse", "heuristic_rmse"} <= set(deploy_run.data.metrics)
 
 
-def test_a_better_challenger_is_promoted_and_the_old_champion_loses_the_alias(lifecycle, spark):
-    record = run(lifecycle, spark, training_num_rounds="120")
-
-    assert states(record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS}, record.tasks
-    assert registry().aliases() == {CHAMPION: "2"}
-    tags = version_tags("2")
+def test_a_better_challenger_is_promoted_and_the_old_champion_loses_the_alias(story):
+    chapter = story["better"]
+    assert states(chapter.record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS}, \
+        chapter.record.tasks
+    assert chapter.aliases == {CHAMPION: "2"}
+    tags = chapter.tags["2"]
     assert (tags["promotion_decision"], tags["promotion_compared_with"]) == ("promoted", "Champion v1")
-    assert version_tags("1")["champion_replaced_by"] == "2"
+    assert chapter.tags["1"]["champion_replaced_by"] == "2"
     deploy_run = mlflow.get_run(tags["promotion_run_id"])
     assert deploy_run.data.metrics["challenger_rmse"] <= deploy_run.data.metrics["champion_rmse"]
 
 
-def test_a_worse_challenger_is_not_promoted(lifecycle, spark):
-    # Two rounds barely leave the mean; loose rmse and r2 bars let it reach the comparison.
-    record = run(lifecycle, spark, training_num_rounds="2", validation_max_rmse="25",
-                 validation_min_r2="0.05")
-
+def test_a_worse_challenger_is_not_promoted(story):
+    chapter = story["worse"]
+    record = chapter.record
     assert states(record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS}, record.tasks
     assert record.tasks["deploy"]["task_values"]["promotion_decision"] == "not_promoted"
-    assert registry().aliases() == {CHAMPION: "2", CHALLENGER: "3"}
-    tags = version_tags("3")
+    assert chapter.aliases == {CHAMPION: "2", CHALLENGER: "3"}
+    tags = chapter.tags["3"]
     assert float(tags["promotion_challenger_rmse"]) > float(tags["promotion_reference_rmse"])
 
 
-def test_a_threshold_failure_tags_failed_sets_no_alias_and_stops_the_job_at_validate(lifecycle, spark):
-    # Re-validate version 3 from the model_version parameter, with an rmse bar no model meets.
-    record = run(lifecycle, spark, execute_training="false", model_version="3", validation_max_rmse="0.01")
-
+def test_a_threshold_failure_tags_failed_sets_no_alias_and_stops_the_job_at_validate(story):
+    chapter = story["threshold"]
+    record = chapter.record
     assert record.state == FAILED
     assert states(record) == {"train": SUCCESS, "validate": FAILED, "deploy": UPSTREAM_FAILED}
     error = record.tasks["validate"]["error"]
     assert "ValidationFailed: model 'taxi_fares' version 3 failed validation: rmse_max:" in error
     assert "threshold 0.0100 (rmse <= validation_max_rmse)" in error
-    assert version_tags("3")[VALIDATION_STATUS_TAG] == "FAILED"
-    assert registry().aliases() == {CHAMPION: "2"}
+    assert chapter.tags["3"][VALIDATION_STATUS_TAG] == "FAILED"
+    assert chapter.aliases == {CHAMPION: "2"}
 
 
-def test_require_approval_waits_until_approved_and_approve_refuses_a_failed_version(lifecycle, spark, capsys):
-    record = run(lifecycle, spark, training_num_rounds="200", require_approval="true",
-                 promotion_tolerance="0.1")
+def test_require_approval_waits_until_approved_and_approve_refuses_a_failed_version(story):
+    chapter = story["approval"]
+    assert states(chapter.record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS}, \
+        chapter.record.tasks
+    aliases_before, tags_before = chapter.extra["before_approval"]
+    assert (tags_before["4"]["promotion_decision"], tags_before["4"][APPROVAL_TAG]) == (
+        "pending_approval", "pending")
+    assert aliases_before == {CHAMPION: "2", CHALLENGER: "4"}
 
-    assert states(record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS}, record.tasks
-    tags = version_tags("4")
-    assert (tags["promotion_decision"], tags[APPROVAL_TAG]) == ("pending_approval", "pending")
-    assert registry().aliases() == {CHAMPION: "2", CHALLENGER: "4"}
+    code, _, err = chapter.extra["approve_failed"]
+    assert code == 1
+    assert "refusing to approve model 'taxi_fares' version 3: its model_validation_status is FAILED" in err
+    assert chapter.extra["after_refusal"] == {CHAMPION: "2", CHALLENGER: "4"}
 
-    capsys.readouterr()
-    assert cli("approve", MODEL, "3", "--by", "carol") == 1
-    assert "refusing to approve model 'taxi_fares' version 3: its model_validation_status is FAILED" in \
-        capsys.readouterr().err
-    assert registry().aliases() == {CHAMPION: "2", CHALLENGER: "4"}
-
-    assert cli("approve", MODEL, "4", "--by", "carol") == 0
-    assert registry().aliases() == {CHAMPION: "4"}
-    assert (version_tags("4")[APPROVAL_TAG], version_tags("4")["approved_by"]) == ("approved", "carol")
-
-
-def cli(*argv):
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="mlops")
-    model_cli.register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["model", *argv])
-    return args.func(args)
+    assert chapter.extra["approve_passed"][0] == 0
+    assert chapter.aliases == {CHAMPION: "4"}
+    assert (chapter.tags["4"][APPROVAL_TAG], chapter.tags["4"]["approved_by"]) == ("approved", "carol")
 
 
-def champion_artifacts(version) -> Path:
-    return Path(urlparse(registry().client.get_model_version_download_uri(MODEL, version)).path)
-
-
-def test_repair_after_a_deploy_failure_reruns_only_deploy(lifecycle, spark, tmp_path):
-    # The Champion's artifacts become unreadable (a storage outage), so deploy cannot load it.
-    artifacts = champion_artifacts("4")
-    shutil.move(artifacts, tmp_path / "moved")
-    try:
-        failed = run(lifecycle, spark, execute_training="false", model_version="1")
-    finally:
-        shutil.move(tmp_path / "moved", artifacts)
-
+def test_repair_after_a_deploy_failure_reruns_only_deploy(story):
+    chapter = story["repair"]
+    failed, repaired = chapter.extra["failed"], chapter.record
     assert states(failed) == {"train": SUCCESS, "validate": SUCCESS, "deploy": FAILED}
     assert "cannot load model 'taxi_fares' version 4" in failed.tasks["deploy"]["error"]
-    assert registry().aliases() == {CHAMPION: "4", CHALLENGER: "1"}
-
-    repaired = run(lifecycle, spark, repair_run_id=failed.run_id)
+    assert chapter.extra["aliases_after_failure"] == {CHAMPION: "4", CHALLENGER: "1"}
 
     assert repaired.state == SUCCESS
     assert repaired.tasks["train"]["from_run"] == repaired.tasks["validate"]["from_run"] == failed.run_id
     assert "from_run" not in repaired.tasks["deploy"]
     assert repaired.tasks["deploy"]["task_values"]["promotion_decision"] == "not_promoted"
-    assert version_tags("1")["promotion_compared_with"] == "Champion v4"
-    assert [str(version.version) for version in registry().list_versions()] == ["1", "2", "3", "4"]
+    assert chapter.tags["1"]["promotion_compared_with"] == "Champion v4"
+    assert sorted(chapter.tags, key=int) == ["1", "2", "3", "4"]
 
 
-def test_a_switched_off_stage_with_missing_inputs_names_the_parameter(lifecycle, spark):
-    record = run(lifecycle, spark, execute_training="false", execute_validation="false")
-
+def test_a_switched_off_stage_with_missing_inputs_names_the_parameter(story):
+    record = story["switched_off"].record
     assert states(record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": FAILED}
     assert "Turn execute_validation=true back on, or set model_version=" in record.tasks["deploy"]["error"]
 
 
-def test_model_show_tells_the_whole_story(lifecycle, capsys):
-    capsys.readouterr()
-    assert cli("show", MODEL) == 0
-    out = capsys.readouterr().out
+def test_model_show_tells_the_whole_story(story):
+    code, out, _ = story["show"].extra["show"]
+    assert code == 0
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line[:1].isdigit() and len(line.split()) > 6}
     assert rows["1"][1:4] == [CHALLENGER, "PASSED", "-"]

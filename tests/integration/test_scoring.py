@@ -2,12 +2,14 @@
 import datetime
 import json
 
+import mlflow
 import pyarrow.parquet as pq
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from mlops.azurite import ACCOUNT_KEY
+from mlops.local.azurite import ACCOUNT_KEY
 from support.azurite import azurite  # noqa: F401
+from support.jobs import home_tracking_uri
 from support.spark_cluster import SCORING_JOB, new_scoring_home, run_job_process
 
 pytestmark = pytest.mark.slow
@@ -43,9 +45,12 @@ def test_scoring_job_scores_writes_and_publishes_to_azurite(scoring_home, azurit
     table = home / "dbfs" / "mlops" / "taxi_fares" / "tables" / "taxi_fares_predictions"
     rows = pq.read_table(table).num_rows
     assert manifest["total_rows"] == rows > 2000
+    store = home_tracking_uri(home)
+    registered = mlflow.MlflowClient(tracking_uri=store, registry_uri=store).get_model_version(
+        "taxi_fares_job_tests", "1")
     assert manifest["model"] == {"name": "taxi_fares_job_tests", "version": "1",
                                  "uri": "models:/taxi_fares_job_tests/1",
-                                 "training_run_id": manifest["model"]["training_run_id"]}
+                                 "training_run_id": registered.run_id}
     assert len(published) == len(manifest["files"]) + 1
     assert ACCOUNT_KEY not in completed.stdout + completed.stderr
     run_records = list((home / "runs").glob("*.json"))

@@ -21,7 +21,7 @@ import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlops import tracking
+from mlops.lifecycle import tracking
 from mlops.config import TrainingConfig
 from mlops.errors import RegistryError
 from support.appinsights import closed_loopback_port
@@ -37,6 +37,8 @@ SERVER_STARTUP_SECONDS = 120
 RUN_APPEARS_SECONDS = 400
 # A behaviour bound, not a benchmark: MLflow's own retries would otherwise take minutes per call.
 FAILS_WITHIN_SECONDS = 240
+# A failing call that gives up instead of hanging does so well within this.
+HANG_LIMIT_SECONDS = 120
 
 
 class MlflowServer:
@@ -127,7 +129,7 @@ def default_http_retries(monkeypatch):
 @pytest.fixture
 def answering(default_http_retries):
     """``answering(status, error_code)`` -> a loopback server giving every request that answer;
-    MLflow's retry settings are the ones :func:`mlops.tracking.bound_http_retries` sets."""
+    MLflow's retry settings are the ones :func:`mlops.lifecycle.tracking.bound_http_retries` sets."""
     tracking.bound_http_retries()
     servers = []
 
@@ -160,12 +162,12 @@ def test_a_permanent_answer_is_not_retried(answering, status, error_code):
     assert len(server.requests) == 1
 
 
-def test_configure_against_a_closed_port_names_the_uri_within_seconds(
+@pytest.mark.timeout(HANG_LIMIT_SECONDS)
+def test_configure_against_a_closed_port_names_the_uri_instead_of_hanging(
         monkeypatch, mlops_home, default_http_retries):
     uri = f"http://127.0.0.1:{closed_loopback_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    started = time.monotonic()
     try:
         with pytest.raises(RegistryError, match=f"^MLflow tracking server at {uri} is unreachable "
                                                 r"\(after 3 retries\): MlflowException: API request to "):
@@ -173,7 +175,6 @@ def test_configure_against_a_closed_port_names_the_uri_within_seconds(
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
-    assert time.monotonic() - started < 60
 
 
 @pytest.fixture
@@ -198,19 +199,16 @@ def test_a_tracking_server_killed_mid_job_fails_the_job_quickly_naming_its_uri(
                  lambda: f"the train task's MLflow run never appeared; job stderr:\n{log_tail(stderr_path)}",
                  job)
         mlflow_server.kill()
-        killed = time.monotonic()
         try:
             job.wait(timeout=FAILS_WITHIN_SECONDS)
         except subprocess.TimeoutExpired:
             pytest.fail(f"the job still runs {FAILS_WITHIN_SECONDS}s after the tracking server died; "
                         f"stderr:\n{log_tail(stderr_path)}")
-        elapsed = time.monotonic() - killed
     finally:
         stop_process_group(job)
 
     err = stderr_path.read_text()
     assert job.returncode != 0
-    assert elapsed < FAILS_WITHIN_SECONDS
     unreachable = f"MLflow tracking server at {mlflow_server.uri} is unreachable"
     failure_lines = [line for line in err.splitlines()
                      if "ERROR mlops.orchestration: task train failed" in line]

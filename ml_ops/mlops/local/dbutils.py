@@ -11,15 +11,18 @@ secrets
     letter or digit replaced by ``_``. Example: scope ``kv-prod``, key ``app.insights`` ->
     ``MLOPS_SECRET_KV_PROD_APP_INSIGHTS``. ``listScopes()`` returns the scopes named in
     ``MLOPS_SECRET_SCOPES`` (comma-separated) when set, else the first word after
-    ``MLOPS_SECRET_`` of every such variable. Secret values are never logged or put in messages.
+    ``MLOPS_SECRET_`` of every such variable. Every such value is registered for redaction
+    when the secrets are created, so it shows as ``[REDACTED]`` in anything the runtime prints
+    or writes, as on Databricks.
 
 fs
-    ``dbfs:/x`` and ``/dbfs/x`` map to ``$MLOPS_HOME/dbfs/x``; ``file:/x`` and plain paths are
-    local paths. ``to_local_path`` does this mapping for any module.
+    Paths map as the platform seam says (:mod:`mlops.platform.paths`): ``dbfs:/x`` and
+    ``/dbfs/x`` are ``$MLOPS_HOME/dbfs/x``; ``file:/x`` and plain paths are local paths.
 
 notebook
     ``exit(value)`` ends the notebook with an exit value; ``run(path, timeout_seconds, arguments)``
-    runs another notebook with fresh widgets and returns its exit value.
+    runs another notebook with fresh widgets and returns its exit value, through the runner
+    that created this ``dbutils``.
 
 jobs.taskValues
     ``set`` stores a JSON value for the running task; ``get`` reads one set by an upstream task.
@@ -33,10 +36,11 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional
 
 from mlops.errors import ConfigError
-from mlops.local.home import dbfs_root
+from mlops.observability.redaction import register_secret
+from mlops.platform import driver_path as to_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -44,46 +48,6 @@ SECRET_ENV_PREFIX = "MLOPS_SECRET_"
 SECRET_SCOPES_ENV = "MLOPS_SECRET_SCOPES"
 # Databricks rejects task values whose JSON form is larger than this.
 MAX_TASK_VALUE_BYTES = 48 * 1024
-
-_URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-
-
-# ---------------------------------------------------------------- paths
-
-def to_local_path(uri: Union[str, Path]) -> Path:
-    """Map ``dbfs:/x``, ``/dbfs/x``, ``file:/x`` or a plain path to a local path.
-
-    DBFS paths cannot escape ``$MLOPS_HOME/dbfs`` with ``..``. Other schemes (abfss://, s3://)
-    have no local equivalent and raise ConfigError.
-    """
-    text = str(uri)
-    if text.startswith("dbfs:"):
-        return _inside_dbfs(text[len("dbfs:"):], text)
-    if text == "/dbfs" or text.startswith("/dbfs/"):
-        return _inside_dbfs(text[len("/dbfs"):], text)
-    if text.startswith("file:"):
-        rest = text[len("file:"):]
-        if rest.startswith("//"):
-            rest = rest[2:]
-        return Path("/" + rest.lstrip("/"))
-    scheme = _URI_SCHEME.match(text)
-    if scheme and len(scheme.group(1)) > 1:
-        raise ConfigError(
-            f"cannot map '{text}' to a local path: the local runtime supports dbfs:/, /dbfs/, "
-            "file: and plain paths, not " + scheme.group(1) + ":")
-    return Path(text)
-
-
-def _inside_dbfs(relative: str, original: str) -> Path:
-    root = dbfs_root().resolve()
-    local = (root / relative.lstrip("/")).resolve()
-    if local != root and root not in local.parents:
-        raise ConfigError(f"'{original}' points outside DBFS")
-    return local
-
-
-def _is_dbfs(uri: str) -> bool:
-    return uri.startswith("dbfs:") or uri == "/dbfs" or uri.startswith("/dbfs/")
 
 
 # ---------------------------------------------------------------- widgets
@@ -203,6 +167,9 @@ def _env_word(text: str) -> str:
 class LocalSecrets:
     """``dbutils.secrets`` backed by ``MLOPS_SECRET_<SCOPE>_<KEY>`` environment variables."""
 
+    def __init__(self):
+        register_local_secrets()
+
     def get(self, scope: str, key: str) -> str:
         variable = secret_env_name(scope, key)
         value = os.environ.get(variable)
@@ -229,6 +196,13 @@ class LocalSecrets:
                             for name in os.environ
                             if name.startswith(SECRET_ENV_PREFIX) and name != SECRET_SCOPES_ENV})
         return [SecretScope(name) for name in names if name]
+
+
+def register_local_secrets() -> None:
+    """Register every ``MLOPS_SECRET_*`` value for redaction: each is a secret scope's value."""
+    for name, value in os.environ.items():
+        if name.startswith(SECRET_ENV_PREFIX) and name != SECRET_SCOPES_ENV:
+            register_secret(value)
 
 
 # ---------------------------------------------------------------- fs
@@ -333,8 +307,9 @@ class NotebookExit(Exception):
 class LocalNotebookUtils:
     """``dbutils.notebook``."""
 
-    def __init__(self, dbutils: "LocalDbutils"):
+    def __init__(self, dbutils: "LocalDbutils", run_notebook: Optional[Callable]):
         self._dbutils = dbutils
+        self._run_notebook = run_notebook
 
     def exit(self, value: Any) -> None:
         raise NotebookExit(None if value is None else str(value))
@@ -346,14 +321,14 @@ class LocalNotebookUtils:
         ``path`` is relative to the calling notebook's folder; ``.py`` may be left out.
         ``timeout_seconds`` is accepted for compatibility but not enforced locally.
         """
-        from mlops.local.notebook import resolve_notebook, run_notebook
-
+        if self._run_notebook is None:
+            raise ConfigError("dbutils.notebook.run needs a notebook runner; run this notebook with "
+                              "`mlops notebook run` or `mlops job run`")
         origin = self._dbutils.notebook_path
         base = origin.parent if origin is not None else Path.cwd()
-        target = resolve_notebook(path, base)
         arguments = {str(name): str(value) for name, value in (arguments or {}).items()}
-        logger.info("dbutils.notebook.run %s (timeout %ss, not enforced)", target, timeout_seconds)
-        return run_notebook(target, arguments, self._dbutils.session).exit_value
+        logger.info("dbutils.notebook.run %s (timeout %ss, not enforced)", path, timeout_seconds)
+        return self._run_notebook(path, base, arguments, self._dbutils.session)
 
 
 # ---------------------------------------------------------------- jobs
@@ -413,14 +388,14 @@ class LocalDbutils:
     """The ``dbutils`` object of one notebook run."""
 
     def __init__(self, session, parameters: Optional[dict[str, str]] = None,
-                 notebook_path: Optional[Path] = None):
+                 notebook_path: Optional[Path] = None, run_notebook: Optional[Callable] = None):
         self.session = session
         self.notebook_path = Path(notebook_path) if notebook_path is not None else None
         self.task_values_set: dict[str, Any] = {}
         self.widgets = LocalWidgets(parameters)
         self.secrets = LocalSecrets()
         self.fs = LocalFs()
-        self.notebook = LocalNotebookUtils(self)
+        self.notebook = LocalNotebookUtils(self, run_notebook)
         self.jobs = LocalJobs(self)
 
     def __repr__(self) -> str:

@@ -1,129 +1,67 @@
-"""Parse and run Databricks source-format notebooks (``.py`` files exported from a workspace).
+"""Run Databricks source-format notebooks locally, as a Databricks cluster would.
 
-A notebook starts with ``# Databricks notebook source``; cells are separated by
-``# COMMAND ----------``; magic cells have every line prefixed with ``# MAGIC``. The runner
-executes the cells in one namespace holding exactly the globals Databricks gives a notebook:
-``spark``, ``dbutils``, ``display`` and ``displayHTML``.
-
-Supported cells: Python (and ``%python``), ``%pip``, ``%sql``, ``%run``, ``%sh``; ``%md``
-cells are skipped. Other magics (``%scala``, ``%r``, ``%fs``) fail the parse.
+The runner executes the cells in one namespace holding exactly the globals Databricks gives
+a notebook: ``spark``, ``dbutils``, ``display`` and ``displayHTML``. While a notebook runs,
+its output goes through a filter that shows the value of every secret read through
+``dbutils.secrets`` as ``[REDACTED]``, as Databricks does; failures are raised from a
+redacted copy of their chain.
 """
 import ast
 import builtins
-import glob
-import importlib
+import contextlib
 import linecache
 import logging
-import os
 import re
 import shlex
 import subprocess
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from mlops.errors import ConfigError, NotebookError
 from mlops.local.dbutils import LocalDbutils, NotebookExit
-from mlops.local.session import LocalSession, notebook_context
+from mlops.local.notebook_source import Cell, parse_notebook, resolve_notebook, split_sql
+from mlops.local.pip import run_pip, tail
+from mlops.local.session import LocalSession
+from mlops.observability.redaction import SECRET_VALUE_MARKER, redact_text, redacted_exception
+from mlops.platform.context import bind
 
 logger = logging.getLogger(__name__)
 
-HEADER = "# Databricks notebook source"
-SEPARATOR = "# COMMAND ----------"
-MAGIC_PREFIX = "# MAGIC"
 PREVIEW_ROWS = 20
-# The runtime itself is imported from this package: replacing it mid-run would break the runner.
-PROTECTED_PACKAGES = frozenset({"mlops"})
-# Modules of the ML wheel are always reloaded after %pip, even if the wheel lists no top level.
-ALWAYS_RELOADED = ("taxi_fares",)
 
-_MAGIC_KINDS = {"python": "python", "pip": "pip", "sql": "sql", "md": "md", "md-sandbox": "md",
-                "run": "run", "sh": "sh"}
 _VARIABLE = re.compile(r"\$\$|\$\{(\w+)\}|\$(\w+)")
-_GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One notebook cell. ``body`` is the text after the magic word for magic cells."""
+class RedactingStream:
+    """A text stream that writes through to ``target`` with every secret redacted."""
 
-    number: int
-    kind: str
-    body: str
-    first_line: int
+    def __init__(self, target):
+        self._target = target
 
-    @property
-    def summary(self) -> str:
-        """The first line of code, for error messages."""
-        prefix = "" if self.kind == "python" else f"%{self.kind} "
-        for line in self.body.splitlines():
-            stripped = line.strip()
-            if stripped and not (self.kind == "python" and stripped.startswith("#")):
-                text = prefix + stripped
-                return text if len(text) <= 80 else text[:77] + "..."
-        return prefix.strip() or "empty cell"
+    def write(self, text):
+        return self._target.write(redact_text(text, secret_marker=SECRET_VALUE_MARKER))
+
+    def __getattr__(self, name):
+        return getattr(self._target, name)
+
+
+@contextlib.contextmanager
+def redacted_output():
+    """Redact what the running notebook prints to standard output and standard error."""
+    if isinstance(sys.stdout, RedactingStream):
+        yield
+        return
+    with contextlib.redirect_stdout(RedactingStream(sys.stdout)), \
+            contextlib.redirect_stderr(RedactingStream(sys.stderr)):
+        yield
 
 
 @dataclass
 class NotebookResult:
     exit_value: Optional[str]
     task_values: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_notebook(path: Union[str, Path]) -> list[Cell]:
-    """Split a source-format notebook into cells; NotebookError if it is not one."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as error:
-        raise NotebookError(f"cannot read notebook {path}: {error}") from error
-    lines = text.splitlines()
-    if not lines or lines[0].rstrip() != HEADER:
-        raise NotebookError(f"{path} is not a Databricks source notebook: "
-                            f"its first line must be '{HEADER}'")
-    chunks: list[tuple[int, list[str]]] = [(2, [])]
-    for line_number, line in enumerate(lines[1:], start=2):
-        if line.rstrip() == SEPARATOR:
-            chunks.append((line_number + 1, []))
-        else:
-            chunks[-1][1].append(line)
-    return [_parse_cell(path, number, start, chunk)
-            for number, (start, chunk) in enumerate(chunks, start=1)]
-
-
-def _parse_cell(path: Path, number: int, start: int, lines: list[str]) -> Cell:
-    while lines and not lines[0].strip():
-        lines, start = lines[1:], start + 1
-    if not lines:
-        return Cell(number, "empty", "", start)
-    if not lines[0].startswith(MAGIC_PREFIX):
-        return Cell(number, "python", "\n".join(lines), start)
-    text = "\n".join(line[len(MAGIC_PREFIX) + 1:] if line.startswith(MAGIC_PREFIX + " ") else
-                     ("" if line.rstrip() == MAGIC_PREFIX else line) for line in lines)
-    magic = re.match(r"\s*%(\S+)", text)
-    if not magic:
-        raise NotebookError(f"{path} cell {number} (line {start}) is a '# MAGIC' cell without a %magic")
-    kind = _MAGIC_KINDS.get(magic.group(1))
-    if kind is None:
-        raise NotebookError(
-            f"{path} cell {number} (line {start}) uses %{magic.group(1)}, which the local runtime "
-            f"does not run (supported: {', '.join('%' + name for name in _MAGIC_KINDS)})")
-    return Cell(number, kind, text[magic.end():].strip(), start)
-
-
-def resolve_notebook(reference: str, base: Path) -> Path:
-    """The notebook file ``reference`` names, relative to folder ``base``; ``.py`` is optional."""
-    target = Path(reference)
-    if not target.is_absolute():
-        target = base / target
-    candidates = [target] if target.suffix == ".py" else [target.with_name(target.name + ".py"), target]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise NotebookError(f"notebook '{reference}' not found (looked for "
-                        f"{', '.join(str(candidate) for candidate in candidates)})")
 
 
 def run_notebook(path: Union[str, Path], parameters: Optional[dict[str, str]] = None,
@@ -141,9 +79,9 @@ def run_notebook(path: Union[str, Path], parameters: Optional[dict[str, str]] = 
         raise ConfigError(f"notebook parameters must be strings, got {bad!r}")
     session = session if session is not None else LocalSession()
     cells = parse_notebook(path)
-    dbutils = LocalDbutils(session, parameters, path)
+    dbutils = LocalDbutils(session, parameters, path, run_notebook=_run_child)
     runner = _Runner(session, dbutils)
-    with notebook_context(session.context_for(path)):
+    with bind(session.context_for(path)), redacted_output():
         logger.info("running notebook %s with parameters %s", path, sorted(parameters))
         try:
             runner.run_cells(path, cells)
@@ -151,6 +89,11 @@ def run_notebook(path: Union[str, Path], parameters: Optional[dict[str, str]] = 
         except NotebookExit as done:
             exit_value = done.value
     return NotebookResult(exit_value, dict(dbutils.task_values_set))
+
+
+def _run_child(reference: str, base: Path, arguments: dict, session: LocalSession) -> Optional[str]:
+    """``dbutils.notebook.run``: the child notebook's exit value."""
+    return run_notebook(resolve_notebook(reference, base), arguments, session).exit_value
 
 
 def _shown_path(path: Path) -> str:
@@ -195,14 +138,19 @@ class _Runner:
         if cell.kind in ("md", "empty"):
             return
         logger.debug("%s cell %d: %s", path, cell.number, cell.summary)
+        failure = None
         try:
             getattr(self, "_run_" + cell.kind)(path, cell)
         except NotebookExit:
             raise
         except Exception as error:
-            raise NotebookError(
+            cause = redacted_exception(error)
+            failure = NotebookError(
                 f"{_shown_path(path)} failed in cell {cell.number} ({cell.summary}): "
-                f"{type(error).__name__}: {_first_line(error)}") from error
+                f"{type(error).__name__}: {_first_line(cause)}")
+        if failure is not None:
+            # Raised outside the except block, so the raw chain is not attached as context.
+            raise failure from cause
 
     # -- cell kinds
 
@@ -235,7 +183,7 @@ class _Runner:
 
     def _run_sql(self, path: Path, cell: Cell) -> None:
         result = None
-        for statement in _split_sql(cell.body):
+        for statement in split_sql(cell.body):
             result = self.session.spark.sql(statement)
         if result is not None and result.columns:
             self.display(result)
@@ -245,22 +193,10 @@ class _Runner:
         sys.stdout.write(completed.stdout)
         if completed.returncode != 0:
             raise NotebookError(f"%sh exited with code {completed.returncode}: "
-                                f"{_tail(completed.stderr or completed.stdout)}")
+                                f"{tail(completed.stderr or completed.stdout)}")
 
     def _run_pip(self, path: Path, cell: Cell) -> None:
-        words = shlex.split(self._expand_variables(cell.body.replace("\\\n", " ")))
-        if not words:
-            raise NotebookError("%pip needs a command, e.g. %pip install <wheel>")
-        if words[0] != "install":
-            output = _pip(words)
-            sys.stdout.write(output)
-            return
-        wheels, others = _resolve_install_arguments(words[1:])
-        if wheels:
-            _pip(["install", "--quiet", "--no-deps", "--force-reinstall", *wheels])
-        if any(not word.startswith("-") for word in others):
-            _pip(["install", *others])
-        _forget_modules(wheels)
+        sys.stdout.write(run_pip(shlex.split(self._expand_variables(cell.body.replace("\\\n", " ")))))
 
     def _expand_variables(self, text: str) -> str:
         def value_of(match: re.Match) -> str:
@@ -297,7 +233,7 @@ class _Runner:
     def display_html(self, html: str) -> None:
         """Write the HTML to the run folder and print where it went."""
         target = self._output_file("displayHTML", ".html")
-        target.write_text(str(html), encoding="utf-8")
+        target.write_text(redact_text(str(html), secret_marker=SECRET_VALUE_MARKER), encoding="utf-8")
         print(f"[displayHTML] {len(str(html))} characters written to {target}")
 
     def _output_file(self, prefix: str, suffix: str) -> Path:
@@ -306,104 +242,3 @@ class _Runner:
         while (folder / f"{prefix}-{number}{suffix}").exists():
             number += 1
         return folder / f"{prefix}-{number}{suffix}"
-
-
-def _split_sql(text: str) -> list[str]:
-    """Split on semicolons outside quotes and comments."""
-    statements, current, quote = [], [], None
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if quote:
-            current.append(char)
-            if char == quote:
-                quote = None
-        elif char in "'\"`":
-            quote = char
-            current.append(char)
-        elif text.startswith("--", index):
-            end = text.find("\n", index)
-            index = len(text) if end == -1 else end
-            continue
-        elif char == ";":
-            statements.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        index += 1
-    statements.append("".join(current))
-    return [statement.strip() for statement in statements if statement.strip()]
-
-
-def _resolve_install_arguments(arguments: list[str]) -> tuple[list[str], list[str]]:
-    """Expand wheel paths and globs; returns (wheel files, other pip arguments)."""
-    wheels: list[str] = []
-    others: list[str] = []
-    for argument in arguments:
-        is_pattern = bool(_GLOB_CHARS.search(argument))
-        if argument.startswith("-") or not (is_pattern or argument.endswith(".whl")):
-            others.append(argument)
-            continue
-        matches = sorted(glob.glob(os.path.expanduser(argument)))
-        if not matches:
-            folder = os.path.dirname(argument) or "."
-            raise NotebookError(
-                f"no wheel matches '{argument}' (wheel_path='{folder}'): build the wheels with "
-                "`make wheels` or set the wheel_path parameter")
-        by_distribution: dict[str, list[str]] = {}
-        for match in matches:
-            if match.endswith(".whl"):
-                name = os.path.basename(match).split("-")[0].lower()
-                by_distribution.setdefault(name, []).append(match)
-            else:
-                others.append(match)
-        for name, files in by_distribution.items():
-            if len(files) > 1:
-                raise NotebookError(
-                    f"'{argument}' matches {len(files)} wheels of {name}: "
-                    f"{', '.join(os.path.basename(file) for file in files)}; "
-                    "set the wheel_version parameter to pick one (or delete the stale wheels)")
-            wheels.extend(files)
-    return wheels, others
-
-
-def _pip(arguments: list[str]) -> str:
-    """Run pip in this interpreter; the captured output is shown only when pip fails.
-
-    Wheels are installed with ``--no-deps``: locally, the dependencies are already in the
-    environment, and resolving them again would be slow and could replace pinned packages.
-    """
-    command = [sys.executable, "-m", "pip", *arguments]
-    logger.info("%s", " ".join(command))
-    completed = subprocess.run(command, capture_output=True, text=True)
-    if completed.returncode != 0:
-        raise NotebookError(f"pip {' '.join(arguments)} failed with exit code {completed.returncode}:\n"
-                            f"{_tail(completed.stdout + completed.stderr, 40)}")
-    return completed.stdout
-
-
-def _tail(text: str, lines: int = 10) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _forget_modules(wheels: list[str]) -> None:
-    """Drop already-imported modules of freshly installed packages so imports load the new code."""
-    importlib.invalidate_caches()
-    packages = set(ALWAYS_RELOADED)
-    for wheel in wheels:
-        packages.update(_top_level_names(wheel))
-    packages -= PROTECTED_PACKAGES
-    for name in list(sys.modules):
-        if name.split(".", 1)[0] in packages:
-            del sys.modules[name]
-
-
-def _top_level_names(wheel: str) -> set[str]:
-    with zipfile.ZipFile(wheel) as archive:
-        names = set()
-        for member in archive.namelist():
-            top = member.split("/", 1)[0]
-            if top.endswith((".dist-info", ".data")):
-                continue
-            names.add(top[:-3] if top.endswith(".py") else top)
-    return names

@@ -1,19 +1,17 @@
-"""The Spark session and the run context that notebooks run in.
+"""The Spark session and the state one local run shares across its notebooks.
 
-``current_context()`` tells code which job, job run, task and notebook it runs in, so
-orchestration code can tag MLflow runs or telemetry without reaching into
-``dbutils.notebook.entry_point`` (which only exists on Databricks).
+The run context a notebook runs in is bound through the platform seam
+(:func:`mlops.platform.context.bind`), so stage code reads it without importing this package.
 """
-import contextlib
-import contextvars
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-from mlops.local.home import new_run_id, runs_dir
+from mlops.local.dbutils import register_local_secrets
+from mlops.platform.context import RunContext
+from mlops.platform.home import new_run_id, runs_dir
 
 logger = logging.getLogger(__name__)
 
@@ -21,35 +19,6 @@ MASTER_ENV = "MLOPS_SPARK_MASTER"
 REMOTE_ENV = "SPARK_REMOTE"
 SHUFFLE_PARTITIONS_ENV = "MLOPS_SHUFFLE_PARTITIONS"
 DRIVER_MEMORY_ENV = "MLOPS_DRIVER_MEMORY"
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """Where the running code is. Job fields are None outside a job, all fields None outside a notebook."""
-
-    job_name: Optional[str] = None
-    job_run_id: Optional[str] = None
-    task_key: Optional[str] = None
-    notebook_path: Optional[str] = None
-
-
-_current: contextvars.ContextVar[RunContext] = contextvars.ContextVar(
-    "mlops_local_run_context", default=RunContext())
-
-
-def current_context() -> RunContext:
-    """The job name, job run id, task key and notebook path of the code running now."""
-    return _current.get()
-
-
-@contextlib.contextmanager
-def notebook_context(context: RunContext) -> Iterator[RunContext]:
-    """Make ``context`` the current one while a notebook runs."""
-    token = _current.set(context)
-    try:
-        yield context
-    finally:
-        _current.reset(token)
 
 
 def spark_session():
@@ -103,6 +72,7 @@ class LocalSession:
         # task key -> {value key -> JSON-compatible value}; None is the key outside a job.
         self.task_values: dict[Optional[str], dict[str, Any]] = {}
         self.output_dir = output_dir
+        register_local_secrets()
 
     @property
     def spark(self):
@@ -126,7 +96,7 @@ class LocalSession:
     def context_for(self, notebook_path: Path) -> RunContext:
         """The run context of a notebook run in this session."""
         return RunContext(job_name=self.job_name, job_run_id=self.job_run_id,
-                          task_key=self.task_key, notebook_path=str(notebook_path))
+                          task=self.task_key, notebook_path=str(notebook_path))
 
     def run_output_dir(self) -> Path:
         """Folder for display output and error details, created on first use."""

@@ -4,8 +4,9 @@ from dataclasses import dataclass
 
 from taxi_fares import features
 
-from mlops.data_io import read_raw_trips
+from mlops.data.raw_input import read_raw_trips
 from mlops.errors import DataError
+from mlops.observability.redaction import public_uri
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,11 @@ def build_feature_tables(run, raw_uri, start, end, tables: FeatureTables, parame
         rows_in_range = in_range.count()
         if rows_in_range == 0:
             raise DataError(
-                f"no trips between {start} and {end} in {raw_uri}; check "
+                f"no trips between {start} and {end} in {public_uri(raw_uri)}; check "
                 f"{parameter_prefix}_start_date and {parameter_prefix}_end_date")
         clean = features.clean_trips(in_range)
         rows_clean = clean.count()
-        lineage = {"source_path": raw_uri, "start_date": str(start), "end_date": str(end),
+        lineage = {"source_path": public_uri(raw_uri), "start_date": str(start), "end_date": str(end),
                    "rows_before_cleaning": rows_in_range, "rows_after_cleaning": rows_clean,
                    "rows_dropped_invalid": rows_in_range - rows_clean}
         logger.info("cleaning dropped %d invalid rows of %d", rows_in_range - rows_clean, rows_in_range)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import mlflow
 from taxi_fares import evaluation, features
 
-from mlops.registry import (APPROVAL_PENDING, APPROVAL_TAG, CHAMPION, ModelRef, RegistryClient, utc_now)
+from mlops.lifecycle.registry import (APPROVAL_PENDING, APPROVAL_TAG, CHAMPION, ModelRef, RegistryClient,
+                                      utc_now)
 from mlops.stages.validation import Split, load_held_out, load_model, predict, resolve_model
 
 logger = logging.getLogger(__name__)

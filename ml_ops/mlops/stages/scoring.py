@@ -8,20 +8,19 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import mlflow
 from pyspark.sql import functions as F
 from taxi_fares.features import filter_date_range
 
-from mlops import plots
-from mlops import scoring as engine
+from mlops.lifecycle import plots
+from mlops.inference import engine
 from mlops.errors import ConfigError, DataError, RegistryError
-from mlops.publish import make_publisher, validate_prefix
-from mlops.registry import ModelRef, RegistryClient
-from mlops.secrets import read_secret
+from mlops.publishing import make_publisher, validate_prefix
+from mlops.lifecycle.registry import ModelRef, RegistryClient
+from mlops.platform.secrets import read_secret
 from mlops.stages.feature_tables import REBUILD_HINT, SCORING, build_feature_tables, load_feature_set
-from mlops.tables import to_local_path
+from mlops import platform
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ def open_publish_target(run) -> PublishTarget:
         return PublishTarget()
     validate_prefix(config.blob_prefix)
     publisher = make_publisher(storage_connection_string(config, run.dbutils), config.blob_container,
-                               to_local_path(config.publish_folder))
+                               platform.driver_path(config.publish_folder))
     try:
         publisher.check_access()
     except BaseException:
@@ -175,14 +174,6 @@ def publish_prefix(config) -> str:
     return f"{config.blob_prefix}/{scoring_range(config)}"
 
 
-def _local_path(uri: str) -> Path:
-    """A driver path for a file URI that Spark reports (file:/..., dbfs:/... or a plain path)."""
-    if uri.startswith("dbfs:"):
-        return to_local_path(uri)
-    parsed = urlparse(uri)
-    return Path(unquote(parsed.path)) if parsed.scheme in ("file", "") else to_local_path(uri)
-
-
 def prediction_files(run, table: str) -> list[tuple[Path, str, int]]:
     """(local path, publish name, rows) of the table's current part files; rows from Parquet footers.
 
@@ -193,7 +184,7 @@ def prediction_files(run, table: str) -> list[tuple[Path, str, int]]:
 
     files = []
     for uri in sorted(run.tables.read(table).inputFiles()):
-        path = _local_path(uri)
+        path = platform.driver_path(uri)
         partition = path.parent.name if "=" in path.parent.name else ""
         name = f"{partition}_{path.name}" if partition else path.name
         files.append((path, name, pq.ParquetFile(path).metadata.num_rows))

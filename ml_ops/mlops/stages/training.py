@@ -6,9 +6,9 @@ from mlflow.models import infer_signature
 from pyspark.sql import functions as F
 from taxi_fares import evaluation, features, training
 
-from mlops import plots
+from mlops.lifecycle import plots
 from mlops.errors import DataError
-from mlops.registry import ModelRef
+from mlops.lifecycle.registry import ModelRef
 from mlops.stages.feature_tables import TRAINING, build_feature_tables, lineage, load_feature_set
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,7 @@ from taxi_fares import evaluation, features
 from taxi_fares.schema import TRIP_ID
 
 from mlops.errors import ConfigError, DataError, RegistryError, ValidationFailed
-from mlops.registry import (CHALLENGER, FAILED, PASSED, PENDING, ModelRef, RegistryClient,
-                            utc_now)
+from mlops.lifecycle.registry import CHALLENGER, FAILED, PASSED, PENDING, ModelRef, RegistryClient, utc_now
 from mlops.stages.feature_tables import TRAINING, load_feature_set
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,9 @@ import traceback
 
 import pytest
 
-from mlops import deploy, jobspec
+from mlops.config import parse_assignments
+from mlops.deploy import jobspec, workspace as deploy
+from mlops.deploy.trigger import trigger
 from mlops.errors import ConfigError, JobError
 from support.databricks_api import FAKE_TOKEN
 
@@ -235,7 +237,7 @@ def test_folder_without_notebooks_is_rejected(databricks_api, wheels_dir, tmp_pa
 
 def run_trigger(api, parameters=None, **options):
     out = io.StringIO()
-    result = deploy.trigger("dev", "taxi_fares_training", parameters, host=api.url, token=FAKE_TOKEN,
+    result = trigger("dev", "taxi_fares_training", parameters, host=api.url, token=FAKE_TOKEN,
                             jobs_dir=JOBS_DIR, out=out, **options)
     return result, out.getvalue()
 
@@ -314,8 +316,7 @@ def test_trigger_before_deploy_says_to_deploy_first(databricks_api):
 
 def test_trigger_in_an_unknown_environment_lists_the_valid_ones(databricks_api):
     with pytest.raises(ConfigError, match="unknown environment 'qa'; available environments are: dev, prod"):
-        deploy.trigger("qa", "taxi_fares_training", host=databricks_api.url, token=FAKE_TOKEN,
-                       jobs_dir=JOBS_DIR)
+        trigger("qa", "taxi_fares_training", host=databricks_api.url, token=FAKE_TOKEN, jobs_dir=JOBS_DIR)
 
 
 @pytest.mark.parametrize("pairs, expected", [
@@ -323,13 +324,13 @@ def test_trigger_in_an_unknown_environment_lists_the_valid_ones(databricks_api):
     ([], {}),
 ])
 def test_parameter_assignments_are_parsed(pairs, expected):
-    assert deploy.parse_assignments(pairs) == expected
+    assert parse_assignments(pairs) == expected
 
 
 @pytest.mark.parametrize("pair", ["novalue", "=1"])
 def test_malformed_parameter_assignment_is_rejected(pair):
     with pytest.raises(ConfigError, match=f"parameter '{pair}' must be written name=value"):
-        deploy.parse_assignments([pair])
+        parse_assignments([pair])
 
 
 def test_notebook_content_is_sent_base64_encoded(databricks_api, wheels_dir):

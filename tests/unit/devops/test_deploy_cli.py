@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from mlops import deploy, jobspec
-from mlops.errors import ConfigError
+from mlops.cli import deploy as deploy_cli
+from mlops.deploy import jobspec
 from support.databricks_api import FAKE_TOKEN
 
 from .conftest import JOBS_DIR, REPO_ROOT, WHEEL_VERSION
@@ -15,7 +15,7 @@ TRAINING_JOB = JOBS_DIR / "taxi_fares_training.json"
 
 def mlops(*argv):
     parser = argparse.ArgumentParser(prog="mlops")
-    deploy.register_cli(parser.add_subparsers(dest="command", required=True))
+    deploy_cli.register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args([str(arg) for arg in argv])
     return args.func(args)
 
@@ -44,9 +44,10 @@ def test_render_parameters_only_reads_the_version_from_the_wheels(wheels_dir, ca
     assert all(isinstance(value, str) for value in parameters.values())
 
 
-def test_render_with_an_unknown_environment_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="unknown environment 'test'; available environments are: dev"):
-        mlops("deploy", "render", TRAINING_JOB, "--env", "test", "--jobs-dir", JOBS_DIR)
+def test_render_with_an_unknown_environment_lists_the_valid_ones(capsys):
+    assert mlops("deploy", "render", TRAINING_JOB, "--env", "test", "--jobs-dir", JOBS_DIR) == 1
+    assert capsys.readouterr().err.startswith(
+        "error: unknown environment 'test'; available environments are: dev")
 
 
 def test_deploy_requires_a_sub_command(capsys):

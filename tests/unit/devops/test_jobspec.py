@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mlops import jobspec
+from mlops.deploy import jobspec
 from mlops.errors import ConfigError, JobError
 
 from .conftest import ENVIRONMENTS, JOBS_DIR, WHEEL_VERSION

@@ -14,7 +14,7 @@ import pytest
 from mlflow.models import infer_signature
 from taxi_fares import features
 
-from mlops.registry import RegistryClient
+from mlops.lifecycle.registry import RegistryClient
 
 LINEAGE_TAGS = {"lineage.source_path": "dbfs:/raw/trips", "lineage.training_range": "2016-01-01..2016-01-31"}
 SPLIT_PARAMS = {"training_data_start_date": "2016-01-01", "training_data_end_date": "2016-01-31",

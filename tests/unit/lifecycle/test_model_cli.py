@@ -3,8 +3,8 @@ import argparse
 import mlflow
 import pytest
 
-from mlops import model_cli
-from mlops.registry import APPROVAL_TAG, CHALLENGER, CHAMPION
+from mlops.cli import model as model_cli
+from mlops.lifecycle.registry import APPROVAL_TAG, CHALLENGER, CHAMPION
 
 
 def mlops_model(*argv):

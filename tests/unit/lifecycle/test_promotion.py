@@ -6,7 +6,7 @@ from mlops.config import TrainingConfig
 from mlops.errors import RegistryError
 from mlops.local.dbutils import LocalDbutils
 from mlops.local.session import LocalSession
-from mlops.registry import CHAMPION
+from mlops.lifecycle.registry import CHAMPION
 from mlops.stages.promotion import (NOT_PROMOTED, PENDING_APPROVAL, PROMOTED, compare_with_champion,
                                     compare_with_heuristic, decide, promote_challenger)
 

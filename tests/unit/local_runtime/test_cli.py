@@ -3,7 +3,7 @@ import argparse
 
 import pytest
 
-from mlops.local.cli import register_cli
+from mlops.cli.runtime import register_cli
 
 from .notebook_files import JOBS, NOTEBOOKS
 
@@ -39,7 +39,7 @@ def test_notebook_failure_is_one_line_then_the_traceback(cli_env, capsys):
 
 def test_malformed_parameter_is_rejected(cli_env, capsys):
     assert _main(["notebook", "run", str(NOTEBOOKS / "prepare.py"), "-p", "base"]) == 1
-    assert capsys.readouterr().err.strip() == "error: parameter 'base' must look like name=value"
+    assert capsys.readouterr().err.strip() == "error: parameter 'base' must be written name=value"
 
 
 def test_repeated_parameter_is_rejected(cli_env, capsys):

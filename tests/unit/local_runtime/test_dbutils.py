@@ -4,7 +4,8 @@ import os
 import pytest
 
 from mlops.errors import ConfigError
-from mlops.local.dbutils import LocalDbutils, secret_env_name, to_local_path
+from mlops.local.dbutils import LocalDbutils, secret_env_name
+from mlops.platform import driver_path as to_local_path
 from mlops.local.session import LocalSession
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mlops.local import home
-from mlops.local.session import current_context
+from mlops.platform import home
+from mlops.platform.context import current_binding as current_context
 
 from .notebook_files import write_notebook
 
@@ -41,7 +41,7 @@ def test_run_ids_sort_by_start_time():
 
 def test_context_is_empty_outside_any_notebook():
     context = current_context()
-    assert (context.job_name, context.job_run_id, context.task_key, context.notebook_path) == (
+    assert (context.job_name, context.job_run_id, context.task, context.notebook_path) == (
         None, None, None, None)
 
 
@@ -58,7 +58,7 @@ dbutils.notebook.exit(json.dumps(conf))
                PYTHONPATH=os.pathsep.join([str(REPO / "ml_ops"), str(REPO / "ml_source")]))
     env.pop("SPARK_REMOTE", None)
     code = ("import argparse, sys\n"
-            "from mlops.local.cli import register_cli\n"
+            "from mlops.cli.runtime import register_cli\n"
             "parser = argparse.ArgumentParser()\n"
             "register_cli(parser.add_subparsers(dest='command', required=True))\n"
             "args = parser.parse_args(sys.argv[1:])\n"

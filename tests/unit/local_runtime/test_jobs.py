@@ -6,7 +6,7 @@ import pytest
 
 from mlops.errors import JobError
 from mlops.local.jobs import load_job, run_job
-from mlops.local.session import current_context
+from mlops.platform.context import current_binding as current_context
 
 from .notebook_files import JOBS, write_notebook
 
@@ -111,14 +111,14 @@ def test_task_override_reaches_only_tasks_that_declare_it(spark, lines):
 def test_job_context_is_visible_to_notebooks(spark, lines, tmp_path):
     write_notebook(tmp_path / "notebooks" / "who.py", """
 import json
-from mlops.local.session import current_context
+from mlops.platform.context import current_binding as current_context
 dbutils.jobs.taskValues.set("context", vars(current_context()))
 """)
     job_file = _job(tmp_path, {"name": "context", "tasks": [
         {"task_key": "who", "notebook_task": {"notebook_path": "notebooks/who"}}]})
     record = run_job(job_file, {}, progress=lines.append, spark=spark)
     assert record.tasks["who"]["task_values"]["context"] == {
-        "job_name": "context", "job_run_id": record.run_id, "task_key": "who",
+        "job_name": "context", "job_run_id": record.run_id, "task": "who",
         "notebook_path": str(tmp_path / "notebooks" / "who.py")}
 
 
@@ -184,5 +184,5 @@ def test_invalid_job_files_are_rejected(tmp_path, task_notebook, settings, messa
 
 
 def test_missing_job_file(tmp_path):
-    with pytest.raises(JobError, match=r"job file .*absent.json not found"):
+    with pytest.raises(JobError, match=r"job file .*absent.json does not exist"):
         load_job(tmp_path / "absent.json")

@@ -4,8 +4,10 @@ import json
 import pytest
 
 from mlops.errors import ConfigError, NotebookError
-from mlops.local.notebook import parse_notebook, run_notebook
-from mlops.local.session import LocalSession, current_context
+from mlops.local.notebook import run_notebook
+from mlops.local.notebook_source import parse_notebook
+from mlops.local.session import LocalSession
+from mlops.platform.context import current_binding as current_context
 
 from .notebook_files import NOTEBOOKS, write_notebook
 
@@ -58,7 +60,7 @@ def test_namespace_holds_exactly_the_databricks_globals(session):
 def test_current_context_names_the_notebook_outside_a_job(session):
     result = run_notebook(NOTEBOOKS / "namespace.py", {}, session)
     context = json.loads(result.exit_value)["context"]
-    assert context == {"job_name": None, "job_run_id": None, "task_key": None,
+    assert context == {"job_name": None, "job_run_id": None, "task": None,
                        "notebook_path": str(NOTEBOOKS / "namespace.py")}
     assert current_context().notebook_path is None
 

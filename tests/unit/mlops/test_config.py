@@ -4,7 +4,7 @@ import pytest
 
 from mlops.config import TrainingConfig
 from mlops.errors import ConfigError
-from mlops.tracking import validate_model_name
+from mlops.lifecycle.tracking import validate_model_name
 
 
 def test_defaults_parse_and_hyperparameters_take_effect():

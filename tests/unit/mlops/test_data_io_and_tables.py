@@ -4,9 +4,9 @@ import pytest
 from pyspark.sql import functions as F
 from taxi_fares.data import generate_trips
 
-from mlops.data_io import detect_format, read_raw_trips
+from mlops.data.raw_input import detect_format, read_raw_trips
 from mlops.errors import DataError
-from mlops.tables import TableStore
+from mlops.data.tables import TableStore
 
 
 @pytest.fixture(scope="module")

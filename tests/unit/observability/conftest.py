@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from mlops.telemetry import Telemetry, TelemetrySettings
+from mlops.observability.telemetry import Telemetry, TelemetrySettings
 
 # Planted credentials: fake, but shaped exactly like the real ones.
 STORAGE_KEY = base64.b64encode(bytes(range(64))).decode()  # 88 characters ending with "=="

@@ -32,6 +32,32 @@ TABLE_COLUMNS = {
 ALL_COLUMNS = set(COMMON_COLUMNS) | {column for columns in TABLE_COLUMNS.values() for column in columns}
 
 
+# The Kusto operators, functions and keywords the README's queries may use.
+KUSTO_WORDS = {"where", "project", "order", "by", "asc", "desc", "summarize", "count", "percentile", "bin",
+               "tostring", "join", "kind", "inner", "on", "startswith", "and", "or", "not", "extend",
+               "take", "top", "distinct", "has", "contains", "ago", "now", "avg", "max", "min", "sum",
+               "todynamic", "toint", "tolong", "todouble", "true", "false", "customDimensions"}
+
+
+def query_identifiers(query: str) -> set:
+    """The identifiers of a query, without string literals, customDimensions fields and timespans."""
+    query = re.sub(r'"[^"]*"', " ", query)
+    query = re.sub(r"customDimensions\.\w+", " ", query)
+    query = re.sub(r"\b\d+\w*\b", " ", query)
+    return set(re.findall(r"\b[A-Za-z_]\w*\b", query))
+
+
+def query_aliases(query: str) -> set:
+    """Names the query defines itself, e.g. ``stage = name``."""
+    return set(re.findall(r"\b([A-Za-z_]\w*)\s*=(?!=)", re.sub(r'"[^"]*"', " ", query)))
+
+
+def test_an_identifier_no_envelope_explains_is_caught():
+    query = "traces | where madeUpColumn == 1 | project stage = name"
+    assert query_identifiers(query) - ALL_COLUMNS - set(TABLES) - KUSTO_WORDS - query_aliases(query) == {
+        "madeUpColumn"}
+
+
 def kusto_queries():
     return re.findall(r"```kusto\n(.*?)```", README.read_text(), flags=re.S)
 
@@ -97,8 +123,10 @@ def test_every_field_in_the_readme_queries_is_sent(captured):
         for dimension in re.findall(r"customDimensions\.(\w+)", query):
             assert any(dimension in item["data"]["baseData"].get("properties", {}) for item in items), \
                 f"customDimensions.{dimension} is never sent on {main}"
-        words = set(re.findall(r"\b[A-Za-z_]+\b", query)) & ALL_COLUMNS
-        for column in words:
+        words = query_identifiers(query)
+        unknown = words - ALL_COLUMNS - set(TABLES) - KUSTO_WORDS - query_aliases(query)
+        assert not unknown, f"the query names {sorted(unknown)}, which no envelope field explains"
+        for column in words & ALL_COLUMNS:
             assert any(_has(item, column, table) for table in tables for item in captured.items(table)), \
                 f"column {column} is not sent on any of {tables}"
 

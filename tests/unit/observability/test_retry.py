@@ -23,7 +23,8 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from mlops.errors import ConfigError, RegistryError, TransientError
-from mlops.retry import backoff_delay, call_with_retry, is_transient, is_transient_status, retry_transient
+from mlops.publishing.retry import (backoff_delay, call_with_retry, is_transient, is_transient_status,
+                                    retry_transient)
 from support.appinsights import closed_loopback_port
 
 from .conftest import DATABRICKS_TOKEN
@@ -189,12 +190,12 @@ def test_transient_errors_are_retried_then_the_last_one_is_re_raised(caplog):
         calls.append(1)
         raise TransientError(f"throttled #{len(calls)} with token {DATABRICKS_TOKEN}")
 
-    with caplog.at_level(logging.WARNING, logger="mlops.retry"):
+    with caplog.at_level(logging.WARNING, logger="mlops.publishing.retry"):
         with pytest.raises(TransientError, match="throttled #3") as raised:
             call_with_retry(always_throttled, attempts=3, **FAST)
     assert type(raised.value) is TransientError
     assert len(calls) == 3
-    messages = [record.getMessage() for record in caplog.records if record.name == "mlops.retry"]
+    messages = [record.getMessage() for record in caplog.records if record.name == "mlops.publishing.retry"]
     assert len(messages) == 3
     assert "attempt 1 of 3 with TransientError" in messages[0] and "retrying in" in messages[0]
     assert "attempt 3 of 3" in messages[2] and "giving up" in messages[2]

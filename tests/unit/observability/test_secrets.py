@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from mlops import secrets
-from mlops.secrets import (
+from mlops.observability import redaction as secrets
+from mlops.observability.redaction import (
     REDACTED,
     SecretRedactingFilter,
     install_redaction,

@@ -4,7 +4,8 @@ import logging
 
 import pytest
 
-from mlops.telemetry import SINK_APPINSIGHTS, SINK_DISABLED, SINK_JSONL, envelope_to_item
+from mlops.observability.exporters import envelope_to_item
+from mlops.observability.settings import SINK_APPINSIGHTS, SINK_DISABLED, SINK_JSONL
 from support.appinsights import appinsights  # noqa: F401
 
 from .conftest import DATABRICKS_TOKEN, PLANTED_VALUES, SAS_URL, STORAGE_CONNECTION_STRING, run_reference_task
@@ -113,12 +114,12 @@ def test_planted_secrets_appear_nowhere_in_the_file(tmp_path, start_telemetry, m
 def test_an_unwritable_file_never_raises_and_warns_once(tmp_path, start_telemetry, mlops_logger, caplog):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    with caplog.at_level(logging.WARNING, logger="mlops.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="mlops.observability.telemetry"):
         with start_telemetry(None, jsonl_path=blocker / "telemetry.jsonl") as telemetry:
             mlops_logger.info("lost")
             telemetry.flush()
             mlops_logger.info("lost too")
-    warnings = [r.getMessage() for r in caplog.records if r.name == "mlops.telemetry"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mlops.observability.telemetry"]
     assert len(warnings) == 1 and "cannot write telemetry to" in warnings[0]
 
 
@@ -135,11 +136,11 @@ def test_an_unwritable_file_never_raises_and_warns_once(tmp_path, start_telemetr
 def test_a_malformed_connection_string_falls_back_to_jsonl_without_printing_it(
         tmp_path, start_telemetry, mlops_logger, caplog, connection_string, problem):
     path = tmp_path / "fallback.jsonl"
-    with caplog.at_level(logging.WARNING, logger="mlops.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="mlops.observability.telemetry"):
         with start_telemetry(connection_string, jsonl_path=path) as telemetry:
             assert telemetry.sink == SINK_JSONL
             mlops_logger.info("still recorded")
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "mlops.telemetry"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "mlops.observability.telemetry"]
     assert warning == (f"The Application Insights connection string is malformed ({problem}); "
                        f"writing telemetry to {path}.")
     assert "SECRETPART" not in caplog.text

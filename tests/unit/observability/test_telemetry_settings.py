@@ -2,7 +2,7 @@
 import pytest
 
 from mlops.errors import ConfigError
-from mlops.telemetry import DEFAULT_LOGGER_NAMES, TelemetrySettings, check_connection_string
+from mlops.observability.settings import DEFAULT_LOGGER_NAMES, TelemetrySettings, check_connection_string
 
 GUID = "11111111-2222-3333-4444-555555555555"
 

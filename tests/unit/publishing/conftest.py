@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from mlops.publish import BlobPublisher, FolderPublisher
+from mlops.publishing import BlobPublisher, FolderPublisher
 from support.azurite import azurite  # noqa: F401
 
 _container_numbers = itertools.count()

@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from mlops.azurite import ACCOUNT_KEY, ACCOUNT_NAME, AzuriteServer, available, find_executable
+from mlops.local.azurite import ACCOUNT_KEY, ACCOUNT_NAME, AzuriteServer, available, find_executable
 from mlops.errors import PublishError
 
 
@@ -55,7 +55,7 @@ def test_missing_executable_says_to_run_npm_ci(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLOPS_REPO_ROOT", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("mlops.azurite._search_roots", lambda: [tmp_path])
+    monkeypatch.setattr("mlops.local.azurite._search_roots", lambda: [tmp_path])
     assert not available()
     with pytest.raises(PublishError, match="run `npm ci` in the repository root"):
         AzuriteServer.start(tmp_path / "azurite")

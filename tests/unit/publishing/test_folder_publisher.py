@@ -3,9 +3,9 @@ import logging
 
 import pytest
 
-from mlops.azurite import ACCOUNT_KEY
+from mlops.local.azurite import ACCOUNT_KEY
 from mlops.errors import ConfigError, PublishError
-from mlops.publish import BlobPublisher, FolderPublisher, make_publisher
+from mlops.publishing import BlobPublisher, FolderPublisher, make_publisher
 
 
 def test_folder_layout_mirrors_the_blob_layout(tmp_path, make_files):
@@ -62,12 +62,12 @@ def test_folder_publisher_rejects_bad_settings(tmp_path):
 @pytest.mark.parametrize("connection_string", [None, "", "  "])
 def test_make_publisher_without_connection_string_warns_and_uses_the_folder(
         tmp_path, caplog, connection_string):
-    with caplog.at_level(logging.WARNING, logger="mlops.publish"):
+    with caplog.at_level(logging.WARNING, logger="mlops.publishing"):
         publisher = make_publisher(connection_string, "results", tmp_path / "out")
 
     assert isinstance(publisher, FolderPublisher)
     assert publisher.root == (tmp_path / "out" / "results").resolve()
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "mlops.publish"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "mlops.publishing"]
     assert len(warnings) == 1
     assert "no blob storage connection string" in warnings[0].getMessage()
     assert str(publisher.root) in warnings[0].getMessage()
@@ -76,7 +76,7 @@ def test_make_publisher_without_connection_string_warns_and_uses_the_folder(
 @pytest.mark.slow
 def test_make_publisher_with_connection_string_uses_blob_storage_without_logging_the_key(
         azurite, tmp_path, caplog):
-    with caplog.at_level(logging.DEBUG, logger="mlops.publish"):
+    with caplog.at_level(logging.DEBUG, logger="mlops.publishing"):
         publisher = make_publisher(azurite.connection_string, "results", tmp_path / "out")
     with publisher:
         assert isinstance(publisher, BlobPublisher)

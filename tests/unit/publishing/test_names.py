@@ -2,7 +2,7 @@
 import pytest
 
 from mlops.errors import ConfigError
-from mlops.publish import validate_container_name, validate_prefix
+from mlops.publishing import validate_container_name, validate_prefix
 
 
 @pytest.mark.parametrize("name", ["abc", "taxi-fares-2016", "a1b", "x" * 63, "0-9"])

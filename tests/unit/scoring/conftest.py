@@ -56,7 +56,7 @@ def booster(feature_frame):
 
 def register(booster, alias=None, name=MODEL_NAME):
     """Log ``booster`` as a new version of ``name`` in the current MLflow store."""
-    from mlops.registry import RegistryClient
+    from mlops.lifecycle.registry import RegistryClient
 
     with mlflow.start_run(experiment_id=_training_experiment()):
         info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=name)
@@ -117,7 +117,7 @@ def champion(scoring_home, model_store):
 def feature_tables(spark, raw_trips_path, tmp_path_factory):
     """The scoring feature tables of the test trips, built once per module."""
     from mlops.stages.feature_tables import SCORING, build_feature_tables
-    from mlops.tables import TableStore
+    from mlops.data.tables import TableStore
 
     location = tmp_path_factory.mktemp("tables")
     builder = types.SimpleNamespace(spark=spark, tables=TableStore(spark, str(location), "parquet"))
@@ -148,7 +148,8 @@ def scoring_config(raw_trips_path, feature_tables):
 def scoring_run(spark):
     """Open the `score` task run of a config, as the notebook does (job run id ``job_run_id``)."""
     from mlops.local.dbutils import LocalDbutils
-    from mlops.local.session import LocalSession, RunContext, notebook_context
+    from mlops.local.session import LocalSession
+    from mlops.platform.context import RunContext, bind as notebook_context
     from mlops.orchestration import task_run
 
     @contextlib.contextmanager
@@ -156,7 +157,7 @@ def scoring_run(spark):
         session = LocalSession(spark=spark, job_name="taxi_fares_batch_scoring", job_run_id=job_run_id)
         session.task_key = "score"
         dbutils = LocalDbutils(session)
-        context = RunContext(job_name=session.job_name, job_run_id=job_run_id, task_key="score")
+        context = RunContext(job_name=session.job_name, job_run_id=job_run_id, task="score")
         with notebook_context(context), task_run("score", config, spark, dbutils) as run:
             yield run
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from taxi_fares import features, training
 
-from mlops import scoring
+from mlops.inference import engine as scoring
 from mlops.errors import DataError, RegistryError
 
 from .conftest import train_booster

@@ -1,4 +1,4 @@
-"""Deploy one environment to its Databricks workspace, and trigger its jobs.
+"""Deploy one environment to its Databricks workspace.
 
 ``deploy`` uploads both wheels to ``<wheel_root>/<version>/``, imports the orchestrator
 notebooks (and optionally the Nutter test notebooks) under ``<workspace_root>/``, and creates
@@ -9,25 +9,22 @@ before the first request.
 Credentials come from arguments or ``DATABRICKS_HOST`` / ``DATABRICKS_TOKEN``. The token is
 never printed and never put in an exception message.
 """
-import argparse
 import base64
 import contextlib
 import dataclasses
-import datetime
-import json
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Optional
 
-from mlops import jobspec
+from mlops.deploy import jobspec
 from mlops.errors import ConfigError, JobError
-from mlops.secrets import looks_secret, redact_text, register_secret
+from mlops.observability.redaction import redact_text, register_secret
+from mlops.platform.notebook_format import is_notebook
 
 WHEEL_DISTRIBUTIONS = ("taxi_fares", "taxi_fares_mlops")
 _WHEEL_NAME = re.compile(r"^(?P<distribution>[A-Za-z0-9_]+)-(?P<version>[^-]+)-py3-none-any\.whl$")
-NOTEBOOK_HEADER = "# Databricks notebook source"
 # Workspace folders under workspace_root; job files and Nutter tests refer to notebooks by these.
 ORCHESTRATOR_FOLDER = "orchestrator"
 NUTTER_FOLDER = "tests/nutter"
@@ -60,15 +57,6 @@ class DeployResult:
         return "\n".join(lines)
 
 
-@dataclasses.dataclass
-class TriggerResult:
-    job_name: str
-    job_id: int
-    run_id: int
-    result_state: str = ""
-    run_page_url: str = ""
-
-
 def find_wheels(wheels_dir="dist") -> tuple:
     """(version, [wheel paths]) of the two project wheels; both must exist and share one version."""
     folder = Path(wheels_dir)
@@ -90,11 +78,6 @@ def find_wheels(wheels_dir="dist") -> tuple:
         raise ConfigError(f"the wheels in {folder}/ have different versions ({', '.join(sorted(versions))}); "
                           f"run `make wheels` to build both with one version")
     return versions.pop(), [found[name][0][1] for name in WHEEL_DISTRIBUTIONS]
-
-
-def is_notebook(path: Path) -> bool:
-    with path.open() as handle:
-        return handle.readline().rstrip("\r\n") == NOTEBOOK_HEADER
 
 
 def notebooks_in(folder) -> list:
@@ -253,159 +236,3 @@ def _upsert_job(client, env: str, settings, host: str) -> tuple:
     fields = {name: getattr(settings, name) for name in settings.as_dict()}
     with _remote(host, f"create job {settings.name}"):
         return client.jobs.create(**fields).job_id, True
-
-
-def parse_assignments(pairs) -> dict:
-    """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}``; anything without ``=`` is a ConfigError."""
-    parameters = {}
-    for pair in pairs or []:
-        name, separator, value = pair.partition("=")
-        if not separator or not name.strip():
-            raise ConfigError(f"parameter {pair!r} must be written name=value")
-        parameters[name.strip()] = value
-    return parameters
-
-
-def trigger(env: str, job_name: str, parameters: Optional[dict] = None, host: Optional[str] = None,
-            token: Optional[str] = None, wait: bool = False, timeout_minutes: int = 120,
-            jobs_dir=jobspec.DEFAULT_JOBS_DIR, client=None, out=None) -> TriggerResult:
-    """Run the deployed job ``job_name`` of ``env`` now, with parameter overrides.
-
-    Names must be declared by the deployed job: job parameters when it has them, otherwise
-    base parameters of every notebook task (notebook parameters reach every notebook task).
-    """
-    from databricks.sdk.service.jobs import RunResultState
-
-    out = out if out is not None else sys.stdout
-    parameters = dict(parameters or {})
-    jobspec.load_environment(env, jobs_dir)
-    client = client if client is not None else connect(host, token)
-    host = _host_of(client)
-    job_id = find_job(client, env, job_name, host)
-    if job_id is None:
-        raise JobError(f"Databricks at {host} has no job '{job_name}' for environment {env}; "
-                       f"run `mlops deploy run --env {env}` first")
-    with _remote(host, f"read job {job_name} (id {job_id})"):
-        settings = client.jobs.get(job_id=job_id).settings
-    if settings.parameters:
-        declared = {parameter.name for parameter in settings.parameters}
-        arguments = {"job_parameters": parameters}
-    else:
-        task_names = [set((task.notebook_task.base_parameters or {}))
-                      for task in settings.tasks or [] if task.notebook_task]
-        declared = set.intersection(*task_names) if task_names else set()
-        arguments = {"notebook_params": parameters}
-    unknown = sorted(set(parameters) - declared)
-    if unknown:
-        raise ConfigError(f"job '{job_name}' does not declare parameter(s) {', '.join(unknown)}; "
-                          f"valid names are: {', '.join(sorted(declared)) or '(none)'}")
-    secret_looking = sorted(name for name, value in parameters.items() if looks_secret(value))
-    if secret_looking:
-        raise ConfigError(f"parameter(s) {', '.join(secret_looking)} hold what looks like a secret; "
-                          f"pass secret scope and key names instead")
-    with _remote(host, f"run job {job_name} (id {job_id})"):
-        waiter = client.jobs.run_now(job_id=job_id, **(arguments if parameters else {}))
-    result = TriggerResult(job_name=job_name, job_id=job_id, run_id=waiter.run_id)
-    print(f"started run {result.run_id} of job {job_name} (id {job_id}) on {host}", file=out)
-    if not wait:
-        return result
-    from databricks.sdk.errors import OperationFailed
-
-    try:
-        with _remote(host, f"wait for run {result.run_id} of job {job_name}"):
-            run = waiter.result(timeout=datetime.timedelta(minutes=timeout_minutes))
-    except TimeoutError as error:
-        raise JobError(f"run {result.run_id} of job {job_name} on {host} did not finish within "
-                       f"{timeout_minutes} minutes; it goes on running: follow it in the Jobs UI") from error
-    except OperationFailed as error:
-        raise JobError(f"run {result.run_id} of job {job_name} on {host} failed: {error}") from error
-    state = run.state.result_state if run.state else None
-    result.result_state = state.value if state else ""
-    result.run_page_url = run.run_page_url or ""
-    print(f"run {result.run_id} of job {job_name} ended {result.result_state or 'without a result'}"
-          f"{': ' + result.run_page_url if result.run_page_url else ''}", file=out)
-    if state != RunResultState.SUCCESS:
-        message = run.state.state_message if run.state and run.state.state_message else "no message"
-        raise JobError(f"run {result.run_id} of job {job_name} on {host} ended "
-                       f"{result.result_state or 'without a result'}: {message}")
-    return result
-
-
-# ---------------------------------------------------------------- command line
-
-def _render_command(args):
-    environment = jobspec.load_environment(args.env, args.jobs_dir)
-    version = args.wheel_version
-    if version is None and args.wheels_dir is not None:
-        version, _ = find_wheels(args.wheels_dir)
-    job = jobspec.render_job(jobspec.load_job(args.job_file), environment, wheel_version=version,
-                             workspace_root=args.workspace_root)
-    jobspec.validate_job_settings(job)
-    if args.parameters_only:
-        document = {name: value for name, value, _ in jobspec.declared_parameters(job)}
-    else:
-        document = job
-    text = json.dumps(document, indent=None if args.parameters_only else 2) + "\n"
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-def _run_command(args):
-    deploy(args.env, host=args.host, wheels_dir=args.wheels_dir, jobs_dir=args.jobs_dir,
-           notebooks_dir=args.notebooks_dir, tests_dir=args.tests_dir)
-    return 0
-
-
-def _trigger_command(args):
-    trigger(args.env, args.job, parse_assignments(args.parameter), host=args.host, wait=args.wait,
-            timeout_minutes=args.timeout_minutes, jobs_dir=args.jobs_dir)
-    return 0
-
-
-def register_cli(subparsers):
-    """Add ``mlops deploy render|run|trigger`` to the ``mlops`` command line."""
-    parser = subparsers.add_parser("deploy", help="render job files, deploy to Databricks, trigger jobs",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="deploy_command", required=True)
-
-    render = commands.add_parser("render", help="print a job file rendered for an environment")
-    render.add_argument("job_file", help="a job file, e.g. databricks_jobs/taxi_fares_training.json")
-    render.add_argument("--env", required=True, help="environment name (a file in <jobs-dir>/environments/)")
-    render.add_argument("--wheel-version", help="the wheel version the job installs")
-    render.add_argument("--wheels-dir", help="read the wheel version from the wheels in this folder")
-    render.add_argument("--workspace-root", help="override the environment's workspace_root")
-    render.add_argument("--jobs-dir", default=jobspec.DEFAULT_JOBS_DIR)
-    render.add_argument("--parameters-only", action="store_true",
-                        help="print only the job's parameters as one JSON object of name -> value")
-    render.add_argument("--output", help="write to this file instead of standard output")
-    render.set_defaults(func=_render_command)
-
-    run = commands.add_parser("run", help="upload wheels, import notebooks, create or reset jobs")
-    _add_connection_arguments(run)
-    run.add_argument("--wheels-dir", default="dist")
-    run.add_argument("--jobs-dir", default=jobspec.DEFAULT_JOBS_DIR)
-    run.add_argument("--notebooks-dir", default="orchestrator")
-    run.add_argument("--tests-dir", help=f"also import these Nutter test notebooks to "
-                                         f"<workspace_root>/{NUTTER_FOLDER}/")
-    run.set_defaults(func=_run_command)
-
-    start = commands.add_parser("trigger", help="run a deployed job now")
-    _add_connection_arguments(start)
-    start.add_argument("--job", required=True, help="job name, e.g. taxi_fares_training")
-    start.add_argument("-p", "--parameter", action="append", metavar="NAME=VALUE",
-                       help="parameter override; repeat for more")
-    start.add_argument("--wait", action="store_true", help="wait for the run and fail unless it succeeds")
-    start.add_argument("--timeout-minutes", type=int, default=120)
-    start.add_argument("--jobs-dir", default=jobspec.DEFAULT_JOBS_DIR)
-    start.set_defaults(func=_trigger_command)
-
-
-def _add_connection_arguments(parser):
-    parser.add_argument("--env", required=True,
-                        help="environment name (a file in databricks_jobs/environments/)")
-    parser.add_argument("--host", help=f"workspace URL; default ${HOST_ENV}. The token is read from "
-                                       f"${TOKEN_ENV} only, so it never appears in a command line")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from mlops.errors import ConfigError, JobError
-from mlops.secrets import looks_secret
+from mlops.observability.redaction import looks_secret
 
 DEFAULT_JOBS_DIR = "databricks_jobs"
 ENVIRONMENTS_FOLDER = "environments"
@@ -35,16 +35,29 @@ DERIVED_PARAMETERS = ("wheel_path", "wheel_version")
 _EXCLUSIVE_SIZING = {"num_workers": "autoscale", "autoscale": "num_workers"}
 
 
-def load_job(path) -> dict:
-    """Read one job file; a missing file or bad JSON is a JobError naming the file."""
+def read_job_file(path) -> dict:
+    """The job settings in a job file, or in a ``jobs/get`` answer (settings under ``"settings"``).
+
+    A missing file, bad JSON or a non-object is a JobError naming the file.
+    """
     path = Path(path)
     try:
-        job = json.loads(path.read_text())
-    except FileNotFoundError:
+        job = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
         raise JobError(f"job file {path} does not exist") from None
     except json.JSONDecodeError as error:
         raise JobError(f"job file {path} is not valid JSON: {error}") from error
-    if not isinstance(job, dict) or not isinstance(job.get("name"), str):
+    if isinstance(job, dict) and "settings" in job and "tasks" not in job:
+        job = job["settings"]
+    if not isinstance(job, dict):
+        raise JobError(f"job file {path} must hold a JSON object of job settings")
+    return job
+
+
+def load_job(path) -> dict:
+    """Read one job file that names its job."""
+    job = read_job_file(path)
+    if not isinstance(job.get("name"), str):
         raise JobError(f"job file {path} must hold a JSON object with a 'name'")
     return job
 

@@ -1,10 +1,9 @@
 """``notebook run`` and ``job run`` subcommands of the ``mlops`` command line."""
 import argparse
-import sys
-import traceback
 
-from mlops.errors import MlopsError
-from mlops.local.jobs import SUCCESS, parse_overrides, run_job
+from mlops.cli import command
+from mlops.config import parse_assignments
+from mlops.local.jobs import SUCCESS, run_job
 from mlops.local.notebook import run_notebook
 from mlops.local.session import LocalSession
 
@@ -16,7 +15,7 @@ def register_cli(subparsers) -> None:
     notebook_run = notebook_commands.add_parser("run", help="run one notebook with widget values")
     notebook_run.add_argument("path", help="the notebook's .py file")
     _add_parameter_option(notebook_run, "widget value")
-    notebook_run.set_defaults(func=run_notebook_command)
+    notebook_run.set_defaults(func=command(run_notebook_command))
 
     job = subparsers.add_parser("job", help="run Jobs API 2.1 job files locally")
     job_commands = job.add_subparsers(dest="job_command", required=True)
@@ -25,7 +24,7 @@ def register_cli(subparsers) -> None:
     _add_parameter_option(job_run, "job or task parameter override")
     job_run.add_argument("--repair", metavar="RUN_ID", dest="repair_run_id",
                          help="re-run the failed and skipped tasks of an earlier run")
-    job_run.set_defaults(func=run_job_command)
+    job_run.set_defaults(func=command(run_job_command))
 
 
 def _add_parameter_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -35,29 +34,14 @@ def _add_parameter_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 def run_notebook_command(args: argparse.Namespace) -> int:
     """Run one notebook; print its exit value. Returns the process exit code."""
-    try:
-        parameters = parse_overrides(args.params)
-        with LocalSession() as session:
-            result = run_notebook(args.path, parameters, session)
-    except MlopsError as error:
-        _report(error)
-        return 1
+    parameters = parse_assignments(args.params)
+    with LocalSession() as session:
+        result = run_notebook(args.path, parameters, session)
     print(f"exit value: {result.exit_value}" if result.exit_value is not None else "notebook finished")
     return 0
 
 
 def run_job_command(args: argparse.Namespace) -> int:
     """Run or repair a job; 0 when every task succeeded, 1 otherwise."""
-    try:
-        record = run_job(args.job_file, parse_overrides(args.params), repair_run_id=args.repair_run_id)
-    except MlopsError as error:
-        _report(error)
-        return 1
+    record = run_job(args.job_file, parse_assignments(args.params), repair_run_id=args.repair_run_id)
     return 0 if record.state == SUCCESS else 1
-
-
-def _report(error: BaseException) -> None:
-    """One clear line first, then the full chained traceback for whoever needs it."""
-    print(f"error: {error}", file=sys.stderr)
-    if error.__cause__ is not None:
-        traceback.print_exception(error, file=sys.stderr)

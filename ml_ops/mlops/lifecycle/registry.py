@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlops import tracking
+from mlops.lifecycle import tracking
 from mlops.errors import RegistryError
 
 logger = logging.getLogger(__name__)

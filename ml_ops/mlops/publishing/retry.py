@@ -11,8 +11,8 @@ import random
 import sys
 import time
 
-from mlops.errors import TransientError
-from mlops.secrets import redact_text
+from mlops.errors import TransientError, exception_chain
+from mlops.observability.redaction import redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ _TRANSIENT_CLASSES_BY_MODULE = {
     "azure.core.exceptions": ("ServiceRequestError", "ServiceResponseError"),
     "http.client": ("IncompleteRead", "RemoteDisconnected"),
 }
-
-_MAX_CHAIN_DEPTH = 8
 
 
 def _loaded_classes(module_name, class_names):
@@ -79,8 +77,7 @@ def _mlflow_transient(exc):
     # decides (MLflow's HTTP client raises it while handling the network error).
     if isinstance(exc, mlflow_exceptions.RestException) and code == "INTERNAL_ERROR":
         return True
-    chained = exc.__cause__ or exc.__context__
-    return chained is not None and is_transient(chained)
+    return any(_is_transient_one(link) for link in exception_chain(exc)[1:])
 
 
 def _is_transient_one(exc):
@@ -118,13 +115,7 @@ def is_transient(exc) -> bool:
     raised ``from`` a transient one is transient too. Everything else (other 4xx including
     401 and 403, ValueError, ...) is permanent.
     """
-    seen = 0
-    while exc is not None and seen < _MAX_CHAIN_DEPTH:
-        if _is_transient_one(exc):
-            return True
-        exc = exc.__cause__
-        seen += 1
-    return False
+    return any(_is_transient_one(link) for link in exception_chain(exc))
 
 
 def _check_policy(attempts, base_delay, max_delay):

@@ -1,40 +1,66 @@
-"""Where the local runtime keeps its state: ``MLOPS_HOME`` (default ``./.mlops``).
+"""``MLOPS_HOME`` (default ``./.mlops``): where the local platform keeps what Databricks would.
 
 Layout::
 
     $MLOPS_HOME/dbfs/         what dbfs:/ and /dbfs/ paths map to
+    $MLOPS_HOME/Volumes/      what /Volumes/ paths map to
+    $MLOPS_HOME/Workspace/    what /Workspace/ paths map to
     $MLOPS_HOME/runs/         one JSON record and one output folder per notebook or job run
     $MLOPS_HOME/tables/       local tables
     $MLOPS_HOME/mlflow.db     MLflow tracking store (unless MLFLOW_TRACKING_URI is set)
     $MLOPS_HOME/mlartifacts/  MLflow artifacts
 
-Directories are created on first use, so reading a path never leaves empty folders behind.
+Folders are created on first use. A folder that cannot be created or written is a
+:class:`~mlops.errors.ConfigError` naming ``MLOPS_HOME``.
 """
 import datetime
 import os
 import secrets
 from pathlib import Path
 
+from mlops.errors import ConfigError
+
 HOME_ENV = "MLOPS_HOME"
 DEFAULT_HOME = ".mlops"
 
 
 def mlops_home() -> Path:
-    """The absolute MLOPS_HOME directory, created if missing."""
+    """The absolute MLOPS_HOME folder, created if missing."""
     home = Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().absolute()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+    return _usable_folder(home, home)
 
 
-def _subdir(name: str) -> Path:
-    path = mlops_home() / name
-    path.mkdir(parents=True, exist_ok=True)
+def home_problem(error: OSError, home: Path) -> ConfigError:
+    """The one-line error for an OSError on a path under MLOPS_HOME."""
+    reason = error.strerror or type(error).__name__
+    return ConfigError(f"{HOME_ENV} folder {home} is not usable ({reason}): set {HOME_ENV} "
+                       "to a writable folder, or fix its permissions")
+
+
+def _usable_folder(path: Path, home: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise home_problem(error, home) from error
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{HOME_ENV} folder {home} is not usable (not writable): set {HOME_ENV} "
+                          "to a writable folder, or fix its permissions")
     return path
 
 
+def _subdir(name: str) -> Path:
+    home = mlops_home()
+    return _usable_folder(home / name, home)
+
+
 def dbfs_root() -> Path:
-    """The local directory that stands for the root of DBFS."""
+    """The local folder that stands for the root of DBFS."""
     return _subdir("dbfs")
+
+
+def mount_root(name: str) -> Path:
+    """The local folder that stands for a Databricks mount such as /Volumes or /Workspace."""
+    return _subdir(name)
 
 
 def runs_dir() -> Path:

@@ -1,4 +1,4 @@
-"""``mlops model ...``: look at registered models and move the Champion by hand.
+"""Look at registered models and move the Champion by hand (``mlops model ...``).
 
     mlops model list
     mlops model show taxi_fares
@@ -9,19 +9,15 @@ Every command reads the local tracking store by default (``MLFLOW_TRACKING_URI``
 else ``$MLOPS_HOME/mlflow.db``); ``--registry-uri databricks-uc`` targets Unity Catalog.
 ``approve`` and ``rollback`` also log an MLflow run, so the audit trail has who and why.
 """
-import argparse
 import datetime
-import getpass
 import logging
-import sys
 
 import mlflow
 
-from mlops import tracking
 from mlops.config import JobConfig
-from mlops.errors import MlopsError
-from mlops.registry import (APPROVAL_TAG, CHALLENGER, CHAMPION, VALIDATION_STATUS_TAG, RegistryClient,
-                            registered_models)
+from mlops.lifecycle import tracking
+from mlops.lifecycle.registry import (APPROVAL_TAG, CHALLENGER, CHAMPION, VALIDATION_STATUS_TAG,
+                                      RegistryClient, registered_models)
 
 logger = logging.getLogger(__name__)
 
@@ -133,56 +129,3 @@ def rollback(name: str, version: str, reason: str, by: str, registry_uri: str = 
         previous = registry.rollback(version, by, reason)
         registry.set_tags(version, {"rollback_run_id": run.info.run_id})
     return f"model {name}: {CHAMPION} rolled back from version {previous} to version {version} by {by}"
-
-
-def _current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        # No login name in some containers; the audit then says so rather than guessing.
-        return "unknown"
-
-
-def _run(command):
-    """Run a subcommand; an MlopsError becomes one line on stderr and exit code 1."""
-    def run(args):
-        try:
-            print(command(args))
-        except MlopsError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        return 0
-    return run
-
-
-def register_cli(subparsers):
-    parser = subparsers.add_parser("model", help="list, show, approve and roll back registered models",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="model_command", required=True)
-
-    def add(name, help_text, function, *arguments):
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--registry-uri", default="",
-                         help="registry URI; 'databricks-uc' for Unity Catalog (default: the tracking store)")
-        for flags, options in arguments:
-            sub.add_argument(*flags, **options)
-        sub.set_defaults(func=_run(function))
-        return sub
-
-    name = (("name",), {"help": "registered model name (catalog.schema.model for Unity Catalog)"})
-    version = (("version",), {"help": "model version number"})
-    by = (("--by",), {"default": _current_user(), "help": "who asks (default: the current user)"})
-    experiment = (("--experiment",), {"default": DEFAULT_EXPERIMENT,
-                                      "help": "MLflow experiment of the audit run"})
-    add("list", "registered models with their Champion and Challenger",
-        lambda args: list_models(args.registry_uri))
-    add("show", "versions, aliases, validation status, approval and history of one model",
-        lambda args: show_model(args.name, args.registry_uri), name)
-    add("approve", "make a PASSED version awaiting approval the Champion",
-        lambda args: approve(args.name, args.version, args.by, args.registry_uri, args.experiment),
-        name, version, by, experiment)
-    add("rollback", "move the Champion back to an earlier PASSED version",
-        lambda args: rollback(args.name, args.version, args.reason, args.by, args.registry_uri,
-                              args.experiment),
-        name, version, (("--reason",), {"required": True, "help": "why (recorded on the version)"}),
-        by, experiment)

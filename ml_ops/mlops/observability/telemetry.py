@@ -10,58 +10,56 @@ One :class:`Telemetry` per task run sends three kinds of items:
 
 Every item carries the cloud role name (``<job>/<task>``), one operation id per task run,
 a parent id, and customDimensions (the settings' dimensions, :meth:`Telemetry.set_dimensions`,
-and ``stage`` inside a span). All text passes through :func:`mlops.secrets.redact_text`.
+and ``stage`` inside a span). All text passes through :func:`mlops.observability.redaction.redact_text`.
 
 Without a valid connection string, the same envelopes are written as JSON lines to
 ``settings.jsonl_path``: both sinks share the envelope-building code and the processor, and
 differ only in the final transmit step.
 
-This is the only module that imports OpenCensus (opencensus-ext-azure). The OpenCensus SDK
-was retired upstream in September 2024. Keep every OpenCensus detail inside this module, so
-that moving to OpenTelemetry (azure-monitor-opentelemetry) changes this file only; the public
-API (:class:`TelemetrySettings`, :class:`Telemetry`) names no OpenCensus type.
+This module and :mod:`mlops.observability.exporters` are the only ones that import OpenCensus
+(opencensus-ext-azure). The OpenCensus SDK was retired upstream in September 2024. Keep every
+OpenCensus detail inside them, so that moving to OpenTelemetry (azure-monitor-opentelemetry)
+changes these two files only; the public API (:class:`TelemetrySettings`, :class:`Telemetry`)
+names no OpenCensus type.
 
 Telemetry never breaks the job: export failures, an unreachable endpoint or a malformed
-connection string are logged once at WARNING on the ``mlops.telemetry`` logger (which the
+connection string are logged once at WARNING on the ``mlops.observability.telemetry`` logger (which the
 telemetry handler itself ignores) and otherwise ignored. SDK usage statistics ("statsbeat"),
 which would be sent to Microsoft hosts, are never started, and nothing is written to local
 retry storage.
 """
 import contextlib
-import dataclasses
-import json
 import logging
-import re
 import threading
 import time
 import traceback
-from pathlib import Path
-from typing import Optional
 
-from opencensus.common.schedule import QueueEvent
-from opencensus.ext.azure.common.transport import TransportStatusCode
-from opencensus.ext.azure.log_exporter import AzureLogHandler
-from opencensus.ext.azure.trace_exporter import AzureExporter
 from opencensus.trace import status as span_status
 from opencensus.trace.samplers import AlwaysOnSampler
 from opencensus.trace.span import Span, SpanKind
 from opencensus.trace.span_context import SpanContext
 from opencensus.trace.tracer import Tracer
 
-from mlops.errors import ConfigError
-from mlops.secrets import (
+from mlops.errors import exception_chain
+from mlops.observability.exporters import (OFFLINE_CONNECTION_STRING, DiscardSink, JsonlSink, LogExporter,
+                                           SpanExporter, redact_tree, sync_queue)
+from mlops.observability.redaction import (
     REDACTED,
     SecretRedactingFilter,
     install_redaction,
     is_secret_name,
     redact_text,
 )
+from mlops.observability.settings import (  # noqa: F401 (the public vocabulary of telemetry)
+    DEFAULT_LOGGER_NAMES,
+    SINK_APPINSIGHTS,
+    SINK_DISABLED,
+    SINK_JSONL,
+    TelemetrySettings,
+    check_connection_string,
+)
 
-DEFAULT_LOGGER_NAMES = ("mlops", "taxi_fares", "__main__")
 INTERNAL_LOGGER_NAME = __name__
-SINK_APPINSIGHTS = "appinsights"
-SINK_JSONL = "jsonl"
-SINK_DISABLED = "disabled"
 
 internal_logger = logging.getLogger(INTERNAL_LOGGER_NAME)
 
@@ -76,233 +74,9 @@ _OPENCENSUS_LOGGER_NAMES = (
 )
 _RECORDED_MARK = "_mlops_telemetry_recorded"
 _HANDLER_MARK = "_mlops_telemetry_owner"
-_GUID = re.compile(r"^[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}$", re.IGNORECASE)
-_ITEM_TYPES = {
-    "MessageData": "trace",
-    "RemoteDependencyData": "dependency",
-    "RequestData": "request",
-    "ExceptionData": "exception",
-}
-# The JSONL sink still builds real envelopes; they need a syntactically valid key.
-_OFFLINE_CONNECTION_STRING = (
-    "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=http://127.0.0.1:9"
-)
 
 _active_lock = threading.Lock()
 _active = None
-
-
-@dataclasses.dataclass(repr=False)
-class TelemetrySettings:
-    """Where telemetry goes and what every item carries.
-
-    ``connection_string`` is a secret: ``repr`` hides it and it is never logged.
-    ``jsonl_path`` is used when there is no valid connection string; with neither,
-    telemetry is disabled. ``role_name`` becomes ``cloud_RoleName`` ("<job name>/<task>").
-    ``logger_names`` selects the loggers (and their children) whose records become traces;
-    ``""`` selects every logger.
-    """
-
-    connection_string: Optional[str]
-    role_name: str
-    jsonl_path: Optional[Path] = None
-    dimensions: dict = dataclasses.field(default_factory=dict)
-    export_interval: float = 2.0
-    logger_names: tuple = DEFAULT_LOGGER_NAMES
-    flush_timeout: float = 5.0
-
-    def __post_init__(self):
-        if not isinstance(self.role_name, str) or not self.role_name.strip():
-            raise ConfigError(f"role_name must be a non-empty string like '<job>/<task>', "
-                              f"got {self.role_name!r}")
-        if self.connection_string is not None and not isinstance(self.connection_string, str):
-            raise ConfigError("connection_string must be a string or None, "
-                              f"got {type(self.connection_string).__name__}")
-        if self.jsonl_path is not None:
-            self.jsonl_path = Path(self.jsonl_path)
-        if not isinstance(self.dimensions, dict):
-            raise ConfigError(f"dimensions must be a dict, got {type(self.dimensions).__name__}")
-        for name in ("export_interval", "flush_timeout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
-        if isinstance(self.logger_names, str) or not all(
-                isinstance(name, str) for name in self.logger_names):
-            raise ConfigError("logger_names must be a sequence of logger names, "
-                              f"got {self.logger_names!r}")
-        self.logger_names = tuple(self.logger_names)
-
-    def __repr__(self):
-        hidden = None if self.connection_string is None else REDACTED
-        return (f"TelemetrySettings(connection_string={hidden!r}, role_name={self.role_name!r}, "
-                f"jsonl_path={self.jsonl_path!r}, dimensions={self.dimensions!r}, "
-                f"export_interval={self.export_interval!r}, logger_names={self.logger_names!r}, "
-                f"flush_timeout={self.flush_timeout!r})")
-
-
-def check_connection_string(connection_string):
-    """Return ``(normalized, problem)`` for an Application Insights connection string.
-
-    ``normalized`` keeps only the parts the exporter uses, with the instrumentation key in
-    lower case and no trailing slash on the endpoint; it is None when the string is unusable,
-    and ``problem`` then says why without quoting the string.
-    """
-    if not connection_string or not connection_string.strip():
-        return None, "it is empty"
-    parts = {}
-    for pair in connection_string.strip().split(";"):
-        if not pair.strip():
-            continue
-        key, separator, value = pair.partition("=")
-        if not separator:
-            return None, "it is not a list of key=value pairs separated by ';'"
-        parts[key.strip().lower()] = value.strip()
-    key = parts.get("instrumentationkey")
-    if not key:
-        return None, "it has no InstrumentationKey"
-    if not _GUID.match(key):
-        return None, "its InstrumentationKey is not a GUID"
-    if parts.get("authorization", "ikey").lower() != "ikey":
-        return None, "only Authorization=ikey is supported"
-    normalized = [f"InstrumentationKey={key.lower()}"]
-    endpoint = parts.get("ingestionendpoint")
-    if endpoint:
-        if not re.match(r"^https?://[^/\s]+", endpoint):
-            return None, "its IngestionEndpoint is not an http(s) URL"
-        normalized.append(f"IngestionEndpoint={endpoint.rstrip('/')}")
-    for name, label in (("endpointsuffix", "EndpointSuffix"), ("location", "Location")):
-        if parts.get(name):
-            normalized.append(f"{label}={parts[name]}")
-    return ";".join(normalized), None
-
-
-def _duration_ms(duration):
-    """Milliseconds from an Application Insights duration "d.hh:mm:ss.fff"."""
-    match = re.match(r"^(\d+)\.(\d+):(\d+):(\d+)\.(\d+)$", duration or "")
-    if not match:
-        return None
-    days, hours, minutes, seconds, millis = (int(part) for part in match.groups())
-    return float((((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1000 + millis)
-
-
-def envelope_to_item(envelope) -> dict:
-    """Flatten an Application Insights envelope into the JSONL item written offline."""
-    data = envelope.get("data") or {}
-    base = data.get("baseData") or {}
-    tags = envelope.get("tags") or {}
-    item_type = _ITEM_TYPES.get(data.get("baseType"), data.get("baseType"))
-    exceptions = base.get("exceptions") or []
-    first = exceptions[0] if exceptions else {}
-    name = base.get("name")
-    message = base.get("message")
-    if item_type == "exception":
-        name = first.get("typeName")
-        message = first.get("message")
-    return {
-        "itemType": item_type,
-        "time": envelope.get("time"),
-        "name": name,
-        "message": message,
-        "severityLevel": base.get("severityLevel"),
-        "id": base.get("id"),
-        "duration_ms": _duration_ms(base.get("duration")),
-        "success": base.get("success") if item_type in ("dependency", "request") else None,
-        "resultCode": base.get("resultCode", base.get("responseCode")),
-        "operation_id": tags.get("ai.operation.id"),
-        "parent_id": tags.get("ai.operation.parentId"),
-        "operation_name": tags.get("ai.operation.name"),
-        "role": tags.get("ai.cloud.role"),
-        "role_instance": tags.get("ai.cloud.roleInstance"),
-        "customDimensions": dict(base.get("properties") or {}),
-        "stack": [dict(frame) for frame in first.get("parsedStack", [])] if first else None,
-    }
-
-
-def _redact_tree(value):
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, dict):
-        for key in list(value):
-            if isinstance(key, str) and is_secret_name(key) and isinstance(value[key], str):
-                value[key] = REDACTED
-            else:
-                value[key] = _redact_tree(value[key])
-        return value
-    if isinstance(value, list):
-        return [_redact_tree(element) for element in value]
-    return value
-
-
-class _JsonlSink:
-    """Appends flattened envelopes to a file, one JSON object per line."""
-
-    def __init__(self, path, on_error):
-        self.path = Path(path)
-        self._on_error = on_error
-        self._lock = threading.Lock()
-
-    def write(self, envelopes):
-        try:
-            lines = "".join(json.dumps(envelope_to_item(envelope), default=str) + "\n"
-                            for envelope in envelopes)
-            with self._lock:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as handle:
-                    handle.write(lines)
-            return TransportStatusCode.SUCCESS
-        except Exception as exc:
-            self._on_error("cannot write telemetry to %s: %s", self.path, exc)
-            return TransportStatusCode.DROP
-
-
-class _DiscardSink:
-    @staticmethod
-    def write(envelopes):
-        return TransportStatusCode.SUCCESS
-
-
-class _SinkMixin:
-    """Sends envelopes to ``_sink`` when set, else over HTTP; never starts statsbeat."""
-
-    _sink = None
-
-    def _check_stats_collection(self):
-        return False
-
-    def _transmit(self, envelopes):
-        if self._sink is not None:
-            return self._sink.write(envelopes)
-        return super()._transmit(envelopes)
-
-
-class _LogExporter(_SinkMixin, AzureLogHandler):
-    def __init__(self, sink, **options):
-        self._sink = sink
-        super().__init__(**options)
-
-
-class _SpanExporter(_SinkMixin, AzureExporter):
-    def __init__(self, sink, **options):
-        self._sink = sink
-        super().__init__(**options)
-
-
-def _sync_queue(exporter, timeout):
-    """Wait until everything queued before now has gone through the sink; False on timeout.
-
-    OpenCensus' own ``flush`` returns at once when the worker has already taken the items
-    off the queue but not sent them yet; an explicit marker event waits for the send.
-    """
-    worker = getattr(exporter, "_worker", None)
-    if worker is None or not worker.is_alive() or timeout <= 0:
-        return False
-    started = time.monotonic()
-    marker = QueueEvent("mlops-flush")
-    try:
-        exporter._queue._queue.put(marker, block=True, timeout=timeout)
-    except Exception:
-        return False
-    return marker.wait(max(timeout - (time.monotonic() - started), 0.0))
 
 
 class _StageFrame:
@@ -425,7 +199,7 @@ class Telemetry:
 
         A Telemetry started earlier in this process and still open is closed first, so the
         root logger never carries two telemetry handlers. The root logger's other handlers
-        get a :class:`~mlops.secrets.SecretRedactingFilter` too.
+        get a :class:`~mlops.observability.redaction.SecretRedactingFilter` too.
         """
         global _active
         telemetry = cls(settings)
@@ -470,11 +244,11 @@ class Telemetry:
                 self._warn_once("Cannot start the Application Insights exporter (%s); falling back.",
                                 type(exc).__name__)
         if settings.jsonl_path is not None:
-            self._create_exporters(_JsonlSink(settings.jsonl_path, self._warn_once),
-                                   _OFFLINE_CONNECTION_STRING)
+            self._create_exporters(JsonlSink(settings.jsonl_path, self._warn_once),
+                                   OFFLINE_CONNECTION_STRING)
             self.sink = SINK_JSONL
         else:
-            self._create_exporters(_DiscardSink(), _OFFLINE_CONNECTION_STRING)
+            self._create_exporters(DiscardSink(), OFFLINE_CONNECTION_STRING)
             self.sink = SINK_DISABLED
 
     def _create_exporters(self, sink, connection_string):
@@ -485,8 +259,8 @@ class Telemetry:
             grace_period=self.settings.flush_timeout,
             timeout=self.settings.flush_timeout,
         )
-        self._log_exporter = _LogExporter(sink, **options)
-        self._span_exporter = _SpanExporter(sink, **options)
+        self._log_exporter = LogExporter(sink, **options)
+        self._span_exporter = SpanExporter(sink, **options)
         for exporter in (self._log_exporter, self._span_exporter):
             exporter.add_telemetry_processor(self._process_envelope)
 
@@ -521,7 +295,7 @@ class Telemetry:
             if exporter is None:
                 continue
             try:
-                delivered = _sync_queue(exporter, deadline - time.monotonic()) and delivered
+                delivered = sync_queue(exporter, deadline - time.monotonic()) and delivered
             except Exception as exc:
                 delivered = False
                 self._warn_once("Telemetry flush failed: %s", type(exc).__name__)
@@ -693,8 +467,8 @@ class Telemetry:
         elif data.baseType == "RequestData":
             data.baseData.name = self.settings.role_name
             tags.pop("ai.operation.parentId", None)
-        envelope.tags = _redact_tree(dict(tags))
-        data.baseData = _redact_tree(data.baseData)
+        envelope.tags = redact_tree(dict(tags))
+        data.baseData = redact_tree(data.baseData)
         return True
 
     # -- failures ----------------------------------------------------------------------------
@@ -710,13 +484,7 @@ class Telemetry:
 
 
 def _already_recorded(exc):
-    for _ in range(8):
-        if exc is None:
-            return False
-        if getattr(exc, _RECORDED_MARK, False):
-            return True
-        exc = exc.__cause__
-    return False
+    return any(getattr(link, _RECORDED_MARK, False) for link in exception_chain(exc))
 
 
 def _is_clean_exit(exc):

@@ -14,12 +14,15 @@ the life of the process, so :func:`redact_text` also removes them from free text
 log messages and exception texts.
 """
 import logging
-import os
 import re
 import threading
-from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
+
+from mlops.errors import ConfigError, exception_chain
 
 REDACTED = "***"
+# How Databricks shows a value read from a secret scope; the local runtime prints the same.
+SECRET_VALUE_MARKER = "[REDACTED]"
 
 MIN_SECRET_LENGTH = 6
 
@@ -134,10 +137,11 @@ def register_secret(value) -> None:
         _registered_sorted = tuple(sorted(_registered_secrets, key=len, reverse=True))
 
 
-def redact_text(text):
+def redact_text(text, secret_marker=REDACTED):
     """Return ``text`` with registered secrets and recognisable credentials replaced by ``***``.
 
-    Non-string values are converted with ``str()``; ``None`` is returned unchanged.
+    Registered secrets become ``secret_marker``. Non-string values are converted with
+    ``str()``; ``None`` is returned unchanged.
     """
     if text is None:
         return None
@@ -145,7 +149,7 @@ def redact_text(text):
         text = str(text)
     for secret in _registered_sorted:
         if secret in text:
-            text = text.replace(secret, REDACTED)
+            text = text.replace(secret, secret_marker)
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda match: match.group("prefix") + REDACTED, text)
     return text
@@ -166,7 +170,7 @@ def redact_params(params: dict) -> dict:
         elif is_secret_name(name):
             register_secret(value)
             redacted[name] = REDACTED
-        elif looks_secret(value):
+        elif looks_secret(value) or redact_text(value) != str(value):
             redacted[name] = REDACTED
         else:
             redacted[name] = value
@@ -229,18 +233,69 @@ def install_redaction(logger=None) -> SecretRedactingFilter:
     return installed
 
 
-def read_secret(dbutils, scope: str, key: str, env_var: str, parameters: tuple) -> Optional[str]:
-    """A secret from a Databricks secret scope when ``scope`` and ``key`` are set, else from ``env_var``.
+def public_uri(uri) -> str:
+    """``uri`` without its query string, fragment or ``user:password@``, and with any secret redacted.
 
-    ``parameters`` names the scope and key parameters for the error message. The value is
-    registered for redaction before anything can log it.
+    Safe for lineage tags, table metadata and messages: a SAS token or password never survives.
     """
-    from mlops.errors import ConfigError
+    text = str(uri)
+    parts = urlsplit(text)
+    if parts.scheme and parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[-1] if ":" in parts.netloc.split("@")[0] and "@" in parts.netloc \
+            else parts.netloc
+        text = urlunsplit((parts.scheme, host, parts.path, "", ""))
+    else:
+        text = text.split("?", 1)[0].split("#", 1)[0]
+    return redact_text(text)
 
-    if bool(scope) != bool(key):
-        raise ConfigError(f"parameters '{parameters[0]}' and '{parameters[1]}' must be set together, "
-                          f"got scope {scope!r} and key name {key!r}")
-    value = dbutils.secrets.get(scope, key) if scope else os.environ.get(env_var)
-    if value:
-        register_secret(value)
-    return value or None
+
+def redacted_exception(error: BaseException) -> BaseException:
+    """A copy of ``error`` and its chain whose messages hold no secret; ``error`` itself when clean.
+
+    Each copy keeps its type where it can be rebuilt from a message, its traceback, and its
+    plain attributes (strings redacted). Raising ``from`` the copy never exposes the raw chain.
+    """
+    chain = exception_chain(error)
+    if all(redact_text(str(link)) == str(link) for link in chain):
+        return error
+    copies = [_redacted_copy(link) for link in chain]
+    for copy, following in zip(copies, copies[1:]):
+        copy.__cause__ = following
+        copy.__suppress_context__ = True
+    return copies[0]
+
+
+def _redacted_copy(error: BaseException) -> BaseException:
+    message = redact_text(str(error))
+    try:
+        copy = type(error)(message)
+    except Exception:
+        copy = RuntimeError(f"{type(error).__name__}: {message}")
+    for name, value in vars(error).items():
+        if isinstance(value, (str, int, float, bool, type(None))):
+            try:
+                setattr(copy, name, redact_text(value) if isinstance(value, str) else value)
+            except AttributeError:
+                continue
+    if str(copy) != message:
+        # A type whose str() is built from its attributes: fall back to the message alone.
+        copy = RuntimeError(f"{type(error).__name__}: {message}")
+    copy.__traceback__ = error.__traceback__
+    return copy
+
+
+def parse_connection_string(connection_string: str, what: str) -> dict:
+    """Lower-cased key -> value pairs of a ``Name=value;...`` connection string.
+
+    A malformed string is a ConfigError naming ``what``, never quoting the string.
+    """
+    pairs = {}
+    for part in connection_string.strip().split(";"):
+        if not part.strip():
+            continue
+        key, separator, value = part.partition("=")
+        if not separator or not key.strip():
+            raise ConfigError(f"{what} is malformed: expected 'Name=value' pairs separated by ';' "
+                              "(its text is not shown because it holds credentials)")
+        pairs[key.strip().lower()] = value.strip()
+    return pairs

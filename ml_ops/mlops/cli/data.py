@@ -1,48 +1,14 @@
-"""``mlops data generate``: synthetic raw trips with the public dataset's schema."""
-import datetime
-import logging
+"""``mlops data generate``: write synthetic raw trips with the public dataset's schema."""
 import time
 
+from mlops.cli import command
+from mlops.data.generator import generate, parse_date
 from mlops.errors import ConfigError
-
-logger = logging.getLogger(__name__)
-
-
-def _date(text):
-    try:
-        return datetime.date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"dates must be YYYY-MM-DD, got {text!r}") from None
-
-
-def generate(spark, rows, start_date, end_date, output, seed=0, output_format="parquet",
-             drift=None, partitions=None):
-    """Generate ``rows`` trips in Spark and write them to ``output``; returns the local path."""
-    from taxi_fares.data import generate_trips
-
-    from mlops.tables import to_local_path
-
-    if start_date > end_date:
-        raise ConfigError(f"--start-date {start_date} is after --end-date {end_date}")
-    try:
-        trips = generate_trips(spark, rows, start_date, end_date, seed=seed, drift=drift)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    if partitions:
-        trips = trips.repartition(partitions)
-    target = to_local_path(output)
-    writer = trips.write.mode("overwrite")
-    if output_format == "csv":
-        writer.option("header", "true").csv(str(target))
-    else:
-        writer.parquet(str(target))
-    return target
+from mlops.local.session import spark_session
 
 
 def _run(args):
     from taxi_fares.data import DriftSettings
-
-    from mlops.local.session import spark_session
 
     drift = DriftSettings(distance_scale=args.distance_scale, fare_scale=args.fare_scale,
                           hour_shift=args.hour_shift, zip_shift=args.zip_shift)
@@ -51,7 +17,7 @@ def _run(args):
     except ValueError as error:
         raise ConfigError(str(error)) from None
     started = time.monotonic()
-    target = generate(spark_session(), args.rows, _date(args.start_date), _date(args.end_date),
+    target = generate(spark_session(), args.rows, parse_date(args.start_date), parse_date(args.end_date),
                       args.output, seed=args.seed, output_format=args.format, drift=drift)
     print(f"wrote {args.rows} trips ({args.start_date}..{args.end_date}, seed {args.seed}) "
           f"to {target} in {time.monotonic() - started:.1f}s")
@@ -73,4 +39,4 @@ def register_cli(subparsers):
     drift.add_argument("--fare-scale", type=float, default=1.0)
     drift.add_argument("--hour-shift", type=int, default=0)
     drift.add_argument("--zip-shift", type=int, default=0)
-    gen.set_defaults(func=_run)
+    gen.set_defaults(func=command(_run))

@@ -10,39 +10,12 @@ import shutil
 import uuid
 from pathlib import Path
 
-from mlops.config import running_on_databricks
+from mlops import platform
 from mlops.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "_mlops_metadata.json"
-
-
-_DRIVER_VISIBLE_ROOTS = ("/dbfs/", "/Volumes/", "/Workspace/", "/tmp/", "/local_disk0/")
-
-
-def to_local_path(uri: str) -> Path:
-    """A path the driver can open with plain file I/O.
-
-    On Databricks ``dbfs:/x`` and a bare ``/x`` (which Spark reads from DBFS) are
-    ``/dbfs/x``; Volumes and Workspace paths are already mounted. Locally, DBFS
-    is a folder under ``MLOPS_HOME``.
-    """
-    uri = str(uri)
-    if running_on_databricks():
-        if uri.startswith("dbfs:/"):
-            return Path("/dbfs" + uri[len("dbfs:"):])
-        if uri.startswith("/") and not uri.startswith(_DRIVER_VISIBLE_ROOTS):
-            return Path("/dbfs" + uri)
-        return Path(uri)
-    from mlops.local.dbutils import to_local_path as mapped
-
-    return Path(mapped(uri))
-
-
-def spark_path(uri: str) -> str:
-    """The path to hand to Spark: the URI itself on Databricks, the mapped folder locally."""
-    return str(uri) if running_on_databricks() else str(to_local_path(uri))
 
 
 class TableStore:
@@ -56,10 +29,10 @@ class TableStore:
         self.table_format = table_format
 
     def uri(self, name: str) -> str:
-        return f"{self.location}/{name}"
+        return platform.table_uri(self.location, name)
 
     def _local(self, name: str) -> Path:
-        return to_local_path(self.uri(name))
+        return platform.driver_path(self.uri(name))
 
     def exists(self, name: str) -> bool:
         path = self._local(name)
@@ -83,9 +56,10 @@ class TableStore:
             self._write_metadata(self._local(name), metadata or {})
             return
         final = self._local(name)
-        staging = final.with_name(f".{final.name}.staging-{uuid.uuid4().hex[:8]}")
+        staging_uri = self.uri(f".{name}.staging-{uuid.uuid4().hex[:8]}")
+        staging = platform.driver_path(staging_uri)
         try:
-            writer.save(str(staging))
+            writer.save(platform.spark_path(staging_uri))
             self._write_metadata(staging, metadata or {})
             self._swap_in(staging, final)
         finally:
@@ -97,7 +71,7 @@ class TableStore:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _spark_path(self, name: str) -> str:
-        return spark_path(self.uri(name))
+        return platform.spark_path(self.uri(name))
 
     @staticmethod
     def _write_metadata(folder: Path, metadata: dict):
@@ -111,9 +85,3 @@ class TableStore:
             final.rename(retired)
         staging.rename(final)
         shutil.rmtree(retired, ignore_errors=True)
-
-
-def resolve_table_format(requested: str, on_databricks: bool) -> str:
-    if requested != "auto":
-        return requested
-    return "delta" if on_databricks else "parquet"

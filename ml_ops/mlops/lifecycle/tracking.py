@@ -16,9 +16,9 @@ import sys
 
 import mlflow
 
-from mlops.config import running_on_databricks
-from mlops.errors import ConfigError, RegistryError
-from mlops.secrets import redact_text
+from mlops import platform
+from mlops.errors import ConfigError, RegistryError, exception_chain
+from mlops.observability.redaction import public_uri, redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -37,18 +37,13 @@ HTTP_RETRY_DEFAULTS = {
 _CONNECTION_ERRORS_BY_MODULE = {
     "requests.exceptions": ("ConnectionError", "Timeout"),
 }
-_MAX_CHAIN_DEPTH = 12
 
 
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` wins; then Databricks; else the local sqlite store."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    if running_on_databricks():
-        return "databricks"
-    from mlops.local.home import mlflow_tracking_uri
-
-    return mlflow_tracking_uri()
+    return platform.default_tracking_uri()
 
 
 def validate_model_name(name: str, registry_uri: str):
@@ -73,7 +68,7 @@ def configure(config):
     validate_model_name(config.registered_model_name, config.registry_uri)
     with tracking_server(uri):
         _ensure_experiment(uri, config.experiment_name)
-    logger.info("MLflow tracking at %s, experiment %s", describe(uri), config.experiment_name)
+    logger.info("MLflow tracking at %s, experiment %s", public_uri(uri), config.experiment_name)
     return uri
 
 
@@ -91,12 +86,12 @@ def is_unreachable(error) -> bool:
         module = sys.modules.get(module_name)
         if module is not None:
             classes += [getattr(module, name) for name in class_names if hasattr(module, name)]
-    return any(isinstance(link, tuple(classes)) for link in _chain(error))
+    return any(isinstance(link, tuple(classes)) for link in exception_chain(error))
 
 
 def unreachable_uri(error):
     """The tracking URI named by an error :func:`tracking_server` raised, else None."""
-    return next((getattr(link, "tracking_uri") for link in _chain(error)
+    return next((getattr(link, "tracking_uri") for link in exception_chain(error)
                  if getattr(link, "tracking_uri", None)), None)
 
 
@@ -112,7 +107,7 @@ def tracking_server(uri=None):
     except Exception as error:
         if not _from_mlflow_client(error) or not is_unreachable(error) or unreachable_uri(error):
             raise
-        shown = describe(uri or mlflow.get_tracking_uri())
+        shown = public_uri(uri or mlflow.get_tracking_uri())
         retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLflow's default number of")
         wrapped = RegistryError(
             f"MLflow tracking server at {shown} is unreachable (after {retries} retries): "
@@ -123,28 +118,12 @@ def tracking_server(uri=None):
 
 def _from_mlflow_client(error):
     """Only MLflow's client talks to the tracking server; other connection errors are not its."""
-    return any(isinstance(link, mlflow.exceptions.MlflowException) for link in _chain(error))
-
-
-def _chain(error):
-    """``error`` and the exceptions it was raised from or while handling, nearest first."""
-    seen = []
-    while error is not None and len(seen) < _MAX_CHAIN_DEPTH and not any(error is s for s in seen):
-        seen.append(error)
-        error = error.__cause__ or error.__context__
-    return seen
+    return any(isinstance(link, mlflow.exceptions.MlflowException) for link in exception_chain(error))
 
 
 def _ensure_experiment(uri, name):
     if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
         # A local store keeps artifacts beside it rather than in the process's cwd.
-        from mlops.local.home import mlflow_artifact_root
-
         if mlflow.get_experiment_by_name(name) is None:
-            mlflow.create_experiment(name, artifact_location=mlflow_artifact_root().as_uri())
+            mlflow.create_experiment(name, artifact_location=platform.local_artifact_root().as_uri())
     mlflow.set_experiment(name)
-
-
-def describe(uri: str) -> str:
-    """The URI without its query string and with any credentials in it redacted."""
-    return redact_text(uri.split("?")[0])

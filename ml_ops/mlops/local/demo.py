@@ -13,15 +13,15 @@ from pathlib import Path
 
 import mlflow
 
-from mlops import azurite
-from mlops.datagen import generate
-from mlops.local.home import mlflow_tracking_uri, mlops_home
+from mlops.local import azurite
+from mlops.data.generator import generate
+from mlops.platform.home import mlflow_tracking_uri, mlops_home
 from mlops.local.jobs import run_job
 from mlops.local.session import spark_session
 from mlops.config import ScoringConfig
-from mlops.publish import make_publisher
+from mlops.publishing import make_publisher
 from mlops.stages.scoring import publish_prefix
-from mlops.tables import to_local_path
+from mlops import platform
 
 RAW_DATA = "dbfs:/mlops/taxi_fares/raw/trips"
 TRAINING_JOB = Path("databricks_jobs/taxi_fares_training.json")
@@ -79,7 +79,7 @@ def _storage():
 
 def _print_published(server, scoring_record):
     config = ScoringConfig.from_params(scoring_record.tasks["score"]["parameters"])
-    folder = to_local_path(config.publish_folder)
+    folder = platform.driver_path(config.publish_folder)
     with make_publisher(server.connection_string if server else None, config.blob_container,
                         folder) as publisher:
         prefix, run_id = publish_prefix(config), scoring_record.run_id

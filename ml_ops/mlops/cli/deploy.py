@@ -1,0 +1,89 @@
+"""``mlops deploy render|run|trigger``: render job files, deploy to Databricks, trigger jobs."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mlops.cli import command
+from mlops.config import parse_assignments
+from mlops.deploy import jobspec
+from mlops.deploy.trigger import trigger
+from mlops.deploy.workspace import HOST_ENV, NUTTER_FOLDER, TOKEN_ENV, deploy, find_wheels
+
+
+def _render_command(args):
+    environment = jobspec.load_environment(args.env, args.jobs_dir)
+    version = args.wheel_version
+    if version is None and args.wheels_dir is not None:
+        version, _ = find_wheels(args.wheels_dir)
+    job = jobspec.render_job(jobspec.load_job(args.job_file), environment, wheel_version=version,
+                             workspace_root=args.workspace_root)
+    jobspec.validate_job_settings(job)
+    if args.parameters_only:
+        document = {name: value for name, value, _ in jobspec.declared_parameters(job)}
+    else:
+        document = job
+    text = json.dumps(document, indent=None if args.parameters_only else 2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _run_command(args):
+    deploy(args.env, host=args.host, wheels_dir=args.wheels_dir, jobs_dir=args.jobs_dir,
+           notebooks_dir=args.notebooks_dir, tests_dir=args.tests_dir)
+    return 0
+
+
+def _trigger_command(args):
+    trigger(args.env, args.job, parse_assignments(args.parameter), host=args.host, wait=args.wait,
+            timeout_minutes=args.timeout_minutes, jobs_dir=args.jobs_dir)
+    return 0
+
+
+def register_cli(subparsers):
+    """Add ``mlops deploy render|run|trigger`` to the ``mlops`` command line."""
+    parser = subparsers.add_parser("deploy", help="render job files, deploy to Databricks, trigger jobs",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="deploy_command", required=True)
+
+    render = commands.add_parser("render", help="print a job file rendered for an environment")
+    render.add_argument("job_file", help="a job file, e.g. databricks_jobs/taxi_fares_training.json")
+    render.add_argument("--env", required=True, help="environment name (a file in <jobs-dir>/environments/)")
+    render.add_argument("--wheel-version", help="the wheel version the job installs")
+    render.add_argument("--wheels-dir", help="read the wheel version from the wheels in this folder")
+    render.add_argument("--workspace-root", help="override the environment's workspace_root")
+    render.add_argument("--jobs-dir", default=jobspec.DEFAULT_JOBS_DIR)
+    render.add_argument("--parameters-only", action="store_true",
+                        help="print only the job's parameters as one JSON object of name -> value")
+    render.add_argument("--output", help="write to this file instead of standard output")
+    render.set_defaults(func=command(_render_command))
+
+    run = commands.add_parser("run", help="upload wheels, import notebooks, create or reset jobs")
+    _add_connection_arguments(run)
+    run.add_argument("--wheels-dir", default="dist")
+    run.add_argument("--jobs-dir", default=jobspec.DEFAULT_JOBS_DIR)
+    run.add_argument("--notebooks-dir", default="orchestrator")
+    run.add_argument("--tests-dir", help=f"also import these Nutter test notebooks to "
+                                         f"<workspace_root>/{NUTTER_FOLDER}/")
+    run.set_defaults(func=command(_run_command))
+
+    start = commands.add_parser("trigger", help="run a deployed job now")
+    _add_connection_arguments(start)
+    start.add_argument("--job", required=True, help="job name, e.g. taxi_fares_training")
+    start.add_argument("-p", "--parameter", action="append", metavar="NAME=VALUE",
+                       help="parameter override; repeat for more")
+    start.add_argument("--wait", action="store_true", help="wait for the run and fail unless it succeeds")
+    start.add_argument("--timeout-minutes", type=int, default=120)
+    start.add_argument("--jobs-dir", default=jobspec.DEFAULT_JOBS_DIR)
+    start.set_defaults(func=command(_trigger_command))
+
+
+def _add_connection_arguments(parser):
+    parser.add_argument("--env", required=True,
+                        help="environment name (a file in databricks_jobs/environments/)")
+    parser.add_argument("--host", help=f"workspace URL; default ${HOST_ENV}. The token is read from "
+                                       f"${TOKEN_ENV} only, so it never appears in a command line")

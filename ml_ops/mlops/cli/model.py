@@ -1,0 +1,57 @@
+"""``mlops model list|show|approve|rollback``: look at registered models, move the Champion by hand."""
+import argparse
+import getpass
+
+from mlops.cli import command
+from mlops.lifecycle import model_admin
+from mlops.lifecycle.model_admin import DEFAULT_EXPERIMENT, approve, list_models, rollback, show_model
+
+
+def _current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        # No login name in some containers; the audit then says so rather than guessing.
+        return "unknown"
+
+
+def _run(action):
+    """A subcommand that prints what ``action`` returns; a refused action is one ``error:`` line."""
+    def run(args):
+        print(action(args))
+        return 0
+    return command(run)
+
+
+def register_cli(subparsers):
+    parser = subparsers.add_parser("model", help="list, show, approve and roll back registered models",
+                                   description=model_admin.__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="model_command", required=True)
+
+    def add(name, help_text, function, *arguments):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--registry-uri", default="",
+                         help="registry URI; 'databricks-uc' for Unity Catalog (default: the tracking store)")
+        for flags, options in arguments:
+            sub.add_argument(*flags, **options)
+        sub.set_defaults(func=_run(function))
+        return sub
+
+    name = (("name",), {"help": "registered model name (catalog.schema.model for Unity Catalog)"})
+    version = (("version",), {"help": "model version number"})
+    by = (("--by",), {"default": _current_user(), "help": "who asks (default: the current user)"})
+    experiment = (("--experiment",), {"default": DEFAULT_EXPERIMENT,
+                                      "help": "MLflow experiment of the audit run"})
+    add("list", "registered models with their Champion and Challenger",
+        lambda args: list_models(args.registry_uri))
+    add("show", "versions, aliases, validation status, approval and history of one model",
+        lambda args: show_model(args.name, args.registry_uri), name)
+    add("approve", "make a PASSED version awaiting approval the Champion",
+        lambda args: approve(args.name, args.version, args.by, args.registry_uri, args.experiment),
+        name, version, by, experiment)
+    add("rollback", "move the Champion back to an earlier PASSED version",
+        lambda args: rollback(args.name, args.version, args.reason, args.by, args.registry_uri,
+                              args.experiment),
+        name, version, (("--reason",), {"required": True, "help": "why (recorded on the version)"}),
+        by, experiment)

@@ -1,0 +1,195 @@
+"""A Jobs API 2.1 job file, validated for the local runtime: tasks in the order they run.
+
+Only ``notebook_task`` tasks run locally; cluster, library, retry, timeout and notification
+settings are ignored. A task's ``notebook_path`` is looked up, in order: as an absolute
+path; relative to the repository root (the parent of the job file's folder); relative to the
+job file's folder; relative to the current directory. ``.py`` is added when the path has no
+suffix, as Databricks paths have none.
+"""
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlops.deploy.jobspec import read_job_file
+from mlops.errors import JobError
+
+logger = logging.getLogger(__name__)
+
+_REFERENCE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_STATIC_REFERENCES = ("job.id", "job.name", "job.run_id", "job.repair_count", "task.name", "task.run_id",
+                      "job.start_time.iso_date", "job.start_time.iso_datetime", "job.start_time.timestamp")
+_IGNORED_TASK_FIELDS = ("job_cluster_key", "new_cluster", "existing_cluster_id", "libraries",
+                        "timeout_seconds", "max_retries", "min_retry_interval_millis", "retry_on_timeout",
+                        "email_notifications",
+                        "webhook_notifications", "notification_settings", "environment_key", "run_if",
+                        "health", "description", "disable_auto_optimization")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task_key: str
+    notebook_path: Path
+    depends_on: tuple[str, ...]
+    base_parameters: dict[str, str]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job file; ``tasks`` are in the order they run."""
+
+    name: str
+    path: Path
+    parameters: dict[str, str]
+    tasks: tuple[TaskSpec, ...]
+
+    def parameter_names(self) -> set[str]:
+        names = set(self.parameters)
+        for task in self.tasks:
+            names.update(task.base_parameters)
+        return names
+
+
+def load_job(job_file: Path) -> JobSpec:
+    """Read and validate a job file; JobError says what is wrong and where."""
+    job_file = Path(job_file)
+    settings = read_job_file(job_file)
+    name = settings.get("name") or job_file.stem
+    parameters = _job_parameters(job_file, settings.get("parameters", []))
+    raw_tasks = settings.get("tasks")
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        raise JobError(f"job file {job_file} has no tasks")
+    tasks = [_task(job_file, index, raw) for index, raw in enumerate(raw_tasks, start=1)]
+    keys = [task.task_key for task in tasks]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise JobError(f"job file {job_file}: task_key {', '.join(duplicates)} used more than once")
+    for task in tasks:
+        for upstream in task.depends_on:
+            if upstream not in keys:
+                raise JobError(f"job file {job_file}: task '{task.task_key}' depends on unknown task "
+                               f"'{upstream}' (tasks: {', '.join(keys)})")
+    ordered = _topological_order(job_file, tasks)
+    for task in ordered:
+        _check_references(job_file, task, parameters, keys)
+    return JobSpec(name=name, path=job_file, parameters=parameters, tasks=tuple(ordered))
+
+
+def _job_parameters(job_file: Path, raw: Any) -> dict[str, str]:
+    if not isinstance(raw, list):
+        raise JobError(f"job file {job_file}: 'parameters' must be a list of {{\"name\", \"default\"}}")
+    parameters = {}
+    for entry in raw:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or "default" not in entry:
+            raise JobError(f"job file {job_file}: job parameter {entry!r} needs a 'name' and a 'default'")
+        if not isinstance(entry["default"], str):
+            raise JobError(f"job file {job_file}: job parameter '{entry['name']}' default must be a string, "
+                           f"got {json.dumps(entry['default'])}")
+        parameters[entry["name"]] = entry["default"]
+    return parameters
+
+
+def _task(job_file: Path, index: int, raw: Any) -> TaskSpec:
+    if not isinstance(raw, dict) or not isinstance(raw.get("task_key"), str) or not raw["task_key"]:
+        raise JobError(f"job file {job_file}: task #{index} has no task_key")
+    key = raw["task_key"]
+    notebook_task = raw.get("notebook_task")
+    if notebook_task is None:
+        kinds = [name for name in raw if name.endswith("_task")] or ["task without notebook_task"]
+        raise JobError(f"job file {job_file}: task '{key}' is a {kinds[0]}; "
+                       "the local runtime runs only notebook_task tasks")
+    declared_path = notebook_task.get("notebook_path") if isinstance(notebook_task, dict) else None
+    if not isinstance(declared_path, str) or not declared_path:
+        raise JobError(f"job file {job_file}: task '{key}' has no notebook_task.notebook_path")
+    base_parameters = notebook_task.get("base_parameters", {})
+    if not isinstance(base_parameters, dict):
+        raise JobError(f"job file {job_file}: task '{key}' base_parameters must be an object")
+    for name, value in base_parameters.items():
+        if not isinstance(value, str):
+            raise JobError(f"job file {job_file}: task '{key}' parameter '{name}' must be a string "
+                           f"(Databricks passes widget values as strings), got {json.dumps(value)}")
+    depends_on = raw.get("depends_on", [])
+    if not isinstance(depends_on, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("task_key"), str) for item in depends_on):
+        raise JobError(f"job file {job_file}: task '{key}' depends_on must be a list of "
+                       "{\"task_key\": ...} objects")
+    ignored = sorted(name for name in raw if name in _IGNORED_TASK_FIELDS)
+    if ignored:
+        logger.debug("task %s: ignoring %s locally", key, ", ".join(ignored))
+    return TaskSpec(task_key=key, notebook_path=_resolve_notebook_path(job_file, key, declared_path),
+                    depends_on=tuple(item["task_key"] for item in depends_on),
+                    base_parameters=dict(base_parameters))
+
+
+def _resolve_notebook_path(job_file: Path, task_key: str, declared: str) -> Path:
+    job_folder = job_file.resolve().parent
+    given = Path(declared)
+    bases = [None] if given.is_absolute() else [job_folder.parent, job_folder, Path.cwd()]
+    tried = []
+    for base in bases:
+        candidate = given if base is None else base / given
+        options = [candidate] if candidate.suffix == ".py" else [candidate.with_name(candidate.name + ".py"),
+                                                                 candidate]
+        for option in options:
+            tried.append(str(option))
+            if option.is_file():
+                return option.resolve()
+    raise JobError(f"job file {job_file}: task '{task_key}' notebook '{declared}' not found "
+                   f"(looked for {', '.join(tried)})")
+
+
+def _topological_order(job_file: Path, tasks: list[TaskSpec]) -> list[TaskSpec]:
+    """Dependency order; among tasks ready at the same time, file order."""
+    by_key = {task.task_key: task for task in tasks}
+    state: dict[str, str] = {}
+
+    def visit(key: str, path: list[str]) -> None:
+        if state.get(key) == "done":
+            return
+        if state.get(key) == "visiting":
+            cycle = path[path.index(key):] + [key]
+            raise JobError(f"job file {job_file}: tasks depend on each other in a cycle: "
+                           f"{' -> '.join(cycle)}")
+        state[key] = "visiting"
+        for upstream in by_key[key].depends_on:
+            visit(upstream, path + [key])
+        state[key] = "done"
+
+    for task in tasks:
+        visit(task.task_key, [])
+    ordered: list[TaskSpec] = []
+    placed: set[str] = set()
+    while len(ordered) < len(tasks):
+        ready = next(task for task in tasks
+                     if task.task_key not in placed and set(task.depends_on) <= placed)
+        ordered.append(ready)
+        placed.add(ready.task_key)
+    return ordered
+
+
+def _check_references(job_file: Path, task: TaskSpec, job_parameters: dict[str, str],
+                      keys: list[str]) -> None:
+    values = [*task.base_parameters.values(), *job_parameters.values()]
+    for value in values:
+        for reference in _REFERENCE.findall(value):
+            if reference in _STATIC_REFERENCES:
+                continue
+            if reference.startswith("job.parameters."):
+                name = reference[len("job.parameters."):]
+                if name in job_parameters:
+                    continue
+                raise JobError(f"job file {job_file}: task '{task.task_key}' refers to job parameter "
+                               f"'{name}', which the job does not declare (job parameters: "
+                               f"{', '.join(sorted(job_parameters)) or 'none'})")
+            if reference.startswith("tasks.") and ".values." in reference:
+                upstream = reference[len("tasks."):].split(".values.", 1)[0]
+                if upstream in keys:
+                    continue
+                raise JobError(f"job file {job_file}: task '{task.task_key}' refers to task values "
+                               f"of unknown task '{upstream}' in '{{{{{reference}}}}}'")
+            raise JobError(
+                f"job file {job_file}: task '{task.task_key}' uses '{{{{{reference}}}}}', which the local "
+                f"runtime does not know (supported: {', '.join(_STATIC_REFERENCES)}, job.parameters.<name>, "
+                "tasks.<task_key>.values.<key>)")

@@ -1,0 +1,80 @@
+"""The JSON record of one local job run: written atomically, secrets redacted."""
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from mlops.errors import JobError
+from mlops.observability.redaction import SECRET_VALUE_MARKER, redact_params, redact_text
+from mlops.platform.home import runs_dir
+
+SUCCESS = "SUCCESS"
+FAILED = "FAILED"
+RUNNING = "RUNNING"
+PENDING = "PENDING"
+UPSTREAM_FAILED = "UPSTREAM_FAILED"
+
+
+@dataclass
+class RunRecord:
+    """The JSON record of one local job run, as written to ``path``."""
+
+    run_id: str
+    path: Path
+    job_name: str
+    job_file: str
+    parameters: dict[str, str]
+    state: str
+    start_time: str
+    end_time: Optional[str] = None
+    repair_of: Optional[str] = None
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written: secret parameters, and secrets in errors and exit values, redacted."""
+        tasks = {key: _redacted_entry(entry) for key, entry in self.tasks.items()}
+        return {"run_id": self.run_id, "job_name": self.job_name, "job_file": self.job_file,
+                "parameters": redact_params(self.parameters), "state": self.state,
+                "start_time": self.start_time, "end_time": self.end_time, "repair_of": self.repair_of,
+                "tasks": tasks}
+
+    def save(self) -> None:
+        """Write the record atomically, so a reader never sees half a file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.run_id}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                json.dump(self.to_json(), stream, indent=2, sort_keys=False)
+                stream.write("\n")
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, run_id: str) -> "RunRecord":
+        path = runs_dir() / f"{run_id}.json"
+        if not path.is_file():
+            recent = sorted(candidate.stem for candidate in runs_dir().glob("*.json"))[-10:]
+            raise JobError(f"no run record for run id '{run_id}' in {runs_dir()}; "
+                           f"recent run ids: {', '.join(reversed(recent)) or 'none'}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise JobError(f"run record {path} is not valid JSON: {error}") from error
+        return cls(run_id=data["run_id"], path=path, job_name=data["job_name"], job_file=data["job_file"],
+                   parameters=data.get("parameters", {}), state=data["state"], start_time=data["start_time"],
+                   end_time=data.get("end_time"), repair_of=data.get("repair_of"),
+                   tasks=data.get("tasks", {}))
+
+
+def _redacted_entry(entry: dict) -> dict:
+    redacted = dict(entry)
+    if "parameters" in entry:
+        redacted["parameters"] = redact_params(entry["parameters"])
+    for name in ("error", "exit_value"):
+        if isinstance(entry.get(name), str):
+            redacted[name] = redact_text(entry[name], secret_marker=SECRET_VALUE_MARKER)
+    return redacted

@@ -1,0 +1,88 @@
+"""The platform seam: the one place that knows Databricks from local.
+
+Everything that differs between a Databricks cluster and a laptop is answered here: where a
+URI is for the driver and for Spark, which job run a notebook belongs to, where tables,
+the MLflow store and telemetry files live by default. The local runtime (``mlops.local``)
+plugs in by binding its run context (:func:`mlops.platform.context.bind`); nothing here
+imports it.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+from mlops.errors import ConfigError
+from mlops.platform import context, home, paths
+
+RUNTIME_VERSION_ENV = "DATABRICKS_RUNTIME_VERSION"
+TABLE_FORMATS = ("auto", "parquet", "delta")
+
+
+def name() -> str:
+    """``databricks`` on a Databricks cluster, else ``local``."""
+    return paths.DATABRICKS if RUNTIME_VERSION_ENV in os.environ else paths.LOCAL
+
+
+def on_databricks() -> bool:
+    return name() == paths.DATABRICKS
+
+
+def _local_root(mount: str) -> Path:
+    return home.dbfs_root() if mount == "dbfs" else home.mount_root(mount)
+
+
+def locate(uri) -> paths.Location:
+    """``uri`` resolved for this platform (see :mod:`mlops.platform.paths`)."""
+    return paths.resolve(uri, name(), _local_root)
+
+
+def driver_path(uri) -> Path:
+    """A path the driver can open with plain file I/O; cloud storage has none."""
+    location = locate(uri)
+    if location.driver is None:
+        raise ConfigError(f"'{uri}' is cloud storage with no driver path; read it with Spark, "
+                          "or use a dbfs:/ or /Volumes/ location")
+    return location.driver
+
+
+def spark_path(uri) -> str:
+    """The path to hand to Spark."""
+    return locate(uri).spark
+
+
+def run_context(dbutils, task: str) -> context.RunContext:
+    """The job run of the running notebook task."""
+    if on_databricks():
+        return context.databricks_run_context(dbutils, task)
+    return context.local_run_context(task)
+
+
+def default_tracking_uri() -> str:
+    """Where MLflow tracks when MLFLOW_TRACKING_URI is not set."""
+    return "databricks" if on_databricks() else home.mlflow_tracking_uri()
+
+
+def local_artifact_root() -> Path:
+    """Artifact root for experiments created against a local (sqlite or file) tracking store."""
+    return home.mlflow_artifact_root()
+
+
+def table_format(requested: str) -> str:
+    """``auto`` is Delta on Databricks and Parquet locally."""
+    if requested not in TABLE_FORMATS:
+        raise ConfigError(f"parameter 'table_format' must be one of {', '.join(TABLE_FORMATS)}, "
+                          f"got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "delta" if on_databricks() else "parquet"
+
+
+def table_uri(location: str, table: str) -> str:
+    """The URI of table ``table`` under ``table_location``."""
+    return f"{location.rstrip('/')}/{table}"
+
+
+def telemetry_file(job_run_id: str, task: str) -> Path:
+    """The JSON-lines file a task's telemetry goes to when there is no connection string."""
+    if on_databricks():
+        return Path(tempfile.gettempdir()) / "mlops-telemetry" / f"{job_run_id}-{task}.jsonl"
+    return home.runs_dir() / job_run_id / f"telemetry-{task}.jsonl"
