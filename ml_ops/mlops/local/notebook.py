@@ -144,7 +144,7 @@ class _Runner:
         except NotebookExit:
             raise
         except Exception as error:
-            cause = redacted_exception(error)
+            cause = redacted_exception(error, SECRET_VALUE_MARKER)
             failure = NotebookError(
                 f"{_shown_path(path)} failed in cell {cell.number} ({cell.summary}): "
                 f"{type(error).__name__}: {_first_line(cause)}")

@@ -249,7 +249,7 @@ def public_uri(uri) -> str:
     return redact_text(text)
 
 
-def redacted_exception(error: BaseException) -> BaseException:
+def redacted_exception(error: BaseException, secret_marker=REDACTED) -> BaseException:
     """A copy of ``error`` and its chain whose messages hold no secret; ``error`` itself when clean.
 
     Each copy keeps its type where it can be rebuilt from a message, its traceback, and its
@@ -258,15 +258,15 @@ def redacted_exception(error: BaseException) -> BaseException:
     chain = exception_chain(error)
     if all(redact_text(str(link)) == str(link) for link in chain):
         return error
-    copies = [_redacted_copy(link) for link in chain]
+    copies = [_redacted_copy(link, secret_marker) for link in chain]
     for copy, following in zip(copies, copies[1:]):
         copy.__cause__ = following
         copy.__suppress_context__ = True
     return copies[0]
 
 
-def _redacted_copy(error: BaseException) -> BaseException:
-    message = redact_text(str(error))
+def _redacted_copy(error: BaseException, secret_marker) -> BaseException:
+    message = redact_text(str(error), secret_marker)
     try:
         copy = type(error)(message)
     except Exception:
@@ -274,7 +274,7 @@ def _redacted_copy(error: BaseException) -> BaseException:
     for name, value in vars(error).items():
         if isinstance(value, (str, int, float, bool, type(None))):
             try:
-                setattr(copy, name, redact_text(value) if isinstance(value, str) else value)
+                setattr(copy, name, redact_text(value, secret_marker) if isinstance(value, str) else value)
             except AttributeError:
                 continue
     if str(copy) != message:

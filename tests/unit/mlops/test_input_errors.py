@@ -1,0 +1,66 @@
+"""Bad input is named at the boundary: the column, an example value, the file and the parameter."""
+import pytest
+
+from mlops.config import TrainingConfig
+from mlops.data.raw_input import read_raw_trips
+from mlops.errors import ConfigError, DataError
+from mlops.observability.redaction import register_secret
+
+HEADER = "tpep_pickup_datetime,tpep_dropoff_datetime,trip_distance,fare_amount,pickup_zip,dropoff_zip"
+GOOD_ROW = "2016-01-01 10:00:00,2016-01-01 10:12:00,2.5,11.5,10001,10002"
+
+
+def write_csv(folder, *rows, header=HEADER):
+    folder.mkdir()
+    path = folder / "trips-part-1.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_text_in_a_numeric_column_names_column_value_file_and_parameter(spark, tmp_path):
+    write_csv(tmp_path / "export", GOOD_ROW, "2016-01-01 11:00:00,2016-01-01 11:20:00,3.0,$17.74,10001,10003",
+              GOOD_ROW.replace("11.5", "n/a"))
+    with pytest.raises(DataError) as caught:
+        read_raw_trips(spark, str(tmp_path / "export"))
+    message = str(caught.value)
+    assert "(parameter 'taxi_fares_raw_data')" in message
+    assert "column 'fare_amount' has 2 value(s) that are not double, e.g. '$17.74' in " in message
+    assert "trips-part-1.csv" in message
+    assert "trip_distance" not in message and "CAST_INVALID_INPUT" not in message
+
+
+def test_a_missing_column_is_reported_first_and_alone(spark, tmp_path):
+    header = HEADER.replace(",fare_amount", "")
+    write_csv(tmp_path / "export", "2016-01-01 10:00:00,not-a-time,2.5,10001,10002", header=header)
+    with pytest.raises(DataError) as caught:
+        read_raw_trips(spark, str(tmp_path / "export"))
+    assert str(caught.value).endswith("does not have the raw trip schema: column 'fare_amount' is missing")
+
+
+def test_empty_csv_values_are_nulls_not_errors(spark, tmp_path):
+    write_csv(tmp_path / "export", GOOD_ROW, GOOD_ROW.replace(",2.5,", ",,"))
+    trips = read_raw_trips(spark, str(tmp_path / "export"))
+    assert [row.trip_distance for row in trips.orderBy("trip_distance").collect()] == [None, 2.5]
+
+
+def test_an_input_path_with_a_query_string_is_shown_without_it(spark, tmp_path):
+    missing = f"{tmp_path}/nowhere?sv=1&token2=abcdef-not-shown"
+    with pytest.raises(DataError) as caught:
+        read_raw_trips(spark, missing)
+    assert str(caught.value) == \
+        f"input path {tmp_path}/nowhere (parameter 'taxi_fares_raw_data') does not exist"
+
+
+def test_a_lightgbm_setting_is_reported_by_its_job_parameter():
+    with pytest.raises(ConfigError, match="^parameter 'training_num_rounds' must be an integer >= 1, got 0$"):
+        TrainingConfig.from_params({"training_num_rounds": "0"})
+    with pytest.raises(ConfigError, match="^parameter 'training_learning_rate' must be a positive number"):
+        TrainingConfig.from_params({"training_learning_rate": "-1"})
+
+
+def test_a_config_error_never_echoes_a_secret():
+    planted = "plain-secret-config-value-5e1f"
+    register_secret(planted)
+    with pytest.raises(ConfigError) as caught:
+        TrainingConfig.from_params({"training_num_leaves": planted})
+    assert str(caught.value) == "parameter 'training_num_leaves' must be an integer, got ***"
