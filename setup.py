@@ -49,32 +49,26 @@ def build_version():
     return f"{base}+{label}"
 
 
+def _wheel(name, description, source, install_requires, local_extra, **extra):
+    """One wheel of the project: its packages come from one source folder."""
+    return dict(name=name, description=description, package_dir={"": source},
+                packages=find_packages(source), install_requires=install_requires,
+                extras_require={"local": _runtime(*local_extra)}, **extra)
+
+
 def distribution(target, version):
     if target == "ml":
-        return dict(
-            name="taxi_fares",
-            description="NYC taxi fare model: schema, data generator, features, training, evaluation",
-            package_dir={"": "ml_source"},
-            packages=find_packages("ml_source"),
-            install_requires=[],
-            extras_require={"local": _runtime("pyspark", "pandas", "numpy", "lightgbm")},
-        )
+        return _wheel("taxi_fares",
+                      "NYC taxi fare model: schema, data generator, features, training, evaluation",
+                      "ml_source", [], ("pyspark", "pandas", "numpy", "lightgbm"))
     if target == "ops":
-        return dict(
-            name="taxi_fares_mlops",
-            description="Stage logic, job config, registry lifecycle and local Databricks runtime",
-            package_dir={"": "ml_ops"},
-            packages=find_packages("ml_ops"),
-            install_requires=[
-                f"taxi_fares=={version}",
-                "opencensus-ext-azure>=1.1.9,<2",
-                "azure-storage-blob>=12.19,<13",
-            ],
-            extras_require={"local": _runtime(
-                "pyspark", "pandas", "numpy", "lightgbm", "mlflow", "scikit-learn",
-                "matplotlib", "databricks-sdk")},
-            entry_points={"console_scripts": ["mlops=mlops.cli:main"]},
-        )
+        return _wheel("taxi_fares_mlops",
+                      "Stage logic, job config, registry lifecycle and local Databricks runtime", "ml_ops",
+                      [f"taxi_fares=={version}", "opencensus-ext-azure>=1.1.9,<2",
+                       "azure-storage-blob>=12.19,<13"],
+                      ("pyspark", "pandas", "numpy", "lightgbm", "mlflow", "scikit-learn", "matplotlib",
+                       "databricks-sdk"),
+                      entry_points={"console_scripts": ["mlops=mlops.cli:main"]})
     raise SystemExit(f"{TARGET_ENV} must be 'ml' or 'ops', got {target!r}")
 
 

@@ -15,8 +15,7 @@
 
 dbutils.widgets.text("wheel_path", "dist", "wheel_path")
 dbutils.widgets.text("wheel_version", "*", "wheel_version")
-wheel_path = dbutils.widgets.get("wheel_path")
-wheel_version = dbutils.widgets.get("wheel_version")
+wheel_path, wheel_version = dbutils.widgets.get("wheel_path"), dbutils.widgets.get("wheel_version")
 
 # COMMAND ----------
 
@@ -29,8 +28,7 @@ from mlops.orchestration import task_run
 from mlops.stages.scoring import (engineer_features, log_summary, open_publish_target, publish_predictions,
                                   resolve_model, score_and_write)
 
-ScoringConfig.declare_widgets(dbutils)
-config = ScoringConfig.from_widgets(dbutils)
+config = ScoringConfig.from_notebook(dbutils)
 
 # COMMAND ----------
 

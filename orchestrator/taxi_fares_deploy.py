@@ -14,8 +14,7 @@
 
 dbutils.widgets.text("wheel_path", "dist", "wheel_path")
 dbutils.widgets.text("wheel_version", "*", "wheel_version")
-wheel_path = dbutils.widgets.get("wheel_path")
-wheel_version = dbutils.widgets.get("wheel_version")
+wheel_path, wheel_version = dbutils.widgets.get("wheel_path"), dbutils.widgets.get("wheel_version")
 
 # COMMAND ----------
 
@@ -27,8 +26,7 @@ from mlops.config import TrainingConfig
 from mlops.orchestration import task_run
 from mlops.stages.promotion import promote_challenger
 
-TrainingConfig.declare_widgets(dbutils)
-config = TrainingConfig.from_widgets(dbutils)
+config = TrainingConfig.from_notebook(dbutils)
 
 # COMMAND ----------
 

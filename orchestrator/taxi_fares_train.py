@@ -13,8 +13,7 @@
 
 dbutils.widgets.text("wheel_path", "dist", "wheel_path")
 dbutils.widgets.text("wheel_version", "*", "wheel_version")
-wheel_path = dbutils.widgets.get("wheel_path")
-wheel_version = dbutils.widgets.get("wheel_version")
+wheel_path, wheel_version = dbutils.widgets.get("wheel_path"), dbutils.widgets.get("wheel_version")
 
 # COMMAND ----------
 
@@ -26,8 +25,7 @@ from mlops.config import TrainingConfig
 from mlops.orchestration import task_run
 from mlops.stages.training import engineer_features, train_and_register
 
-TrainingConfig.declare_widgets(dbutils)
-config = TrainingConfig.from_widgets(dbutils)
+config = TrainingConfig.from_notebook(dbutils)
 
 # COMMAND ----------
 

@@ -132,6 +132,12 @@ class JobConfig:
         return cls.from_params(params)
 
     @classmethod
+    def from_notebook(cls, dbutils):
+        """Declare this job's widgets, then parse every widget and job parameter once."""
+        cls.declare_widgets(dbutils)
+        return cls.from_widgets(dbutils)
+
+    @classmethod
     def declare_widgets(cls, dbutils):
         """Declare a text widget per parameter, defaulting to the config's default."""
         for name, default in cls.defaults().items():

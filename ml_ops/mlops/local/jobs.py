@@ -31,6 +31,7 @@ from typing import Callable, Optional
 from mlops.errors import JobError
 from mlops.local.job_file import _REFERENCE, JobSpec, TaskSpec, load_job
 from mlops.local.notebook import run_notebook
+from mlops.local.notebook_source import shown_path
 from mlops.local.run_record import FAILED, PENDING, RUNNING, SUCCESS, UPSTREAM_FAILED, RunRecord
 from mlops.local.session import LocalSession
 from mlops.observability.redaction import REDACTED, SECRET_VALUE_MARKER, redact_text
@@ -133,7 +134,7 @@ def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSes
     output_dir = runs_dir() / record.run_id / task.task_key
     entry.update(state=RUNNING, start_time=_now(), output_dir=str(output_dir))
     record.save()
-    progress(f"{counter} {task.task_key} ... started ({_shown(task.notebook_path)})")
+    progress(f"{counter} {task.task_key} ... started ({shown_path(task.notebook_path)})")
     started = time.monotonic()
     session.task_key = task.task_key
     session.output_dir = output_dir
@@ -202,13 +203,6 @@ def _repair_count(record: RunRecord) -> int:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _shown(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def _redacted(text: str) -> str:

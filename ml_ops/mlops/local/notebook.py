@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 from mlops.errors import ConfigError, NotebookError
 from mlops.local.dbutils import LocalDbutils, NotebookExit
-from mlops.local.notebook_source import Cell, parse_notebook, resolve_notebook, split_sql
+from mlops.local.notebook_source import Cell, parse_notebook, resolve_notebook, shown_path, split_sql
 from mlops.local.pip import run_pip, tail
 from mlops.local.session import LocalSession
 from mlops.observability.redaction import SECRET_VALUE_MARKER, redact_text, redacted_exception
@@ -96,13 +96,6 @@ def _run_child(reference: str, base: Path, arguments: dict, session: LocalSessio
     return run_notebook(resolve_notebook(reference, base), arguments, session).exit_value
 
 
-def _shown_path(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def _first_line(error: BaseException) -> str:
     for line in str(error).splitlines():
         if line.strip():
@@ -146,7 +139,7 @@ class _Runner:
         except Exception as error:
             cause = redacted_exception(error, SECRET_VALUE_MARKER)
             failure = NotebookError(
-                f"{_shown_path(path)} failed in cell {cell.number} ({cell.summary}): "
+                f"{shown_path(path)} failed in cell {cell.number} ({cell.summary}): "
                 f"{type(error).__name__}: {_first_line(cause)}")
         if failure is not None:
             # Raised outside the except block, so the raw chain is not attached as context.
@@ -177,7 +170,7 @@ class _Runner:
                                 "(passing widget values to %run is not supported locally)")
         target = resolve_notebook(words[0], path.parent)
         if target in self._running:
-            chain = " -> ".join(_shown_path(step) for step in [*self._running, target])
+            chain = " -> ".join(shown_path(step) for step in [*self._running, target])
             raise NotebookError(f"%run cycle: {chain}")
         self.run_cells(target, parse_notebook(target))
 

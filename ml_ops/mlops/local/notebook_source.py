@@ -117,3 +117,11 @@ def split_sql(text: str) -> list[str]:
         index += 1
     statements.append("".join(current))
     return [statement.strip() for statement in statements if statement.strip()]
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the working folder when it is inside it, for messages."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -137,22 +137,19 @@ def test_rejected_token_names_the_host_and_never_the_token(databricks_api, wheel
     assert databricks_api.jobs == {} and databricks_api.files == {}
 
 
-def test_permission_denied_names_the_host_and_the_action(databricks_api, wheels_dir):
-    databricks_api.fail_next(403, path_prefix="/api/2.2/jobs/create", message="no CAN_MANAGE on jobs")
-    with pytest.raises(ConfigError) as caught:
+@pytest.mark.parametrize("status, path, server_says, error_type, we_say", [
+    (403, "/api/2.2/jobs/create", "no CAN_MANAGE on jobs", ConfigError,
+     "denied permission (HTTP 403) to create job"),
+    (400, "/api/2.0/dbfs/create", "quota exceeded", JobError, f"failed to upload taxi_fares-{WHEEL_VERSION}"),
+])
+def test_api_errors_name_the_host_and_the_action(databricks_api, wheels_dir, status, path, server_says,
+                                                 error_type, we_say):
+    databricks_api.fail_next(status, path_prefix=path, message=server_says)
+    with pytest.raises(error_type) as caught:
         run_deploy(databricks_api, wheels_dir)
     message = str(caught.value)
-    assert f"Databricks at {databricks_api.url} denied permission (HTTP 403) to create job" in message
-    assert "no CAN_MANAGE on jobs" in message
-
-
-def test_other_api_errors_name_the_host_and_the_action(databricks_api, wheels_dir):
-    databricks_api.fail_next(400, path_prefix="/api/2.0/dbfs/create", message="quota exceeded")
-    with pytest.raises(JobError) as caught:
-        run_deploy(databricks_api, wheels_dir)
-    message = str(caught.value)
-    assert f"Databricks at {databricks_api.url} failed to upload taxi_fares-{WHEEL_VERSION}" in message
-    assert "quota exceeded" in message
+    assert f"Databricks at {databricks_api.url} {we_say}" in message
+    assert server_says in message
 
 
 def test_host_and_token_come_from_the_environment(databricks_api, wheels_dir, monkeypatch):
