@@ -10,6 +10,8 @@ import datetime
 import typing
 from typing import Any, ClassVar, Iterable, Mapping
 
+from taxi_fares.training import TrainingParams
+
 from mlops.errors import ConfigError
 from mlops.observability.redaction import REDACTED, redact_params, redact_text
 
@@ -204,11 +206,12 @@ class TrainingConfig(RawTripsConfig):
     training_data_start_date: datetime.date = datetime.date(2016, 1, 1)
     training_data_end_date: datetime.date = datetime.date(2016, 1, 31)
     execute_training: bool = True
-    training_num_leaves: int = 32
-    training_objective: str = "regression"
-    training_metric: str = "rmse"
-    training_num_rounds: int = 100
-    training_learning_rate: float = 0.1
+    # LightGBM settings default to the ML wheel's own defaults.
+    training_num_leaves: int = TrainingParams.num_leaves
+    training_objective: str = TrainingParams.objective
+    training_metric: str = TrainingParams.metric
+    training_num_rounds: int = TrainingParams.num_rounds
+    training_learning_rate: float = TrainingParams.learning_rate
     training_sample_rows: int = 2_000_000
     test_fraction: float = 0.2
     seed: int = 42
@@ -242,8 +245,6 @@ class TrainingConfig(RawTripsConfig):
 
     def training_params(self):
         """The LightGBM parameters; each comes from the job parameter of the same meaning."""
-        from taxi_fares.training import TrainingParams
-
         return TrainingParams(**{field: getattr(self, parameter)
                                  for field, parameter in _TRAINING_PARAMETERS.items()})
 

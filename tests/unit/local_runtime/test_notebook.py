@@ -9,7 +9,7 @@ from mlops.local.notebook_source import parse_notebook
 from mlops.local.session import LocalSession
 from mlops.platform.context import current_binding as current_context
 
-from .notebook_files import NOTEBOOKS, write_notebook
+from .notebook_files import NOTEBOOKS, assert_cell_fails, write_notebook
 
 
 @pytest.fixture
@@ -122,18 +122,16 @@ def test_exit_inside_run_magic_ends_the_including_notebook(session, tmp_path):
 
 
 def test_failing_sh_cell_reports_exit_code(session, tmp_path):
-    notebook = write_notebook(tmp_path / "shell.py", "# MAGIC %sh\n# MAGIC echo broken >&2; exit 3")
-    with pytest.raises(NotebookError, match=r"cell 1 \(%sh echo broken >&2; exit 3\): NotebookError: "
-                                            r"%sh exited with code 3: broken"):
-        run_notebook(notebook, {}, session)
+    assert_cell_fails(session, tmp_path / "shell.py", "# MAGIC %sh\n# MAGIC echo broken >&2; exit 3",
+                      r"cell 1 \(%sh echo broken >&2; exit 3\): NotebookError: "
+                      r"%sh exited with code 3: broken")
 
 
 def test_sql_error_is_wrapped_with_the_cell(session, tmp_path):
-    notebook = write_notebook(tmp_path / "bad_sql.py",
-                              "# MAGIC %sql\n# MAGIC SELECT * FROM no_such_table_here")
-    with pytest.raises(NotebookError, match=r"bad_sql.py failed in cell 1 \(%sql SELECT \* FROM "
-                                            r"no_such_table_here\): AnalysisException: .*no_such_table_here"):
-        run_notebook(notebook, {}, session)
+    assert_cell_fails(session, tmp_path / "bad_sql.py",
+                      "# MAGIC %sql\n# MAGIC SELECT * FROM no_such_table_here",
+                      r"bad_sql.py failed in cell 1 \(%sql SELECT \* FROM no_such_table_here\): "
+                      r"AnalysisException: .*no_such_table_here")
 
 
 def test_display_saves_matplotlib_figures(session, tmp_path):

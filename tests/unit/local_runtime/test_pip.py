@@ -9,7 +9,7 @@ from mlops.errors import NotebookError
 from mlops.local.notebook import run_notebook
 from mlops.local.session import LocalSession
 
-from .notebook_files import write_notebook
+from .notebook_files import assert_cell_fails, write_notebook
 
 PACKAGE = "mlops_localtest_pkg"
 INSTALL_AND_READ = (f"# MAGIC %pip install $wheel_path/{PACKAGE}-*.whl",
@@ -87,17 +87,14 @@ def test_notebook_variables_win_over_widgets(session, tmp_path):
 
 
 def test_unknown_variable_is_named(session, tmp_path):
-    notebook = write_notebook(tmp_path / "unknown.py", "# MAGIC %pip install $nowhere/x.whl")
-    with pytest.raises(NotebookError, match=r"failed in cell 1 \(%pip install \$nowhere/x.whl\): "
-                                            r"NotebookError: %pip uses \$nowhere, which is neither a "
-                                            r"notebook variable nor a widget"):
-        run_notebook(notebook, {}, session)
+    assert_cell_fails(session, tmp_path / "unknown.py", "# MAGIC %pip install $nowhere/x.whl",
+                      r"failed in cell 1 \(%pip install \$nowhere/x.whl\): NotebookError: %pip uses "
+                      r"\$nowhere, which is neither a notebook variable nor a widget")
 
 
 def test_failing_pip_shows_its_output(session, tmp_path):
-    notebook = write_notebook(tmp_path / "offline.py",
-                              "# MAGIC %pip install --no-index mlops-localtest-absent-package")
-    with pytest.raises(NotebookError, match=r"pip install --no-index mlops-localtest-absent-package "
-                                            r"failed with exit code 1:") as caught:
-        run_notebook(notebook, {}, session)
+    caught = assert_cell_fails(session, tmp_path / "offline.py",
+                               "# MAGIC %pip install --no-index mlops-localtest-absent-package",
+                               r"pip install --no-index mlops-localtest-absent-package "
+                               r"failed with exit code 1:")
     assert "mlops-localtest-absent-package" in str(caught.value.__cause__)
