@@ -41,6 +41,7 @@ from opencensus.trace.span_context import SpanContext
 from opencensus.trace.tracer import Tracer
 
 from mlops.errors import exception_chain
+from mlops.observability.log_filters import AddContext, ExportProblemsOnce, SelectLoggers
 from mlops.observability.exporters import (OFFLINE_CONNECTION_STRING, DiscardSink, JsonlSink, LogExporter,
                                            SpanExporter, redact_tree, sync_queue)
 from mlops.observability.redaction import (
@@ -121,56 +122,6 @@ def _as_dimensions(values):
     }
 
 
-class _SelectLoggers(logging.Filter):
-    """Accepts records at or under the given logger names, except telemetry's own."""
-
-    def __init__(self, names):
-        super().__init__()
-        self._names = tuple(names)
-
-    def filter(self, record):
-        name = record.name
-        if any(name == prefix or name.startswith(prefix + ".") for prefix in _IGNORED_LOGGER_PREFIXES):
-            return False
-        return any(not wanted or name == wanted or name.startswith(wanted + ".")
-                   for wanted in self._names)
-
-
-class _AddContext(logging.Filter):
-    """Adds customDimensions, operation id and parent span id to a record."""
-
-    def __init__(self, telemetry):
-        super().__init__()
-        self._telemetry = telemetry
-
-    def filter(self, record):
-        try:
-            self._telemetry._annotate(record)
-        except Exception as exc:
-            self._telemetry._warn_once("cannot annotate a log record: %s", type(exc).__name__)
-        return True
-
-
-class _ExportProblemsOnce(logging.Filter):
-    """Lets the first OpenCensus warning through (redacted) and drops the rest."""
-
-    _redactor = SecretRedactingFilter()
-
-    def __init__(self, telemetry):
-        super().__init__()
-        self._telemetry = telemetry
-
-    def filter(self, record):
-        if record.levelno < logging.WARNING:
-            return True
-        if not self._telemetry._claim_warning():
-            return False
-        self._redactor.filter(record)
-        record.msg = ("Application Insights export problem; telemetry may be incomplete "
-                      "(further telemetry warnings are suppressed): " + record.msg)
-        return True
-
-
 class Telemetry:
     """One task run's telemetry; create it with :meth:`Telemetry.start`.
 
@@ -190,7 +141,7 @@ class Telemetry:
         self._raised_levels = {}
         self._log_exporter = None
         self._span_exporter = None
-        self._problem_filter = _ExportProblemsOnce(self)
+        self._problem_filter = ExportProblemsOnce(self)
         self.sink = SINK_DISABLED
 
     @classmethod
@@ -267,8 +218,8 @@ class Telemetry:
     def _attach_log_handler(self):
         handler = self._log_exporter
         handler.setLevel(logging.INFO)
-        for log_filter in (_SelectLoggers(self.settings.logger_names), SecretRedactingFilter(),
-                           _AddContext(self)):
+        selected = SelectLoggers(self.settings.logger_names, _IGNORED_LOGGER_PREFIXES)
+        for log_filter in (selected, SecretRedactingFilter(), AddContext(self)):
             handler.addFilter(log_filter)
         setattr(handler, _HANDLER_MARK, self)
         root = logging.getLogger()

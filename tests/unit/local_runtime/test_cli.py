@@ -66,3 +66,11 @@ def test_invalid_job_file_is_one_clear_line(cli_env, tmp_path, capsys):
     broken.write_text('{"tasks": []}')
     assert _main(["job", "run", str(broken)]) == 1
     assert capsys.readouterr().err.strip() == f"error: job file {broken} has no tasks"
+
+
+@pytest.mark.parametrize("unusable", ["/sys/mlops-home", "/proc/mlops/home"])
+def test_an_unusable_mlops_home_is_one_line_naming_it(spark, monkeypatch, capsys, unusable):
+    monkeypatch.setenv("MLOPS_HOME", unusable)
+    assert _main(["job", "run", str(JOBS / "diamond.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: MLOPS_HOME folder {unusable} is not usable (")

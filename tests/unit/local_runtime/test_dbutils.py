@@ -191,3 +191,11 @@ def test_task_value_size_is_limited(dbutils):
     with pytest.raises(ConfigError,
                        match="task value 'big' is .* bytes as JSON; Databricks allows at most 49152"):
         dbutils.jobs.taskValues.set("big", "x" * 50_000)
+
+
+def test_a_missing_secret_names_the_variable_that_would_hold_it(monkeypatch):
+    monkeypatch.delenv("MLOPS_SECRET_KV_PROD_APP_INSIGHTS", raising=False)
+    expected = (r"^Secret does not exist with scope: kv-prod and key: app.insights; "
+                r"locally, set the environment variable MLOPS_SECRET_KV_PROD_APP_INSIGHTS$")
+    with pytest.raises(ConfigError, match=expected):
+        LocalDbutils(None, {}).secrets.get("kv-prod", "app.insights")
