@@ -4,6 +4,7 @@ import mlflow
 import pytest
 
 from mlops.cli import model as model_cli
+from mlops.lifecycle.model_admin import format_table
 from mlops.lifecycle.registry import APPROVAL_TAG, CHALLENGER, CHAMPION
 
 
@@ -125,7 +126,7 @@ def test_show_of_a_bad_unity_catalog_name_names_the_rule(registry_store, capsys)
 
 
 def test_table_columns_are_aligned():
-    text = model_cli.format_table(["a", "long header"], [["value", 1]])
+    text = format_table(["a", "long header"], [["value", 1]])
     header, rule, row = text.splitlines()
     assert row.index("1") == header.index("long header")
     assert set(rule.replace(" ", "")) == {"-"}
