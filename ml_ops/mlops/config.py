@@ -257,6 +257,7 @@ class ScoringConfig(RawTripsConfig):
     scoring_data_end_date: datetime.date = datetime.date(2016, 2, 29)
     trained_model_version: str = ""
     model_alias: str = "Champion"
+    allow_unvalidated_model: bool = False
     predictions_table: str = "taxi_fares_predictions"
     publish_results: bool = True
     blob_container: str = "taxi-fares-scores"

@@ -275,6 +275,8 @@ def prepare_scoring_home(spark, home: Path, rows: int, start, end, model_name: s
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
+    client.set_model_version_tag(model_name, str(info.registered_model_version), "model_validation_status",
+                                 "PASSED")
     client.set_registered_model_alias(model_name, "Champion", str(info.registered_model_version))
     return {"taxi_fares_raw_data": raw_uri, "registered_model_name": model_name,
             "scoring_data_start_date": str(start), "scoring_data_end_date": str(end),

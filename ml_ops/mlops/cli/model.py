@@ -4,7 +4,8 @@ import getpass
 
 from mlops.cli import command
 from mlops.lifecycle import model_admin
-from mlops.lifecycle.model_admin import DEFAULT_EXPERIMENT, approve, list_models, rollback, show_model
+from mlops.lifecycle.model_admin import (DEFAULT_EXPERIMENT, approve, list_models, pin, promote, rollback,
+                                         show_model, unpin)
 
 
 def _current_user() -> str:
@@ -24,7 +25,7 @@ def _run(action):
 
 
 def register_cli(subparsers):
-    parser = subparsers.add_parser("model", help="list, show, approve and roll back registered models",
+    parser = subparsers.add_parser("model", help="list, show, approve, promote, roll back and pin models",
                                    description=model_admin.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="model_command", required=True)
@@ -50,8 +51,18 @@ def register_cli(subparsers):
     add("approve", "make a PASSED version awaiting approval the Champion",
         lambda args: approve(args.name, args.version, args.by, args.registry_uri, args.experiment),
         name, version, by, experiment)
-    add("rollback", "move the Champion back to an earlier PASSED version",
+    reason = (("--reason",), {"required": True, "help": "why (kept on the version and in the history)"})
+    add("rollback", "move the Champion back to an earlier PASSED version, and pin it",
         lambda args: rollback(args.name, args.version, args.reason, args.by, args.registry_uri,
-                              args.experiment),
-        name, version, (("--reason",), {"required": True, "help": "why (recorded on the version)"}),
-        by, experiment)
+                              args.experiment, pin=not args.no_pin),
+        name, version, reason, by, experiment,
+        (("--no-pin",), {"action": "store_true", "help": "leave automatic promotion on after the rollback"}))
+    add("promote", "make any PASSED version the Champion (a roll-forward)",
+        lambda args: promote(args.name, args.version, args.reason, args.by, args.registry_uri,
+                             args.experiment),
+        name, version, reason, by, experiment)
+    add("pin", "stop automatic promotion: deploy tasks leave the Champion where it is",
+        lambda args: pin(args.name, args.reason, args.by, args.registry_uri, args.experiment),
+        name, reason, by, experiment)
+    add("unpin", "restart automatic promotion",
+        lambda args: unpin(args.name, args.by, args.registry_uri, args.experiment), name, by, experiment)

@@ -4,10 +4,13 @@
     mlops model show taxi_fares
     mlops model approve taxi_fares 4 --by alice
     mlops model rollback taxi_fares 2 --reason "v3 overcharges airport trips" --by alice
+    mlops model promote taxi_fares 4 --reason "v4 fixed the airport trips" --by alice
+    mlops model pin taxi_fares --reason "investigating drift"     mlops model unpin taxi_fares
 
 Every command reads the local tracking store by default (``MLFLOW_TRACKING_URI`` when set,
 else ``$MLOPS_HOME/mlflow.db``); ``--registry-uri databricks-uc`` targets Unity Catalog.
-``approve`` and ``rollback`` also log an MLflow run, so the audit trail has who and why.
+Every action that happens logs an MLflow run, so the audit trail has who and why; a refused
+action logs nothing. A rollback pins the Champion (``--no-pin`` to leave automatic promotion on).
 """
 import datetime
 import logging
@@ -23,19 +26,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "/Shared/taxi_fares"
 VERSION_COLUMNS = ("version", "aliases", "validation", "approval", "rmse", "created (UTC)", "run id")
-
-# (version tag holding the time, what happened, version tag holding who, tags shown as the detail)
-HISTORY_EVENTS = (
-    ("validated_at", "validated", None, ("model_validation_status",)),
-    ("promotion_decided_at", "deploy decision", None,
-     ("promotion_decision", "promotion_compared_with", "promotion_challenger_rmse",
-      "promotion_reference_rmse")),
-    ("approved_at", "approved", "approved_by", ()),
-    ("champion_set_at", "became Champion", "champion_set_by",
-     ("champion_set_via", "champion_previous_version")),
-    ("champion_replaced_at", "lost Champion", None, ("champion_replaced_by",)),
-    ("rollback_at", "rolled back to", "rollback_by", ("rollback_from_version", "rollback_reason")),
-)
 
 
 def format_table(headers, rows) -> str:
@@ -67,12 +57,12 @@ def list_models(registry_uri: str = "") -> str:
 
 
 def show_model(name: str, registry_uri: str = "") -> str:
-    """The versions table (aliases, status, approval, rmse) and the lifecycle history of ``name``."""
+    """The versions table (aliases, status, approval, rmse), the pin, and the full event history."""
     registry = RegistryClient(name, registry_uri)
     aliases_by_version = {}
     for alias, version in registry.aliases().items():
         aliases_by_version.setdefault(version, []).append(alias)
-    rows, events = [], []
+    rows = []
     for version in registry.list_versions():
         number = str(version.version)
         rmse = registry.run(version.run_id, number).data.metrics.get("rmse") if version.run_id else None
@@ -80,52 +70,75 @@ def show_model(name: str, registry_uri: str = "") -> str:
                      version.tags.get(VALIDATION_STATUS_TAG, "-"), version.tags.get(APPROVAL_TAG, "-"),
                      f"{rmse:.4f}" if rmse is not None else "-", _when(version.creation_timestamp),
                      version.run_id or "-"])
-        events += _history(version)
-    text = [f"model {name}", "",
-            format_table(VERSION_COLUMNS, rows)]
+    text = [f"model {name}", "", format_table(VERSION_COLUMNS, rows)]
+    pin = registry.pinned()
+    if pin:
+        text += ["", f"pinned by {pin['by']} at {pin['at']}: {pin['reason']} "
+                     f"(automatic promotion is stopped; `mlops model unpin {name}` restarts it)"]
+    events = [[event["at"].replace("T", " ")[:19], event["version"] or "-", event["event"],
+               event["by"] or "-", _detail(event)] for event in registry.history.events()]
     if events:
-        events.sort(key=lambda event: (event[0], int(event[1])))
-        text += ["", "history", "",
-                 format_table(["when (UTC)", "version", "event", "by", "detail"], events)]
+        text += ["", "history", "", format_table(["when (UTC)", "version", "event", "by", "detail"], events)]
     return "\n".join(text)
 
 
-def _history(version) -> list:
-    events = []
-    for time_tag, what, by_tag, detail_tags in HISTORY_EVENTS:
-        when = version.tags.get(time_tag)
-        if when:
-            detail = " ".join(f"{tag}={version.tags[tag]}" for tag in detail_tags if tag in version.tags)
-            events.append([when.replace("T", " ").split("+")[0], str(version.version), what,
-                           version.tags.get(by_tag, "-") if by_tag else "-", detail or "-"])
-    return events
+def _detail(event) -> str:
+    return " ".join(f"{key}={value}" for key, value in sorted(event["detail"].items())) or "-"
 
 
-def _audited(action: str, name: str, version: str, by: str, registry_uri: str, experiment: str,
-             reason: str = ""):
-    """An MLflow run around a manual Champion move; it ends FAILED if the move is refused."""
+def _audit(action: str, name: str, version, by: str, registry_uri: str, experiment: str, reason: str = ""):
+    """An MLflow run recording a manual action that happened; a refused action records none."""
     tracking.configure(JobConfig(registered_model_name=name, registry_uri=registry_uri,
                                  experiment_name=experiment))
-    tags = {"action": action, "model_name": name, "model_version": str(version), "by": by}
+    tags = {"action": action, "model_name": name, "model_version": str(version or ""), "by": by}
     if reason:
         tags["reason"] = reason
-    return mlflow.start_run(run_name=f"model {action} {name} v{version}", tags=tags)
+    with mlflow.start_run(run_name=f"model {action} {name}" + (f" v{version}" if version else ""),
+                          tags=tags) as run:
+        return run.info.run_id
 
 
 def approve(name: str, version: str, by: str, registry_uri: str = "",
             experiment: str = DEFAULT_EXPERIMENT) -> str:
     registry = RegistryClient(name, registry_uri)
-    with _audited("approve", name, version, by, registry_uri, experiment) as run:
-        previous = registry.approve(version, by)
-        registry.set_tags(version, {"approval_run_id": run.info.run_id})
+    previous = registry.approve(version, by)
+    audit_run = _audit("approve", name, version, by, registry_uri, experiment)
+    registry.set_tags(version, {"approval_run_id": audit_run})
     return (f"model {name} version {version} approved by {by}: it is now the {CHAMPION} "
             f"(was {'version ' + previous if previous else 'none'})")
 
 
 def rollback(name: str, version: str, reason: str, by: str, registry_uri: str = "",
-             experiment: str = DEFAULT_EXPERIMENT) -> str:
+             experiment: str = DEFAULT_EXPERIMENT, pin: bool = True) -> str:
     registry = RegistryClient(name, registry_uri)
-    with _audited("rollback", name, version, by, registry_uri, experiment, reason) as run:
-        previous = registry.rollback(version, by, reason)
-        registry.set_tags(version, {"rollback_run_id": run.info.run_id})
-    return f"model {name}: {CHAMPION} rolled back from version {previous} to version {version} by {by}"
+    previous = registry.rollback(version, by, reason, pin=pin)
+    registry.set_tags(version, {"rollback_run_id": _audit("rollback", name, version, by, registry_uri,
+                                                          experiment, reason)})
+    pinned = f"; automatic promotion is pinned until `mlops model unpin {name}`" if pin else ""
+    return (f"model {name}: {CHAMPION} rolled back from version {previous} to version {version} "
+            f"by {by}{pinned}")
+
+
+def promote(name: str, version: str, reason: str, by: str, registry_uri: str = "",
+            experiment: str = DEFAULT_EXPERIMENT) -> str:
+    registry = RegistryClient(name, registry_uri)
+    previous = registry.promote(version, by, reason)
+    registry.set_tags(version, {"promotion_run_id": _audit("promote", name, version, by, registry_uri,
+                                                           experiment, reason)})
+    return (f"model {name} version {version} promoted by {by}: it is now the {CHAMPION} "
+            f"(was {'version ' + previous if previous else 'none'})")
+
+
+def pin(name: str, reason: str, by: str, registry_uri: str = "",
+        experiment: str = DEFAULT_EXPERIMENT) -> str:
+    registry = RegistryClient(name, registry_uri)
+    registry.pin(by, reason)
+    _audit("pin", name, registry.alias_version(CHAMPION), by, registry_uri, experiment, reason)
+    return f"model {name}: {CHAMPION} pinned by {by}; deploy tasks will not move it until it is unpinned"
+
+
+def unpin(name: str, by: str, registry_uri: str = "", experiment: str = DEFAULT_EXPERIMENT) -> str:
+    registry = RegistryClient(name, registry_uri)
+    registry.unpin(by)
+    _audit("unpin", name, registry.alias_version(CHAMPION), by, registry_uri, experiment)
+    return f"model {name}: unpinned by {by}; deploy tasks promote better versions again"

@@ -12,7 +12,14 @@ Lifecycle state lives on the registry itself:
 * alias ``Champion``: the version scoring uses; it moves in one ``set_registered_model_alias``
   call, so a reader resolving ``@Champion`` sees the old version or the new one, never neither;
 * tag ``approval``: ``pending`` while a promotion waits for a person, then ``approved``;
-* ``promotion_*``, ``champion_*`` and ``rollback_*`` tags: what was decided, when, by whom.
+* ``promotion_*``, ``champion_*`` and ``rollback_*`` tags: the latest decision, when, by whom;
+* registered-model tag ``champion_pinned``: automatic promotion is stopped (a rollback pins);
+* the model's history (:mod:`mlops.lifecycle.history`): every event, append-only.
+
+Every Champion move is compare-and-set: the caller names the version it expects to replace,
+and the move fails, naming both versions, when another move got there first. Locally the
+check and the move happen under one lock; the version's tags are written before the alias
+moves, so a version never becomes Champion without them.
 """
 import contextlib
 import datetime
@@ -22,8 +29,10 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlops.lifecycle import tracking
+from mlops import platform
 from mlops.errors import RegistryError
+from mlops.lifecycle import tracking
+from mlops.lifecycle.history import ModelHistory
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +62,24 @@ ROLLBACK_BY_TAG = "rollback_by"
 ROLLBACK_REASON_TAG = "rollback_reason"
 ROLLBACK_FROM_TAG = "rollback_from_version"
 ROLLBACK_AT_TAG = "rollback_at"
+PINNED_TAG = "champion_pinned"
+NO_CHAMPION = "none"
+
+
+class ChampionMoved(RegistryError):
+    """A compare-and-set Champion move lost: the Champion is not the version the move expected."""
+
+    def __init__(self, model: str, version, expected, found):
+        self.expected, self.found = expected, found
+        super().__init__(
+            f"refusing to make model '{model}' version {version} the {CHAMPION}: the move expected to "
+            f"replace {_named(expected)}, but the {CHAMPION} is now {_named(found)} (another move got "
+            "there first); compare again with the new Champion before moving it")
+
+
+def _named(version) -> str:
+    return f"version {version}" if version else "no Champion"
+
 
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 
@@ -89,6 +116,7 @@ class RegistryClient:
         self.tracking_uri = tracking_uri or tracking.tracking_uri()
         self.registry_uri = registry_uri or self.tracking_uri
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        self.history = ModelHistory(MlflowClient(tracking_uri=self.tracking_uri), model_name)
 
     @classmethod
     def from_config(cls, config) -> "RegistryClient":
@@ -140,6 +168,16 @@ class RegistryClient:
         with self._call("list versions"):
             versions = list(self.client.search_model_versions(f"name = '{self._quoted_name()}'"))
         return sorted(versions, key=lambda item: int(item.version))
+
+    def exists(self) -> bool:
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException as error:
+            if error.error_code == _NOT_FOUND:
+                return False
+            raise RegistryError(f"get registered model failed for model '{self.name}': {error.message}") \
+                from error
+        return True
 
     def registered_model(self):
         with self._call("get registered model"):
@@ -198,23 +236,72 @@ class RegistryClient:
                 f"refusing to {action} model '{self.name}' version {version}: its "
                 f"{VALIDATION_STATUS_TAG} is {status or 'not set'}, not {PASSED}")
 
-    def set_champion(self, version, by: str, via: str) -> str | None:
-        """Move Champion to ``version`` (one alias call), then drop its Challenger alias.
+    def move_champion(self, version, expected, by: str, via: str, reason: str = "") -> str | None:
+        """Make PASSED ``version`` the Champion if the Champion is still ``expected`` (None: no Champion).
 
-        Refuses a version not tagged PASSED. Returns the previous Champion version, if any.
+        Tags first, then the one alias call, then the old Champion's tags and the history event.
+        Raises :class:`ChampionMoved` when another move got there first. Returns the previous Champion.
         """
-        self.require_passed(version, "make Champion")
-        previous = self.alias_version(CHAMPION)
-        # The single atomic switch: scoring resolves @Champion to either the old or the new version.
-        self.set_alias(CHAMPION, version)
-        if self.alias_version(CHALLENGER) == str(version):
+        version = str(_version_number(version))
+        expected = str(expected) if expected else None
+        self.require_passed(version, f"make {CHAMPION}")
+        with platform.named_lock(f"registry-{self.name}"):
+            current = self.alias_version(CHAMPION)
+            if current != expected:
+                raise ChampionMoved(self.name, version, expected, current)
+            if current == version:
+                return current
+            self.set_tags(version, {CHAMPION_SET_AT_TAG: utc_now(), CHAMPION_SET_BY_TAG: by,
+                                    CHAMPION_SET_VIA_TAG: via, CHAMPION_PREVIOUS_TAG: current or NO_CHAMPION,
+                                    CHAMPION_REPLACED_BY_TAG: "", CHAMPION_REPLACED_AT_TAG: ""})
+            # The single switch: scoring resolves @Champion to the old version or the new one.
+            self.set_alias(CHAMPION, version)
+            found = self.alias_version(CHAMPION)
+            if found != version:
+                raise ChampionMoved(self.name, version, version, found)
+        if self.alias_version(CHALLENGER) == version:
             self.delete_alias(CHALLENGER)
-        self.set_tags(version, {CHAMPION_SET_AT_TAG: utc_now(), CHAMPION_SET_BY_TAG: by,
-                                CHAMPION_SET_VIA_TAG: via, CHAMPION_PREVIOUS_TAG: previous or "none"})
-        if previous and previous != str(version):
-            self.set_tags(previous, {CHAMPION_REPLACED_BY_TAG: str(version),
-                                     CHAMPION_REPLACED_AT_TAG: utc_now()})
-        return previous
+        if current:
+            self.set_tags(current, {CHAMPION_REPLACED_BY_TAG: version, CHAMPION_REPLACED_AT_TAG: utc_now()})
+            self.history.append("lost Champion", current, by, champion_replaced_by=version)
+        self.history.append("became Champion", version, by, champion_set_via=via,
+                            champion_previous_version=current or NO_CHAMPION, reason=reason or None)
+        return current
+
+    # ------------------------------------------------------------ manual actions
+
+    def pinned(self) -> dict | None:
+        """Who pinned the Champion, when and why; None when automatic promotion runs."""
+        raw = self.registered_model().tags.get(PINNED_TAG)
+        if not raw:
+            return None
+        by, _, rest = raw.partition("|")
+        at, _, reason = rest.partition("|")
+        return {"by": by, "at": at, "reason": reason}
+
+    def pin(self, by: str, reason: str):
+        """Stop automatic promotion: deploy tasks then leave the Champion where it is."""
+        if not reason or not reason.strip():
+            raise RegistryError(f"pinning model '{self.name}' needs a reason (--reason TEXT)")
+        with self._call("pin the Champion"):
+            self.client.set_registered_model_tag(self.name, PINNED_TAG, f"{by}|{utc_now()}|{reason.strip()}")
+        self.history.append("pinned", self.alias_version(CHAMPION), by, reason=reason.strip())
+
+    def unpin(self, by: str):
+        if self.pinned() is None:
+            raise RegistryError(f"model '{self.name}' is not pinned; nothing to unpin")
+        with self._call("unpin the Champion"):
+            self.client.delete_registered_model_tag(self.name, PINNED_TAG)
+        self.history.append("unpinned", self.alias_version(CHAMPION), by)
+
+    def promote(self, version, by: str, reason: str) -> str | None:
+        """Make any PASSED version the Champion by hand (a roll-forward); returns the previous one."""
+        if not reason or not reason.strip():
+            raise RegistryError(f"promoting model '{self.name}' by hand needs a reason (--reason TEXT)")
+        current = self.alias_version(CHAMPION)
+        if current == str(version):
+            raise RegistryError(f"model '{self.name}' version {version} already is the {CHAMPION}")
+        return self.move_champion(version, current, by, via="manual promotion", reason=reason.strip())
 
     def approve(self, version, by: str) -> str | None:
         """Make a PASSED version awaiting approval the Champion; returns the previous Champion."""
@@ -224,18 +311,19 @@ class RegistryClient:
             raise RegistryError(
                 f"refusing to approve model '{self.name}' version {version}: its {APPROVAL_TAG} tag is "
                 f"{approval or 'not set'}, not {APPROVAL_PENDING} (only a version the deploy task found "
-                "better and left for approval can be approved; use rollback to go back to an earlier one)")
+                "better and left for approval can be approved; use promote or rollback otherwise)")
         current = self.alias_version(CHAMPION)
         if current is not None and int(current) > _version_number(version):
             raise RegistryError(
                 f"refusing to approve model '{self.name}' version {version}: the {CHAMPION} is already the "
                 f"later version {current}; use rollback to go back to an earlier version")
-        previous = self.set_champion(version, by=by, via="approval")
         self.set_tags(version, {APPROVAL_TAG: APPROVED, APPROVED_BY_TAG: by, APPROVED_AT_TAG: utc_now()})
+        previous = self.move_champion(version, current, by=by, via="approval")
+        self.history.append("approved", version, by)
         return previous
 
-    def rollback(self, version, by: str, reason: str) -> str:
-        """Move Champion back to an earlier PASSED version, recording who asked and why."""
+    def rollback(self, version, by: str, reason: str, pin: bool = True) -> str:
+        """Move Champion back to an earlier PASSED version and pin it (unless ``pin`` is False)."""
         if not reason or not reason.strip():
             raise RegistryError(f"rollback of model '{self.name}' needs a reason (--reason TEXT)")
         target = _version_number(version)
@@ -245,10 +333,15 @@ class RegistryClient:
         if target >= int(current):
             raise RegistryError(
                 f"rollback target must be earlier than the {CHAMPION} (version {current}), "
-                f"got version {target}")
-        self.set_champion(target, by=by, via="rollback")
+                f"got version {target}; use promote to roll forward")
+        self.require_passed(target, f"make {CHAMPION}")
         self.set_tags(target, {ROLLBACK_BY_TAG: by, ROLLBACK_REASON_TAG: reason.strip(),
                                ROLLBACK_FROM_TAG: current, ROLLBACK_AT_TAG: utc_now()})
+        self.move_champion(target, current, by=by, via="rollback", reason=reason.strip())
+        self.history.append("rolled back to", target, by, rollback_from_version=current,
+                            reason=reason.strip())
+        if pin:
+            self.pin(by, f"rolled back from version {current}: {reason.strip()}")
         return current
 
 

@@ -15,6 +15,7 @@ import os
 import sys
 
 import mlflow
+from mlflow import MlflowClient
 
 from mlops import platform
 from mlops.errors import ConfigError, RegistryError, exception_chain
@@ -67,9 +68,29 @@ def configure(config):
     mlflow.set_registry_uri(registry)
     validate_model_name(config.registered_model_name, config.registry_uri)
     with tracking_server(uri):
+        _prepare_local_store(uri)
         _ensure_experiment(uri, config.experiment_name)
+    check_registry(uri, registry)
     logger.info("MLflow tracking at %s, experiment %s", public_uri(uri), config.experiment_name)
     return uri
+
+
+def _prepare_local_store(uri):
+    """Create and migrate a sqlite store once, under a lock: two first runs would race its schema."""
+    if uri.startswith("sqlite:"):
+        with platform.named_lock("mlflow-store"):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+def check_registry(tracking, registry):
+    """Reach the model registry now, before any Spark work; RegistryError names it when it cannot."""
+    try:
+        MlflowClient(tracking_uri=tracking, registry_uri=registry).search_registered_models(max_results=1)
+    except Exception as error:
+        raise RegistryError(
+            f"the model registry {public_uri(registry)} cannot be reached: {type(error).__name__}: "
+            f"{' '.join(redact_text(error).split())[:500]}; check registry_uri and its credentials "
+            "(DATABRICKS_HOST and a token or service principal for databricks-uc)") from error
 
 
 def bound_http_retries():
@@ -121,9 +142,20 @@ def _from_mlflow_client(error):
     return any(isinstance(link, mlflow.exceptions.MlflowException) for link in exception_chain(error))
 
 
+def is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of experiment ``name``, created first if missing (beside a local store's artifacts)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = platform.local_artifact_root().as_uri() if is_local_store(client.tracking_uri) else None
+    return client.create_experiment(name, artifact_location=location)
+
+
 def _ensure_experiment(uri, name):
-    if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
-        # A local store keeps artifacts beside it rather than in the process's cwd.
-        if mlflow.get_experiment_by_name(name) is None:
-            mlflow.create_experiment(name, artifact_location=platform.local_artifact_root().as_uri())
+    # A local store keeps artifacts beside it rather than in the process's cwd.
+    experiment_id(MlflowClient(tracking_uri=uri), name)
     mlflow.set_experiment(name)

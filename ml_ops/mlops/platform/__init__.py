@@ -6,12 +6,13 @@ the MLflow store and telemetry files live by default. The local runtime (``mlops
 plugs in by binding its run context (:func:`mlops.platform.context.bind`); nothing here
 imports it.
 """
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 
 from mlops.errors import ConfigError
-from mlops.platform import context, home, paths
+from mlops.platform import context, home, locks, paths
 
 RUNTIME_VERSION_ENV = "DATABRICKS_RUNTIME_VERSION"
 TABLE_FORMATS = ("auto", "parquet", "delta")
@@ -86,3 +87,14 @@ def telemetry_file(job_run_id: str, task: str) -> Path:
     if on_databricks():
         return Path(tempfile.gettempdir()) / "mlops-telemetry" / f"{job_run_id}-{task}.jsonl"
     return home.runs_dir() / job_run_id / f"telemetry-{task}.jsonl"
+
+
+def named_lock(name: str):
+    """An exclusive lock that local processes share; on Databricks, where runs share no disk, none.
+
+    The workspace registry offers no lock either: on Databricks a Champion move checks the
+    Champion just before moving it and reads it back after (see ``RegistryClient.move_champion``).
+    """
+    if on_databricks():
+        return contextlib.nullcontext(True)
+    return locks.file_lock(locks.lock_path(home.mount_root("locks"), name))

@@ -6,7 +6,12 @@ With no Champion yet it must beat the fare heuristic (per mile plus per minute) 
 training rows of that split. A version not tagged PASSED is never promoted.
 
 With ``require_approval`` the decision is recorded and the version tagged ``approval=pending``;
-the aliases stay as they are until ``mlops model approve``.
+the aliases stay as they are until ``mlops model approve``. A pinned Champion (``mlops model
+pin``, or a rollback) is never moved: the decision is ``pinned`` and says by whom and why.
+
+The move is compare-and-set against the Champion the comparison used. When another move got
+there first, the Challenger is compared again with the new Champion, once; a second loss fails
+the task naming both versions.
 """
 import logging
 from dataclasses import dataclass
@@ -14,8 +19,8 @@ from dataclasses import dataclass
 import mlflow
 from taxi_fares import evaluation, features
 
-from mlops.lifecycle.registry import (APPROVAL_PENDING, APPROVAL_TAG, CHAMPION, ModelRef, RegistryClient,
-                                      utc_now)
+from mlops.lifecycle.registry import (APPROVAL_PENDING, APPROVAL_TAG, CHAMPION, ChampionMoved, ModelRef,
+                                      RegistryClient, utc_now)
 from mlops.stages.validation import Split, load_held_out, load_model, predict, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -24,6 +29,8 @@ PROMOTED = "promoted"
 NOT_PROMOTED = "not_promoted"
 PENDING_APPROVAL = "pending_approval"
 ALREADY_CHAMPION = "already_champion"
+PINNED = "pinned"
+MAX_COMPARISONS = 2
 HEURISTIC = "heuristic"
 
 DECISION_TAG = "promotion_decision"
@@ -49,10 +56,11 @@ class PromotionDecision:
     comparison: Comparison | None
     champion_before: str | None
     champion_after: str | None
+    reason: str = ""
 
     def task_values(self) -> dict:
         return {**self.challenger.task_values(), "promotion_decision": self.decision,
-                "champion_version": self.champion_after or ""}
+                "promotion_reason": self.reason, "champion_version": self.champion_after or ""}
 
 
 def compare_with_champion(challenger_metrics: dict, champion_metrics: dict, champion_version: str,
@@ -102,23 +110,41 @@ def promote_challenger(run) -> PromotionDecision:
     challenger = resolve_model(run, registry, upstream_task="validate", switch_parameter="execute_validation")
     run.annotate(model_version=challenger.version)
     registry.require_passed(challenger.version, "promote")
-    champion_before = registry.alias_version(CHAMPION)
-    if champion_before == challenger.version:
-        result = PromotionDecision(challenger, ALREADY_CHAMPION, None, champion_before, champion_before)
-    else:
-        comparison = _compare(run, registry, challenger, champion_before)
-        decision = decide(comparison, config.require_approval)
-        if decision == PROMOTED:
-            registry.set_champion(challenger.version, by=f"job {run.job.job_name} run {run.job.job_run_id}",
-                                  via="promotion")
-        champion_after = registry.alias_version(CHAMPION)
-        result = PromotionDecision(challenger, decision, comparison, champion_before, champion_after)
+    for attempt in range(1, MAX_COMPARISONS + 1):
+        try:
+            result = _decide_and_move(run, registry, challenger)
+            break
+        except ChampionMoved as moved:
+            if attempt == MAX_COMPARISONS:
+                raise
+            logger.warning("the Champion moved to version %s during the comparison; comparing again",
+                           moved.found)
     _record(run, registry, result)
     for key, value in result.task_values().items():
         run.set_task_value(key, value)
     logger.info("model %s version %s: %s (%s)", challenger.name, challenger.version, result.decision,
-                result.comparison.rule if result.comparison else "it already is the Champion")
+                result.reason)
     return result
+
+
+def _decide_and_move(run, registry: RegistryClient, challenger: ModelRef) -> PromotionDecision:
+    champion_before = registry.alias_version(CHAMPION)
+    if champion_before == challenger.version:
+        return PromotionDecision(challenger, ALREADY_CHAMPION, None, champion_before, champion_before,
+                                 "it already is the Champion")
+    comparison = _compare(run, registry, challenger, champion_before)
+    decision = decide(comparison, run.config.require_approval)
+    reason = comparison.rule
+    pin = registry.pinned()
+    if decision == PROMOTED and pin:
+        decision = PINNED
+        reason = (f"{comparison.rule}; not moved: the {CHAMPION} is pinned by {pin['by']} ({pin['reason']}); "
+                  f"`mlops model unpin {registry.name}` restarts automatic promotion")
+    if decision == PROMOTED:
+        registry.move_champion(challenger.version, champion_before,
+                               by=f"job {run.job.job_name} run {run.job.job_run_id}", via="promotion")
+    return PromotionDecision(challenger, decision, comparison, champion_before,
+                             registry.alias_version(CHAMPION), reason)
 
 
 def _record(run, registry: RegistryClient, result: PromotionDecision):
@@ -143,3 +169,7 @@ def _record(run, registry: RegistryClient, result: PromotionDecision):
     if result.decision == PENDING_APPROVAL:
         version_tags[APPROVAL_TAG] = APPROVAL_PENDING
     registry.set_tags(result.challenger.version, version_tags)
+    registry.history.append("deploy decision", result.challenger.version,
+                            f"job {run.job.job_name} run {run.job.job_run_id}",
+                            promotion_decision=result.decision, reason=result.reason,
+                            promotion_compared_with=comparison.compared_with if comparison else None)

@@ -15,9 +15,9 @@ from taxi_fares.features import filter_date_range
 
 from mlops.lifecycle import plots
 from mlops.inference import engine
-from mlops.errors import ConfigError, DataError, RegistryError
+from mlops.errors import ConfigError, DataError, RegistryError, ValidationFailed
 from mlops.publishing import make_publisher, validate_prefix
-from mlops.lifecycle.registry import ModelRef, RegistryClient
+from mlops.lifecycle.registry import PASSED, VALIDATION_STATUS_TAG, ModelRef, RegistryClient
 from mlops.platform.secrets import read_secret
 from mlops.stages.feature_tables import REBUILD_HINT, SCORING, build_feature_tables, load_feature_set
 from mlops import platform
@@ -70,6 +70,10 @@ def resolve_model(run) -> ResolvedModel:
     """
     config = run.config
     registry = RegistryClient.from_config(config)
+    if not registry.exists():
+        raise RegistryError(
+            f"model '{config.registered_model_name}' does not exist in the registry yet: run the training "
+            "job first (locally: mlops job run databricks_jobs/taxi_fares_training.json)")
     if config.trained_model_version:
         if not config.trained_model_version.isdigit():
             raise ConfigError(f"parameter 'trained_model_version' must be a version number such as 3, "
@@ -83,6 +87,7 @@ def resolve_model(run) -> ResolvedModel:
                 "and trained_model_version is empty: promote a version to that alias (training job, "
                 "deploy task) or set trained_model_version")
     ref = registry.resolve(version)
+    _require_validated(registry, ref, resolved_from, config.allow_unvalidated_model)
     scoring_model = engine.load_scoring_model(ref.uri, download_dir=run.temp_dir / "model")
     mlflow.set_tags({"scoring.model_name": ref.name, "scoring.model_version": ref.version,
                      "scoring.model_resolved_from": resolved_from})
@@ -92,6 +97,22 @@ def resolve_model(run) -> ResolvedModel:
         run.set_task_value(key, value)
     logger.info("scoring with model %s version %s (from %s)", ref.name, ref.version, resolved_from)
     return ResolvedModel(ref=ref, resolved_from=resolved_from, scoring_model=scoring_model)
+
+
+def _require_validated(registry: RegistryClient, ref: ModelRef, resolved_from: str, allowed: bool):
+    """Refuse a version not tagged PASSED, unless ``allow_unvalidated_model`` says otherwise."""
+    status = registry.validation_status(ref.version)
+    if status == PASSED:
+        return
+    if not allowed:
+        raise ValidationFailed(
+            f"refusing to score with model '{ref.name}' version {ref.version} ({resolved_from}): its "
+            f"{VALIDATION_STATUS_TAG} is {status or 'not set'}, not {PASSED}. Roll back with `mlops model "
+            f"rollback {ref.name} <version> --reason ...`, promote a PASSED version with `mlops model "
+            f"promote`, re-run validation, or set allow_unvalidated_model=true to score anyway")
+    logger.warning("scoring with model %s version %s whose %s is %s, because allow_unvalidated_model is true",
+                   ref.name, ref.version, VALIDATION_STATUS_TAG, status or "not set")
+    mlflow.set_tag("scoring.unvalidated_model", f"version {ref.version} is {status or 'not set'}")
 
 
 def storage_connection_string(config, dbutils) -> str | None:

@@ -8,7 +8,7 @@ from taxi_fares import evaluation, features, training
 
 from mlops.lifecycle import plots
 from mlops.errors import DataError
-from mlops.lifecycle.registry import ModelRef
+from mlops.lifecycle.registry import PENDING, ModelRef, RegistryClient
 from mlops.stages.feature_tables import TRAINING, build_feature_tables, lineage, load_feature_set
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ def train_and_register(run):
         pip_requirements=mlflow.lightgbm.get_default_pip_requirements())
     model = ModelRef(config.registered_model_name, str(info.registered_model_version),
                      run_id=run.mlflow_run_id)
+    # Tagged at once, so a version is never mistaken for one that was checked.
+    RegistryClient.from_config(config).set_validation_status(model.version, PENDING)
     logger.info("registered %s version %s: rmse %.3f (baseline %.3f), r2 %.3f", model.name,
                 model.version, metrics["rmse"], metrics["baseline_rmse"], metrics["r2"])
     run.annotate(model_version=model.version)

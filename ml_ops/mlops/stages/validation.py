@@ -5,7 +5,9 @@ held-out rows of the version's own training split (same date range, test_fractio
 as its training run), so they never score rows the model was trained on. Every check is
 recorded with its value and threshold, in ``validation_results.json`` of the task's MLflow
 run and in the version's description. PASSED sets alias Challenger; FAILED sets no alias and
-fails the task with ValidationFailed, so ``deploy`` does not run.
+fails the task with ValidationFailed, so ``deploy`` does not run. Validating the Champion
+never makes it Challenger; a Champion that fails is tagged ``champion_validation_failed_at``,
+reported to telemetry as an error, and scoring refuses it until it is rolled back or replaced.
 
 A validation that crashes (rather than fails a check) leaves the status PENDING: nothing
 was decided about the model.
@@ -23,7 +25,8 @@ from taxi_fares import evaluation, features
 from taxi_fares.schema import TRIP_ID
 
 from mlops.errors import ConfigError, DataError, RegistryError, ValidationFailed
-from mlops.lifecycle.registry import CHALLENGER, FAILED, PASSED, PENDING, ModelRef, RegistryClient, utc_now
+from mlops.lifecycle.registry import (CHALLENGER, CHAMPION, FAILED, PASSED, PENDING, ModelRef, RegistryClient,
+                                      utc_now)
 from mlops.stages.feature_tables import TRAINING, load_feature_set
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,7 @@ SPLIT_PARAMS = ("training_data_start_date", "training_data_end_date", "test_frac
 PREDICTION = "prediction"
 VALIDATED_AT_TAG = "validated_at"
 VALIDATION_RUN_TAG = "validation_run_id"
+CHAMPION_FAILED_TAG = "champion_validation_failed_at"
 
 
 # ---------------------------------------------------------------- which model
@@ -292,8 +296,26 @@ def _record(run, registry: RegistryClient, report: ValidationReport):
     registry.describe(model.version, report.description(when, run.mlflow_run_id))
     registry.set_tags(model.version, {VALIDATED_AT_TAG: when, VALIDATION_RUN_TAG: run.mlflow_run_id})
     registry.set_validation_status(model.version, report.status)
-    if report.status == PASSED:
+    registry.history.append("validated", model.version, f"job {run.job.job_name} run {run.job.job_run_id}",
+                            model_validation_status=report.status,
+                            failed_checks=", ".join(check.name for check in report.failed) or None)
+    is_champion = registry.alias_version(CHAMPION) == model.version
+    if report.status == PASSED and not is_champion:
         registry.set_alias(CHALLENGER, model.version)
-    elif registry.alias_version(CHALLENGER) == model.version:
+    elif report.status == FAILED and registry.alias_version(CHALLENGER) == model.version:
         # A version that fails a re-validation must not stay the one awaiting promotion.
         registry.delete_alias(CHALLENGER)
+    if report.status == FAILED and is_champion:
+        _champion_failed(run, registry, report, when)
+
+
+def _champion_failed(run, registry: RegistryClient, report: ValidationReport, when: str):
+    """The serving Champion failed a re-validation: tag it, tell telemetry, and say what to do."""
+    model = report.model
+    registry.set_tags(model.version, {CHAMPION_FAILED_TAG: when})
+    mlflow.set_tag(CHAMPION_FAILED_TAG, when)
+    run.annotate(champion_validation_failed="true")
+    logger.error("the Champion, model %s version %s, failed re-validation (%s): scoring now refuses it. "
+                 "Roll back with `mlops model rollback %s <earlier version> --reason ...`, or promote a "
+                 "PASSED version with `mlops model promote`", model.name, model.version,
+                 ", ".join(check.name for check in report.failed), model.name)

@@ -18,13 +18,14 @@ def mlops_model(*argv):
 
 def test_show_lists_versions_aliases_status_and_history(passed_version, register_version, registry, capsys):
     champion = passed_version()
-    registry.set_champion(champion, by="job taxi_fares_training run r1", via="promotion")
+    registry.move_champion(champion, registry.alias_version("Champion"), by="job taxi_fares_training run r1",
+                           via="promotion")
     challenger = passed_version(num_rounds=20)
     registry.set_alias(CHALLENGER, challenger)
     failed = register_version()
     registry.set_validation_status(failed, "FAILED")
-    registry.set_tags(challenger, {"promotion_decided_at": "2026-01-02T03:04:05+00:00",
-                                   "promotion_decision": "pending_approval", APPROVAL_TAG: "pending"})
+    registry.set_tags(challenger, {APPROVAL_TAG: "pending"})
+    registry.history.append("deploy decision", challenger, "job r2", promotion_decision="pending_approval")
 
     assert mlops_model("show", registry.name) == 0
 
@@ -42,7 +43,7 @@ def test_show_lists_versions_aliases_status_and_history(passed_version, register
 
 def test_list_shows_champion_and_challenger(passed_version, registry, capsys):
     first, second = passed_version(), passed_version()
-    registry.set_champion(first, by="job", via="promotion")
+    registry.move_champion(first, registry.alias_version("Champion"), by="job", via="promotion")
     registry.set_alias(CHALLENGER, second)
 
     assert mlops_model("list") == 0
@@ -82,8 +83,8 @@ def test_approve_of_a_failed_version_exits_non_zero_with_one_line(register_versi
 
 def test_rollback_records_who_and_why_on_the_version_and_in_a_run(passed_version, registry, capsys):
     first, second = passed_version(), passed_version()
-    registry.set_champion(first, by="job", via="promotion")
-    registry.set_champion(second, by="job", via="promotion")
+    registry.move_champion(first, registry.alias_version("Champion"), by="job", via="promotion")
+    registry.move_champion(second, registry.alias_version("Champion"), by="job", via="promotion")
 
     code = mlops_model("rollback", registry.name, first, "--reason", "v2 overcharges airport trips",
                        "--by", "bob")
@@ -102,7 +103,7 @@ def test_rollback_to_a_version_not_passed_is_refused(passed_version, register_ve
     pending = register_version()
     registry.set_validation_status(pending, "PENDING")
     champion = passed_version()
-    registry.set_champion(champion, by="job", via="promotion")
+    registry.move_champion(champion, registry.alias_version("Champion"), by="job", via="promotion")
 
     assert mlops_model("rollback", registry.name, pending, "--reason", "r") == 1
 

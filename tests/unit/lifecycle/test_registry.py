@@ -66,17 +66,18 @@ def test_a_version_not_passed_never_becomes_champion(register_version, registry,
     expected = (f"refusing to make Champion model '{registry.name}' version {version}: "
                 f"its model_validation_status is {status or 'not set'}")
     with pytest.raises(RegistryError, match=expected):
-        registry.set_champion(version, by="test", via="promotion")
+        registry.move_champion(version, registry.alias_version("Champion"), by="test", via="promotion")
     assert registry.alias_version(CHAMPION) is None
 
 
 def test_champion_moves_in_one_step_and_challenger_is_removed(passed_version, registry):
     first = passed_version()
-    registry.set_champion(first, by="job run 1", via="promotion")
+    registry.move_champion(first, registry.alias_version("Champion"), by="job run 1", via="promotion")
     second = passed_version()
     registry.set_alias(CHALLENGER, second)
 
-    previous = registry.set_champion(second, by="job run 2", via="promotion")
+    previous = registry.move_champion(second, registry.alias_version("Champion"), by="job run 2",
+                                      via="promotion")
 
     assert previous == first
     assert registry.aliases() == {CHAMPION: second}
@@ -88,7 +89,7 @@ def test_champion_moves_in_one_step_and_challenger_is_removed(passed_version, re
 def test_challenger_on_another_version_is_kept(passed_version, registry):
     first, second = passed_version(), passed_version()
     registry.set_alias(CHALLENGER, second)
-    registry.set_champion(first, by="test", via="promotion")
+    registry.move_champion(first, registry.alias_version("Champion"), by="test", via="promotion")
     assert registry.aliases() == {CHAMPION: first, CHALLENGER: second}
 
 
@@ -100,7 +101,7 @@ def test_describe_writes_the_version_description(register_version, registry):
 
 def test_approve_makes_a_pending_version_champion(passed_version, registry):
     champion, waiting = passed_version(), passed_version()
-    registry.set_champion(champion, by="job", via="promotion")
+    registry.move_champion(champion, registry.alias_version("Champion"), by="job", via="promotion")
     registry.set_tags(waiting, {APPROVAL_TAG: "pending"})
 
     previous = registry.approve(waiting, by="alice")
@@ -132,7 +133,7 @@ def test_approve_refuses_a_version_not_waiting_for_approval(passed_version, regi
 def test_approve_refuses_a_version_older_than_the_champion(passed_version, registry):
     waiting, champion = passed_version(), passed_version()
     registry.set_tags(waiting, {APPROVAL_TAG: "pending"})
-    registry.set_champion(champion, by="job", via="promotion")
+    registry.move_champion(champion, registry.alias_version("Champion"), by="job", via="promotion")
     with pytest.raises(RegistryError, match=f"the Champion is already the later version {champion}; "
                                             "use rollback"):
         registry.approve(waiting, by="alice")
@@ -141,8 +142,8 @@ def test_approve_refuses_a_version_older_than_the_champion(passed_version, regis
 
 def test_rollback_moves_champion_back_and_records_who_and_why(passed_version, registry):
     first, second = passed_version(), passed_version()
-    registry.set_champion(first, by="job", via="promotion")
-    registry.set_champion(second, by="job", via="promotion")
+    registry.move_champion(first, registry.alias_version("Champion"), by="job", via="promotion")
+    registry.move_champion(second, registry.alias_version("Champion"), by="job", via="promotion")
 
     previous = registry.rollback(first, by="bob", reason="v2 overcharges airport trips")
 
@@ -159,7 +160,7 @@ def test_rollback_refuses_a_version_not_passed(passed_version, register_version,
     failed = register_version()
     registry.set_validation_status(failed, "FAILED")
     champion = passed_version()
-    registry.set_champion(champion, by="job", via="promotion")
+    registry.move_champion(champion, registry.alias_version("Champion"), by="job", via="promotion")
     expected = f"refusing to make Champion model '{registry.name}' version {failed}: "
     with pytest.raises(RegistryError, match=f"{expected}its model_validation_status is FAILED"):
         registry.rollback(failed, by="bob", reason="try")
@@ -174,7 +175,7 @@ def test_rollback_refuses_a_version_not_passed(passed_version, register_version,
 ])
 def test_rollback_bad_input_messages(passed_version, registry, target, reason, message):
     first, later = passed_version(), passed_version()
-    registry.set_champion(first, by="job", via="promotion")
+    registry.move_champion(first, registry.alias_version("Champion"), by="job", via="promotion")
     versions = {"later": later, "first": first, "v1": "v1"}
     with pytest.raises(RegistryError, match=message.format(first=first, later=later, name=registry.name)):
         registry.rollback(versions[target], by="bob", reason=reason)

@@ -54,13 +54,15 @@ def booster(feature_frame):
     return train_booster(feature_frame, rounds=20)
 
 
-def register(booster, alias=None, name=MODEL_NAME):
-    """Log ``booster`` as a new version of ``name`` in the current MLflow store."""
+def register(booster, alias=None, name=MODEL_NAME, status="PASSED"):
+    """Log ``booster`` as a new version of ``name`` in the current MLflow store, with a validation status."""
     from mlops.lifecycle.registry import RegistryClient
 
     with mlflow.start_run(experiment_id=_training_experiment()):
         info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=name)
     version = str(info.registered_model_version)
+    if status:
+        RegistryClient(name).set_validation_status(version, status)
     if alias:
         RegistryClient(name).set_alias(alias, version)
     return version

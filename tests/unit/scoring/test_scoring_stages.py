@@ -233,6 +233,7 @@ def test_a_model_that_was_never_registered(scoring_home, scoring_config, scoring
     failure = fail_stage(scoring_run, config, RegistryError)
 
     assert "model 'taxi_fares_never_registered' does not exist in the registry" in str(failure)
+    assert "run the training job first" in str(failure)
 
 
 def test_a_version_that_does_not_exist(champion, blob_storage, scoring_config, scoring_run):
