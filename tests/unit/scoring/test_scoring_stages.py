@@ -9,7 +9,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from mlops.local.azurite import ACCOUNT_KEY, ACCOUNT_NAME
-from mlops.errors import ConfigError, DataError, PublishError, RegistryError, StageFailed
+from mlops.errors import ConfigError, DataError, PublishError, RegistryError, StageFailed, ValidationFailed
 from mlops.local.dbutils import secret_env_name
 from mlops.publishing import MANIFEST_NAME, BlobPublisher, FolderPublisher
 from mlops.lifecycle.registry import RegistryClient
@@ -338,3 +338,28 @@ def test_a_wrong_schema(champion, spark, blob_storage, scoring_config, scoring_r
 
     assert "does not have the raw trip schema: column 'tpep_pickup_datetime' is missing" in str(failure)
     assert blob_names(blob_storage, "scores-schema") == []
+
+
+@pytest.mark.parametrize("status", ["FAILED", "PENDING", None])
+@pytest.mark.parametrize("pinned_by", ["alias", "trained_model_version"])
+def test_scoring_refuses_a_version_not_passed(scoring_home, booster, scoring_config, scoring_run, status,
+                                              pinned_by):
+    name = f"taxi_fares_unvalidated_{pinned_by}_{status}".lower()
+    version = register(booster, alias="Champion", name=name, status=status)
+    extra = {"trained_model_version": version} if pinned_by == "trained_model_version" else {}
+    config = scoring_config(registered_model_name=name, publish_results=False, **extra)
+    failure = fail_stage(scoring_run, config, ValidationFailed)
+    assert f"refusing to score with model '{name}' version {version}" in str(failure)
+    assert f"its model_validation_status is {status or 'not set'}, not PASSED" in str(failure)
+    assert "allow_unvalidated_model=true" in str(failure)
+
+
+def test_allow_unvalidated_model_scores_and_tags_the_run(scoring_home, booster, scoring_config, scoring_run):
+    name = "taxi_fares_allowed_unvalidated"
+    version = register(booster, alias="Champion", name=name, status="FAILED")
+    config = scoring_config(registered_model_name=name, publish_results=False, allow_unvalidated_model=True)
+    with scoring_run(config) as run:
+        model = run.stage("resolve_model", scoring.resolve_model)
+        run_id = run.mlflow_run_id
+    assert model.ref.version == version
+    assert mlflow.get_run(run_id).data.tags["scoring.unvalidated_model"] == f"version {version} is FAILED"
