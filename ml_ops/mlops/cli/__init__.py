@@ -64,9 +64,9 @@ def command(function):
         except OSError as error:
             folder = _under_home(error)
             report(home.home_problem(error, folder) if folder else error)
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as interrupt:
+            print(f"error: {interrupt or 'interrupted'}", file=sys.stderr)
+            return 143 if "SIGTERM" in str(interrupt) else 130
         return 1
     return run
 

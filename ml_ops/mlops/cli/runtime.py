@@ -23,7 +23,11 @@ def register_cli(subparsers) -> None:
     job_run.add_argument("job_file", help="the job settings JSON file")
     _add_parameter_option(job_run, "job or task parameter override")
     job_run.add_argument("--repair", metavar="RUN_ID", dest="repair_run_id",
-                         help="re-run the failed and skipped tasks of an earlier run")
+                         help="re-run the failed and skipped tasks of an earlier run, in that run; "
+                              "-p values override the parameters the run recorded")
+    job_run.add_argument("--if-busy", choices=("fail", "wait"), default="fail",
+                         help="when the job already has max_concurrent_runs runs in progress: fail at once "
+                              "(default) or wait for a slot")
     job_run.set_defaults(func=command(run_job_command))
 
 
@@ -43,5 +47,6 @@ def run_notebook_command(args: argparse.Namespace) -> int:
 
 def run_job_command(args: argparse.Namespace) -> int:
     """Run or repair a job; 0 when every task succeeded, 1 otherwise."""
-    record = run_job(args.job_file, parse_assignments(args.params), repair_run_id=args.repair_run_id)
+    record = run_job(args.job_file, parse_assignments(args.params), repair_run_id=args.repair_run_id,
+                     if_busy=args.if_busy)
     return 0 if record.state == SUCCESS else 1

@@ -44,6 +44,7 @@ class JobSpec:
     path: Path
     parameters: dict[str, str]
     tasks: tuple[TaskSpec, ...]
+    max_concurrent_runs: int = 1
 
     def parameter_names(self) -> set[str]:
         names = set(self.parameters)
@@ -74,7 +75,11 @@ def load_job(job_file: Path) -> JobSpec:
     ordered = _topological_order(job_file, tasks)
     for task in ordered:
         _check_references(job_file, task, parameters, keys)
-    return JobSpec(name=name, path=job_file, parameters=parameters, tasks=tuple(ordered))
+    limit = settings.get("max_concurrent_runs", 1)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise JobError(f"job file {job_file}: max_concurrent_runs must be a whole number >= 1, got {limit!r}")
+    return JobSpec(name=name, path=job_file, parameters=parameters, tasks=tuple(ordered),
+                   max_concurrent_runs=limit)
 
 
 def _job_parameters(job_file: Path, raw: Any) -> dict[str, str]:

@@ -19,10 +19,14 @@ Runs
     display output and redacted error traceback go to ``$MLOPS_HOME/runs/<run_id>/<task_key>/``.
     A repair run re-runs the tasks of an earlier run that did not succeed.
 """
+import contextlib
 import datetime
 import json
 import logging
+import os
 import re
+import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -32,12 +36,16 @@ from mlops.errors import JobError
 from mlops.local.job_file import _REFERENCE, JobSpec, TaskSpec, load_job
 from mlops.local.notebook import run_notebook
 from mlops.local.notebook_source import shown_path
-from mlops.local.run_record import FAILED, PENDING, RUNNING, SUCCESS, UPSTREAM_FAILED, RunRecord
+from mlops.local.run_record import FAILED, PENDING, RUNNING, SUCCESS, UPSTREAM_FAILED, RunRecord, now
 from mlops.local.session import LocalSession
 from mlops.observability.redaction import REDACTED, SECRET_VALUE_MARKER, redact_text
+from mlops.platform import home, locks
 from mlops.platform.home import new_run_id, runs_dir
 
 logger = logging.getLogger(__name__)
+
+FAIL_WHEN_BUSY = "fail"
+WAIT_WHEN_BUSY = "wait"
 
 __all__ = ["FAILED", "PENDING", "RUNNING", "SUCCESS", "UPSTREAM_FAILED", "JobSpec", "RunRecord", "TaskSpec",
            "load_job", "run_job", "task_parameters"]
@@ -55,15 +63,19 @@ def task_parameters(job: JobSpec, task: TaskSpec, overrides: dict[str, str]) -> 
 
 
 def run_job(job_file: Path, overrides: Optional[dict[str, str]] = None, repair_run_id: Optional[str] = None,
-            progress: Callable[[str], None] = print, spark=None) -> RunRecord:
-    """Run a job file (or repair an earlier run of it) and return its run record.
+            progress: Callable[[str], None] = print, spark=None, if_busy: str = FAIL_WHEN_BUSY) -> RunRecord:
+    """Run a job file, or repair an earlier run of it in place, and return its run record.
 
     ``spark`` lets a caller share an existing SparkSession; otherwise one is created and
-    kept for the rest of the process, as later jobs reuse it.
+    kept for the rest of the process, as later jobs reuse it. When the job already has
+    ``max_concurrent_runs`` runs in progress, ``if_busy`` says whether to fail or wait.
     """
     job = load_job(Path(job_file))
+    if if_busy not in (FAIL_WHEN_BUSY, WAIT_WHEN_BUSY):
+        raise JobError(f"if_busy must be {FAIL_WHEN_BUSY} or {WAIT_WHEN_BUSY}, got {if_busy!r}")
     overrides = dict(overrides or {})
-    earlier = _earlier_run(job, repair_run_id) if repair_run_id else None
+    _close_abandoned_runs(progress)
+    earlier = _repairable_run(job, repair_run_id) if repair_run_id else None
     if earlier is not None:
         withheld = sorted(name for name, value in earlier.parameters.items()
                           if value == REDACTED and name not in overrides)
@@ -76,48 +88,126 @@ def run_job(job_file: Path, overrides: Optional[dict[str, str]] = None, repair_r
         valid = sorted(job.parameter_names())
         raise JobError(f"job '{job.name}' has no parameter {', '.join(repr(name) for name in unknown)}; "
                        f"valid names: {', '.join(valid) or 'none (the job declares no parameters)'}")
+    with _run_slot(job, if_busy, progress), _signals_interrupt():
+        record = _prepare_record(job, overrides, earlier)
+        return _run_tasks(job, record, spark, progress)
 
-    run_id = new_run_id()
-    record = RunRecord(run_id=run_id, path=runs_dir() / f"{run_id}.json", job_name=job.name,
-                       job_file=str(job.path.resolve()), parameters=overrides, state=RUNNING,
-                       start_time=_now(), repair_of=repair_run_id)
-    session = LocalSession(spark=spark, job_name=job.name, job_run_id=run_id)
+
+def _prepare_record(job: JobSpec, overrides: dict, earlier: Optional[RunRecord]) -> RunRecord:
+    """A new record, or the earlier one with a new repair entry and its failed and skipped tasks reset."""
+    if earlier is None:
+        run_id = new_run_id()
+        record = RunRecord(run_id=run_id, path=runs_dir() / f"{run_id}.json", job_name=job.name,
+                           job_file=str(job.path.resolve()), parameters=overrides, state=RUNNING,
+                           start_time=now())
+    else:
+        record = earlier
+        record.parameters, record.state, record.end_time = overrides, RUNNING, None
+        rerun = [task.task_key for task in job.tasks
+                 if record.tasks.get(task.task_key, {}).get("state") != SUCCESS]
+        record.repairs.append({"repair_id": len(record.repairs) + 1, "start_time": now(), "end_time": None,
+                               "state": RUNNING, "tasks": rerun})
+    record.pid = os.getpid()
     for task in job.tasks:
-        record.tasks[task.task_key] = {"state": PENDING, "notebook_path": str(task.notebook_path),
-                                       "parameters": task_parameters(job, task, overrides)}
-    if earlier is not None:
-        for key, entry in earlier.tasks.items():
-            if key in record.tasks and entry.get("state") == SUCCESS:
-                record.tasks[key] = {**entry, "from_run": entry.get("from_run", earlier.run_id)}
-                session.task_values[key] = dict(entry.get("task_values", {}))
+        if record.tasks.get(task.task_key, {}).get("state") != SUCCESS:
+            record.tasks[task.task_key] = {"state": PENDING, "notebook_path": str(task.notebook_path),
+                                           "parameters": task_parameters(job, task, overrides)}
     record.save()
+    return record
 
+
+def _run_tasks(job: JobSpec, record: RunRecord, spark, progress: Callable[[str], None]) -> RunRecord:
+    session = LocalSession(spark=spark, job_name=job.name, job_run_id=record.run_id)
+    for key, entry in record.tasks.items():
+        if entry["state"] == SUCCESS:
+            session.task_values[key] = dict(entry.get("task_values", {}))
+    repair = record.repairs[-1] if record.repairs and record.repairs[-1]["state"] == RUNNING else None
     started = time.monotonic()
     to_run = [task for task in job.tasks if record.tasks[task.task_key]["state"] != SUCCESS]
-    what = f"repair of run {repair_run_id}" if repair_run_id else "run"
-    progress(f"job '{job.name}' {what} {run_id}: {len(to_run)} of {len(job.tasks)} tasks to run")
+    what = f"repair {repair['repair_id']} of run" if repair else "run"
+    progress(f"job '{job.name}' {what} {record.run_id}: {len(to_run)} of {len(job.tasks)} tasks to run")
     try:
         # Start Spark up front so its start-up time is not charged to the first task.
         session.start()
         for position, task in enumerate(to_run, start=1):
             _run_task(job, task, record, session, f"[{position}/{len(to_run)}]", progress)
     finally:
-        states = [entry["state"] for entry in record.tasks.values()]
-        record.state = SUCCESS if all(state == SUCCESS for state in states) else FAILED
-        record.end_time = _now()
+        record.close()
+        if repair:
+            repair.update(state=record.state, end_time=record.end_time)
         record.save()
     progress(f"job '{job.name}' {record.state} in {time.monotonic() - started:.1f}s; "
              f"run record: {record.path}")
     return record
 
 
-def _earlier_run(job: JobSpec, run_id: str) -> RunRecord:
+def _repairable_run(job: JobSpec, run_id: str) -> RunRecord:
     earlier = RunRecord.load(run_id)
     if earlier.job_name != job.name:
         raise JobError(f"run {run_id} is a run of job '{earlier.job_name}', not of '{job.name}'")
+    if earlier.state == RUNNING:
+        raise JobError(f"run {run_id} of job '{job.name}' is still running (process {earlier.pid}); "
+                       "wait for it to end before repairing it")
+    if earlier.repairs and earlier.repairs[-1]["state"] == SUCCESS:
+        raise JobError(f"run {run_id} of job '{job.name}' was already repaired: repair "
+                       f"{earlier.repairs[-1]['repair_id']} succeeded; nothing to repair")
     if all(entry.get("state") == SUCCESS for entry in earlier.tasks.values()):
         raise JobError(f"run {run_id} of job '{job.name}' has no failed or skipped tasks; nothing to repair")
     return earlier
+
+
+def _close_abandoned_runs(progress: Callable[[str], None]) -> None:
+    """End the records that a killed process left RUNNING, so that they can be repaired."""
+    for record in RunRecord.running():
+        if record.abandoned():
+            record.close(interrupted=f"abandoned: process {record.pid} ended before the task did")
+            if record.repairs and record.repairs[-1]["state"] == RUNNING:
+                record.repairs[-1].update(state=record.state, end_time=record.end_time)
+            record.save()
+            progress(f"run {record.run_id} of job '{record.job_name}' was left RUNNING by a process that "
+                     f"is gone; marked {record.state}, repair it with --repair {record.run_id}")
+
+
+@contextlib.contextmanager
+def _run_slot(job: JobSpec, if_busy: str, progress: Callable[[str], None]):
+    """Hold one of the job's ``max_concurrent_runs`` slots for the whole run."""
+    folder = home.mount_root("locks")
+    paths = [locks.lock_path(folder, f"job-{job.name}-slot-{index}")
+             for index in range(job.max_concurrent_runs)]
+    waited = False
+    while True:
+        for path in paths:
+            with locks.file_lock(path, wait_seconds=0) as held:
+                if held:
+                    yield
+                    return
+        if if_busy == FAIL_WHEN_BUSY:
+            running = ", ".join(record.run_id for record in RunRecord.running()
+                                if record.job_name == job.name) or "unknown"
+            raise JobError(f"job '{job.name}' already has {job.max_concurrent_runs} run(s) in progress "
+                           f"(max_concurrent_runs {job.max_concurrent_runs}): run {running}; wait for it, "
+                           "or pass --if-busy wait to queue behind it")
+        if not waited:
+            progress(f"job '{job.name}' has {job.max_concurrent_runs} run(s) in progress; waiting for a slot")
+            waited = True
+        time.sleep(1.0)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM (a timeout, a CI cancellation) interrupts the run as SIGINT does, in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"interrupted by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSession, counter: str,
@@ -132,7 +222,7 @@ def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSes
         return
 
     output_dir = runs_dir() / record.run_id / task.task_key
-    entry.update(state=RUNNING, start_time=_now(), output_dir=str(output_dir))
+    entry.update(state=RUNNING, start_time=now(), output_dir=str(output_dir))
     record.save()
     progress(f"{counter} {task.task_key} ... started ({shown_path(task.notebook_path)})")
     started = time.monotonic()
@@ -155,8 +245,6 @@ def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSes
     finally:
         session.task_key = None
         entry["duration_seconds"] = round(time.monotonic() - started, 3)
-        if entry["state"] == RUNNING:
-            entry.update(state=FAILED, error="interrupted")
         record.save()
     progress(f"{counter} {task.task_key} ... {entry['state']} in {entry['duration_seconds']:.1f}s"
              + (f": {entry['error']}" if entry["state"] == FAILED else ""))
@@ -168,7 +256,7 @@ def _substitute(parameters: dict[str, str], job: JobSpec, task: TaskSpec, record
     start = datetime.datetime.fromisoformat(record.start_time)
     static = {
         "job.id": f"local-{job.name}", "job.name": job.name, "job.run_id": record.run_id,
-        "job.repair_count": str(_repair_count(record)), "task.name": task.task_key,
+        "job.repair_count": str(len(record.repairs)), "task.name": task.task_key,
         "task.run_id": f"{record.run_id}-{task.task_key}",
         "job.start_time.iso_date": start.date().isoformat(),
         "job.start_time.iso_datetime": start.isoformat(),
@@ -190,19 +278,6 @@ def _substitute(parameters: dict[str, str], job: JobSpec, task: TaskSpec, record
         return value if isinstance(value, str) else json.dumps(value)
 
     return {name: _REFERENCE.sub(value_of, value) for name, value in parameters.items()}
-
-
-def _repair_count(record: RunRecord) -> int:
-    count, current = 0, record.repair_of
-    while current:
-        count += 1
-        path = runs_dir() / f"{current}.json"
-        current = json.loads(path.read_text(encoding="utf-8")).get("repair_of") if path.is_file() else None
-    return count
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _redacted(text: str) -> str:

@@ -1,4 +1,5 @@
 """The JSON record of one local job run: written atomically, secrets redacted."""
+import datetime
 import json
 import os
 import tempfile
@@ -29,16 +30,19 @@ class RunRecord:
     state: str
     start_time: str
     end_time: Optional[str] = None
-    repair_of: Optional[str] = None
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # One entry per repair, as in the Databricks run's repair history.
+    repairs: list[dict[str, Any]] = field(default_factory=list)
+    # The process running the record now; a RUNNING record whose process is gone was abandoned.
+    pid: Optional[int] = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as written: secret parameters, and secrets in errors and exit values, redacted."""
         tasks = {key: _redacted_entry(entry) for key, entry in self.tasks.items()}
         return {"run_id": self.run_id, "job_name": self.job_name, "job_file": self.job_file,
                 "parameters": redact_params(self.parameters), "state": self.state,
-                "start_time": self.start_time, "end_time": self.end_time, "repair_of": self.repair_of,
-                "tasks": tasks}
+                "start_time": self.start_time, "end_time": self.end_time, "pid": self.pid,
+                "repairs": self.repairs, "tasks": tasks}
 
     def save(self) -> None:
         """Write the record atomically, so a reader never sees half a file."""
@@ -56,18 +60,58 @@ class RunRecord:
     @classmethod
     def load(cls, run_id: str) -> "RunRecord":
         path = runs_dir() / f"{run_id}.json"
-        if not path.is_file():
+        if not path.is_file() or "/" in run_id:
             recent = sorted(candidate.stem for candidate in runs_dir().glob("*.json"))[-10:]
             raise JobError(f"no run record for run id '{run_id}' in {runs_dir()}; "
                            f"recent run ids: {', '.join(reversed(recent)) or 'none'}")
+        return cls._read(path)
+
+    @classmethod
+    def _read(cls, path: Path) -> "RunRecord":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise JobError(f"run record {path} is not valid JSON: {error}") from error
         return cls(run_id=data["run_id"], path=path, job_name=data["job_name"], job_file=data["job_file"],
                    parameters=data.get("parameters", {}), state=data["state"], start_time=data["start_time"],
-                   end_time=data.get("end_time"), repair_of=data.get("repair_of"),
-                   tasks=data.get("tasks", {}))
+                   end_time=data.get("end_time"), tasks=data.get("tasks", {}),
+                   repairs=data.get("repairs", []), pid=data.get("pid"))
+
+    @classmethod
+    def running(cls) -> list:
+        """Every record still marked RUNNING."""
+        records = []
+        for path in sorted(runs_dir().glob("*.json")):
+            try:
+                record = cls._read(path)
+            except (JobError, KeyError):
+                continue
+            if record.state == RUNNING:
+                records.append(record)
+        return records
+
+    def abandoned(self) -> bool:
+        """RUNNING, but the process that ran it is gone (killed, or its machine restarted)."""
+        if self.state != RUNNING or not self.pid:
+            return self.state == RUNNING
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def close(self, interrupted: str = "") -> None:
+        """End every unfinished task, then the run: RUNNING tasks FAILED, PENDING ones UPSTREAM_FAILED."""
+        for entry in self.tasks.values():
+            if entry["state"] == RUNNING:
+                entry.update(state=FAILED, error=interrupted or "interrupted")
+            elif entry["state"] == PENDING:
+                entry.update(state=UPSTREAM_FAILED, error="not run: the run was interrupted")
+        self.state = SUCCESS if all(entry["state"] == SUCCESS for entry in self.tasks.values()) else FAILED
+        self.end_time = now()
+        self.pid = None
 
 
 def _redacted_entry(entry: dict) -> dict:
@@ -78,3 +122,7 @@ def _redacted_entry(entry: dict) -> dict:
         if isinstance(entry.get(name), str):
             redacted[name] = redact_text(entry[name], secret_marker=SECRET_VALUE_MARKER)
     return redacted
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")

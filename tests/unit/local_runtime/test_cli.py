@@ -58,7 +58,7 @@ def test_job_repair_through_the_cli(cli_env, capsys):
     assert _main(["job", "run", str(JOBS / "diamond.json"), "-p", "fail_task=right"]) == 1
     run_id = sorted(path.stem for path in (cli_env / "runs").glob("*.json"))[-1]
     assert _main(["job", "run", str(JOBS / "diamond.json"), "--repair", run_id, "-p", "fail_task=none"]) == 0
-    assert f"repair of run {run_id}" in capsys.readouterr().out
+    assert f"repair 1 of run {run_id}" in capsys.readouterr().out
 
 
 def test_invalid_job_file_is_one_clear_line(cli_env, tmp_path, capsys):

@@ -36,9 +36,9 @@ def test_run_record_contents(spark, lines, mlops_home):
 
     saved = json.loads(record.path.read_text())
     assert record.path == mlops_home / "runs" / f"{record.run_id}.json"
-    assert {key: saved[key] for key in ("run_id", "job_name", "parameters", "state", "repair_of")} == {
+    assert {key: saved[key] for key in ("run_id", "job_name", "parameters", "state", "repairs", "pid")} == {
         "run_id": record.run_id, "job_name": "diamond", "parameters": {"factor": "5"},
-        "state": "SUCCESS", "repair_of": None}
+        "state": "SUCCESS", "repairs": [], "pid": None}
     assert saved["job_file"] == str(DIAMOND.resolve())
     assert saved["start_time"] <= saved["end_time"]
     left = saved["tasks"]["left"]
@@ -72,13 +72,28 @@ def test_repair_reruns_only_failed_and_skipped_tasks(spark, lines):
     repaired = run_job(DIAMOND, {"fail_task": "none", "factor": "1"}, repair_run_id=failed.run_id,
                        progress=lines.append, spark=spark)
 
-    assert repaired.state == "SUCCESS" and repaired.repair_of == failed.run_id
+    # As on Databricks, the repair belongs to the run: same run id, same record, a repair history.
+    assert repaired.state == "SUCCESS" and repaired.run_id == failed.run_id
+    saved = json.loads(failed.path.read_text())
+    assert saved["state"] == "SUCCESS"
+    assert [(repair["repair_id"], repair["state"], repair["tasks"]) for repair in saved["repairs"]] == [
+        (1, "SUCCESS", ["left", "combine"])]
     assert [line.split(" ... ")[0] for line in lines if "... started" in line] == [
         "[1/2] left", "[2/2] combine"]
+    assert lines[0] == f"job 'diamond' repair 1 of run {failed.run_id}: 2 of 4 tasks to run"
     # right kept its value from the failed run (factor 10); left re-ran with factor 1.
-    assert repaired.tasks["right"]["from_run"] == failed.run_id
+    assert saved["tasks"]["right"]["parameters"]["factor"] == "10"
     assert repaired.tasks["combine"]["task_values"] == {"total": 2 * 10 + 2 * 1}
     assert repaired.parameters == {"fail_task": "none", "factor": "1"}
+
+
+def test_a_run_whose_repair_succeeded_cannot_be_repaired_again(spark, lines):
+    failed = run_job(DIAMOND, {"fail_task": "left"}, progress=lines.append, spark=spark)
+    run_job(DIAMOND, {"fail_task": "none"}, repair_run_id=failed.run_id, progress=lines.append, spark=spark)
+    expected = (f"^run {failed.run_id} of job 'diamond' was already repaired: repair 1 succeeded; "
+                "nothing to repair$")
+    with pytest.raises(JobError, match=expected):
+        run_job(DIAMOND, {}, repair_run_id=failed.run_id, progress=lines.append, spark=spark)
 
 
 def test_repair_of_a_successful_run_is_refused(spark, lines):
