@@ -218,6 +218,11 @@ def publish_predictions(run, scored: ScoredPredictions, target: PublishTarget, b
         return None
     config = run.config
     files = prediction_files(run, scored.table)
+    total = sum(rows for _, _, rows in files)
+    if total != scored.rows:
+        # Checked before anything is uploaded: a manifest always matches the table it describes.
+        raise DataError(f"the part files of table {scored.table} hold {total} rows but the table has "
+                        f"{scored.rows}; nothing was published")
     staging = run.temp_dir / "publish"
     staging.mkdir(parents=True, exist_ok=True)
     named = []
@@ -243,9 +248,6 @@ def publish_predictions(run, scored: ScoredPredictions, target: PublishTarget, b
     result = target.publisher.publish(named, prefix=publish_prefix(config),
                                       run_id=scored.scoring_run_id, manifest=manifest,
                                       before_upload=before_upload)
-    total = sum(rows for _, rows in named)
-    if total != scored.rows:
-        raise DataError(f"published files hold {total} rows but table {scored.table} has {scored.rows}")
     mlflow.set_tags({"scoring.blob_url": result.url, "scoring.manifest_url": result.manifest_url})
     run.set_task_value("blob_url", result.url)
     logger.info("published %d files (%d rows) to %s", len(result.files), total, result.url)

@@ -1,5 +1,6 @@
 """The scoring job's stages against a real MLflow store, a local Spark and a real Azurite."""
 import base64
+import dataclasses
 import json
 import logging
 
@@ -363,3 +364,19 @@ def test_allow_unvalidated_model_scores_and_tags_the_run(scoring_home, booster, 
         run_id = run.mlflow_run_id
     assert model.ref.version == version
     assert mlflow.get_run(run_id).data.tags["scoring.unvalidated_model"] == f"version {version} is FAILED"
+
+
+def test_row_counts_are_checked_before_anything_is_published(champion, blob_storage, scoring_config,
+                                                             scoring_run):
+    config = scoring_config(blob_container="scores-rowcheck")
+    with pytest.raises(StageFailed) as caught:
+        with scoring_run(config) as run:
+            model = run.stage("resolve_model", scoring.resolve_model)
+            with run.stage("check_publish_target", scoring.open_publish_target) as target:
+                scored = run.stage("score", scoring.score_and_write, model)
+                miscounted = dataclasses.replace(scored, rows=scored.rows + 1)
+                run.stage("publish", scoring.publish_predictions, miscounted, target)
+    assert isinstance(caught.value.cause, DataError)
+    assert f"hold {scored.rows} rows but the table has {scored.rows + 1}; nothing was published" in \
+        str(caught.value)
+    assert blob_names(blob_storage, "scores-rowcheck") == []
