@@ -10,6 +10,7 @@ import datetime
 import typing
 from typing import Any, ClassVar, Iterable, Mapping
 
+from taxi_fares import features
 from taxi_fares.training import TrainingParams
 
 from mlops.errors import ConfigError
@@ -213,7 +214,9 @@ class TrainingConfig(RawTripsConfig):
     training_num_rounds: int = TrainingParams.num_rounds
     training_learning_rate: float = TrainingParams.learning_rate
     training_sample_rows: int = 2_000_000
+    # The held-out set: the latest test_fraction of the range by pickup time, after a gap.
     test_fraction: float = 0.2
+    held_out_gap_minutes: int = 60
     seed: int = 42
     # Validation and promotion (tasks `validate` and `deploy`).
     model_version: str = ""
@@ -234,6 +237,12 @@ class TrainingConfig(RawTripsConfig):
         if not 0.0 < self.test_fraction < 0.9:
             raise ConfigError("parameter 'test_fraction' must be between 0 and 0.9, "
                               f"got {self.test_fraction}")
+        _require(self, "held_out_gap_minutes", self.held_out_gap_minutes >= features.LONGEST_WINDOW_MINUTES,
+                 f"at least {features.LONGEST_WINDOW_MINUTES} (the longest feature window)")
+        try:
+            self.time_split()
+        except ValueError as error:
+            raise ConfigError(f"parameters 'test_fraction' and 'held_out_gap_minutes': {error}") from None
         _require(self, "validation_sample_rows", self.validation_sample_rows >= 100, "at least 100")
         _require(self, "validation_slice_factor", self.validation_slice_factor >= 1.0, "at least 1")
         _require(self, "validation_max_rmse", self.validation_max_rmse > 0, "above 0")
@@ -242,6 +251,11 @@ class TrainingConfig(RawTripsConfig):
             self.training_params().validate(label=lambda field: f"parameter '{_TRAINING_PARAMETERS[field]}'")
         except ValueError as error:
             raise ConfigError(str(error)) from None
+
+    def time_split(self) -> "features.TimeSplit":
+        """The out-of-time split of the training range (see :class:`taxi_fares.features.TimeSplit`)."""
+        return features.TimeSplit.of_range(self.training_data_start_date, self.training_data_end_date,
+                                           self.test_fraction, self.held_out_gap_minutes)
 
     def training_params(self):
         """The LightGBM parameters; each comes from the job parameter of the same meaning."""

@@ -7,6 +7,7 @@ pickup time floored to the grid, so the lookup is an exact equi-join and never s
 import datetime
 import logging
 import numbers
+from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -48,7 +49,8 @@ TRAINING_SET_COLUMNS = tuple(dict.fromkeys(
     (TRIP_ID, PICKUP, DROPOFF, "pickup_zip", "dropoff_zip") + FEATURE_COLUMNS + (LABEL_COLUMN,)))
 
 IS_TEST = "is_test"
-_SPLIT_BUCKETS = 1_000_000
+# The 1-hour pickup-zip window; a held-out gap at least this long keeps training fares out of its windows.
+LONGEST_WINDOW_MINUTES = 60
 
 
 def clean_trips(df: DataFrame) -> DataFrame:
@@ -137,14 +139,59 @@ def build_training_set(trips: DataFrame, pickup_features: DataFrame,
     return joined.select(*TRAINING_SET_COLUMNS)
 
 
-def split_column(df: DataFrame, test_fraction: float, seed: int) -> DataFrame:
-    """``df`` with a boolean ``is_test`` from a hash of trip_id and seed: stable across runs and layouts."""
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real) \
-            or not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    if TRIP_ID not in df.columns:
-        raise ValueError(f"split_column needs a '{TRIP_ID}' column; found {', '.join(df.columns)}")
-    bucket = F.pmod(F.xxhash64(F.col(TRIP_ID), F.lit(int(seed)).cast("long")), F.lit(_SPLIT_BUCKETS))
-    return df.withColumn(IS_TEST, bucket < int(round(test_fraction * _SPLIT_BUCKETS)))
+@dataclass(frozen=True)
+class TimeSplit:
+    """An out-of-time split of a date range: train, then a gap that is neither, then the held-out part.
+
+    The held-out part is the latest ``held_out_fraction`` of the range by pickup time. The gap is
+    at least as long as the longest feature window, so no held-out trip's window features come
+    from the trips the model trained on.
+    """
+
+    train_start: datetime.datetime
+    train_end: datetime.datetime
+    held_out_start: datetime.datetime
+    held_out_end: datetime.datetime
+
+    @classmethod
+    def of_range(cls, start_date: datetime.date, end_date: datetime.date, held_out_fraction: float,
+                 gap_minutes: int) -> "TimeSplit":
+        if isinstance(held_out_fraction, bool) or not isinstance(held_out_fraction, numbers.Real) \
+                or not 0.0 < held_out_fraction < 1.0:
+            raise ValueError("the held-out fraction must be strictly between 0 and 1, "
+                             f"got {held_out_fraction!r}")
+        if isinstance(gap_minutes, bool) or not isinstance(gap_minutes, numbers.Integral) \
+                or gap_minutes < LONGEST_WINDOW_MINUTES:
+            raise ValueError(f"the gap must be a whole number of minutes >= {LONGEST_WINDOW_MINUTES} (the "
+                             f"longest feature window), got {gap_minutes!r}")
+        range_start = datetime.datetime.combine(start_date, datetime.time())
+        range_end = datetime.datetime.combine(end_date + datetime.timedelta(days=1), datetime.time())
+        held_out_start = range_end - (range_end - range_start) * held_out_fraction
+        held_out_start = held_out_start.replace(second=0, microsecond=0)
+        train_end = held_out_start - datetime.timedelta(minutes=int(gap_minutes))
+        if train_end <= range_start:
+            raise ValueError(f"a held-out fraction of {held_out_fraction} and a gap of {gap_minutes} minutes "
+                             f"leave no training time in {start_date}..{end_date}")
+        return cls(range_start, train_end, held_out_start, range_end)
+
+    def describe(self) -> dict:
+        """The ranges as text, for tags and messages."""
+        return {"train_range": _span(self.train_start, self.train_end),
+                "held_out_range": _span(self.held_out_start, self.held_out_end),
+                "gap_minutes": str(int((self.held_out_start - self.train_end).total_seconds() // 60))}
+
+    def not_trained_on(self, pickups):
+        """For pickup times (a pandas Series), True where this split's model neither trained nor gapped."""
+        return (pickups < self.train_start) | (pickups >= self.held_out_start)
+
+
+def _span(start: datetime.datetime, end: datetime.datetime) -> str:
+    return f"{start:%Y-%m-%dT%H:%M}..{end:%Y-%m-%dT%H:%M}"
+
+
+def split_by_time(df: DataFrame, split: TimeSplit) -> DataFrame:
+    """``df`` with a boolean ``is_test``: held-out rows True, training rows False; gap rows dropped."""
+    pickup = F.col(PICKUP)
+    is_test = (F.when((pickup >= F.lit(split.held_out_start)) & (pickup < F.lit(split.held_out_end)), True)
+               .when((pickup >= F.lit(split.train_start)) & (pickup < F.lit(split.train_end)), False))
+    return df.withColumn(IS_TEST, is_test).filter(F.col(IS_TEST).isNotNull())

@@ -1,7 +1,9 @@
 """Task ``deploy``: compare the Challenger with the Champion offline and promote it if it is better.
 
-Both models are scored on the same held-out rows: those of the Challenger's training split.
-The Challenger is promoted when its rmse is at most the Champion's x (1 + promotion_tolerance).
+Both models are scored on the same rows: the Challenger's held-out rows that the Champion did not
+train on either (nor sit in its gap). When there are fewer than MIN_COMPARISON_ROWS of them, the
+comparison says so and the Challenger is not promoted. The Challenger is promoted when its rmse is
+at most the Champion's x (1 + promotion_tolerance).
 With no Champion yet it must beat the fare heuristic (per mile plus per minute) fitted on the
 training rows of that split. A version not tagged PASSED is never promoted.
 
@@ -31,6 +33,7 @@ PENDING_APPROVAL = "pending_approval"
 ALREADY_CHAMPION = "already_champion"
 PINNED = "pinned"
 MAX_COMPARISONS = 2
+MIN_COMPARISON_ROWS = 50
 HEURISTIC = "heuristic"
 
 DECISION_TAG = "promotion_decision"
@@ -90,17 +93,31 @@ def _compare(run, registry: RegistryClient, challenger: ModelRef, champion_versi
     split = Split.of_training_run(registry.training_run(challenger.version))
     data = load_held_out(run, split, run.config.validation_sample_rows,
                          with_training_rows=champion_version is None)
-    label = data.rows[features.LABEL_COLUMN].to_numpy(dtype=float)
-    rows = len(data.rows)
-    challenger_metrics = evaluation.regression_metrics(label, predict(load_model(challenger), data.rows))
     if champion_version is None:
+        label = data.rows[features.LABEL_COLUMN].to_numpy(dtype=float)
+        challenger_metrics = evaluation.regression_metrics(label, predict(load_model(challenger), data.rows))
         heuristic = evaluation.fit_fare_heuristic(data.training_rows)
         heuristic_metrics = evaluation.regression_metrics(label, heuristic.predict(data.rows))
-        return compare_with_heuristic(challenger_metrics, heuristic_metrics, rows)
+        return compare_with_heuristic(challenger_metrics, heuristic_metrics, len(data.rows))
+    champion_split = Split.of_training_run(registry.training_run(champion_version)).by_time
+    rows = data.rows[champion_split.not_trained_on(data.rows[features.PICKUP])]
+    if len(rows) < MIN_COMPARISON_ROWS:
+        return no_fair_comparison(champion_version, len(data.rows), len(rows), champion_split)
+    label = rows[features.LABEL_COLUMN].to_numpy(dtype=float)
+    challenger_metrics = evaluation.regression_metrics(label, predict(load_model(challenger), rows))
     champion = registry.resolve(champion_version)
-    champion_metrics = evaluation.regression_metrics(label, predict(load_model(champion), data.rows))
+    champion_metrics = evaluation.regression_metrics(label, predict(load_model(champion), rows))
     return compare_with_champion(challenger_metrics, champion_metrics, champion_version,
-                                 run.config.promotion_tolerance, rows)
+                                 run.config.promotion_tolerance, len(rows))
+
+
+def no_fair_comparison(champion_version: str, held_out: int, usable: int, champion_split) -> Comparison:
+    """Too few held-out rows that the Champion did not train on: no verdict, so no promotion."""
+    ranges = champion_split.describe()
+    rule = (f"no fair comparison: {usable} of the Challenger's {held_out} held-out rows were not in the "
+            f"{CHAMPION} v{champion_version}'s training range {ranges['train_range']} or its gap "
+            f"(at least {MIN_COMPARISON_ROWS} are needed); train on a later range to compare")
+    return Comparison(f"{CHAMPION} v{champion_version}", {}, {}, False, rule, usable)
 
 
 def promote_challenger(run) -> PromotionDecision:
@@ -162,10 +179,11 @@ def _record(run, registry: RegistryClient, result: PromotionDecision):
                            | {f"challenger_{name}": value for name, value in comparison.challenger.items()}
                            | {f"{reference}_{name}": value for name, value in comparison.reference.items()})
         mlflow.set_tags({COMPARED_WITH_TAG: comparison.compared_with, "promotion_rule": comparison.rule})
-        version_tags |= {COMPARED_WITH_TAG: comparison.compared_with,
-                         "promotion_challenger_rmse": f"{comparison.challenger['rmse']:.6f}",
-                         "promotion_reference_rmse": f"{comparison.reference['rmse']:.6f}",
-                         "promotion_rule": comparison.rule}
+        version_tags |= {COMPARED_WITH_TAG: comparison.compared_with, "promotion_rule": comparison.rule,
+                         "promotion_rows": comparison.rows}
+        if comparison.challenger:
+            version_tags |= {"promotion_challenger_rmse": f"{comparison.challenger['rmse']:.6f}",
+                             "promotion_reference_rmse": f"{comparison.reference['rmse']:.6f}"}
     if result.decision == PENDING_APPROVAL:
         version_tags[APPROVAL_TAG] = APPROVAL_PENDING
     registry.set_tags(result.challenger.version, version_tags)

@@ -13,6 +13,9 @@ from mlops.stages.feature_tables import TRAINING, build_feature_tables, lineage,
 
 logger = logging.getLogger(__name__)
 
+# Fewer rows than this on either side of the split give an rmse too noisy to judge a model by.
+MIN_HELD_OUT_ROWS = 50
+
 
 def engineer_features(run):
     """Clean raw trips in the training range and write the training feature tables."""
@@ -27,8 +30,9 @@ def load_training_set(run, start, end):
 
 
 def collect_split(dataset, config):
-    """The one sanctioned collect: a bounded sample of train and held-out rows."""
-    split = features.split_column(dataset, config.test_fraction, config.seed)
+    """The one sanctioned collect: a bounded sample of train and held-out rows, split out of time."""
+    time_split = config.time_split()
+    split = features.split_by_time(dataset, time_split)
     counts = {row["is_test"]: row["count"] for row in split.groupBy("is_test").count().collect()}
     total = sum(counts.values())
     if total == 0:
@@ -36,6 +40,12 @@ def collect_split(dataset, config):
             f"no training rows between {config.training_data_start_date} and "
             f"{config.training_data_end_date} in the feature tables; rerun with "
             "execute_feature_engineering=true for this range")
+    ranges = time_split.describe()
+    if counts.get(True, 0) < MIN_HELD_OUT_ROWS or counts.get(False, 0) < MIN_HELD_OUT_ROWS:
+        raise DataError(
+            f"the out-of-time split leaves {counts.get(False, 0)} training rows ({ranges['train_range']}) "
+            f"and {counts.get(True, 0)} held-out rows ({ranges['held_out_range']}); each needs at least "
+            f"{MIN_HELD_OUT_ROWS} to evaluate: widen the training range or change test_fraction")
     fraction = min(1.0, config.training_sample_rows / total)
     columns = list(features.FEATURE_COLUMNS) + [features.LABEL_COLUMN]
     sampled = split if fraction >= 1.0 else split.sample(fraction=fraction, seed=config.seed)
@@ -43,7 +53,9 @@ def collect_split(dataset, config):
     test = sampled.filter(F.col("is_test")).select(*columns).toPandas()
     logger.info("collected %d training and %d held-out rows (sample fraction %.4f of %d)",
                 len(train), len(test), fraction, total)
-    return train, test, {"rows_available": total, "sample_fraction": fraction}
+    return train, test, {"rows_available": total, "sample_fraction": fraction, **ranges,
+                         "train_rows_available": counts.get(False, 0),
+                         "held_out_rows_available": counts.get(True, 0)}
 
 
 def train_and_register(run):
@@ -66,6 +78,9 @@ def train_and_register(run):
     mlflow.set_tags({"lineage.training_range": f"{config.training_data_start_date}.."
                                                f"{config.training_data_end_date}",
                      "lineage.sample_fraction": f"{sampling['sample_fraction']:.6f}"})
+    split_tags = {f"split.{key}": sampling[key] for key in ("train_range", "held_out_range", "gap_minutes")}
+    split_tags |= {"split.train_rows": len(train), "split.held_out_rows": len(test)}
+    mlflow.set_tags(split_tags)
     figure = plots.feature_importance_figure(evaluation.feature_importance(booster))
     mlflow.log_figure(figure, "feature_importance.png")
     plots.close(figure)
@@ -78,7 +93,9 @@ def train_and_register(run):
     model = ModelRef(config.registered_model_name, str(info.registered_model_version),
                      run_id=run.mlflow_run_id)
     # Tagged at once, so a version is never mistaken for one that was checked.
-    RegistryClient.from_config(config).set_validation_status(model.version, PENDING)
+    registry = RegistryClient.from_config(config)
+    registry.set_validation_status(model.version, PENDING)
+    registry.set_tags(model.version, split_tags)
     logger.info("registered %s version %s: rmse %.3f (baseline %.3f), r2 %.3f", model.name,
                 model.version, metrics["rmse"], metrics["baseline_rmse"], metrics["r2"])
     run.annotate(model_version=model.version)

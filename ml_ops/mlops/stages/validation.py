@@ -1,8 +1,8 @@
 """Task ``validate``: gate a registered version before it may become Challenger.
 
 The version's ``model_validation_status`` goes to PENDING first. The checks then run on the
-held-out rows of the version's own training split (same date range, test_fraction and seed
-as its training run), so they never score rows the model was trained on. Every check is
+held-out rows of the version's own out-of-time split (the latest ``test_fraction`` of its training
+range, after a gap of ``held_out_gap_minutes``), so they never score rows the model trained on. Every check is
 recorded with its value and threshold, in ``validation_results.json`` of the task's MLflow
 run and in the version's description. PASSED sets alias Challenger; FAILED sets no alias and
 fails the task with ValidationFailed, so ``deploy`` does not run. Validating the Champion
@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 # A slice this small gives an rmse too noisy to judge; it is skipped and reported instead.
 MIN_SLICE_ROWS = 50
 REQUIRED_LINEAGE_TAGS = ("lineage.source_path", "lineage.training_range")
-SPLIT_PARAMS = ("training_data_start_date", "training_data_end_date", "test_fraction", "seed")
+SPLIT_PARAMS = ("training_data_start_date", "training_data_end_date", "test_fraction", "held_out_gap_minutes")
+# The held-out sample is drawn by a hash of trip_id with this salt: the same rows in every task.
+SAMPLE_SALT = 1
 PREDICTION = "prediction"
 VALIDATED_AT_TAG = "validated_at"
 VALIDATION_RUN_TAG = "validation_run_id"
@@ -86,7 +88,7 @@ class Split:
     start_date: datetime.date
     end_date: datetime.date
     test_fraction: float
-    seed: int
+    gap_minutes: int
 
     @classmethod
     def of_training_run(cls, training_run) -> "Split":
@@ -98,7 +100,12 @@ class Split:
                 "it was not logged by the train task, so its held-out rows are unknown")
         return cls(datetime.date.fromisoformat(params["training_data_start_date"]),
                    datetime.date.fromisoformat(params["training_data_end_date"]),
-                   float(params["test_fraction"]), int(params["seed"]))
+                   float(params["test_fraction"]), int(params["held_out_gap_minutes"]))
+
+    @property
+    def by_time(self) -> features.TimeSplit:
+        return features.TimeSplit.of_range(self.start_date, self.end_date, self.test_fraction,
+                                           self.gap_minutes)
 
 
 @dataclass
@@ -110,9 +117,9 @@ class HeldOutData:
     training_rows: pd.DataFrame | None = None
 
 
-def _bounded_collect(frame, columns, max_rows: int, seed: int, what: str) -> pd.DataFrame:
+def _bounded_collect(frame, columns, max_rows: int, salt: int, what: str) -> pd.DataFrame:
     """The ``max_rows`` rows with the smallest hash of trip_id: the same rows in every task and layout."""
-    ranked = frame.withColumn("_sample_rank", F.xxhash64(F.col(TRIP_ID), F.lit(seed + 1).cast("long")))
+    ranked = frame.withColumn("_sample_rank", F.xxhash64(F.col(TRIP_ID), F.lit(salt).cast("long")))
     collected = ranked.orderBy("_sample_rank", TRIP_ID).limit(max_rows).select(*columns).toPandas()
     logger.info("collected %d %s rows (at most %d)", len(collected), what, max_rows)
     return collected
@@ -121,13 +128,14 @@ def _bounded_collect(frame, columns, max_rows: int, seed: int, what: str) -> pd.
 def load_held_out(run, split: Split, max_rows: int, with_training_rows: bool = False) -> HeldOutData:
     """The held-out rows of ``split`` (features, label) from the training feature tables."""
     dataset = load_feature_set(run, split.start_date, split.end_date, TRAINING)
-    flagged = features.split_column(dataset, split.test_fraction, split.seed)
+    flagged = features.split_by_time(dataset, split.by_time)
     label = features.LABEL_COLUMN
     held_out = _bounded_collect(flagged.filter(F.col(features.IS_TEST)),
-                                list(features.FEATURE_COLUMNS) + [label], max_rows, split.seed, "held-out")
+                                [features.PICKUP, *features.FEATURE_COLUMNS, label], max_rows, SAMPLE_SALT,
+                                "held-out")
     if held_out.empty:
         raise DataError(
-            f"no held-out rows between {split.start_date} and {split.end_date} in the training feature "
+            f"no held-out rows in {split.by_time.describe()['held_out_range']} in the training feature "
             "tables; rebuild them for this range with execute_feature_engineering=true")
     training = flagged.filter(~F.col(features.IS_TEST))
     train_mean = training.agg(F.avg(label).alias("mean")).first()["mean"]
@@ -137,7 +145,7 @@ def load_held_out(run, split: Split, max_rows: int, with_training_rows: bool = F
     training_rows = None
     if with_training_rows:
         training_rows = _bounded_collect(training, list(evaluation.HEURISTIC_COLUMNS) + [label],
-                                         max_rows, split.seed, "training")
+                                         max_rows, SAMPLE_SALT, "training")
     return HeldOutData(held_out, float(train_mean), training_rows)
 
 

@@ -18,7 +18,7 @@ from mlops.lifecycle.registry import RegistryClient
 
 LINEAGE_TAGS = {"lineage.source_path": "dbfs:/raw/trips", "lineage.training_range": "2016-01-01..2016-01-31"}
 SPLIT_PARAMS = {"training_data_start_date": "2016-01-01", "training_data_end_date": "2016-01-31",
-                "test_fraction": "0.2", "seed": "42"}
+                "test_fraction": "0.2", "held_out_gap_minutes": "60", "seed": "42"}
 
 
 def trips_frame(rows: int, seed: int = 0) -> pd.DataFrame:

@@ -103,8 +103,12 @@ def test_nan_and_negative_predictions_fail_sanity():
 def test_split_comes_from_the_training_run(register_version, registry):
     version = register_version()
     split = Split.of_training_run(registry.training_run(version))
-    assert (str(split.start_date), str(split.end_date), split.test_fraction, split.seed) == (
-        "2016-01-01", "2016-01-31", 0.2, 42)
+    assert (str(split.start_date), str(split.end_date), split.test_fraction, split.gap_minutes) == (
+        "2016-01-01", "2016-01-31", 0.2, 60)
+    # The latest fifth of January by pickup time, after a one-hour gap.
+    assert split.by_time.describe() == {"train_range": "2016-01-01T00:00..2016-01-25T18:12",
+                                        "held_out_range": "2016-01-25T19:12..2016-02-01T00:00",
+                                        "gap_minutes": "60"}
 
 
 def test_a_training_run_without_split_params_is_reported(registry_store, registry):
@@ -113,7 +117,7 @@ def test_a_training_run_without_split_params_is_reported(registry_store, registr
     with mlflow.start_run() as run:
         mlflow.log_param("seed", "1")
     expected = (f"training run {run.info.run_id} has no param "
-                "training_data_start_date, training_data_end_date, test_fraction")
+                "training_data_start_date, training_data_end_date, test_fraction, held_out_gap_minutes")
     with pytest.raises(RegistryError, match=expected):
         Split.of_training_run(mlflow.get_run(run.info.run_id))
 

@@ -6,9 +6,9 @@ from pyspark.sql import functions as F
 
 from taxi_fares.data import generate_trips
 from taxi_fares.features import (
-    DROPOFF_FEATURE_KEYS, FEATURE_COLUMNS, LABEL_COLUMN, PICKUP_FEATURE_KEYS, TRIP_KEY_COLUMNS,
-    build_training_set, clean_trips, dropoff_zip_features, filter_date_range, pickup_zip_features,
-    split_column, trip_features)
+    DROPOFF_FEATURE_KEYS, FEATURE_COLUMNS, LABEL_COLUMN, PICKUP, PICKUP_FEATURE_KEYS, TRIP_KEY_COLUMNS,
+    TimeSplit, build_training_set, clean_trips, dropoff_zip_features, filter_date_range, pickup_zip_features,
+    split_by_time, trip_features)
 from taxi_fares.schema import TRIP_ID, raw_schema, with_trip_id
 
 DAY = datetime.date(2016, 2, 13)  # a Saturday
@@ -216,33 +216,34 @@ def test_features_never_use_trips_dropped_off_after_the_pickup(spark):
     trips.unpersist()
 
 
-def test_split_is_deterministic_for_a_seed_and_independent_of_layout(spark):
-    trips = with_trip_id(generate_trips(spark, 2000, DAY, DAY, seed=5, invalid_fraction=0.0)).cache()
+def test_the_held_out_set_is_the_latest_part_of_the_range_after_a_gap(spark):
+    trips = with_trip_id(generate_trips(spark, 3000, DAY, DAY + datetime.timedelta(days=3), seed=5,
+                                        invalid_fraction=0.0)).cache()
+    split = TimeSplit.of_range(DAY, DAY + datetime.timedelta(days=3), 0.25, 90)
+    flagged = split_by_time(trips, split).cache()
+    train = flagged.filter(~F.col("is_test")).agg(F.max(PICKUP).alias("last"), F.count("*").alias("n"))
+    train = train.first()
+    test = flagged.filter("is_test").agg(F.min(PICKUP).alias("first"), F.count("*").alias("n")).first()
 
-    def test_ids(frame, seed):
-        return {row[TRIP_ID] for row in split_column(frame, 0.25, seed).filter("is_test").collect()}
-
-    first = test_ids(trips, seed=1)
-    assert test_ids(trips.repartition(3).orderBy("fare_amount"), seed=1) == first
-    assert 0.22 * 2000 < len(first) < 0.28 * 2000
-    other = test_ids(trips, seed=2)
-    assert 0.15 < len(first & other) / len(first) < 0.35   # about a quarter overlap for independent splits
-    assert split_column(trips, 0.25, 1).schema["is_test"].dataType.simpleString() == "boolean"
+    day_start = datetime.datetime.combine(DAY, datetime.time())
+    assert split.held_out_start == day_start + datetime.timedelta(days=3)
+    assert train["last"] < split.train_end and test["first"] >= split.held_out_start
+    assert (test["first"] - train["last"]) >= datetime.timedelta(minutes=90)
+    pickup = F.col(PICKUP)
+    in_gap = trips.filter((pickup >= F.lit(split.train_end)) & (pickup < F.lit(split.held_out_start)))
+    assert train["n"] + test["n"] + in_gap.count() == 3000
+    assert split_by_time(trips.repartition(3), split).filter("is_test").count() == test["n"]
+    assert split.describe()["gap_minutes"] == "90"
+    flagged.unpersist()
     trips.unpersist()
 
 
-@pytest.mark.parametrize("fraction, seed, message", [
-    (0.0, 1, "test_fraction must be strictly between 0 and 1, got 0.0"),
-    (1.0, 1, "test_fraction must be strictly between 0 and 1, got 1.0"),
-    ("0.2", 1, "test_fraction must be strictly between 0 and 1, got '0.2'"),
-    (0.2, 1.5, "seed must be an integer, got 1.5"),
+@pytest.mark.parametrize("fraction, gap, message", [
+    (0.0, 60, "the held-out fraction must be strictly between 0 and 1, got 0.0"),
+    (1.0, 60, "the held-out fraction must be strictly between 0 and 1, got 1.0"),
+    (0.2, 30, r"the gap must be a whole number of minutes >= 60 \(the longest feature window\), got 30"),
+    (0.99, 60, "a held-out fraction of 0.99 and a gap of 60 minutes leave no training time"),
 ])
-def test_split_refuses_bad_arguments(spark, fraction, seed, message):
-    trips = with_trip_id(raw_frame(spark, [HAND_TRIPS[0][1:]]))
+def test_a_split_that_cannot_evaluate_is_refused(fraction, gap, message):
     with pytest.raises(ValueError, match=message):
-        split_column(trips, fraction, seed)
-
-
-def test_split_needs_a_trip_id(spark):
-    with pytest.raises(ValueError, match="split_column needs a 'trip_id' column; found tpep_pickup_datetime"):
-        split_column(raw_frame(spark, []), 0.2, 1)
+        TimeSplit.of_range(DAY, DAY, fraction, gap)

@@ -7,17 +7,19 @@ from taxi_fares.data import generate_trips
 from taxi_fares.evaluation import (
     fit_fare_heuristic, mean_baseline_rmse, regression_metrics, slice_metrics)
 from taxi_fares.features import (
-    FEATURE_COLUMNS, LABEL_COLUMN, build_training_set, clean_trips, dropoff_zip_features, pickup_zip_features,
-    split_column)
+    FEATURE_COLUMNS, LABEL_COLUMN, TimeSplit, build_training_set, clean_trips, dropoff_zip_features,
+    pickup_zip_features, split_by_time)
 from taxi_fares.training import TrainingParams, predict, train_model
 
 
 @pytest.fixture(scope="module")
 def split_training_set(spark):
-    raw = generate_trips(spark, 20_000, datetime.date(2016, 1, 4), datetime.date(2016, 1, 10), seed=21)
+    raw = generate_trips(spark, 20_000, datetime.date(2016, 1, 4), datetime.date(2016, 1, 11), seed=21)
     trips = clean_trips(raw).cache()
     training = build_training_set(trips, pickup_zip_features(trips), dropoff_zip_features(trips))
-    frame = split_column(training, test_fraction=0.2, seed=1).toPandas()
+    # The held-out part, Sunday 10 and Monday 11 January, has weekend and weekday trips.
+    split = TimeSplit.of_range(datetime.date(2016, 1, 4), datetime.date(2016, 1, 11), 0.2, 60)
+    frame = split_by_time(training, split).toPandas()
     trips.unpersist()
     return frame[~frame["is_test"]], frame[frame["is_test"]]
 
