@@ -3,6 +3,12 @@
 Every random draw is a hash of the row id, the seed and a stream number, so a row's values depend
 only on (seed, row id): the output is the same whatever the partitioning or cluster size, and no
 row is ever built on the driver.
+
+Prices move by zone and time, as they do in a city: each pickup zip has a demand shock per
+three-hour block (a hash of zip, block and seed, so it is shared by every trip there and then).
+A shocked zip draws more pickups and its fares surge; the surge averages out to 1 over the day.
+Nothing in a trip's own columns reveals the shock, but the fares of the zip's recent trips do:
+that is the signal the per-zip window features exist to catch.
 """
 import bisect
 import calendar
@@ -62,6 +68,11 @@ MANHATTAN_ZIPS = (10001, 10282)
 MIN_DISTANCE_MILES = 0.1
 MAX_DISTANCE_MILES = 40.0
 MAX_DURATION_MINUTES = 240.0
+
+# Demand shocks: constant within a block, so the last hour's fares in a zip tell the current surge.
+SURGE_BLOCK_SECONDS = 3 * 3600
+# The fare multiplier is 1 + SURGE_STRENGTH * (shock^2 - 1/3) for a uniform shock: mean 1, from 0.75 to 1.5.
+SURGE_STRENGTH = 0.75
 
 # Kinds of deliberately invalid rows, chosen uniformly among invalid rows.
 INVALID_KINDS = (
@@ -129,7 +140,9 @@ def generate_trips(
                     + F.floor(uniform(3) * 3600))
         # 1970-01-01 was a Thursday: index 0 = Sunday, 6 = Saturday, whatever the session time zone.
         .withColumn("weekday", F.pmod(F.col("epoch_day") + 4, F.lit(7)))
-        .withColumn("pickup_zip", _weighted_choice(uniform(4), zips, ZIP_WEIGHTS))
+        .withColumn("surge_block", F.floor(F.col("pickup_seconds") / SURGE_BLOCK_SECONDS))
+        .withColumn("pickup_zip", _demand_weighted_zip(seed, zips, uniform(4), uniform(11), uniform(12)))
+        .withColumn("surge", 1.0 + SURGE_STRENGTH * (F.pow(_shock(seed, F.col("pickup_zip")), 2) - 1.0 / 3))
         .withColumn("dropoff_zip", _weighted_choice(uniform(5), zips, ZIP_WEIGHTS))
         .withColumn("trip_distance", F.round(F.least(F.greatest(
             _lognormal_distance(normal(6)) * drift.distance_scale, F.lit(MIN_DISTANCE_MILES)),
@@ -141,8 +154,9 @@ def generate_trips(
             F.lit(MAX_DURATION_MINUTES)))
         .withColumn("duration_seconds", F.round(F.col("duration_minutes") * 60).cast("long"))
         .withColumn("surcharge", _surcharge(F.col("hour"), F.col("weekday")))
-        .withColumn("metered_fare", F.lit(BASE_FARE) + FARE_PER_MILE * F.col("trip_distance")
-                    + FARE_PER_MINUTE * F.col("duration_seconds") / 60 + F.col("surcharge")
+        .withColumn("metered_fare", (F.lit(BASE_FARE) + FARE_PER_MILE * F.col("trip_distance")
+                                     + FARE_PER_MINUTE * F.col("duration_seconds") / 60) * F.col("surge")
+                    + F.col("surcharge")
                     + F.try_element_at(zip_effect, F.col("pickup_zip"))
                     + 0.5 * F.try_element_at(zip_effect, F.col("dropoff_zip"))
                     + (0.8 + 0.05 * F.col("trip_distance")) * normal(8))
@@ -187,6 +201,22 @@ def _standard_normal(seed: int, stream: int) -> Column:
     """A standard normal draw by Box-Muller from two uniform streams (1 - u keeps the log finite)."""
     radius = F.sqrt(-2.0 * F.log(1.0 - _uniform(seed, stream * 1000 + 1)))
     return radius * F.cos(2.0 * math.pi * _uniform(seed, stream * 1000 + 2))
+
+
+def _shock(seed: int, zip_code: Column) -> Column:
+    """The demand shock of a zip in the row's surge block: uniform in [0, 1), shared by all its trips."""
+    salted = F.xxhash64(zip_code.cast("long"), F.col("surge_block"), F.lit(seed).cast("long"), F.lit(99))
+    bits = F.pmod(salted, F.lit(1 << 53))
+    return bits.cast("double") / float(1 << 53)
+
+
+def _demand_weighted_zip(seed: int, zips, first_draw: Column, second_draw: Column,
+                         pick_draw: Column) -> Column:
+    """Of two zips drawn by popularity, the more shocked one is likelier: demand follows the surge."""
+    first = _weighted_choice(first_draw, zips, ZIP_WEIGHTS)
+    second = _weighted_choice(second_draw, zips, ZIP_WEIGHTS)
+    first_wins = pick_draw < 0.5 + 0.5 * (_shock(seed, first) - _shock(seed, second))
+    return F.when(first_wins, first).otherwise(second)
 
 
 def _weighted_choice(draw: Column, values, weights) -> Column:

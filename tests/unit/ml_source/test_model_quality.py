@@ -5,10 +5,10 @@ import pytest
 
 from taxi_fares.data import generate_trips
 from taxi_fares.evaluation import (
-    fit_fare_heuristic, mean_baseline_rmse, regression_metrics, slice_metrics)
+    feature_importance, fit_fare_heuristic, mean_baseline_rmse, regression_metrics, slice_metrics)
 from taxi_fares.features import (
-    FEATURE_COLUMNS, LABEL_COLUMN, TimeSplit, build_training_set, clean_trips, dropoff_zip_features,
-    pickup_zip_features, split_by_time)
+    COUNT_1H_PICKUP_ZIP, COUNT_30M_DROPOFF_ZIP, FEATURE_COLUMNS, LABEL_COLUMN, MEAN_FARE_1H_PICKUP_ZIP,
+    TimeSplit, build_training_set, clean_trips, dropoff_zip_features, pickup_zip_features, split_by_time)
 from taxi_fares.training import TrainingParams, predict, train_model
 
 
@@ -41,3 +41,18 @@ def test_model_beats_the_mean_baseline_and_the_heuristic(split_training_set):
     slices = slice_metrics(test.assign(prediction=predictions))
     assert {"weekday", "weekend", "distance_0_2", "distance_2_5", "distance_5_10"} <= set(slices)
     assert sum(slices[name]["rows"] for name in ("weekday", "weekend")) == len(test)
+
+
+def test_the_zip_window_features_carry_real_signal(split_training_set):
+    train, test = split_training_set
+    windows = [MEAN_FARE_1H_PICKUP_ZIP, COUNT_1H_PICKUP_ZIP, COUNT_30M_DROPOFF_ZIP]
+    rmse = {}
+    for name, columns in (("with", list(FEATURE_COLUMNS)),
+                          ("without", [column for column in FEATURE_COLUMNS if column not in windows])):
+        booster = train_model(train[columns], train[LABEL_COLUMN], TrainingParams(num_rounds=100),
+                              num_threads=2)
+        rmse[name] = regression_metrics(test[LABEL_COLUMN], predict(booster, test[columns]))["rmse"]
+        if name == "with":
+            importance = feature_importance(booster)
+    assert rmse["with"] < 0.95 * rmse["without"], rmse
+    assert importance[MEAN_FARE_1H_PICKUP_ZIP] / importance.sum() > 0.01
