@@ -64,3 +64,17 @@ def test_a_config_error_never_echoes_a_secret():
     with pytest.raises(ConfigError) as caught:
         TrainingConfig.from_params({"training_num_leaves": planted})
     assert str(caught.value) == "parameter 'training_num_leaves' must be an integer, got ***"
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"held_out_gap_minutes": "30"},
+     "parameter 'held_out_gap_minutes' must be at least 60 (the longest feature window), got 30"),
+    ({"training_data_start_date": "2016-01-01", "training_data_end_date": "2016-01-01",
+      "test_fraction": "0.85", "held_out_gap_minutes": "240"},
+     "parameters 'test_fraction' and 'held_out_gap_minutes': a held-out fraction of 0.85 and a gap of 240 "
+     "minutes leave no training time in 2016-01-01..2016-01-01"),
+])
+def test_a_held_out_range_that_cannot_evaluate_names_its_parameters(params, message):
+    with pytest.raises(ConfigError) as caught:
+        TrainingConfig.from_params(params)
+    assert str(caught.value) == message
