@@ -7,6 +7,10 @@ deploy alone. Each test checks one chapter, so the tests pass alone and in any o
 """
 import contextlib
 import io
+import os
+import subprocess
+import sys
+import textwrap
 import datetime
 import shutil
 from dataclasses import dataclass, field
@@ -126,7 +130,53 @@ def story(lifecycle, tmp_path_factory):
     chapters["switched_off"] = snapshot(Chapter(), run(lifecycle, execute_training="false",
                                                        execute_validation="false"))
     chapters["show"] = Chapter(extra={"show": cli("show", MODEL)})
+    chapters["race"] = _race_chapter(lifecycle)
+    champion = registry().alias_version(CHAMPION)
+    registry().pin("story", "holding the Champion still")
+    # A huge tolerance makes any Challenger "win": only the pin keeps the Champion where it is.
+    chapters["pinned"] = snapshot(Chapter(), run(lifecycle, execute_training="false",
+                                                 execute_validation="false", model_version="1",
+                                                 promotion_tolerance="10"))
+    registry().unpin("story")
+    chapters["champion_fails"] = snapshot(Chapter(extra={"champion": champion}), run(
+        lifecycle, execute_training="false", model_version=champion, validation_max_rmse="0.01"))
     return chapters
+
+
+# Waits until the deploy task of the running job starts, then makes another version Champion.
+MOVER = textwrap.dedent("""
+    import glob, json, os, sys, time
+    from mlops.lifecycle.registry import RegistryClient
+    name, version, runs = sys.argv[1:4]
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        for path in glob.glob(os.path.join(runs, "*.json")):
+            try:
+                with open(path) as handle:
+                    deploy = json.load(handle).get("tasks", {}).get("deploy", {})
+            except ValueError:
+                continue
+            if deploy.get("state") == "RUNNING":
+                time.sleep(1.0)
+                RegistryClient(name).promote(version, by="the other promotion", reason="racing")
+                print("moved", flush=True)
+                sys.exit(0)
+        time.sleep(0.05)
+    sys.exit(3)
+""")
+
+
+def _race_chapter(lifecycle) -> Chapter:
+    """Deploy compares version 2 with the Champion while another process makes version 4 Champion."""
+    home, _, _ = lifecycle
+    registry().promote("1", by="story", reason="the Champion before the race")
+    mover = subprocess.Popen([sys.executable, "-c", MOVER, MODEL, "4", str(home / "runs")],
+                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        record = run(lifecycle, execute_training="false", execute_validation="false", model_version="2")
+    finally:
+        out, err = mover.communicate(timeout=600)
+    return snapshot(Chapter(extra={"mover": (mover.returncode, out, err)}), record)
 
 
 def _repair_chapter(lifecycle, moved_to) -> Chapter:
@@ -244,3 +294,35 @@ def test_model_show_tells_the_whole_story(story):
     assert rows["4"][1:4] == [CHAMPION, "PASSED", "approved"]
     for event in ("became Champion", "lost Champion", "approved", "promotion_decision=not_promoted"):
         assert event in out
+
+
+def test_racing_promotions_leave_the_better_model_champion(story):
+    chapter = story["race"]
+    code, out, err = chapter.extra["mover"]
+    assert (code, out.strip()) == (0, "moved"), err[-2000:]
+    record = chapter.record
+    assert record.state == SUCCESS, record.tasks
+    tags = chapter.tags["2"]
+    # Whichever came first, deploy ends up comparing version 2 with the Champion the other move set.
+    assert tags["promotion_compared_with"] == "Champion v4"
+    challenger_wins = float(tags["promotion_challenger_rmse"]) <= float(tags["promotion_reference_rmse"])
+    assert chapter.aliases[CHAMPION] == ("2" if challenger_wins else "4")
+    assert tags["promotion_decision"] == ("promoted" if challenger_wins else "not_promoted")
+
+
+def test_a_pinned_champion_is_not_moved_and_the_decision_says_why(story):
+    chapter = story["pinned"]
+    decision = chapter.record.tasks["deploy"]["task_values"]
+    assert decision["promotion_decision"] == "pinned"
+    assert "is pinned by story (holding the Champion still)" in decision["promotion_reason"]
+    assert chapter.aliases[CHAMPION] == story["race"].aliases[CHAMPION]
+
+
+def test_a_champion_that_fails_revalidation_is_loud_and_never_challenger(story):
+    chapter = story["champion_fails"]
+    champion = chapter.extra["champion"]
+    assert chapter.record.state == FAILED
+    assert states(chapter.record) == {"train": SUCCESS, "validate": FAILED, "deploy": UPSTREAM_FAILED}
+    assert chapter.tags[champion][VALIDATION_STATUS_TAG] == "FAILED"
+    assert chapter.tags[champion]["champion_validation_failed_at"]
+    assert chapter.aliases.get(CHALLENGER) != champion

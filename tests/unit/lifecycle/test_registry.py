@@ -205,3 +205,14 @@ def test_unity_catalog_name_is_accepted_without_a_workspace(registry_store):
 def test_workspace_registry_rejects_path_like_names(registry_store):
     with pytest.raises(ConfigError, match="'models/taxi_fares' must be a plain model name"):
         RegistryClient("models/taxi_fares")
+
+
+@pytest.mark.timeout(120)
+def test_an_unreachable_registry_is_named_before_any_spark_work(registry_store):
+    from mlops.config import TrainingConfig
+    from mlops.lifecycle import tracking
+    from support.ports import free_port
+
+    registry_uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(RegistryError, match=f"^the model registry {registry_uri} cannot be reached: "):
+        tracking.configure(TrainingConfig.from_params({"registry_uri": registry_uri}))
