@@ -6,6 +6,7 @@ scope; the Application Insights connection string itself is read from that secre
 """
 import json
 
+import mlflow
 import pytest
 
 from mlops.local.dbutils import secret_env_name
@@ -78,8 +79,15 @@ def test_no_secret_in_telemetry(planted_job):
 
 def test_no_secret_in_mlflow_params_or_tags(planted_job):
     _, _, home, secrets = planted_job
-    assert len(mlflow_runs(home_tracking_uri(home))) == 3
+    runs = mlflow_runs(home_tracking_uri(home))
+    # One run per task, plus the model's history run, whose events are checked too.
+    assert sorted("mlops.history_of" in run.data.tags for run in runs) == [False, False, False, True]
     assert leaked(mlflow_text(home), secrets) == []
+    history = mlflow.MlflowClient(home_tracking_uri(home)).list_artifacts(
+        next(run.info.run_id for run in runs if "mlops.history_of" in run.data.tags), "events")
+    assert history, "the model history recorded no events to check"
+    artifacts = files_text(home / "mlartifacts")
+    assert {path: leaked(text, secrets) for path, text in artifacts.items() if leaked(text, secrets)} == {}
 
 
 def test_no_secret_in_stdout_or_stderr(planted_job):
