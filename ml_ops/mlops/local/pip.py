@@ -1,6 +1,7 @@
 """``%pip`` in a local notebook: wheels by path or glob, installed into this interpreter."""
 import glob
 import importlib
+import importlib.metadata
 import logging
 import os
 import re
@@ -9,6 +10,7 @@ import sys
 import zipfile
 
 from mlops.errors import NotebookError
+from mlops.platform import home, locks
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +29,24 @@ def run_pip(words: list[str]) -> str:
     if words[0] != "install":
         return pip(words)
     wheels, others = _resolve_install_arguments(words[1:])
-    if wheels:
-        pip(["install", "--quiet", "--no-deps", "--force-reinstall", *wheels])
-    if any(not word.startswith("-") for word in others):
-        pip(["install", *others])
+    # Local runs share one environment: installs take turns, and a wheel already installed is kept.
+    with locks.file_lock(locks.lock_path(home.mount_root("locks"), "pip")):
+        missing = [wheel for wheel in wheels if not _installed(wheel)]
+        if missing:
+            pip(["install", "--quiet", "--no-deps", "--force-reinstall", *missing])
+        if any(not word.startswith("-") for word in others):
+            pip(["install", *others])
     _forget_modules(wheels)
     return ""
+
+
+def _installed(wheel: str) -> bool:
+    """True when the wheel's distribution is installed at exactly the wheel's version."""
+    distribution, version = os.path.basename(wheel).split("-")[:2]
+    try:
+        return importlib.metadata.version(distribution) == version
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def _resolve_install_arguments(arguments: list[str]) -> tuple[list[str], list[str]]:
