@@ -74,17 +74,6 @@ def test_rollback_pins_and_promote_rolls_forward(passed_version, registry):
     assert registry.pinned() is None
 
 
-@pytest.mark.parametrize("status", [None, "PENDING", "FAILED"])
-def test_promoting_a_version_not_passed_is_refused(register_version, registry, status):
-    version = register_version()
-    if status:
-        registry.set_validation_status(version, status)
-    expected = (f"refusing to make Champion model '{registry.name}' version {version}: "
-                f"its model_validation_status is {status or 'not set'}")
-    with pytest.raises(RegistryError, match=expected):
-        registry.promote(version, by="carol", reason="try")
-
-
 def test_manual_actions_need_a_reason_and_unpin_needs_a_pin(passed_version, registry):
     version = passed_version()
     with pytest.raises(RegistryError, match="promoting model .* by hand needs a reason"):

@@ -58,15 +58,19 @@ def test_unknown_validation_status_is_refused(register_version, registry):
         registry.set_validation_status(version, "OK")
 
 
+@pytest.mark.parametrize("move", ["deploy", "manual promotion"])
 @pytest.mark.parametrize("status", [None, "PENDING", "FAILED"])
-def test_a_version_not_passed_never_becomes_champion(register_version, registry, status):
+def test_a_version_not_passed_never_becomes_champion(register_version, registry, status, move):
     version = register_version()
     if status:
         registry.set_validation_status(version, status)
     expected = (f"refusing to make Champion model '{registry.name}' version {version}: "
                 f"its model_validation_status is {status or 'not set'}")
     with pytest.raises(RegistryError, match=expected):
-        registry.move_champion(version, registry.alias_version("Champion"), by="test", via="promotion")
+        if move == "deploy":
+            registry.move_champion(version, registry.alias_version("Champion"), by="test", via="promotion")
+        else:
+            registry.promote(version, by="carol", reason="try")
     assert registry.alias_version(CHAMPION) is None
 
 
