@@ -2,8 +2,10 @@
 import argparse
 
 from mlops.cli import command
+from mlops.lifecycle.model_admin import format_table
 from mlops.config import parse_assignments
-from mlops.local.jobs import SUCCESS, run_job
+from mlops.errors import JobError
+from mlops.local.jobs import SUCCESS, RunRecord, run_job
 from mlops.local.notebook import run_notebook
 from mlops.local.session import LocalSession
 
@@ -30,6 +32,15 @@ def register_cli(subparsers) -> None:
                               "(default) or wait for a slot")
     job_run.set_defaults(func=command(run_job_command))
 
+    runs = subparsers.add_parser("runs", help="look at local job runs")
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True)
+    runs_list = runs_commands.add_parser("list", help="recent runs, newest first")
+    runs_list.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    runs_list.set_defaults(func=command(list_runs_command))
+    runs_show = runs_commands.add_parser("show", help="one run: its tasks, what they decided, its repairs")
+    runs_show.add_argument("run_id")
+    runs_show.set_defaults(func=command(show_run_command))
+
 
 def _add_parameter_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("-p", "--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
@@ -50,3 +61,29 @@ def run_job_command(args: argparse.Namespace) -> int:
     record = run_job(args.job_file, parse_assignments(args.params), repair_run_id=args.repair_run_id,
                      if_busy=args.if_busy)
     return 0 if record.state == SUCCESS else 1
+
+
+def list_runs_command(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise JobError(f"--limit must be at least 1, got {args.limit}")
+    records = RunRecord.recent(args.limit)
+    if not records:
+        print("no runs yet: start one with `mlops job run databricks_jobs/<job>.json`")
+        return 0
+    rows = [[record.run_id, record.job_name, record.state, record.start_time[:19].replace("T", " "),
+             str(len(record.repairs))] for record in records]
+    print(format_table(["run id", "job", "state", "started (UTC)", "repairs"], rows))
+    return 0
+
+
+def show_run_command(args: argparse.Namespace) -> int:
+    record = RunRecord.load(args.run_id)
+    print(f"run {record.run_id} of job '{record.job_name}': {record.state}")
+    print(f"started {record.start_time}, ended {record.end_time or '-'}; record {record.path}")
+    print("tasks:")
+    for line in record.summary():
+        print(line)
+    for repair in record.repairs:
+        print(f"repair {repair['repair_id']}: {repair['state']}, tasks {', '.join(repair['tasks'])}, "
+              f"started {repair['start_time']}")
+    return 0

@@ -138,6 +138,8 @@ def _run_tasks(job: JobSpec, record: RunRecord, spark, progress: Callable[[str],
         record.save()
     progress(f"job '{job.name}' {record.state} in {time.monotonic() - started:.1f}s; "
              f"run record: {record.path}")
+    for line in record.summary():
+        progress(_redacted(line))
     return record
 
 

@@ -77,6 +77,23 @@ class RunRecord:
                    end_time=data.get("end_time"), tasks=data.get("tasks", {}),
                    repairs=data.get("repairs", []), pid=data.get("pid"))
 
+    def summary(self) -> list:
+        """One line per task: its state and what it decided."""
+        width = max((len(key) for key in self.tasks), default=0)
+        return [f"  {key.ljust(width)}  {entry['state']:<15}  {task_outcome(entry)}".rstrip()
+                for key, entry in self.tasks.items()]
+
+    @classmethod
+    def recent(cls, limit: int = 20) -> list:
+        """The latest run records, newest first (run ids sort by start time)."""
+        records = []
+        for path in sorted(runs_dir().glob("*.json"), reverse=True)[:limit]:
+            try:
+                records.append(cls._read(path))
+            except (JobError, KeyError):
+                continue
+        return records
+
     @classmethod
     def running(cls) -> list:
         """Every record still marked RUNNING."""
@@ -112,6 +129,27 @@ class RunRecord:
         self.state = SUCCESS if all(entry["state"] == SUCCESS for entry in self.tasks.values()) else FAILED
         self.end_time = now()
         self.pid = None
+
+
+def task_outcome(entry: dict) -> str:
+    """What a task decided, in a few words, from its state, error and task values."""
+    if entry.get("state") in (FAILED, UPSTREAM_FAILED):
+        return entry.get("error", "")
+    values = entry.get("task_values", {})
+    parts = []
+    if values.get("model_version"):
+        parts.append(" ".join(filter(None, ("model", values.get("model_name"), "version",
+                                            str(values["model_version"])))))
+    if values.get("validation_status"):
+        parts.append(f"validation {values['validation_status']}")
+    if values.get("promotion_decision"):
+        reason = values.get("promotion_reason")
+        parts.append(values["promotion_decision"] + (f" ({reason})" if reason else ""))
+    if "rows_scored" in values:
+        parts.append(f"{values['rows_scored']} rows scored")
+    if values.get("blob_url"):
+        parts.append(f"published to {values['blob_url']}")
+    return "; ".join(parts) or (f"exit value {entry['exit_value']}" if entry.get("exit_value") else "")
 
 
 def _redacted_entry(entry: dict) -> dict:

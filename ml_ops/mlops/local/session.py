@@ -29,9 +29,11 @@ def spark_session():
     """
     from pyspark.sql import SparkSession
 
-    # Executors must import this interpreter's packages, not the system Python's.
+    # Executors must import this interpreter's packages, not the system Python's; a laptop's Spark
+    # listens on loopback unless told otherwise, so `mlops` works outside `make` too.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     runtime_conf = {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": os.environ.get(SHUFFLE_PARTITIONS_ENV, "8"),

@@ -74,3 +74,38 @@ def test_an_unusable_mlops_home_is_one_line_naming_it(spark, monkeypatch, capsys
     assert _main(["job", "run", str(JOBS / "diamond.json")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: MLOPS_HOME folder {unusable} is not usable (")
+
+
+def test_runs_list_and_show_tell_what_happened(cli_env, capsys):
+    assert _main(["job", "run", str(JOBS / "diamond.json"), "-p", "fail_task=right"]) == 1
+    run_id = sorted(path.stem for path in (cli_env / "runs").glob("*.json"))[-1]
+    capsys.readouterr()
+
+    assert _main(["runs", "list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(run_id))
+    assert row.split()[1:3] == ["diamond", "FAILED"]
+
+    assert _main(["runs", "show", run_id]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"run {run_id} of job 'diamond': FAILED")
+    assert "right    FAILED" in out and "right was told to fail" in out
+    assert "combine  UPSTREAM_FAILED" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["runs", "list", "--limit", "0"], "error: --limit must be at least 1, got 0"),
+    (["runs", "show", "no-such-run"], "error: no run record for run id 'no-such-run'"),
+])
+def test_runs_commands_refuse_bad_input(cli_env, capsys, argv, message):
+    assert _main(argv) == 1
+    assert capsys.readouterr().err.startswith(message)
+
+
+def test_a_task_outcome_names_version_status_and_decision():
+    from mlops.local.run_record import task_outcome
+
+    deploy = {"state": "SUCCESS", "task_values": {
+        "model_name": "taxi_fares", "model_version": "3", "promotion_decision": "not_promoted",
+        "promotion_reason": "challenger rmse 3.9 > 3.7"}}
+    assert task_outcome(deploy) == "model taxi_fares version 3; not_promoted (challenger rmse 3.9 > 3.7)"
+    assert task_outcome({"state": "FAILED", "error": "ValueError: boom"}) == "ValueError: boom"

@@ -27,7 +27,10 @@ def test_diamond_runs_in_dependency_order_with_task_values(spark, lines):
         "[1/4] prepare", "[2/4] right", "[3/4] left", "[4/4] combine"]
     assert record.tasks["combine"]["task_values"] == {"total": 40}
     assert record.tasks["combine"]["exit_value"] == f"40 base=2 run={record.run_id}"
-    assert lines[-1].endswith(f"run record: {record.path}")
+    end = next(index for index, line in enumerate(lines) if line.endswith(f"run record: {record.path}"))
+    # A summary line per task follows, in run order.
+    assert [line.split()[:2] for line in lines[end + 1:]] == [
+        ["prepare", "SUCCESS"], ["right", "SUCCESS"], ["left", "SUCCESS"], ["combine", "SUCCESS"]]
     assert current_context().job_name is None
 
 
