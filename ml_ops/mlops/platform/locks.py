@@ -45,11 +45,3 @@ def file_lock(path: Path, wait_seconds: Optional[float] = None, poll_seconds: fl
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         os.close(handle)
-
-
-def holder(path: Path) -> str:
-    """The pid written by the last holder of ``path``, for messages."""
-    try:
-        return path.read_text().strip() or "unknown"
-    except OSError:
-        return "unknown"
