@@ -5,7 +5,6 @@ rollback) is one JSON artifact ``events/<time>-<id>.json`` of the model's histor
 run tagged ``mlops.history_of=<model>`` in the experiment ``/Shared/<model>-history``. Events
 are only ever added, never rewritten, so the log keeps what later version tags overwrite.
 """
-import datetime
 import json
 import logging
 import tempfile
@@ -17,6 +16,7 @@ from mlflow.entities import RunStatus
 
 from mlops import platform
 from mlops.lifecycle import tracking
+from mlops.platform.home import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +28,6 @@ def history_experiment(model_name: str) -> str:
     return f"/Shared/{model_name}-history"
 
 
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
 class ModelHistory:
     """Append and read the events of ``model_name``."""
 
@@ -41,7 +37,8 @@ class ModelHistory:
 
     def append(self, event: str, version, by: str = "", **detail) -> dict:
         """Add one event; returns it as stored."""
-        record = {"at": utc_now(), "event": event, "version": str(version) if version is not None else "",
+        record = {"at": utc_now("milliseconds"), "event": event,
+                  "version": str(version) if version is not None else "",
                   "by": by, "detail": {key: str(value) for key, value in detail.items() if value is not None}}
         name = f"{EVENTS_FOLDER}/{record['at'].replace(':', '')}-{uuid.uuid4().hex[:8]}.json"
         self.client.log_text(self._run_id(), json.dumps(record, sort_keys=True), name)

@@ -22,7 +22,6 @@ check and the move happen under one lock; the version's tags are written before 
 moves, so a version never becomes Champion without them.
 """
 import contextlib
-import datetime
 import logging
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from mlops import platform
 from mlops.errors import RegistryError
 from mlops.lifecycle import tracking
 from mlops.lifecycle.history import ModelHistory
+from mlops.platform.home import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +101,6 @@ class ModelRef:
 
 def _listed(aliases: dict) -> str:
     return ", ".join(f"{alias}=v{version}" for alias, version in sorted(aliases.items())) or "none"
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class RegistryClient:

@@ -1,5 +1,4 @@
 """The JSON record of one local job run: written atomically, secrets redacted."""
-import datetime
 import json
 import os
 import tempfile
@@ -9,7 +8,7 @@ from typing import Any, Optional
 
 from mlops.errors import JobError
 from mlops.observability.redaction import SECRET_VALUE_MARKER, redact_params, redact_text
-from mlops.platform.home import runs_dir
+from mlops.platform.home import runs_dir, utc_now
 
 SUCCESS = "SUCCESS"
 FAILED = "FAILED"
@@ -163,4 +162,4 @@ def _redacted_entry(entry: dict) -> dict:
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+    return utc_now("milliseconds")

@@ -86,6 +86,11 @@ def mlflow_artifact_root() -> Path:
     return _subdir("mlartifacts")
 
 
+def utc_now(timespec: str = "seconds") -> str:
+    """The current UTC time in ISO 8601, to ``timespec`` precision."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec=timespec)
+
+
 def new_run_id() -> str:
     """A unique run id that sorts by start time, e.g. ``20250102-030405123-9f2c1a``."""
     now = datetime.datetime.now(datetime.timezone.utc)
