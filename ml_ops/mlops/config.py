@@ -7,6 +7,7 @@ required values fail here, before any Spark work starts.
 """
 import dataclasses
 import datetime
+import re
 import typing
 from typing import Any, ClassVar, Iterable, Mapping
 
@@ -36,12 +37,26 @@ def _parse_bool(name, raw):
     raise ConfigError(f"parameter '{name}' must be true or false, got {_shown(raw)}")
 
 
+# A date, optionally shifted by whole days: a job passes "{{job.start_time.iso_date}}-28d",
+# which Databricks (or the local runner) turns into e.g. "2026-11-30-28d" for a rolling range.
+_DATE = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})(?:(?P<sign>[+-])(?P<days>\d{1,5})d)?$")
+
+
 def _parse_date(name, raw):
+    text = raw.strip()
+    if "{{" in text:
+        raise ConfigError(f"parameter '{name}' holds the unresolved reference {_shown(raw)}: only a job run "
+                          f"resolves {{{{...}}}} references (on Databricks, or with `mlops job run`)")
+    match = _DATE.match(text)
     try:
-        return datetime.date.fromisoformat(raw.strip())
+        date = datetime.date.fromisoformat(match["date"]) if match else None
     except ValueError:
-        raise ConfigError(
-            f"parameter '{name}' must be a date as YYYY-MM-DD, got {_shown(raw)}") from None
+        date = None
+    if date is None:
+        raise ConfigError(f"parameter '{name}' must be a date as YYYY-MM-DD, optionally shifted by whole "
+                          f"days as YYYY-MM-DD-Nd or YYYY-MM-DD+Nd, got {_shown(raw)}")
+    days = int(match["days"] or 0) * (-1 if match["sign"] == "-" else 1)
+    return date + datetime.timedelta(days=days)
 
 
 def _parse_number(kind):
@@ -82,7 +97,7 @@ class JobConfig:
     wheel_version: str = "*"
     registered_model_name: str = "taxi_fares"
     registry_uri: str = ""
-    experiment_name: str = "/Shared/taxi_fares"
+    experiment_name: str = "/Shared/taxi_fares/dev/experiments/taxi_fares"
     table_location: str = "dbfs:/mlops/taxi_fares/tables"
     table_format: str = "auto"
     appinsights_secret_scope: str = ""

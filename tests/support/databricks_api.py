@@ -5,8 +5,11 @@ SDK's request building, authentication, error mapping and retries. It keeps the 
 workspace would (folders, notebooks, DBFS and Volume files, jobs, runs), records every
 request, and can be told to answer with an error status a bounded number of times.
 
-Endpoints: ``/.well-known/databricks-config`` (the SDK's host metadata probe),
-``workspace/{mkdirs,import,get-status,list}``, ``dbfs/{mkdirs,create,add-block,close,get-status,put}``,
+Endpoints: ``/.well-known/databricks-config`` (the SDK's host metadata probe), the OAuth
+machine-to-machine endpoints ``/oidc/.well-known/oauth-authorization-server`` and
+``/oidc/v1/token`` (client credentials of ``CLIENT_ID`` / ``CLIENT_SECRET``),
+``workspace/{mkdirs,import,get-status,list}``,
+``mlflow/experiments/{get-by-name,create}``, ``dbfs/{mkdirs,create,add-block,close,get-status,put}``,
 ``fs/directories`` and ``fs/files`` (Unity Catalog Volumes), ``jobs/{list,create,reset,get,run-now}``
 and ``jobs/runs/get`` under API versions 2.0 to 2.2.
 """
@@ -24,6 +27,8 @@ import pytest
 WORKSPACE_ID = "1234567890123456"
 # Built from parts so the literal never looks like a leaked credential to a scanner.
 FAKE_TOKEN = "dapi" + "0123456789abcdef" * 2
+CLIENT_ID = "5f3c1f0e-0000-4000-8000-00000000c1d0"
+CLIENT_SECRET = "dose" + "0123456789abcdef" * 2
 _API_PATH = re.compile(r"^/api/2\.[0-9]/(?P<endpoint>.+)$")
 
 
@@ -40,8 +45,9 @@ class RecordedRequest:
 
 
 class ApiError(Exception):
-    def __init__(self, status, error_code, message, headers=None):
+    def __init__(self, status, error_code, message, headers=None, oauth=False):
         super().__init__(message)
+        self.oauth = oauth
         self.status = status
         self.error_code = error_code
         self.message = message
@@ -58,6 +64,9 @@ class DatabricksApi:
         self.unhandled = []
         self.directories = {"/"}
         self.notebooks = {}
+        # A workspace path is a folder, a notebook or an experiment: experiment path -> id.
+        self.experiments = {}
+        self.issued_tokens = set()
         self.dbfs_directories = {"/"}
         self.volume_directories = set()
         self.files = {}
@@ -93,15 +102,22 @@ class DatabricksApi:
             self.requests.append(request)
             try:
                 if request.path == "/.well-known/databricks-config":
-                    return self._json(200, {"workspace_id": WORKSPACE_ID, "oidc_endpoint": ""})
+                    return self._json(200, {"workspace_id": WORKSPACE_ID,
+                                            "oidc_endpoint": f"{self.url}/oidc"})
+                if request.path == "/oidc/.well-known/oauth-authorization-server":
+                    return self._json(200, {"authorization_endpoint": f"{self.url}/oidc/v1/authorize",
+                                            "token_endpoint": f"{self.url}/oidc/v1/token"})
                 self._inject_failure(request.path)
+                if request.path == "/oidc/v1/token":
+                    return self._json(200, self._issue_token(request))
                 self._authenticate(request.headers)
                 match = _API_PATH.match(request.path)
                 if not match:
                     raise ApiError(404, "ENDPOINT_NOT_FOUND", f"No API found for {request.path}")
                 return self._route(request, match["endpoint"])
             except ApiError as error:
-                body = {"error_code": error.error_code, "message": error.message}
+                body = {"error": error.error_code, "error_description": error.message} if error.oauth \
+                    else {"error_code": error.error_code, "message": error.message}
                 return self._json(error.status, body, error.headers)
 
     def _inject_failure(self, path):
@@ -116,8 +132,21 @@ class DatabricksApi:
                 raise ApiError(status, code, message or f"injected HTTP {status}", headers)
 
     def _authenticate(self, headers):
-        if headers.get("authorization") != f"Bearer {self.token}":
+        accepted = {f"Bearer {token}" for token in {self.token, *self.issued_tokens}}
+        if headers.get("authorization") not in accepted:
             raise ApiError(401, "UNAUTHENTICATED", "Invalid access token.")
+
+    def _issue_token(self, request):
+        """OAuth client credentials: HTTP Basic client id and secret, as the SDK sends them."""
+        form = urllib.parse.parse_qs(request.body.decode())
+        expected = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        if form.get("grant_type") != ["client_credentials"] or \
+                request.headers.get("authorization") != expected:
+            raise ApiError(401, "invalid_client", "Client authentication failed", oauth=True)
+        self._next_id += 1
+        token = f"oauth-access-{self._next_id}"
+        self.issued_tokens.add(token)
+        return {"access_token": token, "token_type": "Bearer", "expires_in": 3600, "scope": "all-apis"}
 
     def _route(self, request, endpoint):
         body = request.body
@@ -126,6 +155,8 @@ class DatabricksApi:
             ("POST", "workspace/import"): self._workspace_import,
             ("GET", "workspace/get-status"): self._workspace_get_status,
             ("GET", "workspace/list"): self._workspace_list,
+            ("GET", "mlflow/experiments/get-by-name"): self._experiment_by_name,
+            ("POST", "mlflow/experiments/create"): self._experiment_create,
             ("POST", "dbfs/mkdirs"): self._dbfs_mkdirs,
             ("POST", "dbfs/create"): self._dbfs_create,
             ("POST", "dbfs/add-block"): self._dbfs_add_block,
@@ -161,18 +192,46 @@ class DatabricksApi:
         parts = path.strip("/").split("/")
         return ["/" + "/".join(parts[:index]) for index in range(1, len(parts))]
 
+    def _not_a_folder(self, path):
+        """The first of ``path`` and its parents that is a notebook or an experiment, or None."""
+        for candidate in self._parents(path) + [path]:
+            if candidate in self.notebooks or candidate in self.experiments:
+                return candidate
+        return None
+
     def _workspace_mkdirs(self, body):
         path = body["path"].rstrip("/")
-        if path in self.notebooks:
-            raise ApiError(400, "RESOURCE_ALREADY_EXISTS", f"{path} exists and is not a directory")
+        blocking = self._not_a_folder(path)
+        if blocking:
+            raise ApiError(400, "RESOURCE_ALREADY_EXISTS", f"{blocking} exists and is not a directory")
         self.directories.update(self._parents(path) + [path])
         return {}
+
+    def _experiment_by_name(self, query):
+        name = query.get("experiment_name", "")
+        if name not in self.experiments:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Node named '{name}' does not exist.")
+        return {"experiment": {"experiment_id": self.experiments[name], "name": name,
+                               "lifecycle_stage": "active"}}
+
+    def _experiment_create(self, body):
+        name = body.get("name", "")
+        parent = name.rsplit("/", 1)[0] or "/"
+        if name in self.experiments or name in self.directories or name in self.notebooks:
+            raise ApiError(400, "RESOURCE_ALREADY_EXISTS", f"Node named '{name}' already exists")
+        if parent not in self.directories:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Parent directory {parent} does not exist.")
+        self._next_id += 1
+        self.experiments[name] = str(self._next_id)
+        return {"experiment_id": self.experiments[name]}
 
     def _workspace_import(self, body):
         path = body["path"]
         parent = path.rsplit("/", 1)[0] or "/"
         if parent not in self.directories:
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"The parent folder ({parent}) does not exist.")
+        if path in self.directories or path in self.experiments:
+            raise ApiError(400, "RESOURCE_ALREADY_EXISTS", f"{path} exists and is not a notebook")
         if path in self.notebooks and not body.get("overwrite"):
             raise ApiError(400, "RESOURCE_ALREADY_EXISTS", f"{path} already exists.")
         self.notebooks[path] = {"content": base64.b64decode(body.get("content", "")),
@@ -185,6 +244,8 @@ class DatabricksApi:
             return {"path": path, "object_type": "NOTEBOOK", "language": self.notebooks[path]["language"]}
         if path in self.directories:
             return {"path": path, "object_type": "DIRECTORY"}
+        if path in self.experiments:
+            return {"path": path, "object_type": "MLFLOW_EXPERIMENT"}
         raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Path ({path}) doesn't exist.")
 
     def _workspace_list(self, query):

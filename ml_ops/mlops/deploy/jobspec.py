@@ -12,12 +12,21 @@ environment:
 ``workspace_root``  the workspace folder the repository's notebooks are imported under
 ``wheel_root``      where the wheels are uploaded, a ``/Volumes/...`` or ``dbfs:/...`` folder
 ``schedule``        optional: job name -> Jobs API ``schedule`` for that job
+``compute``         optional: ``classic`` (default: the job clusters) or ``serverless`` (notebook
+                    tasks on serverless compute; ``cluster`` is then not used)
+``run_as``          optional: Jobs API ``run_as``, e.g. ``{"service_principal_name": "<application id>"}``
+``email_notifications``, ``webhook_notifications``, ``notification_settings``, ``health``
+                    optional: the Jobs API job fields of those names, set on every job
+``approvers``       optional: e-mail addresses told, by the task ``request_approval``, that a
+                    version waits for their approval; required when ``require_approval`` is true
 
 Rendering never adds parameter names: Databricks passes every job and base parameter on
 to the notebooks, and the notebooks reject names they do not declare.
 """
 import copy
+import datetime
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -28,7 +37,14 @@ DEFAULT_JOBS_DIR = "databricks_jobs"
 ENVIRONMENTS_FOLDER = "environments"
 
 REQUIRED_ENVIRONMENT_KEYS = ("name", "parameters", "cluster", "workspace_root", "wheel_root")
-OPTIONAL_ENVIRONMENT_KEYS = ("description", "schedule")
+JOB_FIELDS_FROM_ENVIRONMENT = ("run_as", "email_notifications", "webhook_notifications",
+                               "notification_settings", "health")
+OPTIONAL_ENVIRONMENT_KEYS = ("description", "schedule", "compute", "approvers") + JOB_FIELDS_FROM_ENVIRONMENT
+COMPUTE_KINDS = ("classic", "serverless")
+# The task that tells approvers a version waits for them (see the training job file).
+APPROVAL_TASK = "request_approval"
+# Deploys put each release's notebooks under <workspace_root>/releases/<version>.
+RELEASES_FOLDER = "releases"
 # The deploy step derives these from wheel_root and the built version; an environment may not set them.
 DERIVED_PARAMETERS = ("wheel_path", "wheel_version")
 # Cluster sizes are either fixed or autoscaled; the Jobs API rejects a cluster with both.
@@ -130,11 +146,44 @@ def check_environment(environment: Any, source: str = "environment") -> None:
     schedule = environment.get("schedule", {})
     if not isinstance(schedule, dict) or not all(isinstance(entry, dict) for entry in schedule.values()):
         raise ConfigError(f"{source}: 'schedule' must map job names to Jobs API schedule objects")
+    if environment.get("compute", "classic") not in COMPUTE_KINDS:
+        raise ConfigError(f"{source}: 'compute' must be one of {', '.join(COMPUTE_KINDS)}, "
+                          f"got {environment['compute']!r}")
+    if environment.get("compute") == "serverless" and not wheel_root.startswith("/Volumes/"):
+        raise ConfigError(f"{source}: serverless compute installs wheels from a Unity Catalog volume, "
+                          f"not DBFS: set 'wheel_root' to a /Volumes/... folder")
+    approvers = environment.get("approvers", [])
+    if not isinstance(approvers, list) or not all(isinstance(a, str) and "@" in a for a in approvers):
+        raise ConfigError(f"{source}: 'approvers' must be a list of e-mail addresses, got {approvers!r}")
+    if parameters.get("require_approval", "false").strip().lower() == "true" and not approvers:
+        raise ConfigError(f"{source}: require_approval is true but 'approvers' names nobody; a version "
+                          f"waiting for approval would wait unseen: list the approvers' e-mail addresses")
+
+
+_START_TIME_REFERENCE = re.compile(r"\{\{\s*job\.start_time\.(iso_date|iso_datetime|timestamp)\s*\}\}")
+
+
+def start_time_values(start: datetime.datetime) -> dict:
+    """The ``{{job.start_time.*}}`` dynamic values of a run that started at ``start``."""
+    return {"job.start_time.iso_date": start.date().isoformat(),
+            "job.start_time.iso_datetime": start.isoformat(),
+            "job.start_time.timestamp": str(int(start.timestamp() * 1000))}
+
+
+def resolve_start_time(value: str, start: Optional[datetime.datetime] = None) -> str:
+    """``value`` with its ``{{job.start_time.*}}`` references resolved, as for a run starting now."""
+    values = start_time_values(start or datetime.datetime.now(datetime.timezone.utc))
+    return _START_TIME_REFERENCE.sub(lambda match: values[f"job.start_time.{match.group(1)}"], value)
 
 
 def wheel_folder(environment: dict, wheel_version: str) -> str:
     """Where the wheels of ``wheel_version`` are uploaded, as the upload API names it."""
     return f"{environment['wheel_root'].rstrip('/')}/{wheel_version}"
+
+
+def release_folder(environment: dict, wheel_version: str) -> str:
+    """The workspace folder holding the notebooks of the release ``wheel_version``."""
+    return f"{environment['workspace_root'].rstrip('/')}/{RELEASES_FOLDER}/{wheel_version}"
 
 
 def pip_path(remote: str) -> str:
@@ -159,10 +208,19 @@ def declared_parameters(job: dict) -> Iterator[tuple]:
 
 def render_job(job: dict, environment: dict, wheel_version: Optional[str] = None,
                workspace_root: Optional[str] = None) -> dict:
-    """The job's settings for one environment, as a new dict; ``job`` is left unchanged."""
+    """The job's settings for one environment, as a new dict; ``job`` is left unchanged.
+
+    Notebook paths resolve under the release folder of ``wheel_version``, or under
+    ``workspace_root`` when one is given.
+    """
     check_environment(environment)
     rendered = copy.deepcopy(job)
-    root = (workspace_root or environment["workspace_root"]).rstrip("/")
+    if workspace_root:
+        root = workspace_root.rstrip("/")
+    elif wheel_version:
+        root = release_folder(environment, wheel_version)
+    else:
+        root = environment["workspace_root"].rstrip("/")
     values = dict(environment["parameters"])
     if wheel_version:
         values.update(wheel_path=pip_path(wheel_folder(environment, wheel_version)),
@@ -178,14 +236,30 @@ def render_job(job: dict, environment: dict, wheel_version: Optional[str] = None
                 parameters[name] = values[name]
         if notebook.get("source", "WORKSPACE") == "WORKSPACE":
             notebook["notebook_path"] = _absolute_notebook_path(notebook["notebook_path"], root)
+    if environment.get("compute") == "serverless":
+        _use_serverless(rendered)
     for cluster in _clusters(rendered):
         _merge_cluster(cluster, environment["cluster"])
     rendered.setdefault("tags", {})["env"] = environment["name"]
     schedule = environment.get("schedule", {}).get(rendered["name"])
     if schedule:
         rendered["schedule"] = copy.deepcopy(schedule)
+    for field in JOB_FIELDS_FROM_ENVIRONMENT:
+        if field in environment:
+            rendered[field] = copy.deepcopy(environment[field])
+    for task in rendered.get("tasks", []):
+        if task.get("task_key") == APPROVAL_TASK and environment.get("approvers"):
+            task.setdefault("email_notifications", {})["on_start"] = list(environment["approvers"])
     _refuse_secrets(rendered)
     return rendered
+
+
+def _use_serverless(job: dict) -> None:
+    """Notebook tasks without a cluster run on serverless compute; their %pip installs the wheels."""
+    job.pop("job_clusters", None)
+    for task in job.get("tasks", []):
+        for field in ("job_cluster_key", "new_cluster", "existing_cluster_id", "libraries"):
+            task.pop(field, None)
 
 
 def _absolute_notebook_path(path: str, root: str) -> str:

@@ -5,7 +5,8 @@ import sys
 from typing import Optional
 
 from mlops.deploy import jobspec
-from mlops.deploy.workspace import _host_of, _remote, connect, find_job
+from mlops.deploy.auth import connect, host_of, remote_call
+from mlops.deploy.workspace import find_job
 from mlops.errors import ConfigError, JobError
 from mlops.observability.redaction import looks_secret
 
@@ -20,7 +21,7 @@ class TriggerResult:
 
 
 def trigger(env: str, job_name: str, parameters: Optional[dict] = None, host: Optional[str] = None,
-            token: Optional[str] = None, wait: bool = False, timeout_minutes: int = 120,
+            profile: Optional[str] = None, wait: bool = False, timeout_minutes: int = 120,
             jobs_dir=jobspec.DEFAULT_JOBS_DIR, client=None, out=None) -> TriggerResult:
     """Run the deployed job ``job_name`` of ``env`` now, with parameter overrides.
 
@@ -32,13 +33,13 @@ def trigger(env: str, job_name: str, parameters: Optional[dict] = None, host: Op
     out = out if out is not None else sys.stdout
     parameters = dict(parameters or {})
     jobspec.load_environment(env, jobs_dir)
-    client = client if client is not None else connect(host, token)
-    host = _host_of(client)
+    client = client if client is not None else connect(host, profile)
+    host = host_of(client)
     job_id = find_job(client, env, job_name, host)
     if job_id is None:
         raise JobError(f"Databricks at {host} has no job '{job_name}' for environment {env}; "
                        f"run `mlops deploy run --env {env}` first")
-    with _remote(host, f"read job {job_name} (id {job_id})"):
+    with remote_call(host, f"read job {job_name} (id {job_id})"):
         settings = client.jobs.get(job_id=job_id).settings
     if settings.parameters:
         declared = {parameter.name for parameter in settings.parameters}
@@ -56,7 +57,7 @@ def trigger(env: str, job_name: str, parameters: Optional[dict] = None, host: Op
     if secret_looking:
         raise ConfigError(f"parameter(s) {', '.join(secret_looking)} hold what looks like a secret; "
                           f"pass secret scope and key names instead")
-    with _remote(host, f"run job {job_name} (id {job_id})"):
+    with remote_call(host, f"run job {job_name} (id {job_id})"):
         waiter = client.jobs.run_now(job_id=job_id, **(arguments if parameters else {}))
     result = TriggerResult(job_name=job_name, job_id=job_id, run_id=waiter.run_id)
     print(f"started run {result.run_id} of job {job_name} (id {job_id}) on {host}", file=out)
@@ -65,7 +66,7 @@ def trigger(env: str, job_name: str, parameters: Optional[dict] = None, host: Op
     from databricks.sdk.errors import OperationFailed
 
     try:
-        with _remote(host, f"wait for run {result.run_id} of job {job_name}"):
+        with remote_call(host, f"wait for run {result.run_id} of job {job_name}"):
             run = waiter.result(timeout=datetime.timedelta(minutes=timeout_minutes))
     except TimeoutError as error:
         raise JobError(f"run {result.run_id} of job {job_name} on {host} did not finish within "

@@ -1,35 +1,32 @@
-"""Deploy one environment to its Databricks workspace.
+"""Deploy one environment to its Databricks workspace, as a plan of API calls.
 
-``deploy`` uploads both wheels to ``<wheel_root>/<version>/``, imports the orchestrator
-notebooks (and optionally the Nutter test notebooks) under ``<workspace_root>/``, and creates
-or resets every job of ``databricks_jobs/*.json`` rendered for the environment. Everything
-that can be checked offline (wheels, environment, job files, notebook references) is checked
-before the first request.
+A deploy is a release. Both wheels go to ``<wheel_root>/<version>/`` and the notebooks to
+``<workspace_root>/releases/<version>/``; only when all of them are in place are the jobs
+created or reset to run that release. A run in progress keeps the release it started with,
+and a deploy that fails part-way leaves every job on a complete release. The experiments the
+jobs log to are created when missing, at paths checked not to collide with a folder.
 
-Credentials come from arguments or ``DATABRICKS_HOST`` / ``DATABRICKS_TOKEN``. The token is
-never printed and never put in an exception message.
+Everything that can be checked offline (wheels, environment, job files, notebook references,
+workspace paths) is checked before the first request, and every job to reset is looked up
+before the first upload. ``dry_run`` prints the plan and sends nothing.
 """
 import base64
-import contextlib
 import dataclasses
-import os
 import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from mlops.deploy import jobspec
+from mlops.deploy.auth import connect, credential_sources, host_of, remote_call, resolve_host
 from mlops.errors import ConfigError, JobError
-from mlops.observability.redaction import redact_text, register_secret
 from mlops.platform.notebook_format import is_notebook
 
 WHEEL_DISTRIBUTIONS = ("taxi_fares", "taxi_fares_mlops")
 _WHEEL_NAME = re.compile(r"^(?P<distribution>[A-Za-z0-9_]+)-(?P<version>[^-]+)-py3-none-any\.whl$")
-# Workspace folders under workspace_root; job files and Nutter tests refer to notebooks by these.
+# Folders of a release; job files and Nutter tests refer to notebooks by these.
 ORCHESTRATOR_FOLDER = "orchestrator"
 NUTTER_FOLDER = "tests/nutter"
-HOST_ENV = "DATABRICKS_HOST"
-TOKEN_ENV = "DATABRICKS_TOKEN"
 
 
 @dataclasses.dataclass
@@ -39,8 +36,10 @@ class DeployResult:
     env: str
     host: str
     version: str
+    release: str = ""
     wheels: list = dataclasses.field(default_factory=list)
     notebooks: list = dataclasses.field(default_factory=list)
+    experiments: list = dataclasses.field(default_factory=list)
     created: dict = dataclasses.field(default_factory=dict)
     updated: dict = dataclasses.field(default_factory=dict)
 
@@ -49,12 +48,36 @@ class DeployResult:
         return {**self.created, **self.updated}
 
     def summary(self) -> str:
-        lines = [f"deployed environment {self.env} (wheels {self.version}) to {self.host}"]
+        lines = [f"deployed environment {self.env} (wheels {self.version}) to {self.host}",
+                 f"  release folder   {self.release}"]
         lines += [f"  uploaded wheel   {path}" for path in self.wheels]
         lines += [f"  imported notebook {path}" for path in self.notebooks]
+        lines += [f"  experiment       {path}" for path in self.experiments]
         lines += [f"  created job      {name} (id {job_id})" for name, job_id in sorted(self.created.items())]
         lines += [f"  reset job        {name} (id {job_id})" for name, job_id in sorted(self.updated.items())]
         return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Step:
+    """One API call of a deploy: shown by a dry run, performed by a real one."""
+
+    request: str
+    target: str
+    detail: str
+    perform: Callable = dataclasses.field(repr=False)
+
+    def describe(self) -> str:
+        return f"{self.request:<34} {self.target}" + (f"  ({self.detail})" if self.detail else "")
+
+
+@dataclasses.dataclass
+class Plan:
+    env: str
+    version: str
+    release: str
+    checks: list
+    steps: list
 
 
 def find_wheels(wheels_dir="dist") -> tuple:
@@ -85,52 +108,6 @@ def notebooks_in(folder) -> list:
     return sorted(path for path in Path(folder).glob("*.py") if is_notebook(path))
 
 
-def _credentials(host: Optional[str], token: Optional[str]) -> tuple:
-    host = (host or os.environ.get(HOST_ENV) or "").rstrip("/")
-    token = token or os.environ.get(TOKEN_ENV) or ""
-    if not host:
-        raise ConfigError(f"no Databricks host: pass --host or set {HOST_ENV}")
-    if not token:
-        raise ConfigError(f"no Databricks token for {host}: set {TOKEN_ENV} "
-                          f"(from a secret pipeline variable, never on the command line)")
-    register_secret(token)
-    return host, token
-
-
-def connect(host: Optional[str] = None, token: Optional[str] = None):
-    """A databricks-sdk WorkspaceClient that authenticates with a personal access token only."""
-    from databricks.sdk import WorkspaceClient
-
-    host, token = _credentials(host, token)
-    try:
-        return WorkspaceClient(host=host, token=token, auth_type="pat")
-    except ValueError as error:
-        raise ConfigError(f"cannot configure a Databricks client for {host}: {redact_text(error)}") from error
-
-
-@contextlib.contextmanager
-def _remote(host: str, action: str):
-    """Turn a Databricks API error into our hierarchy, naming the host and the action."""
-    from databricks.sdk.errors import DatabricksError, PermissionDenied, Unauthenticated
-
-    try:
-        yield
-    except Unauthenticated as error:
-        raise ConfigError(
-            f"Databricks at {host} rejected the credentials (HTTP 401) while trying to {action}: "
-            f"check that {TOKEN_ENV} holds a valid, unexpired token for this workspace") from error
-    except PermissionDenied as error:
-        raise ConfigError(
-            f"Databricks at {host} denied permission (HTTP 403) to {action}: the token's principal "
-            f"needs access to it ({redact_text(error)})") from error
-    except DatabricksError as error:
-        raise JobError(f"Databricks at {host} failed to {action}: {redact_text(error)}") from error
-
-
-def _host_of(client) -> str:
-    return client.config.host.rstrip("/")
-
-
 def render_all(environment: dict, version: str, jobs_dir) -> dict:
     """Every job file rendered for ``environment`` and validated against the Jobs API: name -> settings."""
     rendered = {}
@@ -155,43 +132,142 @@ def _check_notebook_references(jobs: dict, workspace_notebooks: set):
                                f"which is not among the notebooks being imported")
 
 
-def deploy(env: str, host: Optional[str] = None, token: Optional[str] = None, wheels_dir="dist",
-           jobs_dir=jobspec.DEFAULT_JOBS_DIR, notebooks_dir="orchestrator", tests_dir=None,
-           client=None, out=None) -> DeployResult:
-    """Upload wheels, import notebooks, create or reset jobs; print and return what was done."""
-    out = out if out is not None else sys.stdout
+def experiment_paths(environment: dict) -> list:
+    """The MLflow experiments the jobs of ``environment`` log to."""
+    from mlops.lifecycle.history import history_experiment
+
+    parameters = environment["parameters"]
+    names = [parameters.get("experiment_name", "")]
+    if parameters.get("registered_model_name"):
+        names.append(history_experiment(parameters["registered_model_name"]))
+    return [name for name in names if name]
+
+
+def check_paths_do_not_collide(env: str, experiments: list, notebooks: list) -> None:
+    """A workspace path is a folder, a notebook or an experiment, never two of them."""
+    folders = {parent for path in notebooks for parent in _parents(path)}
+    for experiment in experiments:
+        inside_notebook = any(experiment.startswith(path + "/") for path in notebooks)
+        clash = "a folder holding the deployed notebooks" if experiment in folders else \
+            "a deployed notebook" if experiment in notebooks else \
+            "inside a deployed notebook's path" if inside_notebook else ""
+        if clash:
+            raise ConfigError(f"environment {env}: experiment {experiment} is also {clash}; a workspace "
+                              f"path cannot be both: set experiment_name outside the release folders, "
+                              f"e.g. <workspace_root>/experiments/<name>")
+
+
+def _parents(path: str) -> list:
+    parts = path.strip("/").split("/")
+    return ["/" + "/".join(parts[:index]) for index in range(1, len(parts))]
+
+
+def plan_deploy(env: str, wheels_dir="dist", jobs_dir=jobspec.DEFAULT_JOBS_DIR, notebooks_dir="orchestrator",
+                tests_dir=None) -> Plan:
+    """Check everything offline and list the API calls a deploy of ``env`` makes, in order."""
     environment = jobspec.load_environment(env, jobs_dir)
     version, wheels = find_wheels(wheels_dir)
-    root = environment["workspace_root"].rstrip("/")
-    notebooks = [(path, f"{root}/{ORCHESTRATOR_FOLDER}/{path.stem}") for path in notebooks_in(notebooks_dir)]
+    release = jobspec.release_folder(environment, version)
+    notebooks = [(path, f"{release}/{ORCHESTRATOR_FOLDER}/{path.stem}")
+                 for path in notebooks_in(notebooks_dir)]
     if not notebooks:
         raise ConfigError(f"no Databricks source notebooks in {notebooks_dir}/")
     if tests_dir is not None:
         tests = notebooks_in(tests_dir)
         if not tests:
             raise ConfigError(f"no Databricks source notebooks in {tests_dir}/")
-        notebooks += [(path, f"{root}/{NUTTER_FOLDER}/{path.stem}") for path in tests]
+        notebooks += [(path, f"{release}/{NUTTER_FOLDER}/{path.stem}") for path in tests]
     jobs = render_all(environment, version, jobs_dir)
     _check_notebook_references(jobs, {remote for _, remote in notebooks})
+    experiments = experiment_paths(environment)
+    check_paths_do_not_collide(env, experiments, [remote for _, remote in notebooks])
 
-    client = client if client is not None else connect(host, token)
-    result = DeployResult(env=env, host=_host_of(client), version=version)
+    checks = [Step("GET  jobs/list", name, f"must be absent or tagged env={env}",
+                   lambda client, host, result, name=name: find_job(client, env, name, host))
+              for name in jobs]
+    steps = []
     folder = jobspec.wheel_folder(environment, version)
     for wheel in wheels:
-        result.wheels.append(_upload(client, wheel, f"{folder}/{wheel.name}", result.host))
+        steps.append(_upload_step(wheel, f"{folder}/{wheel.name}"))
+    for remote_folder in sorted({remote.rsplit("/", 1)[0] for _, remote in notebooks}):
+        steps.append(Step("POST workspace/mkdirs", remote_folder, "",
+                          lambda client, host, result, path=remote_folder: _mkdirs(client, path, host)))
     for path, remote in notebooks:
-        _import_notebook(client, path, remote, result.host)
-        result.notebooks.append(remote)
+        steps.append(Step("POST workspace/import", remote, f"from {path.name}, overwrite",
+                          lambda client, host, result, path=path, remote=remote:
+                          _import_notebook(client, path, remote, host, result)))
+    for experiment in experiments:
+        steps.append(Step("POST mlflow/experiments/create", experiment, "when missing",
+                          lambda client, host, result, name=experiment: _ensure_experiment(client, name, host,
+                                                                                           result)))
     for name, settings in jobs.items():
-        job_id, created = _upsert_job(client, env, settings, result.host)
-        (result.created if created else result.updated)[name] = job_id
+        steps.append(Step("POST jobs/reset or jobs/create", name, _job_detail(settings),
+                          lambda client, host, result, settings=settings: _upsert_job(client, env, settings,
+                                                                                      host, result)))
+    return Plan(env=env, version=version, release=release, checks=checks, steps=steps)
+
+
+def _job_detail(settings) -> str:
+    clusters = {cluster.new_cluster.spark_version for cluster in settings.job_clusters or []
+                if cluster.new_cluster}
+    parts = [f"{len(settings.tasks or [])} tasks",
+             f"runtime {', '.join(sorted(clusters))}" if clusters else "serverless"]
+    if settings.schedule:
+        parts.append(f"schedule {settings.schedule.quartz_cron_expression} {settings.schedule.timezone_id}")
+    if settings.run_as:
+        parts.append(f"run as {settings.run_as.service_principal_name or settings.run_as.user_name}")
+    if settings.email_notifications and settings.email_notifications.on_failure:
+        parts.append(f"failures mailed to {', '.join(settings.email_notifications.on_failure)}")
+    return "; ".join(parts)
+
+
+def describe_plan(plan: Plan, host: str) -> str:
+    """The plan as text: every API call with its target; no secret is ever part of a plan."""
+    sources = credential_sources()
+    lines = [f"dry run: deploy environment {plan.env} (wheels {plan.version}) to "
+             f"{host or '(no host yet: pass --host, set DATABRICKS_HOST or name a --profile)'}",
+             f"  release folder {plan.release}",
+             "  authentication: databricks-sdk unified auth"
+             + (f", from {', '.join(sources)}" if sources else ", from a profile or the Azure CLI"),
+             "  first, looking up the jobs to reset:"]
+    lines += [f"    {step.describe()}" for step in plan.checks]
+    lines += ["  then, in order:"]
+    lines += [f"    {number:>2}. {step.describe()}" for number, step in enumerate(plan.steps, start=1)]
+    lines.append("nothing was sent; run without --dry-run to deploy")
+    return "\n".join(lines)
+
+
+def deploy(env: str, host: Optional[str] = None, profile: Optional[str] = None, wheels_dir="dist",
+           jobs_dir=jobspec.DEFAULT_JOBS_DIR, notebooks_dir="orchestrator", tests_dir=None,
+           dry_run: bool = False, client=None, out=None) -> Optional[DeployResult]:
+    """Upload a release and point the jobs at it; with ``dry_run``, print the plan instead."""
+    out = out if out is not None else sys.stdout
+    plan = plan_deploy(env, wheels_dir, jobs_dir, notebooks_dir, tests_dir)
+    if dry_run:
+        print(describe_plan(plan, resolve_host(host, profile)), file=out)
+        return None
+    client = client if client is not None else connect(host, profile)
+    result = DeployResult(env=env, host=host_of(client), version=plan.version, release=plan.release)
+    for step in plan.checks:
+        step.perform(client, result.host, result)
+    for number, step in enumerate(plan.steps, start=1):
+        print(f"[{number}/{len(plan.steps)}] {step.request} {step.target}", file=out, flush=True)
+        step.perform(client, result.host, result)
     print(result.summary(), file=out)
     return result
 
 
-def _upload(client, local: Path, remote: str, host: str) -> str:
+def _upload_step(local: Path, remote: str) -> Step:
+    volume = remote.startswith("/Volumes/")
+    request = "PUT  fs/files" if volume else "POST dbfs/create+add-block+close"
+    size = f"{local.stat().st_size / 1024:.0f} KiB"
+    return Step(request, remote, size,
+                lambda client, host, result: _upload(client, local, remote, host, result))
+
+
+def _upload(client, local: Path, remote: str, host: str, result: DeployResult):
     folder = remote.rsplit("/", 1)[0]
-    with _remote(host, f"upload {local.name} to {remote}"):
+    with remote_call(host, f"upload {local.name} to {remote}"):
         if remote.startswith("/Volumes/"):
             client.files.create_directory(folder)
             with local.open("rb") as contents:
@@ -200,39 +276,70 @@ def _upload(client, local: Path, remote: str, host: str) -> str:
             client.dbfs.mkdirs(folder)
             with local.open("rb") as contents:
                 client.dbfs.upload(remote, contents, overwrite=True)
-    return remote
+    result.wheels.append(remote)
 
 
-def _import_notebook(client, local: Path, remote: str, host: str):
+def _mkdirs(client, path: str, host: str):
+    with remote_call(host, f"create workspace folder {path}"):
+        client.workspace.mkdirs(path)
+
+
+def _import_notebook(client, local: Path, remote: str, host: str, result: DeployResult):
     from databricks.sdk.service.workspace import ImportFormat, Language
 
     content = base64.b64encode(local.read_bytes()).decode("ascii")
-    with _remote(host, f"import notebook {remote}"):
-        client.workspace.mkdirs(remote.rsplit("/", 1)[0])
+    with remote_call(host, f"import notebook {remote}"):
         client.workspace.import_(path=remote, content=content, format=ImportFormat.SOURCE,
                                  language=Language.PYTHON, overwrite=True)
+    result.notebooks.append(remote)
+
+
+def _ensure_experiment(client, name: str, host: str, result: DeployResult):
+    from databricks.sdk.errors import NotFound
+
+    with remote_call(host, f"create experiment {name}"):
+        try:
+            client.experiments.get_by_name(name)
+        except NotFound:
+            client.workspace.mkdirs(name.rsplit("/", 1)[0] or "/")
+            client.experiments.create_experiment(name)
+    result.experiments.append(name)
 
 
 def find_job(client, env: str, name: str, host: str):
-    """The id of the deployed job ``name`` of ``env`` (tag env), or None; several matches are an error."""
-    with _remote(host, f"list jobs named {name}"):
-        candidates = [job for job in client.jobs.list(name=name)
-                      if job.settings and job.settings.name == name
-                      and (job.settings.tags or {}).get("env", env) == env]
-    if len(candidates) > 1:
-        ids = ", ".join(str(job.job_id) for job in candidates)
-        raise JobError(f"Databricks at {host} has {len(candidates)} jobs named '{name}' for environment "
+    """The id of the deployed job ``name`` of ``env``, or None.
+
+    A job of that name tagged for another environment, or not tagged at all, is someone
+    else's: it is an error, never a job to reset. So is more than one job of ``env``.
+    """
+    with remote_call(host, f"list jobs named {name}"):
+        named = [job for job in client.jobs.list(name=name) if job.settings and job.settings.name == name]
+    foreign = [job for job in named if (job.settings.tags or {}).get("env") != env]
+    if foreign:
+        described = ", ".join(f"id {job.job_id} ({_env_tag(job)})" for job in foreign)
+        raise JobError(f"Databricks at {host} already has a job named '{name}' that is not environment "
+                       f"{env}'s: {described}; deploy never touches it. Rename or delete it, or deploy "
+                       f"each environment to its own workspace")
+    if len(named) > 1:
+        ids = ", ".join(str(job.job_id) for job in named)
+        raise JobError(f"Databricks at {host} has {len(named)} jobs named '{name}' for environment "
                        f"{env} (ids {ids}); delete the extra ones so deploys know which to update")
-    return candidates[0].job_id if candidates else None
+    return named[0].job_id if named else None
 
 
-def _upsert_job(client, env: str, settings, host: str) -> tuple:
+def _env_tag(job) -> str:
+    tag = (job.settings.tags or {}).get("env")
+    return f"tagged env={tag}" if tag else "no env tag"
+
+
+def _upsert_job(client, env: str, settings, host: str, result: DeployResult):
     job_id = find_job(client, env, settings.name, host)
     if job_id is not None:
-        with _remote(host, f"reset job {settings.name} (id {job_id})"):
+        with remote_call(host, f"reset job {settings.name} (id {job_id})"):
             client.jobs.reset(job_id=job_id, new_settings=settings)
-        return job_id, False
+        result.updated[settings.name] = job_id
+        return
     # Only the fields the job file sets: the SDK would send empty lists for the others.
     fields = {name: getattr(settings, name) for name in settings.as_dict()}
-    with _remote(host, f"create job {settings.name}"):
-        return client.jobs.create(**fields).job_id, True
+    with remote_call(host, f"create job {settings.name}"):
+        result.created[settings.name] = client.jobs.create(**fields).job_id

@@ -24,7 +24,7 @@ from mlops.lifecycle.registry import (APPROVAL_TAG, CHALLENGER, CHAMPION, VALIDA
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "/Shared/taxi_fares"
+DEFAULT_EXPERIMENT = JobConfig.experiment_name
 VERSION_COLUMNS = ("version", "aliases", "validation", "approval", "rmse", "created (UTC)", "run id")
 
 

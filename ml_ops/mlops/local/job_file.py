@@ -1,7 +1,8 @@
 """A Jobs API 2.1 job file, validated for the local runtime: tasks in the order they run.
 
-Only ``notebook_task`` tasks run locally; cluster, library, retry, timeout and notification
-settings are ignored. A task's ``notebook_path`` is looked up, in order: as an absolute
+``notebook_task`` and ``condition_task`` tasks run locally; a ``depends_on`` entry may name
+the ``outcome`` of a condition, as on Databricks. Cluster, library, retry, timeout and
+notification settings are ignored. A task's ``notebook_path`` is looked up, in order: as an absolute
 path; relative to the repository root (the parent of the job file's folder); relative to the
 job file's folder; relative to the current directory. ``.py`` is added when the path has no
 suffix, as Databricks paths have none.
@@ -9,9 +10,9 @@ suffix, as Databricks paths have none.
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from mlops.deploy.jobspec import read_job_file
 from mlops.errors import JobError
@@ -28,12 +29,20 @@ _IGNORED_TASK_FIELDS = ("job_cluster_key", "new_cluster", "existing_cluster_id",
                         "health", "description", "disable_auto_optimization")
 
 
+CONDITION_OPERATORS = ("EQUAL_TO", "NOT_EQUAL", "GREATER_THAN", "GREATER_THAN_OR_EQUAL", "LESS_THAN",
+                       "LESS_THAN_OR_EQUAL")
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     task_key: str
-    notebook_path: Path
+    notebook_path: Optional[Path]
     depends_on: tuple[str, ...]
     base_parameters: dict[str, str]
+    # A condition task: (op, left, right); its outcome is "true" or "false".
+    condition: Optional[tuple[str, str, str]] = None
+    # Upstream condition task -> the outcome this task needs from it.
+    outcomes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,11 +109,23 @@ def _task(job_file: Path, index: int, raw: Any) -> TaskSpec:
     if not isinstance(raw, dict) or not isinstance(raw.get("task_key"), str) or not raw["task_key"]:
         raise JobError(f"job file {job_file}: task #{index} has no task_key")
     key = raw["task_key"]
+    depends_on = raw.get("depends_on", [])
+    if not isinstance(depends_on, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("task_key"), str) for item in depends_on):
+        raise JobError(f"job file {job_file}: task '{key}' depends_on must be a list of "
+                       "{\"task_key\": ...} objects")
+    outcomes = {item["task_key"]: item["outcome"] for item in depends_on if "outcome" in item}
+    if any(outcome not in ("true", "false") for outcome in outcomes.values()):
+        raise JobError(f"job file {job_file}: task '{key}' depends_on outcome must be \"true\" or \"false\"")
+    upstream = tuple(item["task_key"] for item in depends_on)
+    if "condition_task" in raw:
+        return TaskSpec(task_key=key, notebook_path=None, depends_on=upstream, base_parameters={},
+                        condition=_condition(job_file, key, raw["condition_task"]), outcomes=outcomes)
     notebook_task = raw.get("notebook_task")
     if notebook_task is None:
         kinds = [name for name in raw if name.endswith("_task")] or ["task without notebook_task"]
         raise JobError(f"job file {job_file}: task '{key}' is a {kinds[0]}; "
-                       "the local runtime runs only notebook_task tasks")
+                       "the local runtime runs only notebook_task and condition_task tasks")
     declared_path = notebook_task.get("notebook_path") if isinstance(notebook_task, dict) else None
     if not isinstance(declared_path, str) or not declared_path:
         raise JobError(f"job file {job_file}: task '{key}' has no notebook_task.notebook_path")
@@ -115,17 +136,19 @@ def _task(job_file: Path, index: int, raw: Any) -> TaskSpec:
         if not isinstance(value, str):
             raise JobError(f"job file {job_file}: task '{key}' parameter '{name}' must be a string "
                            f"(Databricks passes widget values as strings), got {json.dumps(value)}")
-    depends_on = raw.get("depends_on", [])
-    if not isinstance(depends_on, list) or not all(
-            isinstance(item, dict) and isinstance(item.get("task_key"), str) for item in depends_on):
-        raise JobError(f"job file {job_file}: task '{key}' depends_on must be a list of "
-                       "{\"task_key\": ...} objects")
     ignored = sorted(name for name in raw if name in _IGNORED_TASK_FIELDS)
     if ignored:
         logger.debug("task %s: ignoring %s locally", key, ", ".join(ignored))
     return TaskSpec(task_key=key, notebook_path=_resolve_notebook_path(job_file, key, declared_path),
-                    depends_on=tuple(item["task_key"] for item in depends_on),
-                    base_parameters=dict(base_parameters))
+                    depends_on=upstream, base_parameters=dict(base_parameters), outcomes=outcomes)
+
+
+def _condition(job_file: Path, key: str, raw: Any) -> tuple[str, str, str]:
+    if not isinstance(raw, dict) or raw.get("op") not in CONDITION_OPERATORS or \
+            not isinstance(raw.get("left"), str) or not isinstance(raw.get("right"), str):
+        raise JobError(f"job file {job_file}: task '{key}' condition_task needs 'left' and 'right' strings "
+                       f"and an 'op' among {', '.join(CONDITION_OPERATORS)}")
+    return raw["op"], raw["left"], raw["right"]
 
 
 def _resolve_notebook_path(job_file: Path, task_key: str, declared: str) -> Path:
@@ -176,25 +199,29 @@ def _topological_order(job_file: Path, tasks: list[TaskSpec]) -> list[TaskSpec]:
 
 def _check_references(job_file: Path, task: TaskSpec, job_parameters: dict[str, str],
                       keys: list[str]) -> None:
-    values = [*task.base_parameters.values(), *job_parameters.values()]
+    values = [*task.base_parameters.values(), *job_parameters.values(), *(task.condition or ())[1:]]
     for value in values:
-        for reference in _REFERENCE.findall(value):
-            if reference in _STATIC_REFERENCES:
+        problem = reference_problem(value, job_parameters, keys)
+        if problem:
+            raise JobError(f"job file {job_file}: task '{task.task_key}' {problem}")
+
+
+def reference_problem(value: str, job_parameters, keys) -> str:
+    """Why a ``{{...}}`` reference in ``value`` cannot be resolved locally, or ''."""
+    for reference in _REFERENCE.findall(value):
+        if reference in _STATIC_REFERENCES:
+            continue
+        if reference.startswith("job.parameters."):
+            name = reference[len("job.parameters."):]
+            if name in job_parameters:
                 continue
-            if reference.startswith("job.parameters."):
-                name = reference[len("job.parameters."):]
-                if name in job_parameters:
-                    continue
-                raise JobError(f"job file {job_file}: task '{task.task_key}' refers to job parameter "
-                               f"'{name}', which the job does not declare (job parameters: "
-                               f"{', '.join(sorted(job_parameters)) or 'none'})")
-            if reference.startswith("tasks.") and ".values." in reference:
-                upstream = reference[len("tasks."):].split(".values.", 1)[0]
-                if upstream in keys:
-                    continue
-                raise JobError(f"job file {job_file}: task '{task.task_key}' refers to task values "
-                               f"of unknown task '{upstream}' in '{{{{{reference}}}}}'")
-            raise JobError(
-                f"job file {job_file}: task '{task.task_key}' uses '{{{{{reference}}}}}', which the local "
-                f"runtime does not know (supported: {', '.join(_STATIC_REFERENCES)}, job.parameters.<name>, "
-                "tasks.<task_key>.values.<key>)")
+            return (f"refers to job parameter '{name}', which the job does not declare (job parameters: "
+                    f"{', '.join(sorted(job_parameters)) or 'none'})")
+        if reference.startswith("tasks.") and ".values." in reference:
+            upstream = reference[len("tasks."):].split(".values.", 1)[0]
+            if upstream in keys:
+                continue
+            return f"refers to task values of unknown task '{upstream}' in '{{{{{reference}}}}}'"
+        return (f"uses '{{{{{reference}}}}}', which the local runtime does not know (supported: "
+                f"{', '.join(_STATIC_REFERENCES)}, job.parameters.<name>, tasks.<task_key>.values.<key>)")
+    return ""

@@ -32,11 +32,13 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
+from mlops.deploy.jobspec import start_time_values
 from mlops.errors import JobError
-from mlops.local.job_file import _REFERENCE, JobSpec, TaskSpec, load_job
+from mlops.local.job_file import _REFERENCE, JobSpec, TaskSpec, load_job, reference_problem
 from mlops.local.notebook import run_notebook
 from mlops.local.notebook_source import shown_path
-from mlops.local.run_record import FAILED, PENDING, RUNNING, SUCCESS, UPSTREAM_FAILED, RunRecord, now
+from mlops.local.run_record import (EXCLUDED, FAILED, PENDING, RUNNING, SUCCESS, UPSTREAM_FAILED,
+                                    RunRecord, now)
 from mlops.local.session import LocalSession
 from mlops.observability.redaction import REDACTED, SECRET_VALUE_MARKER, redact_text
 from mlops.platform import home, locks
@@ -47,8 +49,11 @@ logger = logging.getLogger(__name__)
 FAIL_WHEN_BUSY = "fail"
 WAIT_WHEN_BUSY = "wait"
 
-__all__ = ["FAILED", "PENDING", "RUNNING", "SUCCESS", "UPSTREAM_FAILED", "JobSpec", "RunRecord", "TaskSpec",
-           "load_job", "run_job", "task_parameters"]
+# States of a task that needs no repair.
+DONE = (SUCCESS, EXCLUDED)
+
+__all__ = ["EXCLUDED", "FAILED", "PENDING", "RUNNING", "SUCCESS", "UPSTREAM_FAILED", "JobSpec", "RunRecord",
+           "TaskSpec", "load_job", "run_job", "task_parameters"]
 
 
 def task_parameters(job: JobSpec, task: TaskSpec, overrides: dict[str, str]) -> dict[str, str]:
@@ -88,6 +93,10 @@ def run_job(job_file: Path, overrides: Optional[dict[str, str]] = None, repair_r
         valid = sorted(job.parameter_names())
         raise JobError(f"job '{job.name}' has no parameter {', '.join(repr(name) for name in unknown)}; "
                        f"valid names: {', '.join(valid) or 'none (the job declares no parameters)'}")
+    for name, value in overrides.items():
+        problem = reference_problem(value, job.parameters, [task.task_key for task in job.tasks])
+        if problem:
+            raise JobError(f"parameter '{name}' {problem}")
     with _run_slot(job, if_busy, progress), _signals_interrupt():
         record = _prepare_record(job, overrides, earlier)
         return _run_tasks(job, record, spark, progress)
@@ -104,13 +113,15 @@ def _prepare_record(job: JobSpec, overrides: dict, earlier: Optional[RunRecord])
         record = earlier
         record.parameters, record.state, record.end_time = overrides, RUNNING, None
         rerun = [task.task_key for task in job.tasks
-                 if record.tasks.get(task.task_key, {}).get("state") != SUCCESS]
+                 if record.tasks.get(task.task_key, {}).get("state") not in DONE]
         record.repairs.append({"repair_id": len(record.repairs) + 1, "start_time": now(), "end_time": None,
                                "state": RUNNING, "tasks": rerun})
     record.pid = os.getpid()
     for task in job.tasks:
-        if record.tasks.get(task.task_key, {}).get("state") != SUCCESS:
-            record.tasks[task.task_key] = {"state": PENDING, "notebook_path": str(task.notebook_path),
+        if record.tasks.get(task.task_key, {}).get("state") not in DONE:
+            what = {"condition": list(task.condition)} if task.condition else \
+                {"notebook_path": str(task.notebook_path)}
+            record.tasks[task.task_key] = {"state": PENDING, **what,
                                            "parameters": task_parameters(job, task, overrides)}
     record.save()
     return record
@@ -123,7 +134,7 @@ def _run_tasks(job: JobSpec, record: RunRecord, spark, progress: Callable[[str],
             session.task_values[key] = dict(entry.get("task_values", {}))
     repair = record.repairs[-1] if record.repairs and record.repairs[-1]["state"] == RUNNING else None
     started = time.monotonic()
-    to_run = [task for task in job.tasks if record.tasks[task.task_key]["state"] != SUCCESS]
+    to_run = [task for task in job.tasks if record.tasks[task.task_key]["state"] not in DONE]
     what = f"repair {repair['repair_id']} of run" if repair else "run"
     progress(f"job '{job.name}' {what} {record.run_id}: {len(to_run)} of {len(job.tasks)} tasks to run")
     try:
@@ -153,7 +164,7 @@ def _repairable_run(job: JobSpec, run_id: str) -> RunRecord:
     if earlier.repairs and earlier.repairs[-1]["state"] == SUCCESS:
         raise JobError(f"run {run_id} of job '{job.name}' was already repaired: repair "
                        f"{earlier.repairs[-1]['repair_id']} succeeded; nothing to repair")
-    if all(entry.get("state") == SUCCESS for entry in earlier.tasks.values()):
+    if all(entry.get("state") in DONE for entry in earlier.tasks.values()):
         raise JobError(f"run {run_id} of job '{job.name}' has no failed or skipped tasks; nothing to repair")
     return earlier
 
@@ -215,12 +226,21 @@ def _signals_interrupt():
 def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSession, counter: str,
               progress: Callable[[str], None]) -> None:
     entry = record.tasks[task.task_key]
-    failed_upstream = [key for key in task.depends_on if record.tasks[key]["state"] != SUCCESS]
+    failed_upstream = [key for key in task.depends_on if record.tasks[key]["state"] not in DONE]
     if failed_upstream:
         entry.update(state=UPSTREAM_FAILED,
                      error=f"not run: upstream task {', '.join(failed_upstream)} did not succeed")
         record.save()
         progress(f"{counter} {task.task_key} ... {UPSTREAM_FAILED} (upstream {', '.join(failed_upstream)})")
+        return
+    excluded_by = _excluded_by(task, record)
+    if excluded_by:
+        entry.update(state=EXCLUDED, error=f"not run: {excluded_by}")
+        record.save()
+        progress(f"{counter} {task.task_key} ... {EXCLUDED} ({excluded_by})")
+        return
+    if task.condition:
+        _evaluate_condition(job, task, record, session, counter, progress)
         return
 
     output_dir = runs_dir() / record.run_id / task.task_key
@@ -252,6 +272,47 @@ def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSes
              + (f": {entry['error']}" if entry["state"] == FAILED else ""))
 
 
+def _excluded_by(task: TaskSpec, record: RunRecord) -> str:
+    """Why ``task`` is skipped: an upstream task was, or a condition had the other outcome; or ''."""
+    for key in task.depends_on:
+        upstream = record.tasks[key]
+        if upstream["state"] == EXCLUDED:
+            return f"upstream task {key} was excluded"
+        wanted = task.outcomes.get(key)
+        if wanted is not None and upstream.get("outcome") != wanted:
+            return f"condition {key} was {upstream.get('outcome')}"
+    return ""
+
+
+_COMPARISONS = {"EQUAL_TO": lambda a, b: a == b, "NOT_EQUAL": lambda a, b: a != b,
+                "GREATER_THAN": lambda a, b: a > b, "GREATER_THAN_OR_EQUAL": lambda a, b: a >= b,
+                "LESS_THAN": lambda a, b: a < b, "LESS_THAN_OR_EQUAL": lambda a, b: a <= b}
+
+
+def _evaluate_condition(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSession, counter: str,
+                        progress: Callable[[str], None]) -> None:
+    """A condition task: compare its operands as numbers when both are, else as strings."""
+    entry = record.tasks[task.task_key]
+    op, left, right = task.condition
+    try:
+        operands = _substitute({"left": left, "right": right}, job, task, record, session)
+    except JobError as error:
+        entry.update(state=FAILED, error=str(error))
+        record.save()
+        progress(f"{counter} {task.task_key} ... {FAILED}: {error}")
+        return
+    values = [operands["left"], operands["right"]]
+    try:
+        values = [float(value) for value in values]
+    except ValueError:
+        pass
+    outcome = "true" if _COMPARISONS[op](*values) else "false"
+    entry.update(state=SUCCESS, outcome=outcome, operands=operands)
+    record.save()
+    progress(f"{counter} {task.task_key} ... condition {operands['left']!r} {op} {operands['right']!r} "
+             f"is {outcome}")
+
+
 def _substitute(parameters: dict[str, str], job: JobSpec, task: TaskSpec, record: RunRecord,
                 session: LocalSession) -> dict[str, str]:
     """Replace ``{{...}}`` dynamic value references with this run's values."""
@@ -260,9 +321,7 @@ def _substitute(parameters: dict[str, str], job: JobSpec, task: TaskSpec, record
         "job.id": f"local-{job.name}", "job.name": job.name, "job.run_id": record.run_id,
         "job.repair_count": str(len(record.repairs)), "task.name": task.task_key,
         "task.run_id": f"{record.run_id}-{task.task_key}",
-        "job.start_time.iso_date": start.date().isoformat(),
-        "job.start_time.iso_datetime": start.isoformat(),
-        "job.start_time.timestamp": str(int(start.timestamp() * 1000)),
+        **start_time_values(start),
     }
 
     def value_of(match: re.Match) -> str:

@@ -15,6 +15,8 @@ FAILED = "FAILED"
 RUNNING = "RUNNING"
 PENDING = "PENDING"
 UPSTREAM_FAILED = "UPSTREAM_FAILED"
+# A task not run because a condition it depends on had the other outcome; the run still succeeds.
+EXCLUDED = "EXCLUDED"
 
 
 @dataclass
@@ -125,15 +127,18 @@ class RunRecord:
                 entry.update(state=FAILED, error=interrupted or "interrupted")
             elif entry["state"] == PENDING:
                 entry.update(state=UPSTREAM_FAILED, error="not run: the run was interrupted")
-        self.state = SUCCESS if all(entry["state"] == SUCCESS for entry in self.tasks.values()) else FAILED
+        self.state = SUCCESS if all(entry["state"] in (SUCCESS, EXCLUDED) for entry in self.tasks.values()) \
+            else FAILED
         self.end_time = now()
         self.pid = None
 
 
 def task_outcome(entry: dict) -> str:
     """What a task decided, in a few words, from its state, error and task values."""
-    if entry.get("state") in (FAILED, UPSTREAM_FAILED):
+    if entry.get("state") in (FAILED, UPSTREAM_FAILED, EXCLUDED):
         return entry.get("error", "")
+    if "outcome" in entry:
+        return f"condition {entry['outcome']}"
     values = entry.get("task_values", {})
     parts = []
     if values.get("model_version"):
@@ -144,6 +149,8 @@ def task_outcome(entry: dict) -> str:
     if values.get("promotion_decision"):
         reason = values.get("promotion_reason")
         parts.append(values["promotion_decision"] + (f" ({reason})" if reason else ""))
+    if values.get("approval_request"):
+        parts.append(values["approval_request"])
     if "rows_scored" in values:
         parts.append(f"{values['rows_scored']} rows scored")
     if values.get("blob_url"):

@@ -2,13 +2,15 @@
 import base64
 import io
 import json
+import os
 import shutil
 import traceback
+from unittest import mock
 
 import pytest
 
 from mlops.config import parse_assignments
-from mlops.deploy import jobspec, workspace as deploy
+from mlops.deploy import auth, jobspec, workspace as deploy
 from mlops.deploy.trigger import trigger
 from mlops.errors import ConfigError, JobError
 from support.databricks_api import FAKE_TOKEN
@@ -22,10 +24,25 @@ JOB_NAMES = sorted(jobspec.load_job(path)["name"] for path in jobspec.job_files(
 WRONG_TOKEN = "dapi" + "fedcba9876543210" * 2
 
 
-def run_deploy(api, wheels_dir, env="dev", token=FAKE_TOKEN, **options):
+def release(env):
+    return f"/Shared/taxi_fares/{env}/releases/{WHEEL_VERSION}"
+
+
+def token_client(api, token=FAKE_TOKEN):
+    """A client that authenticates with ``token``, found by unified auth in the environment."""
+    with mock.patch.dict(os.environ, {"DATABRICKS_TOKEN": token}):
+        return auth.connect(api.url)
+
+
+def api_requests(api):
+    """Requests to the REST API; the SDK's host metadata probe is not one."""
+    return [request for request in api.requests if request.path.startswith("/api/")]
+
+
+def run_deploy(api, wheels_dir, env="dev", token=FAKE_TOKEN, jobs_dir=JOBS_DIR, **options):
     out = io.StringIO()
-    result = deploy.deploy(env, host=api.url, token=token, wheels_dir=wheels_dir, jobs_dir=JOBS_DIR,
-                           notebooks_dir=NOTEBOOKS_DIR, out=out, **options)
+    result = deploy.deploy(env, wheels_dir=wheels_dir, jobs_dir=jobs_dir, notebooks_dir=options.pop(
+        "notebooks_dir", NOTEBOOKS_DIR), out=out, client=token_client(api, token), **options)
     return result, out.getvalue()
 
 
@@ -75,7 +92,7 @@ def test_deploy_uploads_both_wheels_to_the_volume_through_the_files_api(databric
 
 def test_deploy_imports_every_orchestrator_notebook_as_python_source(databricks_api, wheels_dir):
     result, _ = run_deploy(databricks_api, wheels_dir, env="staging")
-    expected = {f"/Shared/taxi_fares/staging/orchestrator/{path.stem}": path.read_bytes()
+    expected = {f"{release('staging')}/orchestrator/{path.stem}": path.read_bytes()
                 for path in NOTEBOOKS_DIR.glob("*.py")}
     assert expected
     assert {path: notebook["content"] for path, notebook in databricks_api.notebooks.items()} == expected
@@ -88,23 +105,31 @@ def test_deploy_with_tests_imports_the_nutter_notebooks_beside_the_orchestrator(
     run_deploy(databricks_api, wheels_dir, tests_dir=NUTTER_DIR)
     imported = set(databricks_api.notebooks)
     for path in NUTTER_DIR.glob("test_*.py"):
-        assert f"/Shared/taxi_fares/dev/tests/nutter/{path.stem}" in imported
+        assert f"{release('dev')}/tests/nutter/{path.stem}" in imported
 
 
 def test_every_deployed_notebook_path_was_imported(databricks_api, wheels_dir):
     run_deploy(databricks_api, wheels_dir, env="prod")
     for settings in databricks_api.jobs.values():
-        for task in settings["tasks"]:
+        notebook_tasks = [task for task in settings["tasks"] if "notebook_task" in task]
+        assert notebook_tasks
+        for task in notebook_tasks:
             assert task["notebook_task"]["notebook_path"] in databricks_api.notebooks
 
 
-def test_deploy_leaves_the_same_job_of_another_environment_alone(databricks_api, wheels_dir):
-    staging, _ = run_deploy(databricks_api, wheels_dir, env="staging")
-    dev, _ = run_deploy(databricks_api, wheels_dir, env="dev")
-    assert sorted(dev.created) == JOB_NAMES
-    assert set(dev.created.values()).isdisjoint(staging.created.values())
-    for job_id in staging.created.values():
-        assert databricks_api.jobs[job_id]["tags"]["env"] == "staging"
+@pytest.mark.parametrize("tags, described", [
+    ({"env": "staging"}, "tagged env=staging"),
+    ({"project": "taxi_fares"}, "no env tag"),
+])
+def test_a_job_of_another_environment_is_never_touched(databricks_api, wheels_dir, tags, described):
+    name = JOB_NAMES[-1]
+    databricks_api.jobs[7] = {"name": name, "tags": tags}
+    with pytest.raises(JobError) as caught:
+        run_deploy(databricks_api, wheels_dir, env="dev")
+    assert f"already has a job named '{name}' that is not environment dev's: id 7 ({described}); " \
+           f"deploy never touches it" in str(caught.value)
+    assert databricks_api.jobs == {7: {"name": name, "tags": tags}}
+    assert databricks_api.files == {} and databricks_api.notebooks == {}
 
 
 def test_several_jobs_of_one_name_and_environment_fail_listing_their_ids(databricks_api, wheels_dir):
@@ -124,14 +149,14 @@ def test_transient_errors_are_retried_by_the_sdk(databricks_api, wheels_dir):
     assert len(imports) == len(result.notebooks) + 2
 
 
-def test_rejected_token_names_the_host_and_never_the_token(databricks_api, wheels_dir, capsys):
+def test_rejected_token_names_the_host_and_never_the_token(databricks_api, wheels_dir, capsys, monkeypatch):
     out = io.StringIO()
+    monkeypatch.setenv("DATABRICKS_TOKEN", WRONG_TOKEN)
     with pytest.raises(ConfigError) as caught:
-        deploy.deploy("dev", host=databricks_api.url, token=WRONG_TOKEN, wheels_dir=wheels_dir,
-                      jobs_dir=JOBS_DIR, notebooks_dir=NOTEBOOKS_DIR, out=out)
+        deploy.deploy("dev", host=databricks_api.url, wheels_dir=wheels_dir, jobs_dir=JOBS_DIR,
+                      notebooks_dir=NOTEBOOKS_DIR, out=out)
     message = str(caught.value)
     assert f"Databricks at {databricks_api.url} rejected the credentials (HTTP 401)" in message
-    assert "DATABRICKS_TOKEN" in message
     shown = "".join(traceback.format_exception(caught.value)) + out.getvalue() + "".join(capsys.readouterr())
     assert WRONG_TOKEN not in shown
     assert databricks_api.jobs == {} and databricks_api.files == {}
@@ -162,12 +187,74 @@ def test_host_and_token_come_from_the_environment(databricks_api, wheels_dir, mo
                for request in databricks_api.requests if request.path.startswith("/api/"))
 
 
-def test_missing_host_or_token_says_which_variable_to_set(wheels_dir):
-    with pytest.raises(ConfigError, match="no Databricks host: pass --host or set DATABRICKS_HOST"):
+def test_no_host_lists_every_way_to_authenticate(wheels_dir):
+    with pytest.raises(ConfigError) as caught:
         deploy.deploy("dev", wheels_dir=wheels_dir, jobs_dir=JOBS_DIR, notebooks_dir=NOTEBOOKS_DIR)
-    with pytest.raises(ConfigError, match="no Databricks token for https://adb.example: set DATABRICKS_TOK"):
-        deploy.deploy("dev", host="https://adb.example", wheels_dir=wheels_dir, jobs_dir=JOBS_DIR,
-                      notebooks_dir=NOTEBOOKS_DIR)
+    message = str(caught.value)
+    assert message.startswith("no Databricks host: pass --host, set DATABRICKS_HOST, or name a --profile")
+    assert "\n" not in message
+    for way in ("DATABRICKS_CLIENT_SECRET", "ARM_CLIENT_SECRET", "az login", "azure-devops-oidc", "--profile",
+                "DATABRICKS_TOKEN"):
+        assert way in message
+
+
+def test_reachable_host_without_credentials_lists_every_way_to_authenticate(databricks_api, wheels_dir):
+    with pytest.raises(ConfigError) as caught:
+        deploy.deploy("dev", host=databricks_api.url, wheels_dir=wheels_dir, jobs_dir=JOBS_DIR,
+                      notebooks_dir=NOTEBOOKS_DIR, out=io.StringIO())
+    message = str(caught.value)
+    assert message.startswith(f"no Databricks credentials for {databricks_api.url}; authenticate with")
+    assert "DATABRICKS_CLIENT_ID + DATABRICKS_CLIENT_SECRET" in message and "\n" not in message
+    assert databricks_api.files == {} and databricks_api.jobs == {}
+
+
+@pytest.mark.parametrize("host, reason", [("http://127.0.0.1:{closed}", "Connection refused"),
+                                          ("https://adb-0000.invalid", "adb-0000.invalid:443")])
+def test_unreachable_host_is_named_before_the_sdk_starts_retrying(wheels_dir, monkeypatch, host, reason):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    host = host.format(closed=closed)
+    monkeypatch.setenv("DATABRICKS_TOKEN", FAKE_TOKEN)
+    with pytest.raises(JobError) as caught:
+        deploy.deploy("dev", host=host, wheels_dir=wheels_dir, jobs_dir=JOBS_DIR, notebooks_dir=NOTEBOOKS_DIR)
+    assert str(caught.value).startswith(f"cannot reach Databricks at {host} (")
+    assert reason in str(caught.value)
+
+
+def test_oauth_machine_to_machine_gets_a_token_from_the_workspace_token_endpoint(databricks_api, wheels_dir,
+                                                                                 monkeypatch):
+    from support.databricks_api import CLIENT_ID, CLIENT_SECRET
+
+    monkeypatch.setenv("DATABRICKS_HOST", databricks_api.url)
+    monkeypatch.setenv("DATABRICKS_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("DATABRICKS_CLIENT_SECRET", CLIENT_SECRET)
+    out = io.StringIO()
+    result = deploy.deploy("dev", wheels_dir=wheels_dir, jobs_dir=JOBS_DIR, notebooks_dir=NOTEBOOKS_DIR,
+                           out=out)
+    assert sorted(result.created) == JOB_NAMES
+    (token_request,) = databricks_api.calls("/oidc/v1/token")
+    (issued,) = databricks_api.issued_tokens
+    sent = api_requests(databricks_api)
+    assert sent and all(request.headers["authorization"] == f"Bearer {issued}" for request in sent)
+    assert CLIENT_SECRET not in out.getvalue()
+    assert token_request.method == "POST"
+
+
+def test_wrong_client_secret_is_refused_without_showing_it(databricks_api, wheels_dir, monkeypatch):
+    from support.databricks_api import CLIENT_ID
+
+    wrong = "dose" + "fedcba9876543210" * 2
+    monkeypatch.setenv("DATABRICKS_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("DATABRICKS_CLIENT_SECRET", wrong)
+    with pytest.raises((ConfigError, JobError)) as caught:
+        deploy.deploy("dev", host=databricks_api.url, wheels_dir=wheels_dir, jobs_dir=JOBS_DIR,
+                      notebooks_dir=NOTEBOOKS_DIR, out=io.StringIO())
+    assert databricks_api.url in str(caught.value)
+    assert wrong not in "".join(traceback.format_exception(caught.value))
+    assert databricks_api.jobs == {}
 
 
 def test_missing_wheels_say_to_run_make_wheels(databricks_api, tmp_path):
@@ -177,7 +264,7 @@ def test_missing_wheels_say_to_run_make_wheels(databricks_api, tmp_path):
         run_deploy(databricks_api, empty)
     assert "no taxi_fares or taxi_fares_mlops wheel" in str(caught.value)
     assert "run `make wheels`" in str(caught.value)
-    assert databricks_api.requests == []
+    assert api_requests(databricks_api) == []
 
 
 def test_one_missing_wheel_is_named(databricks_api, wheels_dir):
@@ -207,10 +294,9 @@ def test_job_running_a_notebook_that_is_not_imported_fails_before_any_request(da
            "tasks": [{"task_key": "t", "notebook_task": {"notebook_path": "orchestrator/gone"}}]}
     (jobs_dir / "orphan.json").write_text(json.dumps(job))
     with pytest.raises(JobError) as caught:
-        deploy.deploy("dev", host=databricks_api.url, token=FAKE_TOKEN, wheels_dir=wheels_dir,
-                      jobs_dir=jobs_dir, notebooks_dir=NOTEBOOKS_DIR, out=io.StringIO())
-    assert "job 'orphan' task 't' runs notebook /Shared/taxi_fares/dev/orchestrator/gone" in str(caught.value)
-    assert databricks_api.requests == []
+        run_deploy(databricks_api, wheels_dir, jobs_dir=jobs_dir)
+    assert f"job 'orphan' task 't' runs notebook {release('dev')}/orchestrator/gone" in str(caught.value)
+    assert api_requests(databricks_api) == []
 
 
 def test_invalid_job_file_fails_before_any_request(databricks_api, wheels_dir, tmp_path):
@@ -218,24 +304,22 @@ def test_invalid_job_file_fails_before_any_request(databricks_api, wheels_dir, t
     shutil.copytree(JOBS_DIR, jobs_dir)
     (jobs_dir / "typo.json").write_text(json.dumps({"name": "typo", "max_concurent_runs": 1}))
     with pytest.raises(JobError, match="field 'max_concurent_runs' is lost when parsed"):
-        deploy.deploy("dev", host=databricks_api.url, token=FAKE_TOKEN, wheels_dir=wheels_dir,
-                      jobs_dir=jobs_dir, notebooks_dir=NOTEBOOKS_DIR, out=io.StringIO())
-    assert databricks_api.requests == []
+        run_deploy(databricks_api, wheels_dir, jobs_dir=jobs_dir)
+    assert api_requests(databricks_api) == []
 
 
 def test_folder_without_notebooks_is_rejected(databricks_api, wheels_dir, tmp_path):
     (tmp_path / "plain.py").write_text("print('not a notebook')\n")
     with pytest.raises(ConfigError, match="no Databricks source notebooks in"):
-        deploy.deploy("dev", host=databricks_api.url, token=FAKE_TOKEN, wheels_dir=wheels_dir,
-                      jobs_dir=JOBS_DIR, notebooks_dir=tmp_path, out=io.StringIO())
+        run_deploy(databricks_api, wheels_dir, notebooks_dir=tmp_path)
 
 
 # ---------------------------------------------------------------- trigger
 
 def run_trigger(api, parameters=None, **options):
     out = io.StringIO()
-    result = trigger("dev", "taxi_fares_training", parameters, host=api.url, token=FAKE_TOKEN,
-                            jobs_dir=JOBS_DIR, out=out, **options)
+    result = trigger("dev", "taxi_fares_training", parameters, client=token_client(api), jobs_dir=JOBS_DIR,
+                     out=out, **options)
     return result, out.getvalue()
 
 
@@ -313,7 +397,7 @@ def test_trigger_before_deploy_says_to_deploy_first(databricks_api):
 
 def test_trigger_in_an_unknown_environment_lists_the_valid_ones(databricks_api):
     with pytest.raises(ConfigError, match="unknown environment 'qa'; available environments are: dev, prod"):
-        trigger("qa", "taxi_fares_training", host=databricks_api.url, token=FAKE_TOKEN, jobs_dir=JOBS_DIR)
+        trigger("qa", "taxi_fares_training", client=token_client(databricks_api), jobs_dir=JOBS_DIR)
 
 
 @pytest.mark.parametrize("pairs, expected", [

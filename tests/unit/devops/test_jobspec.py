@@ -40,9 +40,22 @@ def test_environment_file_loads_and_names_its_environment(name):
     assert loaded["workspace_root"] == f"/Shared/taxi_fares/{name}"
 
 
-def test_environments_set_the_same_parameter_names():
-    names = {name: sorted(environment(name)["parameters"]) for name in ENVIRONMENTS}
-    assert names["staging"] == names["dev"] and names["prod"] == names["dev"]
+ROLLING_DATES = {"training_data_start_date": "{{job.start_time.iso_date}}-28d",
+                 "training_data_end_date": "{{job.start_time.iso_date}}-1d",
+                 "scoring_data_start_date": "{{job.start_time.iso_date}}-1d",
+                 "scoring_data_end_date": "{{job.start_time.iso_date}}-1d"}
+
+
+def test_environments_set_the_same_parameter_names_and_only_dev_keeps_fixed_dates():
+    names = {name: set(environment(name)["parameters"]) for name in ENVIRONMENTS}
+    assert names["staging"] == names["prod"]
+    assert names["prod"] - names["dev"] == set(ROLLING_DATES)
+
+
+@pytest.mark.parametrize("name", ["staging", "prod"])
+def test_staging_and_prod_train_and_score_on_rolling_dates(name):
+    parameters = environment(name)["parameters"]
+    assert {key: parameters[key] for key in ROLLING_DATES} == ROLLING_DATES
 
 
 def test_environments_are_the_three_stages():
@@ -56,14 +69,66 @@ def test_staging_and_prod_register_in_unity_catalog(name):
     assert (catalog, schema, model) == (name, "taxi_fares", "taxi_fares_model")
     assert loaded["parameters"]["registry_uri"] == "databricks-uc"
     assert loaded["cluster"]["data_security_mode"] == "SINGLE_USER"
-    assert loaded["parameters"]["experiment_name"] == f"/Shared/taxi_fares/{name}"
+    assert loaded["parameters"]["experiment_name"] == f"/Shared/taxi_fares/{name}/experiments/taxi_fares"
 
 
-def test_only_prod_requires_approval_and_has_a_schedule():
+def test_only_prod_requires_approval_and_names_its_approvers():
     assert {name: environment(name)["parameters"]["require_approval"] for name in ENVIRONMENTS} == \
         {"dev": "false", "staging": "false", "prod": "true"}
-    assert "schedule" in environment("prod")
-    assert "schedule" not in environment("dev") and "schedule" not in environment("staging")
+    assert environment("prod")["approvers"]
+
+
+def test_scoring_runs_daily_in_staging_and_prod_and_prod_retrains_weekly():
+    schedules = {name: environment(name).get("schedule", {}) for name in ENVIRONMENTS}
+    assert schedules["dev"] == {}
+    assert sorted(schedules["staging"]) == ["taxi_fares_batch_scoring"]
+    assert sorted(schedules["prod"]) == ["taxi_fares_batch_scoring", "taxi_fares_training"]
+    for name in ("staging", "prod"):
+        daily = schedules[name]["taxi_fares_batch_scoring"]["quartz_cron_expression"].split()
+        assert daily[3:] == ["*", "*", "?"] and daily[5] == "?"
+    assert schedules["prod"]["taxi_fares_training"]["quartz_cron_expression"].endswith("MON")
+
+
+@pytest.mark.parametrize("name", ["staging", "prod"])
+def test_staging_and_prod_jobs_run_as_a_service_principal_and_tell_someone(name):
+    for job_file in JOB_FILES:
+        rendered = jobspec.render_job(jobspec.load_job(job_file), environment(name), WHEEL_VERSION)
+        assert set(rendered["run_as"]) == {"service_principal_name"}
+        assert rendered["email_notifications"]["on_failure"]
+        assert rendered["health"]["rules"][0]["metric"] == "RUN_DURATION_SECONDS"
+        jobspec.validate_job_settings(rendered)
+
+
+def test_a_version_waiting_for_approval_notifies_the_approvers():
+    prod = environment("prod")
+    job = jobspec.load_job(JOBS_DIR / "taxi_fares_training.json")
+    tasks = {task["task_key"]: task for task in jobspec.render_job(job, prod, WHEEL_VERSION)["tasks"]}
+    condition = tasks["approval_needed"]["condition_task"]
+    assert (condition["left"], condition["op"], condition["right"]) == \
+        ("{{tasks.deploy.values.promotion_decision}}", "EQUAL_TO", "pending_approval")
+    request = tasks[jobspec.APPROVAL_TASK]
+    assert request["depends_on"] == [{"task_key": "approval_needed", "outcome": "true"}]
+    assert request["email_notifications"]["on_start"] == prod["approvers"]
+
+
+def test_requiring_approval_without_approvers_is_refused():
+    prod = environment("prod")
+    del prod["approvers"]
+    with pytest.raises(ConfigError, match="require_approval is true but 'approvers' names nobody"):
+        jobspec.check_environment(prod, source="prod")
+
+
+def test_serverless_compute_drops_the_clusters_and_needs_a_volume_for_wheels():
+    staging = {**environment("staging"), "compute": "serverless"}
+    rendered = jobspec.render_job(jobspec.load_job(JOBS_DIR / "taxi_fares_training.json"), staging,
+                                  WHEEL_VERSION)
+    assert "job_clusters" not in rendered
+    assert not any("job_cluster_key" in task for task in rendered["tasks"])
+    jobspec.validate_job_settings(rendered)
+    with pytest.raises(ConfigError, match="serverless compute installs wheels from a Unity Catalog volume"):
+        jobspec.check_environment({**environment("dev"), "compute": "serverless"}, source="dev")
+    with pytest.raises(ConfigError, match="'compute' must be one of classic, serverless, got 'gpu'"):
+        jobspec.check_environment({**staging, "compute": "gpu"}, source="staging")
 
 
 def test_unknown_environment_lists_the_available_ones():
