@@ -106,6 +106,8 @@ class JobConfig:
 
     CHOICES: ClassVar[dict] = {"env": ("dev", "staging", "prod"),
                                "table_format": ("auto", "parquet", "delta")}
+    # Fields a job file deliberately does not declare: name -> why. Every other field is declared.
+    NOT_IN_JOB_FILE: ClassVar[dict] = {}
 
     @classmethod
     def parameter_names(cls):

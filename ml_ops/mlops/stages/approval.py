@@ -6,7 +6,7 @@ approvers a link to this run, whose output is the request: the version, the evid
 task recorded, and the command that approves it. The request is also a model history event.
 """
 from mlops.lifecycle.registry import APPROVAL_PENDING, APPROVAL_TAG, RegistryClient
-from mlops.stages.promotion import COMPARED_WITH_TAG, DECISION_TAG
+from mlops.stages.promotion import DECISION_TAG
 
 DEPLOY_TASK = "deploy"
 
@@ -20,11 +20,8 @@ def request_approval(run) -> str:
         return ""
     tags = registry.get_version(version).tags
     evidence = tags.get("promotion_rule") or tags.get(DECISION_TAG, "")
-    if tags.get("promotion_challenger_rmse"):
-        evidence += (f" (rmse {float(tags['promotion_challenger_rmse']):.4f} against the "
-                     f"{tags.get(COMPARED_WITH_TAG, 'reference')}'s "
-                     f"{float(tags['promotion_reference_rmse']):.4f} "
-                     f"on {tags.get('promotion_rows', '?')} rows)")
+    if tags.get("promotion_rows"):
+        evidence += f", on {tags['promotion_rows']} held-out rows"
     request = (f"model {config.registered_model_name} version {version} waits for approval: {evidence}. "
                f"Approve it with `mlops model approve {config.registered_model_name} {version} --by <you>`"
                + (f" --registry-uri {config.registry_uri}" if config.registry_uri else ""))

@@ -117,20 +117,26 @@ def test_cd_deploys_dev_then_staging_then_prod_from_the_ci_artifact():
         assert job["template"] == "templates/deploy-environment.yml"
         assert job["parameters"]["environment"] == stage["stage"]
         assert job["parameters"]["azureDevOpsEnvironment"] == f"taxi-fares-{stage['stage']}"
+        assert job["parameters"]["serviceConnection"] == f"taxi-fares-{stage['stage']}"
         assert (REPO_ROOT / "devops" / job["template"]).exists()
     tests_run = {stage["stage"]: stage["jobs"][0]["parameters"]["runIntegrationTests"] for stage in stages}
     assert tests_run == {"dev": True, "staging": True, "prod": False}
+
+
+def script_of(step):
+    return step.get("script") or step.get("inputs", {}).get("inlineScript", "")
 
 
 def test_the_deployment_template_deploys_tests_and_trains():
     template = load(REPO_ROOT / "devops" / "templates" / "deploy-environment.yml")
     (job,) = template["jobs"]
     assert job["environment"] == "${{ parameters.azureDevOpsEnvironment }}"
-    scripts = [step["script"] for step in steps_of(template) if "script" in step]
-    assert any("mlops deploy run --env ${{ parameters.environment }}" in script for script in scripts)
+    scripts = [script_of(step) for step in steps_of(template)]
+    assert any("mlops deploy run --env ${{ parameters.environment }}" in script and "--dry-run" in script
+               for script in scripts)
     nutter = next(script for script in scripts if "nutter run" in script)
-    for option in ("/tests/nutter/", "--cluster_id \"$(cluster_id)\"", "--recursive", "--junit_report",
-                   "--notebook_params"):
+    for option in ('"${release}/tests/nutter/"', "--release-folder", "--resolve-dates",
+                   "--cluster_id \"$(cluster_id)\"", "--recursive", "--junit_report", "--notebook_params"):
         assert option in nutter
     assert any("mlops deploy trigger" in script and "--wait" in script for script in scripts)
     published = tasks(template)["PublishTestResults@2"]["inputs"]
@@ -138,10 +144,15 @@ def test_the_deployment_template_deploys_tests_and_trains():
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda path: path.relative_to(REPO_ROOT).as_posix())
-def test_the_token_reaches_scripts_only_through_env_and_is_never_echoed(path):
-    for step in steps_of(load(path)):
-        script = step.get("script", "")
-        assert "DATABRICKS_TOKEN" not in script, f"a script names the token: {script}"
+def test_databricks_steps_sign_in_through_the_service_connection_and_no_token_is_stored(path):
+    document = load(path)
+    assert "DATABRICKS_TOKEN" not in json.dumps(document.get("variables", [])), "a stored token variable"
+    for step in steps_of(document):
+        script = script_of(step)
         if "mlops deploy" in script or "nutter run" in script:
-            assert step["env"]["DATABRICKS_TOKEN"] == "$(DATABRICKS_TOKEN)"
-            assert step["env"]["DATABRICKS_HOST"] == "$(DATABRICKS_HOST)"
+            assert step["task"] == "AzureCLI@2"
+            assert step["inputs"]["azureSubscription"] == "${{ parameters.serviceConnection }}"
+            assert step["env"] == {"DATABRICKS_HOST": "$(DATABRICKS_HOST)",
+                                   "DATABRICKS_AUTH_TYPE": "azure-cli"}
+        if "DATABRICKS_TOKEN" in script:
+            assert 'DATABRICKS_TOKEN="$(az account get-access-token' in script, "a token not from the CLI"
