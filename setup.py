@@ -25,11 +25,11 @@ LABEL_ENV = "WHEEL_BUILD_LABEL"
 
 # Databricks Runtime ML ships these; forcing them would replace the cluster's copies.
 RUNTIME_PROVIDED = {
-    "pyspark": "pyspark>=3.5",
+    "pyspark": "pyspark>=4.1",
     "pandas": "pandas>=2.0,<3",
     "numpy": "numpy>=1.26",
     "lightgbm": "lightgbm>=4.0",
-    "mlflow": "mlflow>=3.4,<4",
+    "mlflow": "mlflow>=3.8,<4",
     "scikit-learn": "scikit-learn>=1.3",
     "matplotlib": "matplotlib>=3.7",
     "databricks-sdk": "databricks-sdk>=0.50,<1",

@@ -1,20 +1,21 @@
 """``notebook run`` and ``job run`` subcommands of the ``mlops`` command line."""
 import argparse
+import sys
+from pathlib import Path
 
 from mlops.cli import command
 from mlops.lifecycle.model_admin import format_table
 from mlops.config import parse_assignments
 from mlops.errors import JobError
-from mlops.local.jobs import SUCCESS, RunRecord, run_job
-from mlops.local.notebook import run_notebook
-from mlops.local.session import LocalSession
+from mlops.local.jobs import SUCCESS, RunRecord, run_job, run_notebook_as_job
 
 
 def register_cli(subparsers) -> None:
     """Add ``notebook run`` and ``job run`` to an argparse subparsers object."""
     notebook = subparsers.add_parser("notebook", help="run Databricks source notebooks locally")
     notebook_commands = notebook.add_subparsers(dest="notebook_command", required=True)
-    notebook_run = notebook_commands.add_parser("run", help="run one notebook with widget values")
+    notebook_run = notebook_commands.add_parser(
+        "run", help="run one notebook with widget values, as a one-task run with a run id and record")
     notebook_run.add_argument("path", help="the notebook's .py file")
     _add_parameter_option(notebook_run, "widget value")
     notebook_run.set_defaults(func=command(run_notebook_command))
@@ -48,11 +49,17 @@ def _add_parameter_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def run_notebook_command(args: argparse.Namespace) -> int:
-    """Run one notebook; print its exit value. Returns the process exit code."""
-    parameters = parse_assignments(args.params)
-    with LocalSession() as session:
-        result = run_notebook(args.path, parameters, session)
-    print(f"exit value: {result.exit_value}" if result.exit_value is not None else "notebook finished")
+    """Run one notebook as a recorded one-task run; print its exit value, or its error and traceback."""
+    record = run_notebook_as_job(Path(args.path), parse_assignments(args.params))
+    (entry,) = record.tasks.values()
+    if record.state != SUCCESS:
+        print(f"error: {entry.get('error', 'the notebook failed')}", file=sys.stderr)
+        traceback_file = Path(entry.get("output_dir", "")) / "error.txt"
+        if traceback_file.is_file():
+            sys.stderr.write(traceback_file.read_text(encoding="utf-8"))
+        return 1
+    exit_value = entry.get("exit_value")
+    print(f"exit value: {exit_value}" if exit_value is not None else "notebook finished")
     return 0
 
 

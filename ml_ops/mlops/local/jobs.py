@@ -21,6 +21,7 @@ Runs
 """
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -100,6 +101,31 @@ def run_job(job_file: Path, overrides: Optional[dict[str, str]] = None, repair_r
     with _run_slot(job, if_busy, progress), _signals_interrupt():
         record = _prepare_record(job, overrides, earlier)
         return _run_tasks(job, record, spark, progress)
+
+
+def run_notebook_as_job(notebook, parameters: dict[str, str], progress: Callable[[str], None] = print,
+                        spark=None) -> RunRecord:
+    """Run one notebook as a one-task job: it gets a run id, a run record and an output folder.
+
+    The generated job file declares the parameter names only; their values travel as overrides,
+    which the run record keeps redacted, so no secret is written to it.
+    """
+    notebook = Path(notebook).resolve()
+    if not notebook.is_file():
+        raise JobError(f"notebook {notebook} does not exist")
+    names = sorted(parameters)
+    settings = {"name": f"notebook_{notebook.stem}", "max_concurrent_runs": 1000,
+                "tasks": [{"task_key": notebook.stem,
+                           "notebook_task": {"notebook_path": str(notebook),
+                                             "base_parameters": {name: "" for name in names}}}]}
+    text = json.dumps(settings, indent=2) + "\n"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    job_file = home.mount_root("notebook_jobs") / f"{notebook.stem}-{digest}.json"
+    if not job_file.is_file():
+        temporary = job_file.with_name(f".{job_file.name}.{os.getpid()}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, job_file)
+    return run_job(job_file, parameters, progress=progress, spark=spark)
 
 
 def _prepare_record(job: JobSpec, overrides: dict, earlier: Optional[RunRecord]) -> RunRecord:

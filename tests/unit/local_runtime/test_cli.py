@@ -109,3 +109,19 @@ def test_a_task_outcome_names_version_status_and_decision():
         "promotion_reason": "challenger rmse 3.9 > 3.7"}}
     assert task_outcome(deploy) == "model taxi_fares version 3; not_promoted (challenger rmse 3.9 > 3.7)"
     assert task_outcome({"state": "FAILED", "error": "ValueError: boom"}) == "ValueError: boom"
+
+
+def test_notebook_run_prints_its_run_id_and_writes_a_run_record(cli_env, capsys):
+    assert _main(["notebook", "run", str(NOTEBOOKS / "prepare.py"), "-p", "base=7"]) == 0
+    out = capsys.readouterr().out
+    (record_path,) = (cli_env / "runs").glob("*.json")
+    assert f"job 'notebook_prepare' run {record_path.stem}: 1 of 1 tasks to run" in out
+    assert _main(["runs", "show", record_path.stem]) == 0
+    shown = capsys.readouterr().out
+    assert f"run {record_path.stem} of job 'notebook_prepare': SUCCESS" in shown
+    assert "prepare  SUCCESS" in shown
+
+
+def test_notebook_run_of_a_missing_file_names_it(cli_env, capsys):
+    assert _main(["notebook", "run", str(NOTEBOOKS / "no_such.py")]) == 1
+    assert capsys.readouterr().err.strip().endswith("no_such.py does not exist")
