@@ -16,7 +16,7 @@ from support.jobs import training_trips  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
-TASKS = ("train", "validate", "deploy")
+TASKS = ("train", "validate", "deploy", "approval_needed", "request_approval")
 TRIPS_WITHOUT_FARES = "dbfs:/raw/trips_without_fares"
 
 

@@ -22,7 +22,7 @@ import pytest
 from mlops.data import generator as datagen
 from mlops.cli import model as model_cli
 from mlops.lifecycle.registry import APPROVAL_TAG, CHALLENGER, CHAMPION, VALIDATION_STATUS_TAG, RegistryClient
-from mlops.local.jobs import FAILED, SUCCESS, UPSTREAM_FAILED, run_job
+from mlops.local.jobs import EXCLUDED, FAILED, SUCCESS, UPSTREAM_FAILED, run_job
 from support.spark_cluster import REPO_ROOT, ensure_wheels
 
 pytestmark = pytest.mark.slow
@@ -57,6 +57,11 @@ def lifecycle(spark, tmp_path_factory):
 def run(lifecycle, repair_run_id=None, **overrides):
     _, parameters, spark = lifecycle
     return run_job(JOB, {**parameters, **overrides}, repair_run_id=repair_run_id, spark=spark)
+
+
+# The training job ends with the approval gate: a condition task, and the request it starts.
+NO_APPROVAL_NEEDED = {"approval_needed": SUCCESS, "request_approval": EXCLUDED}
+NOT_REACHED = {"approval_needed": UPSTREAM_FAILED, "request_approval": UPSTREAM_FAILED}
 
 
 def states(record):
@@ -178,7 +183,8 @@ def _race_chapter(lifecycle) -> Chapter:
 def test_first_model_is_validated_and_promoted_over_the_heuristic(story):
     chapter = story["first"]
     record = chapter.record
-    assert states(record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS}, record.tasks
+    assert states(record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS,
+                              **NO_APPROVAL_NEEDED}, record.tasks
     assert record.tasks["validate"]["task_values"]["validation_status"] == "PASSED"
     assert chapter.aliases == {CHAMPION: "1"}
     tags = chapter.tags["1"]
@@ -196,8 +202,8 @@ def test_first_model_is_validated_and_promoted_over_the_heuristic(story):
 
 def test_a_better_challenger_is_promoted_and_the_old_champion_loses_the_alias(story):
     chapter = story["better"]
-    assert states(chapter.record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS}, \
-        chapter.record.tasks
+    assert states(chapter.record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS,
+                                      **NO_APPROVAL_NEEDED}, chapter.record.tasks
     assert chapter.aliases == {CHAMPION: "2"}
     tags = chapter.tags["2"]
     assert (tags["promotion_decision"], tags["promotion_compared_with"]) == ("promoted", "Champion v1")
@@ -209,7 +215,8 @@ def test_a_better_challenger_is_promoted_and_the_old_champion_loses_the_alias(st
 def test_a_worse_challenger_is_not_promoted(story):
     chapter = story["worse"]
     record = chapter.record
-    assert states(record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS}, record.tasks
+    assert states(record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS,
+                              **NO_APPROVAL_NEEDED}, record.tasks
     assert record.tasks["deploy"]["task_values"]["promotion_decision"] == "not_promoted"
     assert chapter.aliases == {CHAMPION: "2", CHALLENGER: "3"}
     tags = chapter.tags["3"]
@@ -220,7 +227,7 @@ def test_a_threshold_failure_tags_failed_sets_no_alias_and_stops_the_job_at_vali
     chapter = story["threshold"]
     record = chapter.record
     assert record.state == FAILED
-    assert states(record) == {"train": SUCCESS, "validate": FAILED, "deploy": UPSTREAM_FAILED}
+    assert states(record) == {"train": SUCCESS, "validate": FAILED, "deploy": UPSTREAM_FAILED, **NOT_REACHED}
     error = record.tasks["validate"]["error"]
     assert "ValidationFailed: model 'taxi_fares' version 3 failed validation: rmse_max:" in error
     assert "threshold 0.0100 (rmse <= validation_max_rmse)" in error
@@ -230,8 +237,12 @@ def test_a_threshold_failure_tags_failed_sets_no_alias_and_stops_the_job_at_vali
 
 def test_require_approval_waits_until_approved_and_approve_refuses_a_failed_version(story):
     chapter = story["approval"]
-    assert states(chapter.record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS}, \
+    assert states(chapter.record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": SUCCESS,
+                                      "approval_needed": SUCCESS, "request_approval": SUCCESS}, \
         chapter.record.tasks
+    request = chapter.record.tasks["request_approval"]["task_values"]["approval_request"]
+    assert request.startswith("model taxi_fares version 4 waits for approval: ")
+    assert request.endswith("Approve it with `mlops model approve taxi_fares 4 --by <you>`")
     aliases_before, tags_before = chapter.extra["before_approval"]
     assert (tags_before["4"]["promotion_decision"], tags_before["4"][APPROVAL_TAG]) == (
         "pending_approval", "pending")
@@ -250,12 +261,13 @@ def test_require_approval_waits_until_approved_and_approve_refuses_a_failed_vers
 def test_repair_after_a_deploy_failure_reruns_only_deploy(story):
     chapter = story["repair"]
     failed, repaired = chapter.extra["failed"], chapter.record
-    assert states(failed) == {"train": SUCCESS, "validate": SUCCESS, "deploy": FAILED}
+    assert states(failed) == {"train": SUCCESS, "validate": SUCCESS, "deploy": FAILED, **NOT_REACHED}
     assert "cannot load model 'taxi_fares' version 4" in failed.tasks["deploy"]["error"]
     assert chapter.extra["aliases_after_failure"] == {CHAMPION: "4", CHALLENGER: "1"}
 
     assert repaired.state == SUCCESS and repaired.run_id == failed.run_id
-    assert [(repair["state"], repair["tasks"]) for repair in repaired.repairs] == [(SUCCESS, ["deploy"])]
+    assert [(repair["state"], repair["tasks"]) for repair in repaired.repairs] == [
+        (SUCCESS, ["deploy", "approval_needed", "request_approval"])]
     assert repaired.tasks["deploy"]["task_values"]["promotion_decision"] == "not_promoted"
     assert chapter.tags["1"]["promotion_compared_with"] == "Champion v4"
     assert sorted(chapter.tags, key=int) == ["1", "2", "3", "4"]
@@ -263,7 +275,7 @@ def test_repair_after_a_deploy_failure_reruns_only_deploy(story):
 
 def test_a_switched_off_stage_with_missing_inputs_names_the_parameter(story):
     record = story["switched_off"].record
-    assert states(record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": FAILED}
+    assert states(record) == {"train": SUCCESS, "validate": SUCCESS, "deploy": FAILED, **NOT_REACHED}
     assert "Turn execute_validation=true back on, or set model_version=" in record.tasks["deploy"]["error"]
 
 
@@ -306,7 +318,8 @@ def test_a_champion_that_fails_revalidation_is_loud_and_never_challenger(story):
     chapter = story["champion_fails"]
     champion = chapter.extra["champion"]
     assert chapter.record.state == FAILED
-    assert states(chapter.record) == {"train": SUCCESS, "validate": FAILED, "deploy": UPSTREAM_FAILED}
+    assert states(chapter.record) == {"train": SUCCESS, "validate": FAILED, "deploy": UPSTREAM_FAILED,
+                                      **NOT_REACHED}
     assert chapter.tags[champion][VALIDATION_STATUS_TAG] == "FAILED"
     assert chapter.tags[champion]["champion_validation_failed_at"]
     assert chapter.aliases.get(CHALLENGER) != champion

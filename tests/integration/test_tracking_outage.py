@@ -214,6 +214,6 @@ def test_a_tracking_server_killed_mid_job_fails_the_job_quickly_naming_its_uri(
                      if "ERROR mlops.orchestration: task train failed" in line]
     assert len(failure_lines) == 1 and unreachable in failure_lines[0], log_tail(stderr_path)
     record = only_run_record(home)
-    assert task_states(record) == {"train": "FAILED", "validate": "UPSTREAM_FAILED",
-                                   "deploy": "UPSTREAM_FAILED"}
+    assert task_states(record) == {"train": "FAILED", **{task: "UPSTREAM_FAILED" for task in (
+        "validate", "deploy", "approval_needed", "request_approval")}}
     assert unreachable in record["tasks"]["train"]["error"]

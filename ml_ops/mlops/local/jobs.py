@@ -15,8 +15,9 @@ Runs
     Tasks run one after another in dependency order in this process, sharing one Spark
     session; task values pass between tasks as on Databricks. When a task fails, the tasks
     downstream of it end ``UPSTREAM_FAILED`` and the run ends ``FAILED``. The run record
-    ``$MLOPS_HOME/runs/<run_id>.json`` is rewritten atomically after every task; the task's
-    display output and redacted error traceback go to ``$MLOPS_HOME/runs/<run_id>/<task_key>/``.
+    ``$MLOPS_HOME/runs/<run_id>.json`` is rewritten atomically after every task; what the task
+    printed and logged (``output.txt``), its display output and its error traceback go,
+    redacted, to ``$MLOPS_HOME/runs/<run_id>/<task_key>/``.
     A repair run re-runs the tasks of an earlier run that did not succeed.
 """
 import contextlib
@@ -36,7 +37,7 @@ from typing import Callable, Optional
 from mlops.deploy.jobspec import start_time_values
 from mlops.errors import JobError
 from mlops.local.job_file import _REFERENCE, JobSpec, TaskSpec, load_job, reference_problem
-from mlops.local.notebook import run_notebook
+from mlops.local.notebook import output_kept_in, run_notebook
 from mlops.local.notebook_source import shown_path
 from mlops.local.run_record import (EXCLUDED, FAILED, PENDING, RUNNING, SUCCESS, UPSTREAM_FAILED,
                                     RunRecord, now)
@@ -50,6 +51,8 @@ logger = logging.getLogger(__name__)
 FAIL_WHEN_BUSY = "fail"
 WAIT_WHEN_BUSY = "wait"
 
+# What a task printed and logged, beside its display output and error.txt.
+OUTPUT_FILE = "output.txt"
 # States of a task that needs no repair.
 DONE = (SUCCESS, EXCLUDED)
 
@@ -280,7 +283,8 @@ def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSes
     try:
         parameters = _substitute(entry["parameters"], job, task, record, session)
         entry["parameters"] = parameters
-        result = run_notebook(task.notebook_path, parameters, session)
+        with output_kept_in(output_dir / OUTPUT_FILE):
+            result = run_notebook(task.notebook_path, parameters, session)
         entry.update(state=SUCCESS, task_values=result.task_values, exit_value=result.exit_value)
     except Exception as error:
         # Any failure fails the task, as on Databricks; the record and error.txt keep the details.

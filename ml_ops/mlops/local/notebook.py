@@ -47,6 +47,43 @@ class RedactingStream:
         return getattr(self._target, name)
 
 
+class _Tee:
+    """A text stream that writes to several streams; the first answers everything else."""
+
+    def __init__(self, *targets):
+        self._targets = targets
+
+    def write(self, text):
+        for target in self._targets:
+            target.write(text)
+        return len(text)
+
+    def flush(self):
+        for target in self._targets:
+            target.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._targets[0], name)
+
+
+@contextlib.contextmanager
+def output_kept_in(path: Path):
+    """Also write what is printed and logged meanwhile, redacted, to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as file:
+        kept = RedactingStream(file)
+        handler = logging.StreamHandler(kept)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            with contextlib.redirect_stdout(_Tee(sys.stdout, kept)), \
+                    contextlib.redirect_stderr(_Tee(sys.stderr, kept)):
+                yield
+        finally:
+            root.removeHandler(handler)
+
+
 @contextlib.contextmanager
 def redacted_output():
     """Redact what the running notebook prints to standard output and standard error."""

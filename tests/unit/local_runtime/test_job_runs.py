@@ -1,4 +1,4 @@
-"""Condition tasks and dynamic references in a local job run, as Databricks runs them."""
+"""Condition tasks, dynamic references and kept task output in a local job run."""
 import json
 
 import pytest
@@ -71,3 +71,22 @@ def test_an_unknown_reference_in_an_override_is_refused_before_the_run(tmp_path,
                                        r"runtime does not know \(supported: job.id"):
         run_job(gated_job(tmp_path), {"base": "{{job.trigger.time}}"})
     assert not list((mlops_home / "runs").glob("*.json"))
+
+
+def test_each_task_keeps_what_it_printed_and_logged(spark, mlops_home, tmp_path, monkeypatch):
+    from .notebook_files import write_notebook
+
+    monkeypatch.setenv("MLOPS_SECRET_KV_TOKEN", "s3cr3t-value-never-kept")
+    notebook = write_notebook(tmp_path / "talk.py", "import logging\n"
+                              "print('hello from', dbutils.widgets.get('who'))\n"
+                              "logging.getLogger('mlops.talk').warning('careful with %s', "
+                              "dbutils.secrets.get('kv', 'token'))")
+    job = tmp_path / "talk.json"
+    job.write_text(json.dumps({"name": "talk", "tasks": [
+        {"task_key": "talk", "notebook_task": {"notebook_path": str(notebook),
+                                               "base_parameters": {"who": "the task"}}}]}))
+    record = run_job(job, {}, progress=[].append, spark=spark)
+    kept = (mlops_home / "runs" / record.run_id / "talk" / "output.txt").read_text()
+    assert "hello from the task" in kept
+    assert "WARNING mlops.talk: careful with [REDACTED]" in kept
+    assert "s3cr3t-value-never-kept" not in kept
