@@ -24,7 +24,7 @@ wheel_path, wheel_version = dbutils.widgets.get("wheel_path"), dbutils.widgets.g
 
 from mlops.config import TrainingConfig
 from mlops.orchestration import task_run
-from mlops.stages.promotion import promote_challenger
+from mlops.stages.promotion import DECISION_TAG, SKIPPED, promote_challenger
 
 config = TrainingConfig.from_notebook(dbutils)
 
@@ -33,6 +33,9 @@ config = TrainingConfig.from_notebook(dbutils)
 with task_run("deploy", config, spark, dbutils, mlflow_run=config.execute_deployment) as run:
     if config.execute_deployment:
         decision = run.stage("promotion", promote_challenger)
+    else:
+        # The condition task `approval_needed` reads this value, so it is set even when skipped.
+        run.set_task_value(DECISION_TAG, SKIPPED)
 
 # COMMAND ----------
 

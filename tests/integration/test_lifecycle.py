@@ -323,3 +323,11 @@ def test_a_champion_that_fails_revalidation_is_loud_and_never_challenger(story):
     assert chapter.tags[champion][VALIDATION_STATUS_TAG] == "FAILED"
     assert chapter.tags[champion]["champion_validation_failed_at"]
     assert chapter.aliases.get(CHALLENGER) != champion
+
+
+def test_the_logged_model_asks_for_the_cluster_runtime_s_mlflow(story):
+    from mlops.deploy import runtime
+
+    requirements = (champion_artifacts("1") / "requirements.txt").read_text().split()
+    assert f"mlflow=={runtime.LIBRARIES['mlflow']}" in requirements
+    assert any(line.startswith("lightgbm==") for line in requirements)

@@ -32,6 +32,7 @@ NOT_PROMOTED = "not_promoted"
 PENDING_APPROVAL = "pending_approval"
 ALREADY_CHAMPION = "already_champion"
 PINNED = "pinned"
+SKIPPED = "skipped"
 MAX_COMPARISONS = 2
 MIN_COMPARISON_ROWS = 50
 HEURISTIC = "heuristic"

@@ -5,7 +5,7 @@ import pytest
 
 from mlops.deploy import jobspec, runtime
 
-from .conftest import ENVIRONMENTS, JOBS_DIR
+from .conftest import ENVIRONMENTS, JOBS_DIR, REPO_ROOT
 
 JOB_FILES = jobspec.job_files(JOBS_DIR)
 
@@ -30,7 +30,14 @@ def test_the_runtime_is_an_lts_ml_runtime_for_cpu():
 
 
 @pytest.mark.parametrize("distribution", sorted(runtime.LIBRARIES))
-def test_the_local_environment_has_the_runtime_s_major_version(distribution):
+def test_the_local_environment_has_the_runtime_s_version(distribution):
     installed = metadata.version(distribution)
-    assert installed.split(".")[0] == runtime.LIBRARIES[distribution].split(".")[0], \
+    assert installed == runtime.LIBRARIES[distribution], \
         f"{distribution} {installed} locally, {runtime.LIBRARIES[distribution]} on the cluster"
+
+
+@pytest.mark.parametrize("distribution", sorted(runtime.LIBRARIES))
+def test_the_requirements_pin_the_runtime_s_version(distribution):
+    requirements = (REPO_ROOT / "requirements-dev.txt").read_text().splitlines()
+    pins = [line for line in requirements if line.split("[")[0].split("=")[0] == distribution]
+    assert pins and pins[0].endswith(f"=={runtime.LIBRARIES[distribution]}")
