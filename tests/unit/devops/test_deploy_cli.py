@@ -79,3 +79,45 @@ def test_there_is_no_token_option(capsys):
     with pytest.raises(SystemExit):
         mlops("deploy", "run", "--env", "dev", "--token", FAKE_TOKEN)
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_render_takes_the_wheel_version_from_dist_as_deploy_does(wheels_dir, monkeypatch, capsys):
+    monkeypatch.chdir(wheels_dir.parent)
+    assert mlops("deploy", "render", TRAINING_JOB, "--env", "prod", "--jobs-dir", JOBS_DIR,
+                 "--parameters-only") == 0
+    assert json.loads(capsys.readouterr().out)["wheel_version"] == WHEEL_VERSION
+    assert mlops("deploy", "render", "--env", "prod", "--jobs-dir", JOBS_DIR, "--release-folder") == 0
+    assert capsys.readouterr().out.strip() == f"/Shared/taxi_fares/prod/releases/{WHEEL_VERSION}"
+
+
+def test_render_without_wheels_says_to_build_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert mlops("deploy", "render", TRAINING_JOB, "--env", "prod", "--jobs-dir", JOBS_DIR) == 1
+    assert capsys.readouterr().err.startswith("error: no taxi_fares or taxi_fares_mlops wheel in dist/")
+
+
+def test_render_resolves_rolling_dates_for_a_run_starting_now(wheels_dir, monkeypatch, capsys):
+    import datetime
+
+    monkeypatch.chdir(wheels_dir.parent)
+    mlops("deploy", "render", TRAINING_JOB, "--env", "prod", "--jobs-dir", JOBS_DIR, "--parameters-only",
+          "--resolve-dates")
+    parameters = json.loads(capsys.readouterr().out)
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    assert parameters["training_data_end_date"] == f"{today}-1d"
+
+
+def test_dry_run_from_the_command_line_needs_no_workspace(wheels_dir, monkeypatch, capsys):
+    monkeypatch.setenv("DATABRICKS_TOKEN", FAKE_TOKEN)
+    assert mlops("deploy", "run", "--env", "prod", "--dry-run", "--wheels-dir", wheels_dir,
+                 "--jobs-dir", JOBS_DIR, "--notebooks-dir", REPO_ROOT / "orchestrator") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dry run: deploy environment prod")
+    assert "DATABRICKS_TOKEN=[REDACTED]" in out and FAKE_TOKEN not in out
+
+
+def test_deploy_without_a_host_is_one_line_naming_the_ways_to_sign_in(wheels_dir, capsys):
+    assert mlops("deploy", "run", "--env", "prod", "--wheels-dir", wheels_dir, "--jobs-dir", JOBS_DIR,
+                 "--notebooks-dir", REPO_ROOT / "orchestrator") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: no Databricks host: pass --host")
