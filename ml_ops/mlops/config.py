@@ -15,6 +15,7 @@ from taxi_fares import features
 from taxi_fares.training import TrainingParams
 
 from mlops.errors import ConfigError
+from mlops.platform import catalog
 from mlops.observability.redaction import REDACTED, redact_params, redact_text
 
 _TRUE = {"true", "1", "yes", "y"}
@@ -170,6 +171,7 @@ class JobConfig:
                 raise ConfigError(
                     f"parameter '{name}' must be one of {', '.join(choices)}, got {value!r}")
         _check_date_range(self)
+        catalog.check_location(self.table_location)
 
     def as_params(self) -> dict:
         """All parameters as strings, secrets redacted: safe to log anywhere."""

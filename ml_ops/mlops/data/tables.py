@@ -1,8 +1,11 @@
 """The table store: Parquet folders locally, Delta on Databricks.
 
-Stages name tables; only this module knows where and in what format they live.
-A write lands in a staging folder first and is swapped in at the end, so a
-failed write never leaves a half-written table behind.
+Stages name tables; only this module knows where and in what format they live. The location
+is a folder, or a Unity Catalog schema ``catalog.schema``: then, on Databricks, tables are
+managed Delta tables written with ``saveAsTable`` and read with ``spark.table`` (their
+metadata in the table property ``mlops.metadata``), and locally they are folders under
+``$MLOPS_HOME/tables/<catalog>/<schema>/``. A folder write lands in a staging folder first
+and is swapped in at the end, so a failed write never leaves a half-written table behind.
 """
 import json
 import logging
@@ -16,6 +19,7 @@ from mlops.errors import DataError
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "_mlops_metadata.json"
+METADATA_PROPERTY = "mlops.metadata"
 
 
 class TableStore:
@@ -25,16 +29,25 @@ class TableStore:
         if table_format not in ("parquet", "delta"):
             raise DataError(f"table format must be parquet or delta, got {table_format!r}")
         self.spark = spark
-        self.location = location.rstrip("/")
+        self.location = location
         self.table_format = table_format
+        # Checked now, so a malformed location fails before any Spark work.
+        platform.table_target(location, "t")
 
     def uri(self, name: str) -> str:
-        return platform.table_uri(self.location, name)
+        """The table's catalog name on Databricks under a schema, else its folder URI."""
+        target = platform.table_target(self.location, name)
+        return target.catalog_name or target.path
 
     def _local(self, name: str) -> Path:
         return platform.driver_path(self.uri(name))
 
+    def _catalog_name(self, name: str):
+        return platform.table_target(self.location, name).catalog_name
+
     def exists(self, name: str) -> bool:
+        if self._catalog_name(name):
+            return self.spark.catalog.tableExists(self._catalog_name(name))
         path = self._local(name)
         marker = "_delta_log" if self.table_format == "delta" else METADATA_FILE
         return (path / marker).exists()
@@ -42,7 +55,10 @@ class TableStore:
     def read(self, name: str, missing_hint: str = ""):
         if not self.exists(name):
             hint = f"; {missing_hint}" if missing_hint else ""
-            raise DataError(f"table '{name}' does not exist at {self.uri(name)}{hint}")
+            raise DataError(f"table '{name}' does not exist at "
+                            f"{platform.table_target(self.location, name).shown}{hint}")
+        if self._catalog_name(name):
+            return self.spark.table(self._catalog_name(name))
         return self.spark.read.format(self.table_format).load(self._spark_path(name))
 
     def write(self, df, name: str, partition_by=None, metadata: dict | None = None):
@@ -50,13 +66,21 @@ class TableStore:
         writer = df.write.format(self.table_format).mode("overwrite")
         if partition_by:
             writer = writer.partitionBy(*partition_by)
+        if self._catalog_name(name):
+            # A managed Delta table commits atomically; the catalog keeps its metadata.
+            full_name = self._catalog_name(name)
+            writer.format("delta").option("overwriteSchema", "true").saveAsTable(full_name)
+            value = _sql_string(json.dumps(metadata or {}, default=str))
+            self.spark.sql(f"ALTER TABLE {full_name} SET TBLPROPERTIES ('{METADATA_PROPERTY}' = '{value}')")
+            return
         if self.table_format == "delta":
             # Delta commits atomically; overwriting in place is safe.
             writer.option("overwriteSchema", "true").save(self._spark_path(name))
             self._write_metadata(self._local(name), metadata or {})
             return
         final = self._local(name)
-        staging_uri = self.uri(f".{name}.staging-{uuid.uuid4().hex[:8]}")
+        # A sibling folder, so the swap is two renames within one parent.
+        staging_uri = f"{self.uri(name).rsplit('/', 1)[0]}/.{name}.staging-{uuid.uuid4().hex[:8]}"
         staging = platform.driver_path(staging_uri)
         try:
             writer.save(platform.spark_path(staging_uri))
@@ -67,6 +91,11 @@ class TableStore:
         logger.info("wrote table %s to %s", name, self.uri(name))
 
     def metadata(self, name: str) -> dict:
+        if self._catalog_name(name):
+            rows = self.spark.sql(f"SHOW TBLPROPERTIES {self._catalog_name(name)} "
+                                  f"('{METADATA_PROPERTY}')").collect()
+            value = rows[0]["value"] if rows else ""
+            return json.loads(value) if value.startswith("{") else {}
         path = self._local(name) / METADATA_FILE
         return json.loads(path.read_text()) if path.exists() else {}
 
@@ -85,3 +114,8 @@ class TableStore:
             final.rename(retired)
         staging.rename(final)
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def _sql_string(text: str) -> str:
+    """``text`` for a single-quoted Spark SQL literal."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")

@@ -79,7 +79,16 @@ def _prepare_local_store(uri):
     """Create and migrate a sqlite store once, under a lock: two first runs would race its schema."""
     if uri.startswith("sqlite:"):
         with platform.named_lock("mlflow-store"):
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            try:
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            except Exception as error:
+                if "Can't locate revision" not in str(error):
+                    raise
+                # Alembic cannot migrate a schema downwards.
+                raise ConfigError(
+                    f"the MLflow store {uri} was written by a newer MLflow than this environment's "
+                    f"{mlflow.__version__} (the version the cluster runtime ships); move it aside, or "
+                    f"set MLOPS_HOME (or MLFLOW_TRACKING_URI) to a new folder") from None
 
 
 def check_registry(tracking, registry):

@@ -7,12 +7,14 @@ plugs in by binding its run context (:func:`mlops.platform.context.bind`); nothi
 imports it.
 """
 import contextlib
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from mlops.errors import ConfigError
-from mlops.platform import context, home, locks, paths
+from mlops.platform import catalog, context, home, locks, paths
 
 RUNTIME_VERSION_ENV = "DATABRICKS_RUNTIME_VERSION"
 TABLE_FORMATS = ("auto", "parquet", "delta")
@@ -80,6 +82,32 @@ def table_format(requested: str) -> str:
 def table_uri(location: str, table: str) -> str:
     """The URI of table ``table`` under ``table_location``."""
     return f"{location.rstrip('/')}/{table}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TableTarget:
+    """Where one table lives: a name the catalog manages, or a folder."""
+
+    shown: str
+    catalog_name: Optional[str] = None
+    path: Optional[str] = None
+
+
+def table_target(location: str, table: str) -> TableTarget:
+    """Table ``table`` of ``table_location``.
+
+    Under ``catalog.schema`` it is the Unity Catalog table ``catalog.schema.table`` on
+    Databricks, and the folder ``$MLOPS_HOME/tables/<catalog>/<schema>/<table>`` locally.
+    """
+    location = catalog.check_location(location)
+    if not catalog.is_schema(location):
+        uri = table_uri(location, table)
+        return TableTarget(shown=uri, path=uri)
+    name = catalog.qualified_name(location, table)
+    if on_databricks():
+        return TableTarget(shown=name, catalog_name=name)
+    folder = home.tables_dir().joinpath(*name.split("."))
+    return TableTarget(shown=f"{name} ({folder})", path=str(folder))
 
 
 def telemetry_file(job_run_id: str, task: str) -> Path:
