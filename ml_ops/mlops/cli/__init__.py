@@ -22,9 +22,9 @@ NOISY_LOGGERS = ("py4j", "urllib3", "azure", "alembic", "mlflow.store", "opencen
 
 
 def _register_all(subparsers):
-    from mlops.cli import azurite, data, deploy, model, runtime
+    from mlops.cli import azurite, data, deploy, model, runtime, table
 
-    for module in (data, runtime, model, deploy, azurite):
+    for module in (data, runtime, model, deploy, azurite, table):
         module.register_cli(subparsers)
 
 

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from mlops import platform
+from mlops.data import delta_log
 from mlops.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,19 @@ class TableStore:
                             f"{platform.table_target(self.location, name).shown}{hint}")
         if self._catalog_name(name):
             return self.spark.table(self._catalog_name(name))
+        if self._commits_with_delta_rs():
+            return delta_log.read(self.spark, self._local(name))
         return self.spark.read.format(self.table_format).load(self._spark_path(name))
+
+    def history(self, name: str) -> list:
+        """The versions of Delta table ``name``, newest first (see :func:`delta_log.history`)."""
+        if self._catalog_name(name) or not self._commits_with_delta_rs():
+            raise DataError(f"table history is read here for local Delta tables only; on Databricks, "
+                            f"run DESCRIBE HISTORY {self._catalog_name(name) or self.uri(name)}")
+        return delta_log.history(self._local(name))
+
+    def _commits_with_delta_rs(self) -> bool:
+        return self.table_format == "delta" and not platform.spark_has_delta()
 
     def write(self, df, name: str, partition_by=None, metadata: dict | None = None):
         """Replace table ``name`` with ``df``; the old version stays until the new one is complete."""
@@ -72,6 +85,10 @@ class TableStore:
             writer.format("delta").option("overwriteSchema", "true").saveAsTable(full_name)
             value = _sql_string(json.dumps(metadata or {}, default=str))
             self.spark.sql(f"ALTER TABLE {full_name} SET TBLPROPERTIES ('{METADATA_PROPERTY}' = '{value}')")
+            return
+        if self._commits_with_delta_rs():
+            delta_log.write(df, self._local(name), "overwrite", partition_by)
+            self._write_metadata(self._local(name), metadata or {})
             return
         if self.table_format == "delta":
             # Delta commits atomically; overwriting in place is safe.

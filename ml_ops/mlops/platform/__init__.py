@@ -79,6 +79,12 @@ def table_format(requested: str) -> str:
     return "delta" if on_databricks() else "parquet"
 
 
+def spark_has_delta() -> bool:
+    """Databricks Runtime ships Delta Lake. Locally Spark has no Delta jars (Maven is out of reach),
+    so ``mlops.data.delta_log`` commits the Parquet files Spark writes, through delta-rs."""
+    return on_databricks()
+
+
 def table_uri(location: str, table: str) -> str:
     """The URI of table ``table`` under ``table_location``."""
     return f"{location.rstrip('/')}/{table}"

@@ -1,0 +1,30 @@
+"""``mlops table history``: the versions of a local Delta table."""
+import datetime
+
+from mlops.cli import command
+from mlops.config import JobConfig
+from mlops.data.tables import TableStore
+from mlops.lifecycle.model_admin import format_table
+
+
+def _history(args):
+    store = TableStore(None, args.location, "delta")
+    rows = []
+    for entry in store.history(args.name):
+        when = datetime.datetime.fromtimestamp(entry["timestamp"] / 1000, datetime.timezone.utc)
+        rows.append([entry["version"], when.strftime("%Y-%m-%d %H:%M:%S"), entry["operation"],
+                     entry["mode"], entry["rows"] if entry["rows"] is not None else "-"])
+    print(f"table {args.name} at {store.uri(args.name)}")
+    print(format_table(["version", "time (UTC)", "operation", "mode", "rows written"], rows))
+    return 0
+
+
+def register_cli(subparsers):
+    """Add ``mlops table history``."""
+    parser = subparsers.add_parser("table", help="look at local Delta tables")
+    commands = parser.add_subparsers(dest="table_command", required=True)
+    history = commands.add_parser("history", help="every version of a table: operation, time, rows")
+    history.add_argument("name", help="the table, e.g. taxi_fares_predictions")
+    history.add_argument("--location", default=JobConfig.table_location,
+                         help=f"the table_location (default {JobConfig.table_location})")
+    history.set_defaults(func=command(_history))

@@ -1,0 +1,166 @@
+"""Local Delta Lake tables without the Delta jars: Spark writes the Parquet files, delta-rs commits them.
+
+A write goes to a staging folder inside the table, its files move to their partition folders,
+and one commit to ``_delta_log`` (through the ``deltalake`` package) makes them the table's
+next version. Until that commit, readers see the previous version: files that a failed or
+killed write left behind belong to no version. Readers read only the files of the snapshot
+they ask for, so any version can be read back.
+"""
+import json
+import os
+import shutil
+import urllib.parse
+import uuid
+from pathlib import Path
+
+from mlops.errors import DataError
+
+DELTA_LOG = "_delta_log"
+ROWS_METADATA = "mlops.rows"
+MODES = ("append", "overwrite")
+
+
+def is_delta_table(folder: Path) -> bool:
+    return (Path(folder) / DELTA_LOG).is_dir()
+
+
+def write(df, folder: Path, mode: str, partition_by=None, operation: str = "WRITE") -> int:
+    """Write ``df`` as the next version of the Delta table in ``folder``; returns that version."""
+    if mode not in MODES:
+        raise DataError(f"a Delta write mode must be one of {', '.join(MODES)}, got {mode!r}")
+    folder = Path(folder)
+    schema = _arrow_schema(df.schema)
+    if is_delta_table(folder):
+        _check_schema(folder, schema, mode)
+    staging = folder / f"_staging-{uuid.uuid4().hex}"
+    # Delta timestamps are microseconds; Spark's Parquet default (INT96) is not a Delta type.
+    df.sparkSession.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    try:
+        writer = df.write.mode("overwrite")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        writer.parquet(staging.as_uri())
+        rows = int(df.sparkSession.read.parquet(staging.as_uri()).count()) if _has_files(staging) else 0
+        actions = [_moved_into_table(file, staging, folder) for file in sorted(staging.rglob("*.parquet"))]
+        return _commit(folder, schema, actions, mode, list(partition_by or []), rows, operation)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def read(spark, folder: Path, version=None):
+    """The snapshot ``version`` (default: the latest) of the table in ``folder``, as a DataFrame."""
+    table = _table(folder, version)
+    files = table.file_uris()
+    schema = _spark_schema(table)
+    if not files:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).option("basePath", Path(folder).as_uri()).parquet(*files)
+
+
+def history(folder: Path) -> list:
+    """One entry per version, newest first: version, time, operation, mode and rows written."""
+    entries = []
+    for commit in _table(folder).history():
+        metadata = commit.get("userMetadata") or commit.get("mlops") or {}
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata) if metadata.startswith("{") else {}
+        entries.append({"version": commit.get("version"), "timestamp": commit.get("timestamp"),
+                        "operation": commit.get("operation"),
+                        "mode": (commit.get("operationParameters") or {}).get("mode", ""),
+                        "rows": commit.get(ROWS_METADATA, metadata.get(ROWS_METADATA))})
+    return entries
+
+
+def _table(folder: Path, version=None):
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError, TableNotFoundError
+
+    folder = Path(folder)
+    if not is_delta_table(folder):
+        hint = (f"; it holds Parquet files without a {DELTA_LOG}, so it was written with table_format "
+                f"parquet" if any(folder.rglob("*.parquet")) else "")
+        raise DataError(f"{folder} is not a Delta table{hint}")
+    try:
+        return DeltaTable(str(folder), version=version)
+    except (DeltaError, TableNotFoundError, ValueError, OSError) as error:
+        if version is None:
+            raise DataError(f"cannot open the Delta table {folder}: {error}") from error
+        latest = DeltaTable(str(folder)).version()
+        raise DataError(f"the Delta table {folder} has no version {version}; its versions are 0 to "
+                        f"{latest}") from error
+
+
+def _has_files(folder: Path) -> bool:
+    return any(folder.rglob("*.parquet"))
+
+
+def _moved_into_table(file: Path, staging: Path, folder: Path):
+    """Move one staged data file to its partition folder; its add action."""
+    from deltalake.transaction import AddAction
+
+    relative = file.relative_to(staging)
+    target = folder / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(file, target)
+    partition_values = {}
+    for part in relative.parts[:-1]:
+        key, _, value = part.partition("=")
+        value = urllib.parse.unquote(value)
+        partition_values[key] = None if value == "__HIVE_DEFAULT_PARTITION__" else value
+    stat = target.stat()
+    return AddAction(path=relative.as_posix(), size=stat.st_size, partition_values=partition_values,
+                     modification_time=int(stat.st_mtime * 1000), data_change=True, stats="")
+
+
+def _commit(folder: Path, schema, actions: list, mode: str, partition_by: list, rows: int,
+            operation: str) -> int:
+    from deltalake import DeltaTable
+    from deltalake.schema import Schema
+    from deltalake.transaction import CommitProperties, create_table_with_add_actions
+
+    properties = CommitProperties(custom_metadata={ROWS_METADATA: str(rows), "mlops.operation": operation})
+    delta_schema = Schema.from_arrow(schema)
+    if not is_delta_table(folder):
+        create_table_with_add_actions(str(folder), delta_schema, actions, mode="append",
+                                      partition_by=partition_by or None, commit_properties=properties)
+    else:
+        DeltaTable(str(folder)).create_write_transaction(actions, mode=mode, schema=delta_schema,
+                                                         partition_by=partition_by or None,
+                                                         commit_properties=properties)
+    return DeltaTable(str(folder)).version()
+
+
+def _check_schema(folder: Path, schema, mode: str) -> None:
+    """An append must bring the table's columns with the table's types; an overwrite may change them."""
+    from deltalake.schema import Schema
+
+    if mode != "append":
+        return
+    current = {field.name: _type_name(field.type) for field in _table(folder).schema().fields}
+    new = {field.name: _type_name(field.type) for field in Schema.from_arrow(schema).fields}
+    missing = sorted(set(current) - set(new))
+    extra = sorted(set(new) - set(current))
+    changed = sorted(name for name in set(current) & set(new) if current[name] != new[name])
+    if missing or extra or changed:
+        details = [f"missing {', '.join(missing)}" if missing else "",
+                   f"not in the table {', '.join(extra)}" if extra else "",
+                   "; ".join(f"{name} is {new[name]}, the table has {current[name]}" for name in changed)]
+        raise DataError(f"cannot append to the Delta table {folder}: the schema does not match: "
+                        f"{'; '.join(detail for detail in details if detail)}")
+
+
+def _type_name(delta_type) -> str:
+    return getattr(delta_type, "type", None) or str(delta_type)
+
+
+def _arrow_schema(spark_schema):
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(spark_schema)
+
+
+def _spark_schema(table):
+    import pyarrow
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(pyarrow.schema(table.schema().to_arrow()))
