@@ -1,4 +1,4 @@
-"""``mlops table history``: the versions of a local Delta table."""
+"""``mlops table history|convert``: the versions of a local Delta table; a Parquet table made Delta."""
 import datetime
 
 from mlops.cli import command
@@ -19,8 +19,17 @@ def _history(args):
     return 0
 
 
+def _convert(args):
+    from mlops.local.session import spark_session
+
+    store = TableStore(spark_session(), args.location, "delta")
+    version = store.convert(args.name)
+    print(f"table {args.name} at {store.uri(args.name)} is now a Delta table (version {version})")
+    return 0
+
+
 def register_cli(subparsers):
-    """Add ``mlops table history``."""
+    """Add ``mlops table history`` and ``mlops table convert``."""
     parser = subparsers.add_parser("table", help="look at local Delta tables")
     commands = parser.add_subparsers(dest="table_command", required=True)
     history = commands.add_parser("history", help="every version of a table: operation, time, rows")
@@ -28,3 +37,8 @@ def register_cli(subparsers):
     history.add_argument("--location", default=JobConfig.table_location,
                          help=f"the table_location (default {JobConfig.table_location})")
     history.set_defaults(func=command(_history))
+    convert = commands.add_parser("convert", help="make a local Parquet table a Delta table, in place")
+    convert.add_argument("name", help="the table, e.g. training_trips")
+    convert.add_argument("--location", default=JobConfig.table_location,
+                         help=f"the table_location (default {JobConfig.table_location})")
+    convert.set_defaults(func=command(_convert))

@@ -13,6 +13,8 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
+import pyarrow.parquet
+
 from mlops.errors import DataError
 
 DELTA_LOG = "_delta_log"
@@ -40,11 +42,36 @@ def write(df, folder: Path, mode: str, partition_by=None, operation: str = "WRIT
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.parquet(staging.as_uri())
-        rows = int(df.sparkSession.read.parquet(staging.as_uri()).count()) if _has_files(staging) else 0
-        actions = [_moved_into_table(file, staging, folder) for file in sorted(staging.rglob("*.parquet"))]
+        files = sorted(staging.rglob("*.parquet"))
+        # Row counts come from the Parquet footers: no second pass over the data.
+        rows = sum(pyarrow.parquet.ParquetFile(file).metadata.num_rows for file in files)
+        actions = [_moved_into_table(file, staging, folder) for file in files]
         return _commit(folder, schema, actions, mode, list(partition_by or []), rows, operation)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def convert(spark, folder: Path, partition_by=None) -> int:
+    """Make the Parquet table in ``folder`` a Delta table in place: one commit of its files."""
+    folder = Path(folder)
+    if is_delta_table(folder):
+        raise DataError(f"{folder} already is a Delta table")
+    files = sorted(file for file in folder.rglob("*.parquet")
+                   if not any(part.startswith(("_", ".")) for part in file.relative_to(folder).parts))
+    if not files:
+        raise DataError(f"{folder} holds no Parquet files to convert")
+    df = spark.read.parquet(folder.as_uri())
+    partitions = list(partition_by or _partition_columns(files[0].relative_to(folder)))
+    # Partition columns last, as a partitioned Parquet read lists them.
+    columns = [name for name in df.columns if name not in partitions] + partitions
+    rows = sum(pyarrow.parquet.ParquetFile(file).metadata.num_rows for file in files)
+    actions = [_add_action(file, folder) for file in files]
+    return _commit(folder, _arrow_schema(df.select(*columns).schema), actions, "append", partitions, rows,
+                   "CONVERT")
+
+
+def _partition_columns(relative: Path) -> list:
+    return [part.partition("=")[0] for part in relative.parts[:-1] if "=" in part]
 
 
 def read(spark, folder: Path, version=None):
@@ -77,8 +104,8 @@ def _table(folder: Path, version=None):
 
     folder = Path(folder)
     if not is_delta_table(folder):
-        hint = (f"; it holds Parquet files without a {DELTA_LOG}, so it was written with table_format "
-                f"parquet" if any(folder.rglob("*.parquet")) else "")
+        hint = (f"; it holds Parquet files without a {DELTA_LOG} (a Parquet table): convert it in place "
+                f"with `mlops table convert {folder.name}`" if any(folder.rglob("*.parquet")) else "")
         raise DataError(f"{folder} is not a Delta table{hint}")
     try:
         return DeltaTable(str(folder), version=version)
@@ -90,18 +117,19 @@ def _table(folder: Path, version=None):
                         f"{latest}") from error
 
 
-def _has_files(folder: Path) -> bool:
-    return any(folder.rglob("*.parquet"))
-
-
 def _moved_into_table(file: Path, staging: Path, folder: Path):
     """Move one staged data file to its partition folder; its add action."""
-    from deltalake.transaction import AddAction
-
-    relative = file.relative_to(staging)
-    target = folder / relative
+    target = folder / file.relative_to(staging)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(file, target)
+    return _add_action(target, folder)
+
+
+def _add_action(target: Path, folder: Path):
+    """The add action of a data file already in its place in the table."""
+    from deltalake.transaction import AddAction
+
+    relative = target.relative_to(folder)
     partition_values = {}
     for part in relative.parts[:-1]:
         key, _, value = part.partition("=")

@@ -1,4 +1,4 @@
-"""The table store: Parquet folders locally, Delta on Databricks.
+"""The table store: Delta tables (Spark's own on Databricks, committed by delta-rs locally), or Parquet.
 
 Stages name tables; only this module knows where and in what format they live. The location
 is a folder, or a Unity Catalog schema ``catalog.schema``: then, on Databricks, tables are
@@ -54,6 +54,9 @@ class TableStore:
         return (path / marker).exists()
 
     def read(self, name: str, missing_hint: str = ""):
+        if self._commits_with_delta_rs() and not self.exists(name) and self._local(name).is_dir():
+            # A Parquet table from before: delta_log says how to convert it.
+            return delta_log.read(self.spark, self._local(name))
         if not self.exists(name):
             hint = f"; {missing_hint}" if missing_hint else ""
             raise DataError(f"table '{name}' does not exist at "
@@ -70,6 +73,13 @@ class TableStore:
             raise DataError(f"table history is read here for local Delta tables only; on Databricks, "
                             f"run DESCRIBE HISTORY {self._catalog_name(name) or self.uri(name)}")
         return delta_log.history(self._local(name))
+
+    def convert(self, name: str) -> int:
+        """Make the local Parquet table ``name`` a Delta table in place; returns its version."""
+        if not self._commits_with_delta_rs():
+            raise DataError("only local tables are converted here; on Databricks, run "
+                            f"CONVERT TO DELTA parquet.`{self.uri(name)}`")
+        return delta_log.convert(self.spark, self._local(name))
 
     def _commits_with_delta_rs(self) -> bool:
         return self.table_format == "delta" and not platform.spark_has_delta()

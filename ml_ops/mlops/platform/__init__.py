@@ -70,13 +70,11 @@ def local_artifact_root() -> Path:
 
 
 def table_format(requested: str) -> str:
-    """``auto`` is Delta on Databricks and Parquet locally."""
+    """``auto`` is Delta: Spark's own on Databricks, committed through delta-rs locally."""
     if requested not in TABLE_FORMATS:
         raise ConfigError(f"parameter 'table_format' must be one of {', '.join(TABLE_FORMATS)}, "
                           f"got {requested!r}")
-    if requested != "auto":
-        return requested
-    return "delta" if on_databricks() else "parquet"
+    return "delta" if requested == "auto" else requested
 
 
 def spark_has_delta() -> bool:

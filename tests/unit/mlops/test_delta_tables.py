@@ -78,11 +78,22 @@ def test_reading_a_version_that_does_not_exist_gives_the_range(spark, trips, tmp
         delta_log.read(spark, folder, version=5)
 
 
-def test_a_parquet_folder_without_a_log_is_not_taken_for_a_delta_table(spark, trips, tmp_path):
-    trips.write.parquet(str(tmp_path / "old"))
-    with pytest.raises(DataError, match="holds Parquet files without a _delta_log, so it was written with "
-                                        "table_format parquet"):
-        delta_log.read(spark, tmp_path / "old")
+def test_an_old_parquet_table_says_how_to_convert_it(spark, trips, mlops_home, capsys):
+    parquet = TableStore(spark, "dbfs:/tables", "parquet")
+    parquet.write(trips, "trips", partition_by=["pickup_date"])
+    store = TableStore(spark, "dbfs:/tables", "delta")
+    with pytest.raises(DataError, match=r"without a _delta_log \(a Parquet table\): convert it in place "
+                                        r"with `mlops table convert trips`"):
+        store.read("trips")
+    args = build_parser().parse_args(["table", "convert", "trips", "--location", "dbfs:/tables"])
+    assert args.func(args) == 0
+    assert "is now a Delta table (version 0)" in capsys.readouterr().out
+    converted = store.read("trips")
+    assert sorted(row.trip_id for row in converted.collect()) == [1, 2, 3]
+    assert converted.where("pickup_date = DATE'2016-01-02'").count() == 2
+    assert DeltaTable(str(store._local("trips"))).to_pyarrow_table().num_rows == 3
+    with pytest.raises(DataError, match="already is a Delta table"):
+        store.convert("trips")
 
 
 def test_an_unknown_write_mode_is_refused(trips, tmp_path):

@@ -88,10 +88,10 @@ def test_abfss_has_no_local_equivalent(mlops_home):
 
 
 def test_defaults_differ_by_platform(monkeypatch, mlops_home):
-    assert platform.table_format("auto") == "parquet"
+    assert platform.table_format("auto") == "delta" and not platform.spark_has_delta()
     assert platform.default_tracking_uri() == f"sqlite:///{mlops_home / 'mlflow.db'}"
     monkeypatch.setenv(platform.RUNTIME_VERSION_ENV, "18.0")
-    assert platform.table_format("auto") == "delta"
+    assert platform.table_format("auto") == "delta" and platform.spark_has_delta()
     assert platform.default_tracking_uri() == "databricks"
     assert platform.table_format("parquet") == "parquet"
 
