@@ -26,10 +26,17 @@ def is_delta_table(folder: Path) -> bool:
     return (Path(folder) / DELTA_LOG).is_dir()
 
 
-def write(df, folder: Path, mode: str, partition_by=None, operation: str = "WRITE") -> int:
-    """Write ``df`` as the next version of the Delta table in ``folder``; returns that version."""
+def write(df, folder: Path, mode: str, partition_by=None, operation: str = "WRITE",
+          replace_partitions=None) -> int:
+    """Write ``df`` as the next version of the Delta table in ``folder``; returns that version.
+
+    ``replace_partitions`` (overwrite only): the values of the first partition column whose
+    partitions ``df`` replaces; the table's other partitions stay as they are.
+    """
     if mode not in MODES:
         raise DataError(f"a Delta write mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if replace_partitions is not None and (mode != "overwrite" or not partition_by):
+        raise DataError("replacing partitions needs mode overwrite and a partitioned table")
     folder = Path(folder)
     schema = _arrow_schema(df.schema)
     if is_delta_table(folder):
@@ -42,11 +49,11 @@ def write(df, folder: Path, mode: str, partition_by=None, operation: str = "WRIT
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.parquet(staging.as_uri())
-        files = sorted(staging.rglob("*.parquet"))
-        # Row counts come from the Parquet footers: no second pass over the data.
-        rows = sum(pyarrow.parquet.ParquetFile(file).metadata.num_rows for file in files)
-        actions = [_moved_into_table(file, staging, folder) for file in files]
-        return _commit(folder, schema, actions, mode, list(partition_by or []), rows, operation)
+        actions = [_moved_into_table(file, staging, folder) for file in sorted(staging.rglob("*.parquet"))]
+        filters = None
+        if replace_partitions is not None:
+            filters = [(partition_by[0], "in", sorted(str(value) for value in replace_partitions))]
+        return _commit(folder, schema, actions, mode, list(partition_by or []), operation, filters)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -64,10 +71,9 @@ def convert(spark, folder: Path, partition_by=None) -> int:
     partitions = list(partition_by or _partition_columns(files[0].relative_to(folder)))
     # Partition columns last, as a partitioned Parquet read lists them.
     columns = [name for name in df.columns if name not in partitions] + partitions
-    rows = sum(pyarrow.parquet.ParquetFile(file).metadata.num_rows for file in files)
     actions = [_add_action(file, folder) for file in files]
-    return _commit(folder, _arrow_schema(df.select(*columns).schema), actions, "append", partitions, rows,
-                   "CONVERT")
+    schema = _arrow_schema(df.select(*columns).schema)
+    return _commit(folder, schema, actions, "append", partitions, "CONVERT")
 
 
 def _partition_columns(relative: Path) -> list:
@@ -136,16 +142,20 @@ def _add_action(target: Path, folder: Path):
         value = urllib.parse.unquote(value)
         partition_values[key] = None if value == "__HIVE_DEFAULT_PARTITION__" else value
     stat = target.stat()
+    # Readers parse the stats of every file; the row count comes from the Parquet footer.
+    stats = json.dumps({"numRecords": pyarrow.parquet.ParquetFile(target).metadata.num_rows})
     return AddAction(path=relative.as_posix(), size=stat.st_size, partition_values=partition_values,
-                     modification_time=int(stat.st_mtime * 1000), data_change=True, stats="")
+                     modification_time=int(stat.st_mtime * 1000), data_change=True, stats=stats)
 
 
-def _commit(folder: Path, schema, actions: list, mode: str, partition_by: list, rows: int,
-            operation: str) -> int:
+def _commit(folder: Path, schema, actions: list, mode: str, partition_by: list, operation: str,
+            partition_filters=None) -> int:
     from deltalake import DeltaTable
     from deltalake.schema import Schema
     from deltalake.transaction import CommitProperties, create_table_with_add_actions
 
+    # Row counts come from the Parquet footers, through each file's stats: no second pass over the data.
+    rows = sum(json.loads(action.stats)["numRecords"] for action in actions)
     properties = CommitProperties(custom_metadata={ROWS_METADATA: str(rows), "mlops.operation": operation})
     delta_schema = Schema.from_arrow(schema)
     if not is_delta_table(folder):
@@ -154,6 +164,7 @@ def _commit(folder: Path, schema, actions: list, mode: str, partition_by: list, 
     else:
         DeltaTable(str(folder)).create_write_transaction(actions, mode=mode, schema=delta_schema,
                                                          partition_by=partition_by or None,
+                                                         partition_filters=partition_filters,
                                                          commit_properties=properties)
     return DeltaTable(str(folder)).version()
 

@@ -140,3 +140,19 @@ def test_the_store_keeps_local_delta_tables_and_the_cli_shows_history(spark, tri
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"table trips at {store.uri('trips')}"
     assert "WRITE" in out and "Overwrite" in out
+
+
+def test_replacing_one_partition_is_one_commit_that_leaves_the_others(spark, trips, tmp_path):
+    folder = tmp_path / "log"
+    delta_log.write(trips, folder, "append", ["pickup_date"])
+    again = trips.where("pickup_date = DATE'2016-01-02'").limit(1)
+    assert delta_log.write(again, folder, "overwrite", ["pickup_date"],
+                           replace_partitions=[datetime.date(2016, 1, 2)]) == 1
+    rows = sorted((row.trip_id, str(row.pickup_date)) for row in delta_log.read(spark, folder).collect())
+    assert rows[0] == (1, "2016-01-01") and len(rows) == 2
+    assert delta_log.read(spark, folder, version=0).count() == 3
+
+
+def test_replacing_partitions_of_an_append_is_refused(trips, tmp_path):
+    with pytest.raises(DataError, match="replacing partitions needs mode overwrite and a partitioned table"):
+        delta_log.write(trips, tmp_path / "log", "append", ["pickup_date"], replace_partitions=["2016-01-01"])
