@@ -16,6 +16,7 @@ from pathlib import Path
 from mlops import platform
 from mlops.data import delta_log
 from mlops.errors import DataError
+from mlops.platform import catalog
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class TableStore:
         self.location = location
         self.table_format = table_format
         # Checked now, so a malformed location fails before any Spark work.
-        platform.table_target(location, "t")
+        catalog.check_location(location)
 
     def uri(self, name: str) -> str:
         """The table's catalog name on Databricks under a schema, else its folder URI."""
