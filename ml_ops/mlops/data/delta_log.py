@@ -6,6 +6,7 @@ next version. Until that commit, readers see the previous version: files that a 
 killed write left behind belong to no version. Readers read only the files of the snapshot
 they ask for, so any version can be read back.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pyarrow.parquet
+from pyspark.sql import functions as F
 
 from mlops.errors import DataError
 
@@ -26,12 +28,22 @@ def is_delta_table(folder: Path) -> bool:
     return (Path(folder) / DELTA_LOG).is_dir()
 
 
+def parquet_files(folder: Path) -> list:
+    """The data files of a Parquet table in ``folder``; staging and hidden folders do not count."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(file for file in folder.rglob("*.parquet")
+                  if not any(part.startswith(("_", ".")) for part in file.relative_to(folder).parts))
+
+
 def write(df, folder: Path, mode: str, partition_by=None, operation: str = "WRITE",
-          replace_partitions=None) -> int:
+          replace_partitions=None, configuration=None) -> int:
     """Write ``df`` as the next version of the Delta table in ``folder``; returns that version.
 
     ``replace_partitions`` (overwrite only): the values of the first partition column whose
     partitions ``df`` replaces; the table's other partitions stay as they are.
+    ``configuration``: table properties, set when the table is created.
     """
     if mode not in MODES:
         raise DataError(f"a Delta write mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -41,6 +53,80 @@ def write(df, folder: Path, mode: str, partition_by=None, operation: str = "WRIT
     schema = _arrow_schema(df.schema)
     if is_delta_table(folder):
         _check_schema(folder, schema, mode)
+    with _staged(df, folder, partition_by) as actions:
+        filters = None
+        if replace_partitions is not None:
+            filters = [(partition_by[0], "in", sorted(str(value) for value in replace_partitions))]
+        return _commit(folder, schema, actions, mode, list(partition_by or []), operation, filters,
+                       configuration)
+
+
+def upsert(df, folder: Path, keys, partition_by, configuration=None) -> int:
+    """Rows of ``df`` replace the table's rows with the same ``keys`` and add the others: one commit.
+
+    Only the partitions ``df`` writes to are read. When none of their rows share a key with
+    ``df`` the commit is a plain append; otherwise those partitions are rewritten, their
+    other rows kept, and the commit replaces them.
+    """
+    folder = Path(folder)
+    schema = _arrow_schema(df.schema)
+    partition_by = list(partition_by)
+    if is_delta_table(folder):
+        _check_schema(folder, schema, "append")
+    with _staged(df, folder, partition_by) as actions:
+        if not is_delta_table(folder) or not actions:
+            return _commit(folder, schema, actions, "append", partition_by, "MERGE", None, configuration)
+        touched = sorted({action.partition_values[partition_by[0]] for action in actions})
+        filters = [(partition_by[0], "in", touched)]
+        table = _table(folder)
+        existing = table.file_uris(partition_filters=filters)
+        if not existing:
+            return _commit(folder, schema, actions, "append", partition_by, "MERGE")
+        spark = df.sparkSession
+        old = spark.read.schema(_spark_schema(table)).option("basePath", folder.as_uri()).parquet(*existing)
+        new_keys = spark.read.option("basePath", str(folder)).parquet(
+            *[str(folder / action.path) for action in actions]).select(*keys)
+        if old.join(new_keys, list(keys), "left_semi").isEmpty():
+            return _commit(folder, schema, actions, "append", partition_by, "MERGE")
+        kept = old.join(new_keys, list(keys), "left_anti").select(*old.columns)
+        with _staged(kept, folder, partition_by) as kept_actions:
+            return _commit(folder, schema, actions + kept_actions, "overwrite", partition_by, "MERGE",
+                           filters)
+
+
+def fill_column(updates, folder: Path, key: str, column: str, partition_by) -> int | None:
+    """Set ``column`` from ``updates`` (``key``, ``column``) on the rows with that key whose value differs.
+
+    Only the partitions holding such rows are rewritten, in one commit; returns its version,
+    or None when no row changes.
+    """
+    folder = Path(folder)
+    table = _table(folder)
+    spark = updates.sparkSession
+    partition = partition_by[0]
+    incoming = f"_incoming_{column}"
+    current = read(spark, folder)
+    changes = updates.select(F.col(key), F.col(column).alias(incoming)).where(F.col(incoming).isNotNull())
+    changed = current.join(changes, key).where(~F.col(column).eqNullSafe(F.col(incoming)))
+    touched = sorted({str(row[0]) for row in changed.select(partition).distinct().collect()})
+    if not touched:
+        return None
+    filters = [(partition, "in", touched)]
+    old = spark.read.schema(_spark_schema(table)).option("basePath", folder.as_uri()).parquet(
+        *table.file_uris(partition_filters=filters))
+    filled = old.join(changes, key, "left").withColumn(
+        column, F.coalesce(F.col(incoming), F.col(column))).select(*old.columns)
+    with _staged(filled, folder, partition_by) as actions:
+        return _commit(folder, _arrow_schema(old.schema), actions, "overwrite", list(partition_by), "MERGE",
+                       filters)
+
+
+@contextlib.contextmanager
+def _staged(df, folder: Path, partition_by):
+    """Spark writes ``df`` into a staging folder; its files move to their partition folders.
+
+    Yields their add actions. Moved files belong to no version until a commit names them.
+    """
     staging = folder / f"_staging-{uuid.uuid4().hex}"
     # Delta timestamps are microseconds; Spark's Parquet default (INT96) is not a Delta type.
     df.sparkSession.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
@@ -49,11 +135,7 @@ def write(df, folder: Path, mode: str, partition_by=None, operation: str = "WRIT
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.parquet(staging.as_uri())
-        actions = [_moved_into_table(file, staging, folder) for file in sorted(staging.rglob("*.parquet"))]
-        filters = None
-        if replace_partitions is not None:
-            filters = [(partition_by[0], "in", sorted(str(value) for value in replace_partitions))]
-        return _commit(folder, schema, actions, mode, list(partition_by or []), operation, filters)
+        yield [_moved_into_table(file, staging, folder) for file in sorted(staging.rglob("*.parquet"))]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -63,8 +145,7 @@ def convert(spark, folder: Path, partition_by=None) -> int:
     folder = Path(folder)
     if is_delta_table(folder):
         raise DataError(f"{folder} already is a Delta table")
-    files = sorted(file for file in folder.rglob("*.parquet")
-                   if not any(part.startswith(("_", ".")) for part in file.relative_to(folder).parts))
+    files = parquet_files(folder)
     if not files:
         raise DataError(f"{folder} holds no Parquet files to convert")
     df = spark.read.parquet(folder.as_uri())
@@ -90,6 +171,10 @@ def read(spark, folder: Path, version=None):
     return spark.read.schema(schema).option("basePath", Path(folder).as_uri()).parquet(*files)
 
 
+def latest_version(folder: Path) -> int:
+    return _table(folder).version()
+
+
 def history(folder: Path) -> list:
     """One entry per version, newest first: version, time, operation, mode and rows written."""
     entries = []
@@ -98,7 +183,7 @@ def history(folder: Path) -> list:
         if isinstance(metadata, str):
             metadata = json.loads(metadata) if metadata.startswith("{") else {}
         entries.append({"version": commit.get("version"), "timestamp": commit.get("timestamp"),
-                        "operation": commit.get("operation"),
+                        "operation": commit.get("mlops.operation") or commit.get("operation"),
                         "mode": (commit.get("operationParameters") or {}).get("mode", ""),
                         "rows": commit.get(ROWS_METADATA, metadata.get(ROWS_METADATA))})
     return entries
@@ -111,7 +196,7 @@ def _table(folder: Path, version=None):
     folder = Path(folder)
     if not is_delta_table(folder):
         hint = (f"; it holds Parquet files without a {DELTA_LOG} (a Parquet table): convert it in place "
-                f"with `mlops table convert {folder.name}`" if any(folder.rglob("*.parquet")) else "")
+                f"with `mlops table convert {folder.name}`" if parquet_files(folder) else "")
         raise DataError(f"{folder} is not a Delta table{hint}")
     try:
         return DeltaTable(str(folder), version=version)
@@ -149,7 +234,7 @@ def _add_action(target: Path, folder: Path):
 
 
 def _commit(folder: Path, schema, actions: list, mode: str, partition_by: list, operation: str,
-            partition_filters=None) -> int:
+            partition_filters=None, configuration=None) -> int:
     from deltalake import DeltaTable
     from deltalake.schema import Schema
     from deltalake.transaction import CommitProperties, create_table_with_add_actions
@@ -160,7 +245,8 @@ def _commit(folder: Path, schema, actions: list, mode: str, partition_by: list, 
     delta_schema = Schema.from_arrow(schema)
     if not is_delta_table(folder):
         create_table_with_add_actions(str(folder), delta_schema, actions, mode="append",
-                                      partition_by=partition_by or None, commit_properties=properties)
+                                      partition_by=partition_by or None, configuration=configuration,
+                                      commit_properties=properties)
     else:
         DeltaTable(str(folder)).create_write_transaction(actions, mode=mode, schema=delta_schema,
                                                          partition_by=partition_by or None,

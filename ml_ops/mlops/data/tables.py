@@ -7,6 +7,7 @@ metadata in the table property ``mlops.metadata``), and locally they are folders
 ``$MLOPS_HOME/tables/<catalog>/<schema>/``. A folder write lands in a staging folder first
 and is swapped in at the end, so a failed write never leaves a half-written table behind.
 """
+import contextlib
 import json
 import logging
 import shutil
@@ -55,7 +56,8 @@ class TableStore:
         return (path / marker).exists()
 
     def read(self, name: str, missing_hint: str = ""):
-        if self._commits_with_delta_rs() and not self.exists(name) and self._local(name).is_dir():
+        local = self._commits_with_delta_rs()
+        if local and not self.exists(name) and delta_log.parquet_files(self._local(name)):
             # A Parquet table from before: delta_log says how to convert it.
             return delta_log.read(self.spark, self._local(name))
         if not self.exists(name):
@@ -74,6 +76,14 @@ class TableStore:
             raise DataError(f"table history is read here for local Delta tables only; on Databricks, "
                             f"run DESCRIBE HISTORY {self._catalog_name(name) or self.uri(name)}")
         return delta_log.history(self._local(name))
+
+    def version(self, name: str) -> int | None:
+        """The current Delta version of table ``name``; None for a Parquet table."""
+        if self.table_format != "delta":
+            return None
+        if self._commits_with_delta_rs():
+            return delta_log.latest_version(self._local(name))
+        return self.spark.sql(f"DESCRIBE HISTORY {self._sql_name(name)} LIMIT 1").first()["version"]
 
     def convert(self, name: str) -> int:
         """Make the local Parquet table ``name`` a Delta table in place; returns its version."""
@@ -118,6 +128,90 @@ class TableStore:
             shutil.rmtree(staging, ignore_errors=True)
         logger.info("wrote table %s to %s", name, self.uri(name))
 
+    def upsert(self, df, name: str, keys, partition_by, properties: dict | None = None):
+        """Rows of ``df`` replace the rows of table ``name`` with the same ``keys`` and add the others.
+
+        One commit (MERGE INTO on Databricks); the first write creates the table, partitioned by
+        ``partition_by``, with the table ``properties``.
+        """
+        self._require_delta(name, "appended to by key")
+        properties = properties or {}
+        if self._commits_with_delta_rs():
+            delta_log.upsert(df, self._guarded_local(name), keys, partition_by, configuration=properties)
+            return
+        target = self._sql_name(name)
+        if not self.exists(name):
+            self._create(df, name, partition_by, properties)
+            return
+        condition = " AND ".join(f"target.`{column}` = source.`{column}`"
+                                 for column in [*keys, *partition_by])
+        with self._view(df) as source:
+            self.spark.sql(f"MERGE INTO {target} AS target USING {source} AS source ON {condition} "
+                           "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
+
+    def fill_column(self, name: str, updates, key: str, column: str, partition_by) -> bool:
+        """Set ``column`` of ``name`` from ``updates`` by ``key`` where it differs; False if none does."""
+        self._require_delta(name, "updated by key")
+        if self._commits_with_delta_rs():
+            version = delta_log.fill_column(updates, self._guarded_local(name), key, column, partition_by)
+            return version is not None
+        with self._view(updates) as source:
+            changed = (f"source.`{column}` IS NOT NULL "
+                       f"AND NOT (target.`{column}` <=> source.`{column}`)")
+            result = self.spark.sql(
+                f"MERGE INTO {self._sql_name(name)} AS target USING {source} AS source "
+                f"ON target.`{key}` = source.`{key}` WHEN MATCHED AND {changed} "
+                f"THEN UPDATE SET target.`{column}` = source.`{column}`").first()
+        return bool(result and result[0])
+
+    def _require_delta(self, name: str, action: str):
+        if self.table_format != "delta":
+            raise DataError(f"table '{name}' is {action} and needs Delta: set table_format to auto "
+                            f"or delta, not {self.table_format}")
+
+    def _guarded_local(self, name: str) -> Path:
+        """The local Delta folder of ``name``; an old Parquet table there is refused with how to convert."""
+        folder = self._local(name)
+        if not delta_log.is_delta_table(folder) and delta_log.parquet_files(folder):
+            delta_log.read(self.spark, folder)  # raises, saying how to convert
+        return folder
+
+    def _sql_name(self, name: str) -> str:
+        return self._catalog_name(name) or f"delta.`{self._spark_path(name)}`"
+
+    def _create(self, df, name: str, partition_by, properties: dict):
+        if self._catalog_name(name):
+            writer = df.writeTo(self._catalog_name(name)).using("delta").partitionedBy(*partition_by)
+            for key, value in properties.items():
+                writer = writer.tableProperty(key, value)
+            writer.create()
+            return
+        df.write.format("delta").partitionBy(*partition_by).save(self._spark_path(name))
+        if properties:
+            assignments = ", ".join(f"'{key}' = '{_sql_string(value)}'"
+                                    for key, value in properties.items())
+            self.spark.sql(f"ALTER TABLE {self._sql_name(name)} SET TBLPROPERTIES ({assignments})")
+
+    @contextlib.contextmanager
+    def _view(self, df):
+        """``df`` as a temporary view for SQL, dropped afterwards."""
+        view = f"mlops_source_{uuid.uuid4().hex[:12]}"
+        df.createOrReplaceTempView(view)
+        try:
+            yield view
+        finally:
+            self.spark.catalog.dropTempView(view)
+
+    def declare_primary_key(self, name: str, columns, timeseries: str):
+        """Unity Catalog tables get the primary key ``columns`` (``timeseries`` marked TIMESERIES).
+
+        That makes a feature table of them. Folder tables keep their keys in the metadata only.
+        """
+        if not self._catalog_name(name):
+            return
+        for statement in primary_key_statements(self._catalog_name(name), columns, timeseries):
+            self.spark.sql(statement)
+
     def metadata(self, name: str) -> dict:
         if self._catalog_name(name):
             rows = self.spark.sql(f"SHOW TBLPROPERTIES {self._catalog_name(name)} "
@@ -142,6 +236,15 @@ class TableStore:
             final.rename(retired)
         staging.rename(final)
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def primary_key_statements(full_name: str, columns, timeseries: str) -> list:
+    """The SQL that gives ``full_name`` its primary key; rerunnable after an overwrite."""
+    constraint = f"{full_name.rsplit('.', 1)[-1]}_pk"
+    keys = ", ".join(f"`{column}`" + (" TIMESERIES" if column == timeseries else "") for column in columns)
+    return [*(f"ALTER TABLE {full_name} ALTER COLUMN `{column}` SET NOT NULL" for column in columns),
+            f"ALTER TABLE {full_name} DROP CONSTRAINT IF EXISTS {constraint}",
+            f"ALTER TABLE {full_name} ADD CONSTRAINT {constraint} PRIMARY KEY ({keys})"]
 
 
 def _sql_string(text: str) -> str:

@@ -46,3 +46,17 @@ def test_locally_a_schema_location_is_a_folder_per_catalog_and_schema(spark, mlo
     assert store.metadata("trips") == {"source": "test"}
     with pytest.raises(Exception, match=r"table 'gone' does not exist at dev\.taxi_fares\.gone \("):
         store.read("gone")
+
+
+def test_feature_tables_get_a_primary_key_with_the_timestamp_as_timeseries():
+    from mlops.data.tables import primary_key_statements
+
+    statements = primary_key_statements("prod.fares.pickup", ("pickup_zip", "feature_timestamp"),
+                                        timeseries="feature_timestamp")
+
+    assert statements == [
+        "ALTER TABLE prod.fares.pickup ALTER COLUMN `pickup_zip` SET NOT NULL",
+        "ALTER TABLE prod.fares.pickup ALTER COLUMN `feature_timestamp` SET NOT NULL",
+        "ALTER TABLE prod.fares.pickup DROP CONSTRAINT IF EXISTS pickup_pk",
+        "ALTER TABLE prod.fares.pickup ADD CONSTRAINT pickup_pk "
+        "PRIMARY KEY (`pickup_zip`, `feature_timestamp` TIMESERIES)"]
