@@ -2,8 +2,8 @@
 import datetime
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from support.spark_cluster import (SCORING_JOB, connect_server, new_scoring_home,  # noqa: F401
                                    run_job_process, standalone_cluster)
@@ -11,7 +11,7 @@ from support.spark_cluster import (SCORING_JOB, connect_server, new_scoring_home
 pytestmark = pytest.mark.slow
 
 START, END = datetime.date(2016, 2, 1), datetime.date(2016, 2, 2)
-PREDICTION_COLUMNS = ["trip_id", "tpep_pickup_datetime", "pickup_zip", "dropoff_zip", "fare_amount",
+PREDICTION_COLUMNS = ["request_id", "trip_id", "timestamp", "pickup_zip", "dropoff_zip", "label",
                       "prediction", "model_version"]
 
 
@@ -29,7 +29,8 @@ def score_with(scoring_home, engine_name, engine_env):
                                                     "publish_results": "false"}, engine_env)
     assert completed.returncode == 0, \
         f"{engine_name}:\n{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}"
-    table = pq.read_table(home / "dbfs" / "tables" / engine_name / "taxi_fares_predictions")
+    log = home / "dbfs" / "tables" / engine_name / "taxi_fares_predictions"
+    table = DeltaTable(str(log)).to_pyarrow_table()
     return table.select(PREDICTION_COLUMNS).to_pandas().sort_values("trip_id", kind="stable") \
         .reset_index(drop=True)
 
@@ -42,9 +43,9 @@ def local_predictions(scoring_home):
 def assert_same_predictions(actual, expected):
     assert len(actual) == len(expected) > 2000
     assert actual["trip_id"].tolist() == expected["trip_id"].tolist()
-    for column in ("tpep_pickup_datetime", "pickup_zip", "dropoff_zip", "model_version"):
+    for column in ("request_id", "timestamp", "pickup_zip", "dropoff_zip", "model_version"):
         assert actual[column].tolist() == expected[column].tolist(), column
-    np.testing.assert_allclose(actual["fare_amount"], expected["fare_amount"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(actual["label"], expected["label"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(actual["prediction"], expected["prediction"], rtol=0, atol=1e-9)
 
 

@@ -1,11 +1,14 @@
 """The batch scoring job end to end: job file -> notebook -> stages, publishing to a real Azurite."""
 import datetime
 import json
+import os
+import subprocess
+import sys
 
 import mlflow
-import pyarrow.parquet as pq
 import pytest
 from azure.storage.blob import BlobServiceClient
+from deltalake import DeltaTable
 
 from mlops.local.azurite import ACCOUNT_KEY
 from support.azurite import azurite  # noqa: F401
@@ -14,12 +17,14 @@ from support.spark_cluster import SCORING_JOB, new_scoring_home, run_job_process
 
 pytestmark = pytest.mark.slow
 
-START, END = datetime.date(2016, 2, 1), datetime.date(2016, 2, 3)
+JANUARY = (datetime.date(2016, 1, 30), datetime.date(2016, 1, 31))
+FEBRUARY = (datetime.date(2016, 2, 1), datetime.date(2016, 2, 2))
+LOG = "taxi_fares_predictions"
 
 
 @pytest.fixture(scope="module")
 def scoring_home(spark, tmp_path_factory):
-    return new_scoring_home(spark, tmp_path_factory, "scoring_job_home", 3000, START, END,
+    return new_scoring_home(spark, tmp_path_factory, "scoring_job_home", 3000, JANUARY[0], FEBRUARY[1],
                             "taxi_fares_job_tests")
 
 
@@ -32,29 +37,62 @@ def blobs(azurite, container):  # noqa: F811
                 for blob in container_client.list_blobs()}
 
 
-def test_scoring_job_scores_writes_and_publishes_to_azurite(scoring_home, azurite):  # noqa: F811
-    home, parameters = scoring_home
-    completed = run_job_process(SCORING_JOB, home, {**parameters, "blob_container": "job-scores"},
+def score(home, parameters, months, azurite, container):  # noqa: F811
+    start, end = months
+    completed = run_job_process(SCORING_JOB, home, {**parameters, "blob_container": container,
+                                                    "scoring_data_start_date": str(start),
+                                                    "scoring_data_end_date": str(end)},
                                 {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
-
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    assert ACCOUNT_KEY not in completed.stdout + completed.stderr
+    return completed
+
+
+def table_history(home):
+    env = dict(os.environ, MLOPS_HOME=str(home))
+    completed = subprocess.run([sys.executable, "-m", "mlops", "table", "history", LOG], env=env,
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    return [line for line in completed.stdout.splitlines() if line.strip()[:1].isdigit()]
+
+
+def test_each_scoring_run_appends_its_month_to_the_inference_log_and_publishes_its_rows(
+        scoring_home, azurite):  # noqa: F811
+    home, parameters = scoring_home
+    log_folder = home / "tables" / "dev" / "taxi_fares" / LOG
+
+    score(home, parameters, JANUARY, azurite, "job-scores")
+    score(home, parameters, FEBRUARY, azurite, "job-scores")
+
+    commits = table_history(home)
+    log = DeltaTable(str(log_folder)).to_pyarrow_table().to_pandas()
+    months = sorted({day.month for day in log["pickup_date"]})
+    assert len(commits) == 2 and all(" MERGE " in line for line in commits)
+    assert months == [1, 2]
+    assert log.groupby("model_version")["request_id"].apply(lambda ids: ids.is_unique).all()
     published = blobs(azurite, "job-scores")
-    manifests = [name for name in published if name.endswith("/_manifest.json")]
-    assert len(manifests) == 1 and manifests[0].startswith(f"batch-scores/{START}_{END}/")
-    manifest = json.loads(published[manifests[0]])
-    table = home / "dbfs" / "mlops" / "taxi_fares" / "tables" / "taxi_fares_predictions"
-    rows = pq.read_table(table).num_rows
-    assert manifest["total_rows"] == rows > 2000
+    manifests = {name: json.loads(body) for name, body in published.items()
+                 if name.endswith("/_manifest.json")}
+    assert sorted(name.split("/")[1] for name in manifests) == [f"{JANUARY[0]}_{JANUARY[1]}",
+                                                                f"{FEBRUARY[0]}_{FEBRUARY[1]}"]
+    per_run = log.groupby("job_run_id").size().to_dict()
+    assert {manifest["scoring_run_id"]: manifest["total_rows"] for manifest in manifests.values()} == per_run
     store = home_tracking_uri(home)
     registered = mlflow.MlflowClient(tracking_uri=store, registry_uri=store).get_model_version(
         "taxi_fares_job_tests", "1")
-    assert manifest["model"] == {"name": "taxi_fares_job_tests", "version": "1",
-                                 "uri": "models:/taxi_fares_job_tests/1",
-                                 "training_run_id": registered.run_id}
-    assert len(published) == len(manifest["files"]) + 1
-    assert ACCOUNT_KEY not in completed.stdout + completed.stderr
-    run_records = list((home / "runs").glob("*.json"))
-    assert [json.loads(path.read_text())["state"] for path in run_records] == ["SUCCESS"]
+    assert {json.dumps(manifest["model"], sort_keys=True) for manifest in manifests.values()} == {json.dumps(
+        {"name": "taxi_fares_job_tests", "version": "1", "uri": "models:/taxi_fares_job_tests/1",
+         "training_run_id": registered.run_id}, sort_keys=True)}
+    assert len(published) == sum(len(manifest["files"]) + 1 for manifest in manifests.values())
+
+    score(home, parameters, FEBRUARY, azurite, "job-scores-again")
+    again = DeltaTable(str(log_folder)).to_pyarrow_table().to_pandas()
+    assert len(again) == len(log)
+    assert len(table_history(home)) == 3
+    february = again[again["pickup_date"].map(lambda day: day.month) == 2]
+    assert february["job_run_id"].nunique() == 1 and february["job_run_id"].iloc[0] not in per_run
+    states = [json.loads(path.read_text())["state"] for path in (home / "runs").glob("*.json")]
+    assert states == ["SUCCESS"] * 3
 
 
 def test_scoring_job_with_a_bad_container_fails_and_publishes_nothing(scoring_home, azurite):  # noqa: F811

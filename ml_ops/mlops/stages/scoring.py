@@ -3,9 +3,13 @@
 Everything that can be checked without Spark is checked first (model version, blob
 container, prefix, endpoint and key), so bad input fails in seconds and publishes nothing.
 """
+import contextlib
+import dataclasses
 import datetime
 import logging
 import math
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +29,8 @@ from mlops import platform
 logger = logging.getLogger(__name__)
 
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+# Lakehouse Monitoring reads the change data feed of an inference table.
+INFERENCE_LOG_PROPERTIES = {"delta.enableChangeDataFeed": "true"}
 HISTOGRAM_BINS = 40
 
 
@@ -61,6 +67,8 @@ class ScoredPredictions:
     scoring_run_id: str
     scored_at: datetime.datetime
     has_actuals: bool
+    mlflow_run_id: str = ""
+    scoring_range: tuple = ()
 
 
 def resolve_model(run) -> ResolvedModel:
@@ -146,37 +154,58 @@ def engineer_features(run):
 
 
 def score_and_write(run, model: ResolvedModel, load_marker_dir: str | None = None) -> ScoredPredictions:
-    """Score the scoring range's feature set on the executors; write the predictions table."""
+    """Score the scoring range's feature set on the executors; append the rows to the inference log."""
     config = run.config
     features = load_feature_set(run, config.scoring_data_start_date, config.scoring_data_end_date, SCORING)
     if _no_trips_in_range(run):
         raise DataError(f"no trips to score between {config.scoring_data_start_date} and "
                         f"{config.scoring_data_end_date} in table {SCORING.trips}; check "
                         "scoring_data_start_date, scoring_data_end_date and execute_feature_engineering")
-    scored_at = datetime.datetime.now(datetime.timezone.utc)
-    scoring_run_id = run.job.job_run_id
-    write_predictions(run.tables, config.predictions_table, features, model, scoring_run_id, scored_at,
-                      scoring_range=scoring_range(config), load_marker_dir=load_marker_dir)
-    rows = run.tables.read(config.predictions_table).count()
-    logger.info("scored %d trips with %s version %s into table %s", rows, model.ref.name,
+    provenance = engine.Provenance(
+        model_name=model.ref.name, model_version=model.ref.version, job_run_id=run.job.job_run_id,
+        mlflow_run_id=run.mlflow_run_id or "", scored_at=datetime.datetime.now(datetime.timezone.utc),
+        model_alias=config.model_alias if model.resolved_from.startswith("alias") else "")
+    write_predictions(run.tables, config.predictions_table, features, model, provenance,
+                      load_marker_dir=load_marker_dir)
+    scored = ScoredPredictions(table=config.predictions_table, rows=0, model=model.ref,
+                               scoring_run_id=provenance.job_run_id, scored_at=provenance.scored_at,
+                               has_actuals=engine.LABEL_COLUMN in features.columns,
+                               mlflow_run_id=provenance.mlflow_run_id, scoring_range=_date_range(config))
+    rows = rows_of_this_run(run, scored).count()
+    scored = dataclasses.replace(scored, rows=rows)
+    logger.info("scored %d trips with %s version %s into the inference log %s", rows, model.ref.name,
                 model.ref.version, config.predictions_table)
     run.set_task_value("predictions_table", run.tables.uri(config.predictions_table))
     run.set_task_value("rows_scored", rows)
-    return ScoredPredictions(table=config.predictions_table, rows=rows, model=model.ref,
-                             scoring_run_id=scoring_run_id, scored_at=scored_at,
-                             has_actuals=engine.LABEL_COLUMN in features.columns)
+    return scored
 
 
-def write_predictions(tables, table: str, features, model: ResolvedModel, scoring_run_id: str,
-                      scored_at: datetime.datetime, scoring_range: str = "", load_marker_dir=None):
-    """Score ``features`` on the executors and replace ``table`` with the predictions, by pickup date."""
-    predictions = engine.score_features(
-        features, model.scoring_model, model.ref.name, model.ref.version, scoring_run_id, scored_at,
-        load_marker_dir=load_marker_dir)
-    tables.write(predictions, table, partition_by=list(engine.PARTITION_COLUMNS),
-                 metadata={"model_name": model.ref.name, "model_version": model.ref.version,
-                           "scoring_run_id": scoring_run_id, "scored_at": scored_at.isoformat(),
-                           "scoring_range": scoring_range})
+def write_predictions(tables, table: str, features, model: ResolvedModel, provenance: engine.Provenance,
+                      load_marker_dir=None):
+    """Score ``features`` on the executors and append them to the inference log ``table``, in one commit.
+
+    Keyed by request id and model version: a trip scored again by the same version replaces its
+    row, a trip scored by another version gets a row of its own.
+    """
+    predictions = engine.score_features(features, model.scoring_model, provenance,
+                                        load_marker_dir=load_marker_dir)
+    with engine.arrow_batch_rows(features.sparkSession, engine.SCORING_BATCH_ROWS):
+        tables.upsert(predictions, table, engine.LOG_KEYS, engine.PARTITION_COLUMNS,
+                      properties=INFERENCE_LOG_PROPERTIES)
+
+
+def rows_of_this_run(run, scored: ScoredPredictions):
+    """The inference log rows this scoring run wrote (its date range's partitions only)."""
+    start, end = scored.scoring_range
+    log = run.tables.read(scored.table)
+    return log.where(F.col(engine.PICKUP_DATE).between(F.lit(start), F.lit(end))
+                     & (F.col(engine.JOB_RUN_ID) == scored.scoring_run_id)
+                     & (F.col(engine.MLFLOW_RUN_ID) == scored.mlflow_run_id)
+                     & (F.col(engine.MODEL_VERSION) == scored.model.version))
+
+
+def _date_range(config) -> tuple:
+    return (config.scoring_data_start_date, config.scoring_data_end_date)
 
 
 def _no_trips_in_range(run) -> bool:
@@ -195,8 +224,8 @@ def publish_prefix(config) -> str:
     return f"{config.blob_prefix}/{scoring_range(config)}"
 
 
-def prediction_files(run, table: str) -> list[tuple[Path, str, int]]:
-    """(local path, publish name, rows) of the table's current part files; rows from Parquet footers.
+def prediction_files(folder: Path) -> list[tuple[Path, str, int]]:
+    """(local path, publish name, rows) of the part files in ``folder``; rows from Parquet footers.
 
     Part files of different partitions share names, so the publish name carries the partition
     folder: ``pickup_date=2016-02-01_part-....parquet``.
@@ -204,25 +233,43 @@ def prediction_files(run, table: str) -> list[tuple[Path, str, int]]:
     import pyarrow.parquet as pq
 
     files = []
-    for uri in sorted(run.tables.read(table).inputFiles()):
-        path = platform.driver_path(uri)
+    for path in sorted(folder.rglob("*.parquet")):
         partition = path.parent.name if "=" in path.parent.name else ""
         name = f"{partition}_{path.name}" if partition else path.name
         files.append((path, name, pq.ParquetFile(path).metadata.num_rows))
     return files
 
 
+@contextlib.contextmanager
+def staged_rows_of_this_run(run, scored: ScoredPredictions):
+    """This run's rows written once by Spark under ``<publish_folder>/_staging/``; removed afterwards.
+
+    The folder is one that the driver and the executors both reach (a volume or DBFS on Databricks).
+    """
+    uri = f"{run.config.publish_folder.rstrip('/')}/_staging/{scored.scoring_run_id}-{uuid.uuid4().hex[:8]}"
+    try:
+        rows_of_this_run(run, scored).write.mode("overwrite").partitionBy(*engine.PARTITION_COLUMNS) \
+            .parquet(platform.spark_path(uri))
+        yield platform.driver_path(uri)
+    finally:
+        shutil.rmtree(platform.driver_path(uri), ignore_errors=True)
+
+
 def publish_predictions(run, scored: ScoredPredictions, target: PublishTarget, before_upload=None):
     """Publish the part files under <prefix>/<scoring range>/<run id>/, manifest last."""
     if target.publisher is None:
         return None
+    with staged_rows_of_this_run(run, scored) as folder:
+        return _publish_files(run, scored, target, prediction_files(folder), before_upload)
+
+
+def _publish_files(run, scored: ScoredPredictions, target: PublishTarget, files, before_upload):
     config = run.config
-    files = prediction_files(run, scored.table)
     total = sum(rows for _, _, rows in files)
     if total != scored.rows:
-        # Checked before anything is uploaded: a manifest always matches the table it describes.
-        raise DataError(f"the part files of table {scored.table} hold {total} rows but the table has "
-                        f"{scored.rows}; nothing was published")
+        # Checked before anything is uploaded: a manifest always matches the rows it describes.
+        raise DataError(f"the part files of this run's rows of table {scored.table} hold {total} rows but "
+                        f"the run scored {scored.rows}; nothing was published")
     staging = run.temp_dir / "publish"
     staging.mkdir(parents=True, exist_ok=True)
     named = []
@@ -256,14 +303,14 @@ def publish_predictions(run, scored: ScoredPredictions, target: PublishTarget, b
 
 def prediction_summary(run, scored: ScoredPredictions) -> dict:
     """Row count and prediction statistics (and errors against actual fares), from Spark aggregates."""
-    table = run.tables.read(scored.table)
+    table = rows_of_this_run(run, scored)
     prediction = F.col(engine.PREDICTION)
     aggregates = [F.count(F.lit(1)).alias("rows_scored"), F.mean(prediction).alias("prediction_mean"),
                   F.stddev(prediction).alias("prediction_stddev"), F.min(prediction).alias("prediction_min"),
                   F.max(prediction).alias("prediction_max"),
                   F.percentile_approx(prediction, [0.5, 0.95]).alias("prediction_quantiles")]
     if scored.has_actuals:
-        actual = F.col(engine.LABEL_COLUMN)
+        actual = F.col(engine.LABEL)
         error = prediction - actual
         aggregates += [F.count(actual).alias("rows_with_actuals"), F.mean(actual).alias("actual_mean"),
                        F.sqrt(F.mean(error * error)).alias("rmse"), F.mean(F.abs(error)).alias("mae")]
@@ -275,8 +322,8 @@ def prediction_summary(run, scored: ScoredPredictions) -> dict:
 
 def histograms(run, scored: ScoredPredictions, bins: int = HISTOGRAM_BINS):
     """Bin edges and per-bin counts of predictions (and actual fares), counted by Spark."""
-    table = run.tables.read(scored.table)
-    columns = [engine.PREDICTION] + ([engine.LABEL_COLUMN] if scored.has_actuals else [])
+    table = rows_of_this_run(run, scored)
+    columns = [engine.PREDICTION] + ([engine.LABEL] if scored.has_actuals else [])
     # Clip at the 0.5th and 99.5th percentiles so a few extreme fares do not flatten the plot.
     bounds = table.select(F.explode(F.array(*columns)).alias("value")).agg(
         F.percentile_approx("value", [0.005, 0.995]).alias("bounds")).first()["bounds"]
@@ -315,7 +362,7 @@ def log_summary(run, scored: ScoredPredictions, published=None) -> dict:
                         if isinstance(value, (int, float)) and math.isfinite(value)})
     edges, counts = histograms(run, scored)
     labels = {engine.PREDICTION: f"predicted fare (v{scored.model.version})",
-              engine.LABEL_COLUMN: "actual fare"}
+              engine.LABEL: "actual fare"}
     figure = _histogram_figure(edges, {labels[name]: values for name, values in counts.items()})
     mlflow.log_figure(figure, "prediction_histogram.png")
     plots.close(figure)

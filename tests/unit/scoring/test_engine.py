@@ -14,37 +14,57 @@ from .conftest import train_booster
 SCORED_AT = datetime.datetime(2016, 3, 1, 6, 30, tzinfo=datetime.timezone.utc)
 
 
+PROVENANCE = scoring.Provenance(model_name="fares", model_version="7", job_run_id="job-42",
+                                mlflow_run_id="run-9", model_alias="Champion", scored_at=SCORED_AT)
+
+
 def score(feature_df, booster, **options):
     model = scoring.ScoringModel.from_text(booster.model_to_string())
-    return scoring.score_features(feature_df, model, "fares", "7", "job-42", SCORED_AT, **options)
+    return scoring.score_features(feature_df, model, PROVENANCE, **options)
 
 
-def test_output_has_keys_prediction_actuals_model_run_and_partition_columns(feature_set, booster):
+def test_output_is_the_inference_log_row_of_each_trip(feature_set, booster):
     output = score(feature_set, booster)
 
-    assert output.columns == ["trip_id", "tpep_pickup_datetime", "pickup_zip", "dropoff_zip", "prediction",
-                              "fare_amount", "model_name", "model_version", "scoring_run_id", "scored_at",
-                              "pickup_date"]
+    assert output.columns == ["request_id", "trip_id", "timestamp", *features.FEATURE_COLUMNS, "prediction",
+                              "label", "model_name", "model_version", "model_alias", "model_id",
+                              "mlflow_run_id", "job_run_id", "scored_at", "pickup_date"]
     types = {field.name: field.dataType.simpleString() for field in output.schema.fields}
-    assert types == {"trip_id": "bigint", "tpep_pickup_datetime": "timestamp", "pickup_zip": "int",
-                     "dropoff_zip": "int", "prediction": "double", "fare_amount": "double",
-                     "model_name": "string", "model_version": "string", "scoring_run_id": "string",
-                     "scored_at": "timestamp", "pickup_date": "date"}
+    assert {name: types[name] for name in ("request_id", "trip_id", "timestamp", "prediction", "label",
+                                           "model_version", "scored_at", "pickup_date")} == {
+        "request_id": "string", "trip_id": "bigint", "timestamp": "timestamp", "prediction": "double",
+        "label": "double", "model_version": "string", "scored_at": "timestamp", "pickup_date": "date"}
     first = output.orderBy("trip_id").first()
-    assert (first.model_name, first.model_version, first.scoring_run_id) == ("fares", "7", "job-42")
+    source = feature_set.where(feature_set.trip_id == first.trip_id).first()
+    assert (first.model_name, first.model_version, first.model_alias, first.model_id) == (
+        "fares", "7", "Champion", "models:/fares/7")
+    assert (first.job_run_id, first.mlflow_run_id) == ("job-42", "run-9")
     assert first.scored_at == SCORED_AT.replace(tzinfo=None)
-    assert first.pickup_date == first.tpep_pickup_datetime.date()
+    assert first.timestamp == source.tpep_pickup_datetime
+    assert first.pickup_date == first.timestamp.date()
+    assert first.label == source.fare_amount
+    assert [first[name] for name in features.FEATURE_COLUMNS] == [
+        source[name] for name in features.FEATURE_COLUMNS]
 
 
-def test_without_actuals_the_output_has_no_fare_column(feature_set, booster):
+def test_request_id_is_stable_and_unique_per_trip(feature_set, booster):
+    once = score(feature_set, booster).select("trip_id", "request_id")
+    again = score(feature_set.repartition(3), booster).select("trip_id", "request_id")
+
+    assert once.select("request_id").distinct().count() == feature_set.count()
+    assert sorted(once.collect()) == sorted(again.collect())
+    assert int(once.first().request_id, 16) == once.first().trip_id % 2**64
+
+
+def test_without_actuals_the_label_is_null(feature_set, booster):
     output = score(feature_set.drop(features.LABEL_COLUMN), booster)
 
-    assert "fare_amount" not in output.columns
+    assert output.where("label IS NOT NULL").count() == 0
     assert output.count() == feature_set.count()
 
 
 def test_predictions_equal_raw_lightgbm_predict_on_the_same_features(feature_set, feature_frame, booster):
-    scored = score(feature_set, booster).select("trip_id", "tpep_pickup_datetime", "prediction") \
+    scored = score(feature_set, booster).select("trip_id", "timestamp", "prediction") \
         .toPandas().sort_values("trip_id", kind="stable")
     expected = feature_frame.assign(
         prediction=training.predict(booster, feature_frame[list(features.FEATURE_COLUMNS)])
@@ -52,7 +72,7 @@ def test_predictions_equal_raw_lightgbm_predict_on_the_same_features(feature_set
 
     assert len(scored) == len(expected) > 2000
     assert scored["trip_id"].tolist() == expected["trip_id"].tolist()
-    assert (scored["tpep_pickup_datetime"].to_numpy() == expected["tpep_pickup_datetime"].to_numpy()).all()
+    assert (scored["timestamp"].to_numpy() == expected["tpep_pickup_datetime"].to_numpy()).all()
     np.testing.assert_allclose(scored["prediction"].to_numpy(), expected["prediction"].to_numpy(),
                                rtol=0, atol=1e-9)
 
