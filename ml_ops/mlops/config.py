@@ -99,7 +99,7 @@ class JobConfig:
     registered_model_name: str = "taxi_fares"
     registry_uri: str = ""
     experiment_name: str = "/Shared/taxi_fares/dev/experiments/taxi_fares"
-    table_location: str = "dbfs:/mlops/taxi_fares/tables"
+    table_location: str = "dev.taxi_fares"
     table_format: str = "auto"
     appinsights_secret_scope: str = ""
     appinsights_secret_key: str = ""
@@ -292,6 +292,8 @@ class ScoringConfig(RawTripsConfig):
     model_alias: str = "Champion"
     allow_unvalidated_model: bool = False
     predictions_table: str = "taxi_fares_predictions"
+    execute_label_merge: bool = False
+    labels_table: str = "taxi_fares_labels"
     publish_results: bool = True
     blob_container: str = "taxi-fares-scores"
     blob_prefix: str = "batch-scores"
