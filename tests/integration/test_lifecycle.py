@@ -7,6 +7,7 @@ deploy alone. Each test checks one chapter, so the tests pass alone and in any o
 """
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -198,6 +199,14 @@ def test_first_model_is_validated_and_promoted_over_the_heuristic(story):
     assert all({"name", "passed", "value", "threshold"} <= set(check) for check in results["checks"])
     deploy_run = mlflow.get_run(tags["promotion_run_id"])
     assert {"challenger_rmse", "heuristic_rmse"} <= set(deploy_run.data.metrics)
+    inputs = mlflow.get_run(registry().get_version("1").run_id).inputs.dataset_inputs
+    sources = {item.dataset.name: json.loads(item.dataset.source) for item in inputs}
+    tags = {item.dataset.name: {tag.key: tag.value for tag in item.tags} for item in inputs}
+    assert sorted(sources) == ["training_dropoff_features", "training_pickup_features", "training_trips"]
+    assert {item.dataset.source_type for item in inputs} == {"delta_table"}
+    assert all(source["path"] == f"dbfs:/tables/{name}" for name, source in sources.items()), sources
+    assert all((tag["table"], tag["delta_table_version"], tag["mlflow.data.context"]) ==
+               (f"dbfs:/tables/{name}", "0", "training") for name, tag in tags.items()), tags
 
 
 def test_a_better_challenger_is_promoted_and_the_old_champion_loses_the_alias(story):

@@ -8,15 +8,20 @@ from mlops.lifecycle.model_admin import format_table
 
 
 def _history(args):
-    store = TableStore(None, args.location, "delta")
+    print_history(args.location, args.name)
+    return 0
+
+
+def print_history(location: str, name: str):
+    """Print every version of the local Delta table ``name``, newest first."""
+    store = TableStore(None, location, "delta")
     rows = []
-    for entry in store.history(args.name):
+    for entry in store.history(name):
         when = datetime.datetime.fromtimestamp(entry["timestamp"] / 1000, datetime.timezone.utc)
         rows.append([entry["version"], when.strftime("%Y-%m-%d %H:%M:%S"), entry["operation"],
                      entry["mode"], entry["rows"] if entry["rows"] is not None else "-"])
-    print(f"table {args.name} at {store.uri(args.name)}")
+    print(f"table {name} at {store.uri(name)}")
     print(format_table(["version", "time (UTC)", "operation", "mode", "rows written"], rows))
-    return 0
 
 
 def _convert(args):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 
+from mlops.cli.table import print_history
 from mlops.local import azurite
 from mlops.data.generator import generate
 from mlops.platform.home import mlflow_tracking_uri, mlops_home
@@ -109,6 +110,9 @@ def main(argv=None):
     with _storage() as server:
         scoring = _run(SCORING_JOB, {"taxi_fares_raw_data": args.data})
         _print_published(server, scoring)
+    config = ScoringConfig.from_params(scoring.tasks["score"]["parameters"])
+    _banner(f"Inference log {config.predictions_table} (mlops table history {config.predictions_table})")
+    print_history(config.table_location, config.predictions_table)
     _banner("Next")
     print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {mlflow_tracking_uri()} --port 5000")
     print(f"run records and telemetry: {mlops_home() / 'runs'}")

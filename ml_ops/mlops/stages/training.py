@@ -9,7 +9,7 @@ from taxi_fares import evaluation, features, training
 from mlops.lifecycle import plots
 from mlops.errors import DataError
 from mlops.lifecycle.registry import PENDING, ModelRef, RegistryClient
-from mlops.stages.feature_tables import TRAINING, build_feature_tables, lineage, load_feature_set
+from mlops.stages.feature_tables import TRAINING, build_feature_tables, lineage, load_feature_set, log_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def train_and_register(run):
     metrics["baseline_rmse"] = evaluation.mean_baseline_rmse(train[label], test[label])
     metrics.update(train_rows=len(train), test_rows=len(test), rows_available=sampling["rows_available"])
     mlflow.log_metrics(metrics)
+    log_inputs(run, TRAINING, context="training")
     mlflow.set_tags({f"lineage.{key}": value for key, value in lineage(run, TRAINING).items()})
     mlflow.set_tags({"lineage.training_range": f"{config.training_data_start_date}.."
                                                f"{config.training_data_end_date}",

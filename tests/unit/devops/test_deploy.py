@@ -419,3 +419,22 @@ def test_notebook_content_is_sent_base64_encoded(databricks_api, wheels_dir):
     request = databricks_api.calls("/workspace/import")[0].json()
     assert base64.b64decode(request["content"]) == databricks_api.notebooks[request["path"]]["content"]
     assert request["overwrite"] is True
+
+
+@pytest.mark.parametrize("env", ["staging", "prod"])
+def test_unity_catalog_environments_deploy_nothing_that_depends_on_a_table_path(
+        databricks_api, wheels_dir, env):
+    result, _ = run_deploy(databricks_api, wheels_dir, env=env)
+
+    for job_id in result.job_ids.values():
+        parameters = {item["name"]: item["default"] for item in databricks_api.jobs[job_id]["parameters"]}
+        assert parameters["table_location"] == f"{env}.taxi_fares"
+        assert parameters["table_format"] == "auto"
+    assert databricks_api.volume_directories
+    wheel_folder = f"/Volumes/{env}/taxi_fares/wheels/{WHEEL_VERSION}"
+    # The wheel folder and its parents: no folder for tables.
+    assert all(wheel_folder.startswith(folder) for folder in databricks_api.volume_directories)
+    assert not databricks_api.calls("/dbfs/mkdirs") and not databricks_api.calls("/dbfs/create")
+    sent = [request.path + request.body.decode("utf-8", "replace")
+            for request in api_requests(databricks_api)]
+    assert not [text for text in sent if "/tables" in text or "dbfs:/mlops" in text]
