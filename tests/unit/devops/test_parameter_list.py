@@ -22,7 +22,9 @@ def readme_table(section):
     """parameter name -> default shown, from the first table after ``section`` in the README."""
     text = (REPO_ROOT / "README.md").read_text()
     body = text[text.index(section + "\n"):]
-    body = body[:body.find("\n## ", 1)]
+    # The section's own text only: its table ends before the next heading.
+    ends = [end for end in (body.find("\n## ", 1), body.find("\n### ", 1)) if end > 0]
+    body = body[:min(ends, default=len(body))]
     rows = [line for line in body.splitlines() if line.startswith("| `")]
     assert rows, f"no parameter table under {section}"
     table = {}
