@@ -136,3 +136,17 @@ def test_a_model_without_lightgbm_flavor_is_rejected(tmp_path):
 
     with pytest.raises(RegistryError, match="has no lightgbm flavor; found python_function"):
         scoring.load_scoring_model(str(folder))
+
+
+def test_the_scoring_batch_size_applies_inside_and_the_session_setting_returns_after(spark):
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    previous = spark.conf.get(key)
+    spark.conf.set(key, "123")
+    try:
+        with scoring.arrow_batch_rows(spark, 50_000):
+            inside = spark.conf.get(key)
+        after = spark.conf.get(key)
+    finally:
+        spark.conf.set(key, previous)
+
+    assert (inside, after) == ("50000", "123")
