@@ -78,12 +78,10 @@ def upsert(df, folder: Path, keys, partition_by, configuration=None) -> int:
             return _commit(folder, schema, actions, "append", partition_by, "MERGE", None, configuration)
         touched = sorted({action.partition_values[partition_by[0]] for action in actions})
         filters = [(partition_by[0], "in", touched)]
-        table = _table(folder)
-        existing = table.file_uris(partition_filters=filters)
-        if not existing:
-            return _commit(folder, schema, actions, "append", partition_by, "MERGE")
         spark = df.sparkSession
-        old = spark.read.schema(_spark_schema(table)).option("basePath", folder.as_uri()).parquet(*existing)
+        old = _snapshot_rows(spark, folder, _table(folder), filters)
+        if old is None:
+            return _commit(folder, schema, actions, "append", partition_by, "MERGE")
         new_keys = spark.read.option("basePath", str(folder)).parquet(
             *[str(folder / action.path) for action in actions]).select(*keys)
         if old.join(new_keys, list(keys), "left_semi").isEmpty():
@@ -105,15 +103,17 @@ def fill_column(updates, folder: Path, key: str, column: str, partition_by) -> i
     spark = updates.sparkSession
     partition = partition_by[0]
     incoming = f"_incoming_{column}"
-    current = read(spark, folder)
+    # One snapshot for finding the changed rows and rewriting them.
+    current = _snapshot_rows(spark, folder, table)
+    if current is None:
+        return None
     changes = updates.select(F.col(key), F.col(column).alias(incoming)).where(F.col(incoming).isNotNull())
     changed = current.join(changes, key).where(~F.col(column).eqNullSafe(F.col(incoming)))
     touched = sorted({str(row[0]) for row in changed.select(partition).distinct().collect()})
     if not touched:
         return None
     filters = [(partition, "in", touched)]
-    old = spark.read.schema(_spark_schema(table)).option("basePath", folder.as_uri()).parquet(
-        *table.file_uris(partition_filters=filters))
+    old = _snapshot_rows(spark, folder, table, filters)
     filled = old.join(changes, key, "left").withColumn(
         column, F.coalesce(F.col(incoming), F.col(column))).select(*old.columns)
     with _staged(filled, folder, partition_by) as actions:
@@ -164,11 +164,16 @@ def _partition_columns(relative: Path) -> list:
 def read(spark, folder: Path, version=None):
     """The snapshot ``version`` (default: the latest) of the table in ``folder``, as a DataFrame."""
     table = _table(folder, version)
-    files = table.file_uris()
-    schema = _spark_schema(table)
+    rows = _snapshot_rows(spark, Path(folder), table)
+    return spark.createDataFrame([], _spark_schema(table)) if rows is None else rows
+
+
+def _snapshot_rows(spark, folder: Path, table, partition_filters=None):
+    """The rows of ``table``'s files (those matching ``partition_filters``); None when it has none."""
+    files = table.file_uris(partition_filters=partition_filters)
     if not files:
-        return spark.createDataFrame([], schema)
-    return spark.read.schema(schema).option("basePath", Path(folder).as_uri()).parquet(*files)
+        return None
+    return spark.read.schema(_spark_schema(table)).option("basePath", folder.as_uri()).parquet(*files)
 
 
 def latest_version(folder: Path) -> int:
