@@ -1,16 +1,17 @@
 """The distributed scoring engine: a LightGBM model applied to a feature DataFrame in Spark.
 
-The driver reads the model file once and ships its text inside the ``mapInArrow``
+The driver reads the model file once and ships its text inside a scalar Arrow UDF's
 closure, which works on a classic cluster and under Spark Connect alike (no
-``sparkContext``, no broadcast). Each Python worker builds the booster on its first
-batch and keeps it in a module-level cache for every later batch and task it runs.
+``sparkContext``, no broadcast). Only the feature columns travel to Python and only the
+prediction comes back; the other columns stay in the JVM. Each Python worker builds the
+booster on its first batch and keeps it in a module-level cache for every later batch
+and task it runs.
 
 This module is imported by every Python worker, so it imports only what scoring needs;
 MLflow is imported lazily, on the driver.
 """
 import contextlib
 import datetime
-import functools
 import hashlib
 import json
 import logging
@@ -120,22 +121,21 @@ def _write_load_marker(folder: Path, digest: str):
     (folder / f"load-{os.getpid()}-{uuid.uuid4().hex[:8]}.json").write_text(json.dumps(marker))
 
 
-def _predict_arrow_batches(batches, model: ScoringModel, digest: str, load_marker_dir: str | None):
-    """mapInArrow body: every input column passes through untouched; the prediction is added.
-
-    Feature columns go from Arrow straight to one float64 matrix, with no pandas in between.
-    """
+def _prediction_udf(model: ScoringModel, load_marker_dir: str | None):
+    """A scalar Arrow UDF: the feature columns in, in model order; the prediction out."""
     import pyarrow
 
-    booster = None
-    for batch in batches:
-        if booster is None:
-            booster = _booster(model, digest, load_marker_dir)
-        matrix = np.empty((batch.num_rows, len(model.feature_names)), dtype=np.float64)
-        for position, name in enumerate(model.feature_names):
-            matrix[:, position] = batch.column(name).to_numpy(zero_copy_only=False)
-        prediction = pyarrow.array(booster.predict(matrix, num_threads=1), type=pyarrow.float64())
-        yield pyarrow.RecordBatch.from_arrays([*batch.columns, prediction], [*batch.schema.names, PREDICTION])
+    digest = model.digest
+
+    def predict(*features: pyarrow.Array) -> pyarrow.Array:
+        booster = _booster(model, digest, load_marker_dir)
+        # Arrow columns straight into one float64 matrix, with no pandas in between.
+        matrix = np.empty((len(features[0]), len(features)), dtype=np.float64)
+        for position, column in enumerate(features):
+            matrix[:, position] = column.to_numpy(zero_copy_only=False)
+        return pyarrow.array(booster.predict(matrix, num_threads=1), type=pyarrow.float64())
+
+    return F.arrow_udf(predict, T.DoubleType())
 
 
 @dataclass(frozen=True)
@@ -154,22 +154,31 @@ class Provenance:
 
 
 @contextlib.contextmanager
-def arrow_batch_rows(spark, rows: int):
-    """Arrow batches of ``rows`` rows for the work inside; the session's own setting afterwards.
-
-    Fewer, larger batches spend less per batch on Arrow framing and LightGBM's per-call setup
-    than the 10,000-row default.
-    """
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    previous = spark.conf.get(key, None)
-    spark.conf.set(key, str(rows))
+def session_settings(spark, settings: dict):
+    """``settings`` on the Spark session for the work inside; the session's own values afterwards."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, str(value))
     try:
         yield
     finally:
-        if previous is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, previous)
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+def log_write_settings(feature_names) -> dict:
+    """Session settings for scoring into the log: larger Arrow batches, no doomed dictionaries.
+
+    Fewer, larger batches spend less per batch on Arrow framing and LightGBM's per-call setup
+    than the 10,000-row default. Parquet tries a dictionary on every column and drops it once
+    it outgrows a page; for near-unique columns that work is wasted, so they skip it.
+    """
+    near_unique = [REQUEST_ID, TRIP_ID, TIMESTAMP, *feature_names, PREDICTION, LABEL]
+    return {"spark.sql.execution.arrow.maxRecordsPerBatch": SCORING_BATCH_ROWS,
+            **{f"parquet.enable.dictionary#{column}": "false" for column in near_unique}}
 
 
 def log_columns(feature_names) -> list:
@@ -203,10 +212,9 @@ def score_features(features_df: DataFrame, model_uri_or_path, provenance: Proven
     # pickup_zip and dropoff_zip are keys and features: select each column once.
     inputs = features_df.select(*dict.fromkeys([TRIP_ID, *model.feature_names]),
                                 F.col(PICKUP).alias(TIMESTAMP), label.alias(LABEL))
-    schema = T.StructType([*inputs.schema.fields, T.StructField(PREDICTION, T.DoubleType())])
-    predict = functools.partial(_predict_arrow_batches, model=model, digest=model.digest,
-                                load_marker_dir=load_marker_dir)
-    return log_rows(inputs.mapInArrow(predict, schema), provenance, model.feature_names)
+    predict = _prediction_udf(model, load_marker_dir)
+    scored = inputs.withColumn(PREDICTION, predict(*[F.col(name) for name in model.feature_names]))
+    return log_rows(scored, provenance, model.feature_names)
 
 
 def log_rows(scored: DataFrame, provenance: Provenance, feature_names) -> DataFrame:

@@ -189,7 +189,8 @@ def write_predictions(tables, table: str, features, model: ResolvedModel, proven
     """
     predictions = engine.score_features(features, model.scoring_model, provenance,
                                         load_marker_dir=load_marker_dir)
-    with engine.arrow_batch_rows(features.sparkSession, engine.SCORING_BATCH_ROWS):
+    with engine.session_settings(features.sparkSession,
+                                 engine.log_write_settings(model.scoring_model.feature_names)):
         tables.upsert(predictions, table, engine.LOG_KEYS, engine.PARTITION_COLUMNS,
                       properties=INFERENCE_LOG_PROPERTIES)
 

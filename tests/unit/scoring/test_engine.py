@@ -3,9 +3,12 @@ import datetime
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from pyspark.sql import functions as F
 from taxi_fares import features, training
 
+from mlops.data import delta_log
 from mlops.inference import engine as scoring
 from mlops.errors import DataError, RegistryError
 
@@ -86,7 +89,9 @@ def test_model_is_loaded_once_per_python_worker_not_per_batch(spark, feature_set
     previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(rows_per_batch))
     try:
-        rows = score(feature_set.repartition(partitions), booster, load_marker_dir=str(markers)).count()
+        # count() alone would let Spark prune the prediction; counting the predictions runs it.
+        scored = score(feature_set.repartition(partitions), booster, load_marker_dir=str(markers))
+        rows = scored.agg(F.count("prediction")).first()[0]
     finally:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
 
@@ -138,15 +143,29 @@ def test_a_model_without_lightgbm_flavor_is_rejected(tmp_path):
         scoring.load_scoring_model(str(folder))
 
 
-def test_the_scoring_batch_size_applies_inside_and_the_session_setting_returns_after(spark):
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    previous = spark.conf.get(key)
-    spark.conf.set(key, "123")
+def test_session_settings_apply_inside_and_the_session_values_return_after(spark):
+    batch_key, absent_key = "spark.sql.execution.arrow.maxRecordsPerBatch", "parquet.enable.dictionary#probe"
+    previous = spark.conf.get(batch_key)
+    spark.conf.set(batch_key, "123")
     try:
-        with scoring.arrow_batch_rows(spark, 50_000):
-            inside = spark.conf.get(key)
-        after = spark.conf.get(key)
+        with scoring.session_settings(spark, {batch_key: 50_000, absent_key: "false"}):
+            inside = (spark.conf.get(batch_key), spark.conf.get(absent_key))
+        after = (spark.conf.get(batch_key), spark.conf.get(absent_key, None))
     finally:
-        spark.conf.set(key, previous)
+        spark.conf.set(batch_key, previous)
 
-    assert (inside, after) == ("50000", "123")
+    assert inside == ("50000", "false")
+    assert after == ("123", None)
+
+
+def test_log_files_skip_dictionaries_only_on_near_unique_columns(feature_set, booster, spark, tmp_path):
+    log = score(feature_set, booster)
+    with scoring.session_settings(spark, scoring.log_write_settings(features.FEATURE_COLUMNS)):
+        delta_log.write(log.coalesce(1), tmp_path / "log", "append", partition_by=["pickup_date"])
+
+    data_file = delta_log.parquet_files(tmp_path / "log")[0]
+    row_group = pq.ParquetFile(data_file).metadata.row_group(0)
+    dictionary = {row_group.column(index).path_in_schema: row_group.column(index).has_dictionary_page
+                  for index in range(row_group.num_columns)}
+    assert not any(dictionary[name] for name in ("request_id", "trip_id", "prediction", "label"))
+    assert all(dictionary[name] for name in ("model_name", "model_id", "mlflow_run_id", "job_run_id"))
