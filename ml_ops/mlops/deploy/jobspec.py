@@ -304,6 +304,39 @@ def _refuse_secrets(job: dict) -> None:
                         f"reference it as {{{{secrets/<scope>/<key>}}}} instead")
 
 
+# How a job file names another job's id in a run_job_task (the Databricks Asset Bundles form).
+JOB_ID_PLACEHOLDER = re.compile(r"^\$\{resources\.jobs\.([A-Za-z0-9_.-]+)\.id\}$")
+
+
+def _run_job_tasks(job: dict) -> Iterator[dict]:
+    for task in job.get("tasks", []):
+        if isinstance(task, dict) and isinstance(task.get("run_job_task"), dict):
+            yield task["run_job_task"]
+
+
+def started_jobs(job: dict) -> set:
+    """The names of the jobs ``job`` starts through run_job_task placeholders."""
+    names = set()
+    for run_job_task in _run_job_tasks(job):
+        match = JOB_ID_PLACEHOLDER.match(str(run_job_task.get("job_id", "")))
+        if match:
+            names.add(match.group(1))
+    return names
+
+
+def with_job_ids(job: dict, job_ids: dict) -> dict:
+    """A copy of ``job`` with each run_job_task placeholder replaced by that job's id."""
+    job = copy.deepcopy(job)
+    for run_job_task in _run_job_tasks(job):
+        match = JOB_ID_PLACEHOLDER.match(str(run_job_task.get("job_id", "")))
+        if match:
+            if match.group(1) not in job_ids:
+                raise JobError(f"job '{job.get('name', '?')}' starts job '{match.group(1)}', which is not "
+                               f"deployed with it (jobs: {', '.join(sorted(job_ids)) or 'none'})")
+            run_job_task["job_id"] = int(job_ids[match.group(1)])
+    return job
+
+
 def validate_job_settings(job: dict):
     """Parse ``job`` as databricks-sdk JobSettings; a field the SDK does not keep is a JobError.
 

@@ -109,17 +109,28 @@ def notebooks_in(folder) -> list:
 
 
 def render_all(environment: dict, version: str, jobs_dir) -> dict:
-    """Every job file rendered for ``environment`` and validated against the Jobs API: name -> settings."""
+    """Every job file rendered for ``environment`` and validated against the Jobs API: name -> job dict.
+
+    A job that starts another (a run_job_task) comes after it, so that a deploy knows the id
+    to write in place of the placeholder.
+    """
     rendered = {}
     for path in jobspec.job_files(jobs_dir):
         job = jobspec.render_job(jobspec.load_job(path), environment, wheel_version=version)
-        settings = jobspec.validate_job_settings(job)
         if job["name"] in rendered:
             raise JobError(f"two job files define the job name '{job['name']}' (second: {path})")
-        rendered[job["name"]] = settings
+        rendered[job["name"]] = job
     if not rendered:
         raise ConfigError(f"no job files in {jobs_dir}/")
-    return rendered
+    for job in rendered.values():
+        # Any id will do to check the settings; the real one is known only during the deploy.
+        jobspec.validate_job_settings(jobspec.with_job_ids(job, dict.fromkeys(rendered, 0)))
+    ordered = sorted(rendered, key=lambda name: (bool(jobspec.started_jobs(rendered[name])), name))
+    return {name: rendered[name] for name in ordered}
+
+
+def _settings(job: dict, job_ids: dict):
+    return jobspec.validate_job_settings(jobspec.with_job_ids(job, job_ids))
 
 
 def _check_notebook_references(jobs: dict, workspace_notebooks: set):
@@ -178,7 +189,8 @@ def plan_deploy(env: str, wheels_dir="dist", jobs_dir=jobspec.DEFAULT_JOBS_DIR, 
             raise ConfigError(f"no Databricks source notebooks in {tests_dir}/")
         notebooks += [(path, f"{release}/{NUTTER_FOLDER}/{path.stem}") for path in tests]
     jobs = render_all(environment, version, jobs_dir)
-    _check_notebook_references(jobs, {remote for _, remote in notebooks})
+    _check_notebook_references({name: _settings(job, dict.fromkeys(jobs, 0)) for name, job in jobs.items()},
+                               {remote for _, remote in notebooks})
     experiments = experiment_paths(environment)
     check_paths_do_not_collide(env, experiments, [remote for _, remote in notebooks])
 
@@ -200,14 +212,16 @@ def plan_deploy(env: str, wheels_dir="dist", jobs_dir=jobspec.DEFAULT_JOBS_DIR, 
         steps.append(Step("POST mlflow/experiments/create", experiment, "when missing",
                           lambda client, host, result, name=experiment: _ensure_experiment(client, name, host,
                                                                                            result)))
-    for name, settings in jobs.items():
-        steps.append(Step("POST jobs/reset or jobs/create", name, _job_detail(settings),
-                          lambda client, host, result, settings=settings: _upsert_job(client, env, settings,
-                                                                                      host, result)))
+    for name, job in jobs.items():
+        preview = _settings(job, dict.fromkeys(jobs, 0))
+        detail = _job_detail(preview, jobspec.started_jobs(job))
+        steps.append(Step("POST jobs/reset or jobs/create", name, detail,
+                          lambda client, host, result, job=job: _upsert_job(
+                              client, env, _settings(job, result.job_ids), host, result)))
     return Plan(env=env, version=version, release=release, checks=checks, steps=steps)
 
 
-def _job_detail(settings) -> str:
+def _job_detail(settings, started_jobs=()) -> str:
     clusters = {cluster.new_cluster.spark_version for cluster in settings.job_clusters or []
                 if cluster.new_cluster}
     parts = [f"{len(settings.tasks or [])} tasks",
@@ -218,6 +232,8 @@ def _job_detail(settings) -> str:
         parts.append(f"run as {settings.run_as.service_principal_name or settings.run_as.user_name}")
     if settings.email_notifications and settings.email_notifications.on_failure:
         parts.append(f"failures mailed to {', '.join(settings.email_notifications.on_failure)}")
+    if started_jobs:
+        parts.append(f"starts job {', '.join(sorted(started_jobs))} by the id this deploy gives it")
     return "; ".join(parts)
 
 

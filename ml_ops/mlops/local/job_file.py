@@ -1,7 +1,11 @@
 """A Jobs API 2.1 job file, validated for the local runtime: tasks in the order they run.
 
-``notebook_task`` and ``condition_task`` tasks run locally; a ``depends_on`` entry may name
-the ``outcome`` of a condition, as on Databricks. Cluster, library, retry, timeout and
+``notebook_task``, ``condition_task`` and ``run_job_task`` tasks run locally; a ``depends_on``
+entry may name the ``outcome`` of a condition, and ``run_if`` says which upstream states let a
+task run, as on Databricks. A ``run_job_task`` names the job it starts by the placeholder
+``${resources.jobs.<job name>.id}`` (the Databricks Asset Bundles form), since a job file cannot
+know another job's numeric id: locally it is the job file of that ``name`` in the same folder,
+and a deploy writes the created job's id in its place. Cluster, library, retry, timeout and
 notification settings are ignored. A task's ``notebook_path`` is looked up, in order: as an absolute
 path; relative to the repository root (the parent of the job file's folder); relative to the
 job file's folder; relative to the current directory. ``.py`` is added when the path has no
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from mlops.deploy.jobspec import read_job_file
+from mlops.deploy.jobspec import JOB_ID_PLACEHOLDER, read_job_file
 from mlops.errors import JobError
 
 logger = logging.getLogger(__name__)
@@ -25,10 +29,12 @@ _STATIC_REFERENCES = ("job.id", "job.name", "job.run_id", "job.repair_count", "t
 _IGNORED_TASK_FIELDS = ("job_cluster_key", "new_cluster", "existing_cluster_id", "libraries",
                         "timeout_seconds", "max_retries", "min_retry_interval_millis", "retry_on_timeout",
                         "email_notifications",
-                        "webhook_notifications", "notification_settings", "environment_key", "run_if",
+                        "webhook_notifications", "notification_settings", "environment_key",
                         "health", "description", "disable_auto_optimization")
 
 
+RUN_IF = ("ALL_SUCCESS", "ALL_DONE", "NONE_FAILED", "AT_LEAST_ONE_SUCCESS", "ALL_FAILED",
+          "AT_LEAST_ONE_FAILED")
 CONDITION_OPERATORS = ("EQUAL_TO", "NOT_EQUAL", "GREATER_THAN", "GREATER_THAN_OR_EQUAL", "LESS_THAN",
                        "LESS_THAN_OR_EQUAL")
 
@@ -43,6 +49,9 @@ class TaskSpec:
     condition: Optional[tuple[str, str, str]] = None
     # Upstream condition task -> the outcome this task needs from it.
     outcomes: dict[str, str] = field(default_factory=dict)
+    run_if: str = "ALL_SUCCESS"
+    # A run_job_task: the job file it starts and the job parameters it passes.
+    run_job: Optional[tuple[Path, dict]] = None
 
 
 @dataclass(frozen=True)
@@ -118,14 +127,23 @@ def _task(job_file: Path, index: int, raw: Any) -> TaskSpec:
     if any(outcome not in ("true", "false") for outcome in outcomes.values()):
         raise JobError(f"job file {job_file}: task '{key}' depends_on outcome must be \"true\" or \"false\"")
     upstream = tuple(item["task_key"] for item in depends_on)
+    run_if = raw.get("run_if", "ALL_SUCCESS")
+    if run_if not in RUN_IF:
+        raise JobError(f"job file {job_file}: task '{key}' run_if {run_if!r} is not one of "
+                       f"{', '.join(RUN_IF)}")
     if "condition_task" in raw:
         return TaskSpec(task_key=key, notebook_path=None, depends_on=upstream, base_parameters={},
-                        condition=_condition(job_file, key, raw["condition_task"]), outcomes=outcomes)
+                        condition=_condition(job_file, key, raw["condition_task"]), outcomes=outcomes,
+                        run_if=run_if)
+    if "run_job_task" in raw:
+        return TaskSpec(task_key=key, notebook_path=None, depends_on=upstream, base_parameters={},
+                        outcomes=outcomes, run_if=run_if,
+                        run_job=_run_job(job_file, key, raw["run_job_task"]))
     notebook_task = raw.get("notebook_task")
     if notebook_task is None:
         kinds = [name for name in raw if name.endswith("_task")] or ["task without notebook_task"]
         raise JobError(f"job file {job_file}: task '{key}' is a {kinds[0]}; "
-                       "the local runtime runs only notebook_task and condition_task tasks")
+                       "the local runtime runs only notebook_task, condition_task and run_job_task tasks")
     declared_path = notebook_task.get("notebook_path") if isinstance(notebook_task, dict) else None
     if not isinstance(declared_path, str) or not declared_path:
         raise JobError(f"job file {job_file}: task '{key}' has no notebook_task.notebook_path")
@@ -140,7 +158,38 @@ def _task(job_file: Path, index: int, raw: Any) -> TaskSpec:
     if ignored:
         logger.debug("task %s: ignoring %s locally", key, ", ".join(ignored))
     return TaskSpec(task_key=key, notebook_path=_resolve_notebook_path(job_file, key, declared_path),
-                    depends_on=upstream, base_parameters=dict(base_parameters), outcomes=outcomes)
+                    depends_on=upstream, base_parameters=dict(base_parameters), outcomes=outcomes,
+                    run_if=run_if)
+
+
+def _run_job(job_file: Path, key: str, raw: Any) -> tuple[Path, dict]:
+    """The job file a run_job_task starts, found by the name in its job id placeholder."""
+    job_id = raw.get("job_id") if isinstance(raw, dict) else None
+    match = JOB_ID_PLACEHOLDER.match(job_id) if isinstance(job_id, str) else None
+    if match is None:
+        raise JobError(f"job file {job_file}: task '{key}' run_job_task job_id must be the placeholder "
+                       f"${{resources.jobs.<job name>.id}}, got {job_id!r}")
+    parameters = raw.get("job_parameters", {})
+    if not isinstance(parameters, dict) or not all(isinstance(value, str) for value in parameters.values()):
+        raise JobError(f"job file {job_file}: task '{key}' run_job_task job_parameters must map names "
+                       "to strings")
+    return find_job_file(job_file.resolve().parent, match.group(1), job_file), dict(parameters)
+
+
+def find_job_file(folder: Path, job_name: str, referring: Path) -> Path:
+    """The job file in ``folder`` whose ``name`` is ``job_name``."""
+    names = {}
+    for candidate in sorted(folder.glob("*.json")):
+        try:
+            settings = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(settings, dict) and isinstance(settings.get("tasks"), list):
+            names[settings.get("name") or candidate.stem] = candidate
+    if job_name not in names:
+        raise JobError(f"job file {referring}: no job named '{job_name}' in {folder} "
+                       f"(jobs there: {', '.join(sorted(names)) or 'none'})")
+    return names[job_name]
 
 
 def _condition(job_file: Path, key: str, raw: Any) -> tuple[str, str, str]:
@@ -199,7 +248,8 @@ def _topological_order(job_file: Path, tasks: list[TaskSpec]) -> list[TaskSpec]:
 
 def _check_references(job_file: Path, task: TaskSpec, job_parameters: dict[str, str],
                       keys: list[str]) -> None:
-    values = [*task.base_parameters.values(), *job_parameters.values(), *(task.condition or ())[1:]]
+    values = [*task.base_parameters.values(), *job_parameters.values(), *(task.condition or ())[1:],
+              *(task.run_job[1].values() if task.run_job else ())]
     for value in values:
         problem = reference_problem(value, job_parameters, keys)
         if problem:

@@ -149,6 +149,7 @@ def _prepare_record(job: JobSpec, overrides: dict, earlier: Optional[RunRecord])
     for task in job.tasks:
         if record.tasks.get(task.task_key, {}).get("state") not in DONE:
             what = {"condition": list(task.condition)} if task.condition else \
+                {"run_job": str(task.run_job[0])} if task.run_job else \
                 {"notebook_path": str(task.notebook_path)}
             record.tasks[task.task_key] = {"state": PENDING, **what,
                                            "parameters": task_parameters(job, task, overrides)}
@@ -255,21 +256,17 @@ def _signals_interrupt():
 def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSession, counter: str,
               progress: Callable[[str], None]) -> None:
     entry = record.tasks[task.task_key]
-    failed_upstream = [key for key in task.depends_on if record.tasks[key]["state"] not in DONE]
-    if failed_upstream:
-        entry.update(state=UPSTREAM_FAILED,
-                     error=f"not run: upstream task {', '.join(failed_upstream)} did not succeed")
+    blocked, why = _blocked_by_upstream(task, record)
+    if blocked:
+        entry.update(state=blocked, error=f"not run: {why}")
         record.save()
-        progress(f"{counter} {task.task_key} ... {UPSTREAM_FAILED} (upstream {', '.join(failed_upstream)})")
-        return
-    excluded_by = _excluded_by(task, record)
-    if excluded_by:
-        entry.update(state=EXCLUDED, error=f"not run: {excluded_by}")
-        record.save()
-        progress(f"{counter} {task.task_key} ... {EXCLUDED} ({excluded_by})")
+        progress(f"{counter} {task.task_key} ... {blocked} ({why})")
         return
     if task.condition:
         _evaluate_condition(job, task, record, session, counter, progress)
+        return
+    if task.run_job:
+        _run_child_job(job, task, record, session, counter, progress)
         return
 
     output_dir = runs_dir() / record.run_id / task.task_key
@@ -302,16 +299,63 @@ def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSes
              + (f": {entry['error']}" if entry["state"] == FAILED else ""))
 
 
-def _excluded_by(task: TaskSpec, record: RunRecord) -> str:
-    """Why ``task`` is skipped: an upstream task was, or a condition had the other outcome; or ''."""
+_FAILED_STATES = (FAILED, UPSTREAM_FAILED)
+
+
+def _blocked_by_upstream(task: TaskSpec, record: RunRecord) -> tuple[str, str]:
+    """(state, why) when ``task`` must not run, by its ``run_if`` and its upstream states; else ('', '').
+
+    As in the Jobs API: a condition with the other outcome excludes its dependants; under the
+    default ALL_SUCCESS, an excluded upstream excludes and a failed one blocks with UPSTREAM_FAILED.
+    """
+    states = {key: record.tasks[key]["state"] for key in task.depends_on}
     for key in task.depends_on:
-        upstream = record.tasks[key]
-        if upstream["state"] == EXCLUDED:
-            return f"upstream task {key} was excluded"
         wanted = task.outcomes.get(key)
-        if wanted is not None and upstream.get("outcome") != wanted:
-            return f"condition {key} was {upstream.get('outcome')}"
-    return ""
+        if wanted is not None and states[key] == SUCCESS and record.tasks[key].get("outcome") != wanted:
+            return EXCLUDED, f"condition {key} was {record.tasks[key].get('outcome')}"
+    failed = [key for key, state in states.items() if state in _FAILED_STATES]
+    succeeded = [key for key, state in states.items() if state == SUCCESS]
+    if task.run_if == "ALL_DONE" or not states:
+        return "", ""
+    if task.run_if in ("ALL_SUCCESS", "NONE_FAILED") and failed:
+        return UPSTREAM_FAILED, f"upstream task {', '.join(failed)} did not succeed"
+    if task.run_if == "ALL_SUCCESS" and len(succeeded) < len(states):
+        excluded = [key for key in states if key not in succeeded]
+        return EXCLUDED, f"upstream task {', '.join(excluded)} was excluded"
+    if task.run_if == "AT_LEAST_ONE_SUCCESS" and not succeeded:
+        return (UPSTREAM_FAILED if failed else EXCLUDED), \
+            "run_if AT_LEAST_ONE_SUCCESS: no upstream task succeeded"
+    if task.run_if == "ALL_FAILED" and len(failed) < len(states):
+        return EXCLUDED, "run_if ALL_FAILED: not every upstream task failed"
+    if task.run_if == "AT_LEAST_ONE_FAILED" and not failed:
+        return EXCLUDED, "run_if AT_LEAST_ONE_FAILED: no upstream task failed"
+    return "", ""
+
+
+def _run_child_job(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSession, counter: str,
+                   progress: Callable[[str], None]) -> None:
+    """A run_job_task: run the other job file with its job parameters; this task ends as that run does."""
+    entry = record.tasks[task.task_key]
+    child_file, parameters = task.run_job
+    entry.update(state=RUNNING, start_time=now(), job_file=str(child_file))
+    record.save()
+    started = time.monotonic()
+    try:
+        parameters = _substitute(parameters, job, task, record, session, job_values=entry["parameters"])
+        entry["job_parameters"] = parameters
+        progress(f"{counter} {task.task_key} ... started job {child_file.name}")
+        child = run_job(child_file, parameters, progress=lambda line: progress(f"    {line}"),
+                        spark=session.spark)
+        entry.update(state=child.state, child_run_id=child.run_id, child_run_record=str(child.path))
+        if child.state != SUCCESS:
+            entry["error"] = f"child run {child.run_id} of job '{child.job_name}' ended {child.state}"
+    except (JobError, OSError) as error:
+        entry.update(state=FAILED, error=_redacted(str(error))[:1000])
+    finally:
+        entry["duration_seconds"] = round(time.monotonic() - started, 3)
+        record.save()
+    detail = f": {entry['error']}" if entry["state"] != SUCCESS else f" (child run {entry['child_run_id']})"
+    progress(f"{counter} {task.task_key} ... {entry['state']} in {entry['duration_seconds']:.1f}s{detail}")
 
 
 _COMPARISONS = {"EQUAL_TO": lambda a, b: a == b, "NOT_EQUAL": lambda a, b: a != b,
@@ -344,8 +388,13 @@ def _evaluate_condition(job: JobSpec, task: TaskSpec, record: RunRecord, session
 
 
 def _substitute(parameters: dict[str, str], job: JobSpec, task: TaskSpec, record: RunRecord,
-                session: LocalSession) -> dict[str, str]:
-    """Replace ``{{...}}`` dynamic value references with this run's values."""
+                session: LocalSession, job_values: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """Replace ``{{...}}`` dynamic value references with this run's values.
+
+    ``{{job.parameters.<name>}}`` is looked up in ``job_values``, by default ``parameters`` itself
+    (a notebook task's parameters hold every job parameter).
+    """
+    job_values = parameters if job_values is None else job_values
     start = datetime.datetime.fromisoformat(record.start_time)
     static = {
         "job.id": f"local-{job.name}", "job.name": job.name, "job.run_id": record.run_id,
@@ -359,7 +408,7 @@ def _substitute(parameters: dict[str, str], job: JobSpec, task: TaskSpec, record
         if reference in static:
             return static[reference]
         if reference.startswith("job.parameters."):
-            return parameters[reference[len("job.parameters."):]]
+            return job_values[reference[len("job.parameters."):]]
         upstream, _, key = reference[len("tasks."):].partition(".values.")
         values = session.task_values.get(upstream, {})
         if key not in values:

@@ -65,7 +65,17 @@ def test_deployed_settings_are_the_rendered_job_files(databricks_api, wheels_dir
     staging = jobspec.load_environment("staging", JOBS_DIR)
     for path in jobspec.job_files(JOBS_DIR):
         rendered = jobspec.render_job(jobspec.load_job(path), staging, WHEEL_VERSION)
-        assert databricks_api.jobs[result.job_ids[rendered["name"]]] == rendered
+        deployed = jobspec.with_job_ids(rendered, result.job_ids)
+        assert databricks_api.jobs[result.job_ids[rendered["name"]]] == deployed
+
+
+def test_the_monitoring_job_starts_the_training_job_by_the_id_the_deploy_gave_it(databricks_api, wheels_dir):
+    result, printed = run_deploy(databricks_api, wheels_dir, env="dev")
+
+    monitoring = databricks_api.jobs[result.job_ids["taxi_fares_monitoring"]]
+    [retrain] = [task for task in monitoring["tasks"] if "run_job_task" in task]
+    assert retrain["run_job_task"]["job_id"] == result.job_ids["taxi_fares_training"]
+    assert printed.index("taxi_fares_training") < printed.index("taxi_fares_monitoring")
 
 
 def test_deploy_uploads_both_wheels_to_dbfs_under_the_version_folder(databricks_api, wheels_dir):

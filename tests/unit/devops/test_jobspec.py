@@ -96,7 +96,7 @@ def test_staging_and_prod_jobs_run_as_a_service_principal_and_tell_someone(name)
         assert set(rendered["run_as"]) == {"service_principal_name"}
         assert rendered["email_notifications"]["on_failure"]
         assert rendered["health"]["rules"][0]["metric"] == "RUN_DURATION_SECONDS"
-        jobspec.validate_job_settings(rendered)
+        jobspec.validate_job_settings(with_any_job_ids(rendered))
 
 
 def test_a_version_waiting_for_approval_notifies_the_approvers():
@@ -237,7 +237,33 @@ def test_render_adds_no_parameter_names_and_keeps_the_job_valid(job_file, name):
     job = jobspec.load_job(job_file)
     rendered = jobspec.render_job(job, environment(name), WHEEL_VERSION)
     assert parameter_names(rendered) == parameter_names(job)
-    jobspec.validate_job_settings(rendered)
+    jobspec.validate_job_settings(with_any_job_ids(rendered))
+
+
+def with_any_job_ids(job: dict) -> dict:
+    """The job with every job it starts given an id, as a deploy does."""
+    return jobspec.with_job_ids(job, {name: 1 for name in jobspec.started_jobs(job)})
+
+
+def test_the_monitoring_job_round_trips_through_job_settings():
+    from databricks.sdk.service.jobs import JobSettings
+
+    job = jobspec.load_job(JOBS_DIR / "taxi_fares_monitoring.json")
+    settings = jobspec.validate_job_settings(jobspec.with_job_ids(job, {"taxi_fares_training": 123}))
+
+    assert JobSettings.from_dict(settings.as_dict()).as_dict() == settings.as_dict()
+    tasks = {task.task_key: task for task in settings.tasks}
+    assert tasks["retrain"].run_job_task.job_id == 123
+    assert tasks["check"].condition_task.left == "{{tasks.monitor.values.retrain_required}}"
+    assert settings.schedule.quartz_cron_expression == "0 0 6 * * ?"
+    assert jobspec.started_jobs(job) == {"taxi_fares_training"}
+
+
+def test_a_job_that_starts_a_job_not_deployed_with_it_is_refused():
+    job = jobspec.load_job(JOBS_DIR / "taxi_fares_monitoring.json")
+    with pytest.raises(JobError, match="job 'taxi_fares_monitoring' starts job 'taxi_fares_training', "
+                                       "which is not deployed with it \\(jobs: taxi_fares_batch_scoring\\)"):
+        jobspec.with_job_ids(job, {"taxi_fares_batch_scoring": 5})
 
 
 @pytest.mark.parametrize("name", ENVIRONMENTS)
@@ -343,7 +369,7 @@ def test_render_tags_the_environment_and_adds_the_prod_schedule():
 
 @pytest.mark.parametrize("job_file", JOB_FILES, ids=lambda path: path.name)
 def test_committed_job_file_round_trips_through_the_sdk_losing_nothing(job_file):
-    job = jobspec.load_job(job_file)
+    job = with_any_job_ids(jobspec.load_job(job_file))
     settings = jobspec.validate_job_settings(job)
     assert settings.as_dict() == job
 

@@ -90,3 +90,93 @@ def test_each_task_keeps_what_it_printed_and_logged(spark, mlops_home, tmp_path,
     assert "hello from the task" in kept
     assert "WARNING mlops.talk: careful with " in kept
     assert "s3cr3t-value-never-kept" not in kept
+
+
+# ---------------------------------------------------------------- run_if and run_job_task
+
+def write_job(folder, settings):
+    path = folder / f"{settings['name']}.json"
+    path.write_text(json.dumps(settings))
+    return path
+
+
+def prepare_task(key, base="5", depends_on=(), **extra):
+    return {"task_key": key, "depends_on": [{"task_key": name} for name in depends_on],
+            "notebook_task": {"notebook_path": str(NOTEBOOKS / "prepare"), "base_parameters": {"base": base}},
+            **extra}
+
+
+def test_run_if_lets_a_task_run_after_a_failed_upstream_task(spark, mlops_home, tmp_path):
+    job = write_job(tmp_path, {"name": "cleanup", "tasks": [
+        prepare_task("breaks", base="not a number"),
+        prepare_task("always", depends_on=["breaks"], run_if="ALL_DONE"),
+        prepare_task("on_failure", depends_on=["breaks"], run_if="AT_LEAST_ONE_FAILED"),
+        prepare_task("normal", depends_on=["breaks"]),
+        prepare_task("none_failed", depends_on=["breaks"], run_if="NONE_FAILED")]})
+
+    record = run_job(job, {}, progress=[].append, spark=spark)
+
+    assert states(record) == {"breaks": "FAILED", "always": SUCCESS, "on_failure": SUCCESS,
+                              "normal": "UPSTREAM_FAILED", "none_failed": "UPSTREAM_FAILED"}
+    assert record.state == "FAILED"
+
+
+def test_run_if_at_least_one_failed_is_excluded_when_all_succeed(spark, mlops_home, tmp_path):
+    job = write_job(tmp_path, {"name": "quiet", "tasks": [
+        prepare_task("fine"), prepare_task("on_failure", depends_on=["fine"], run_if="AT_LEAST_ONE_FAILED")]})
+
+    record = run_job(job, {}, progress=[].append, spark=spark)
+
+    assert states(record) == {"fine": SUCCESS, "on_failure": EXCLUDED}
+    assert record.state == SUCCESS
+    assert record.tasks["on_failure"]["error"] == \
+        "not run: run_if AT_LEAST_ONE_FAILED: no upstream task failed"
+
+
+def child_and_parent(tmp_path, op="EQUAL_TO"):
+    write_job(tmp_path, {"name": "child_job", "parameters": [{"name": "base", "default": "1"},
+                                                             {"name": "label", "default": "child"}],
+                         "tasks": [prepare_task("inner", base="{{job.parameters.base}}")]})
+    return write_job(tmp_path, {"name": "parent_job", "parameters": [{"name": "label", "default": "parent"}],
+                                "tasks": [
+        prepare_task("decide", base="7"),
+        {"task_key": "check", "depends_on": [{"task_key": "decide"}],
+         "condition_task": {"op": op, "left": "{{tasks.decide.values.base}}", "right": "7"}},
+        {"task_key": "start_child", "depends_on": [{"task_key": "check", "outcome": "true"}],
+         "run_job_task": {"job_id": "${resources.jobs.child_job.id}",
+                          "job_parameters": {"base": "{{tasks.decide.values.base}}",
+                                             "label": "{{job.parameters.label}}"}}}]})
+
+
+def test_run_job_task_runs_the_named_job_with_its_parameters(spark, mlops_home, tmp_path):
+    lines = []
+    record = run_job(child_and_parent(tmp_path), {}, progress=lines.append, spark=spark)
+
+    entry = record.tasks["start_child"]
+    child = json.loads((mlops_home / "runs" / f"{entry['child_run_id']}.json").read_text())
+    assert record.state == SUCCESS and entry["state"] == SUCCESS
+    assert entry["job_parameters"] == {"base": "7", "label": "parent"}
+    assert child["job_name"] == "child_job" and child["parameters"] == {"base": "7", "label": "parent"}
+    assert child["tasks"]["inner"]["task_values"] == {"base": 7}
+    assert any(line.startswith("    job 'child_job' run") for line in lines)
+
+
+def test_a_false_condition_skips_the_child_job_and_the_run_succeeds(spark, mlops_home, tmp_path):
+    record = run_job(child_and_parent(tmp_path, op="NOT_EQUAL"), {}, progress=[].append, spark=spark)
+
+    assert states(record) == {"decide": SUCCESS, "check": SUCCESS, "start_child": EXCLUDED}
+    assert record.state == SUCCESS
+    assert "child_run_id" not in record.tasks["start_child"]
+
+
+@pytest.mark.parametrize("task, message", [
+    ({"run_job_task": {"job_id": 12}},
+     r"run_job_task job_id must be the placeholder \$\{resources.jobs.<job name>.id\}"),
+    ({"run_job_task": {"job_id": "${resources.jobs.ghost.id}"}},
+     r"no job named 'ghost' in .* \(jobs there: bad\)"),
+    ({"run_if": "SOMETIMES", "run_job_task": {}}, r"run_if 'SOMETIMES' is not one of ALL_SUCCESS, ALL_DONE"),
+])
+def test_bad_run_job_and_run_if_settings_are_rejected(tmp_path, mlops_home, task, message):
+    job = write_job(tmp_path, {"name": "bad", "tasks": [{"task_key": "t", **task}]})
+    with pytest.raises(JobError, match=message):
+        run_job(job, {})

@@ -64,7 +64,7 @@ def test_failure_skips_downstream_tasks_and_fails_the_run(spark, lines, mlops_ho
     assert error.endswith("RuntimeError: left was told to fail")
     traceback_file = mlops_home / "runs" / record.run_id / "left" / "error.txt"
     assert "RuntimeError: left was told to fail" in traceback_file.read_text()
-    assert "[4/4] combine ... UPSTREAM_FAILED (upstream left)" in lines
+    assert "[4/4] combine ... UPSTREAM_FAILED (upstream task left did not succeed)" in lines
     assert json.loads(record.path.read_text())["state"] == "FAILED"
 
 
@@ -178,7 +178,8 @@ def test_notebook_paths_resolve_against_repo_root_then_job_folder(tmp_path, task
      r"tasks depend on each other in a cycle: a -> c -> b -> a"),
     ({"tasks": [_notebook_task("a"), _notebook_task("a")]}, r"task_key a used more than once"),
     ({"tasks": [{"task_key": "py", "spark_python_task": {"python_file": "x.py"}}]},
-     r"task .py. is a spark_python_task; the local runtime runs only notebook_task and condition_task tasks"),
+     r"task .py. is a spark_python_task; the local runtime runs only notebook_task, condition_task and "
+     r"run_job_task tasks"),
     ({"tasks": [_notebook_task("gone", path="notebooks/gone")]},
      r"task 'gone' notebook 'notebooks/gone' not found \(looked for .*notebooks/gone.py"),
     ({"tasks": [{"task_key": "n", "notebook_task": {"notebook_path": "notebooks/task",
