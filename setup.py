@@ -31,6 +31,7 @@ RUNTIME_PROVIDED = {
     "lightgbm": "lightgbm>=4.0",
     "mlflow": "mlflow>=3.8,<4",
     "scikit-learn": "scikit-learn>=1.3",
+    "scipy": "scipy>=1.10",
     "matplotlib": "matplotlib>=3.7",
     "databricks-sdk": "databricks-sdk>=0.50,<1",
 }
@@ -66,7 +67,8 @@ def distribution(target, version):
                       "Stage logic, job config, registry lifecycle and local Databricks runtime", "ml_ops",
                       [f"taxi_fares=={version}", "opencensus-ext-azure>=1.1.9,<2",
                        "azure-storage-blob>=12.19,<13"],
-                      ("pyspark", "pandas", "numpy", "lightgbm", "mlflow", "scikit-learn", "matplotlib",
+                      ("pyspark", "pandas", "numpy", "lightgbm", "mlflow", "scikit-learn", "scipy",
+                       "matplotlib",
                        "databricks-sdk"),
                       entry_points={"console_scripts": ["mlops=mlops.cli:main"]})
     raise SystemExit(f"{TARGET_ENV} must be 'ml' or 'ops', got {target!r}")

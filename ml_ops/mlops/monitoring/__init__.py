@@ -1,0 +1,1 @@
+"""Model monitoring: reference profiles, window metrics, drift and quality, and the retraining decision."""

@@ -1,0 +1,98 @@
+"""Whether the monitored windows call for retraining, and why.
+
+A window is over threshold when any column drifted or model quality degraded in it, for any
+model version scored in it. Windows without enough rows are left out of the count: they are
+reported as insufficient data, never as violations. Retraining is required when at least
+``retrain_min_violations`` of the last ``retrain_windows`` windows with data are over
+threshold, the latest of them included, and no cooldown applies.
+"""
+import datetime
+from dataclasses import dataclass, field
+
+from mlops.monitoring.drift import EXEMPT, INSUFFICIENT, OK, TABLE_COLUMN, VIOLATION
+from mlops.monitoring.settings import MonitoringSettings
+
+
+@dataclass(frozen=True)
+class Violation:
+    window_start: str
+    model_version: str
+    column_name: str
+    metric: str
+    value: float
+    threshold: float
+
+    def line(self) -> str:
+        return (f"{self.window_start} version {self.model_version} {self.column_name}: {self.metric} "
+                f"{self.value:.4g} > {self.threshold:.4g}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    retrain_required: bool
+    reason: str
+    windows: list = field(default_factory=list)
+    violations: list = field(default_factory=list)
+
+    def task_values(self) -> dict:
+        return {"retrain_required": "true" if self.retrain_required else "false", "reason": self.reason,
+                "violated_windows": [window for window, state in self.windows if state == VIOLATION],
+                "violations": [violation.line() for violation in self.violations][:50]}
+
+
+def violations_of(profile_rows: list[dict], drift_rows: list[dict]) -> list[Violation]:
+    """Every drifted column and degraded quality, each with its value and the threshold it crossed."""
+    found = []
+    for row in drift_rows:
+        if row["status"] == VIOLATION:
+            found.append(Violation(_start(row), row["model_version"], row["column_name"],
+                                   "population_stability_index", row["population_stability_index"],
+                                   row["psi_by_chance"]))
+    for row in profile_rows:
+        if row["column_name"] == TABLE_COLUMN and row.get("quality_status") == VIOLATION:
+            found.append(Violation(_start(row), row["model_version"], TABLE_COLUMN, "rmse_ratio",
+                                   row["rmse_ratio"], row["rmse_ratio_by_chance"]))
+    return found
+
+
+def window_states(profile_rows: list[dict], drift_rows: list[dict]) -> list[tuple[str, str]]:
+    """(window start, ok | violation | insufficient_data) for each window, in time order."""
+    statuses: dict[str, set] = {}
+    for row in drift_rows + [row for row in profile_rows if row["column_name"] == TABLE_COLUMN]:
+        statuses.setdefault(_start(row), set()).add(row.get("status") or row.get("quality_status"))
+    # An exempt column has data but is not judged: it counts as within thresholds.
+    states = {start: next(state for state in (VIOLATION, OK, INSUFFICIENT)
+                          if state in found or (state == OK and EXEMPT in found))
+              for start, found in statuses.items()}
+    return sorted(states.items())
+
+
+def decide(profile_rows: list[dict], drift_rows: list[dict], settings: MonitoringSettings,
+           last_trained_at: datetime.datetime | None, now: datetime.datetime,
+           training_in_progress: bool = False) -> Decision:
+    """Apply the retraining rule, then the cooldown."""
+    windows = window_states(profile_rows, drift_rows)
+    violations = violations_of(profile_rows, drift_rows)
+    judged = [(start, state) for start, state in windows if state != INSUFFICIENT][-settings.retrain_windows:]
+    if not judged:
+        return Decision(False, "insufficient data: no monitored window has enough rows", windows, violations)
+    over = sum(state == VIOLATION for _, state in judged)
+    rule = (f"{over} of the last {len(judged)} windows with data over threshold "
+            f"(rule: {settings.retrain_min_violations} of {settings.retrain_windows}, the latest included)")
+    if judged[-1][1] != VIOLATION:
+        return Decision(False, f"the latest window {judged[-1][0]} is within thresholds; {rule}", windows,
+                        violations)
+    if over < settings.retrain_min_violations:
+        return Decision(False, f"not enough windows over threshold: {rule}", windows, violations)
+    if training_in_progress:
+        return Decision(False, f"cooldown: a training run is in progress; {rule}", windows, violations)
+    cooldown = datetime.timedelta(days=settings.cooldown_days)
+    if last_trained_at is not None and now - last_trained_at < cooldown:
+        return Decision(False, f"cooldown: a version was trained at {last_trained_at.isoformat()}, within "
+                               f"{settings.cooldown_days} days; {rule}", windows, violations)
+    return Decision(True, f"retrain: {rule}", windows, violations)
+
+
+def _start(row: dict) -> str:
+    start = row["window"]["start"]
+    return start.isoformat() if hasattr(start, "isoformat") else str(start)

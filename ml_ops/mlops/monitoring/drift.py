@@ -1,0 +1,127 @@
+"""From one window's sums to its metric rows: profile, drift against the reference, model quality.
+
+The rows use Lakehouse Monitoring's column names where the concept is the same (``window``,
+``granularity``, ``model_id``, ``column_name``, ``count``, ``avg``, ``quantiles``,
+``population_stability_index``, ``ks_test``, ``wasserstein_distance``,
+``root_mean_squared_error``...), and model quality sits on the ``:table`` rows, as there.
+
+Sample size is part of every decision. Bin shares are smoothed (half a row added to every
+bin), so that an empty bin in a small window does not explode PSI. PSI between two samples of
+one distribution is then about chi-squared with (bins - 1) degrees of freedom, scaled by
+1/n + 1/m, so a small window must show a larger PSI before it counts. The KS statistic is read
+at the reference's bin edges (a lower bound of the exact statistic) and its p-value is the
+asymptotic two-sample one. A column drifts only when the change is both large (PSI and the
+normalised Wasserstein distance over their thresholds) and unlikely by chance (PSI over its
+chance level, and the KS p-value under ``alpha``).
+"""
+import math
+
+import numpy as np
+from scipy import stats
+
+from mlops.monitoring.reference import ReferenceProfile
+from mlops.monitoring.settings import MonitoringSettings
+from mlops.monitoring.window_stats import WINDOW_START
+
+TABLE_COLUMN = ":table"
+OK, VIOLATION, INSUFFICIENT, EXEMPT = "ok", "violation", "insufficient_data", "exempt"
+# Rows added to every bin before shares are taken (Jeffreys smoothing): no empty bins.
+SMOOTHING_ROWS = 0.5
+
+
+def smoothed_shares(counts: np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=float) + SMOOTHING_ROWS
+    return counts / counts.sum()
+
+
+def psi(current_counts: np.ndarray, reference_counts: np.ndarray) -> float:
+    """Population stability index of two binnings, given as row counts per bin."""
+    current, reference = smoothed_shares(current_counts), smoothed_shares(reference_counts)
+    return float(np.sum((current - reference) * np.log(current / reference)))
+
+
+def psi_by_chance(bins: int, rows: int, reference_rows: int, alpha: float) -> float:
+    """The PSI two samples of one distribution exceed with probability ``alpha``."""
+    return float(stats.chi2.ppf(1 - alpha, max(bins - 1, 1)) * (1 / rows + 1 / reference_rows))
+
+
+def rmse_ratio_by_chance(rows: int, alpha: float) -> float:
+    """The rmse ratio that ``rows`` errors of the reference's spread exceed with probability ``alpha``."""
+    return math.sqrt(stats.chi2.ppf(1 - alpha, rows) / rows)
+
+
+def _window(sums: dict, settings: MonitoringSettings) -> dict:
+    start = sums[WINDOW_START]
+    return {"start": start, "end": start + settings.window_length}
+
+
+def column_metrics(sums: dict, name: str, profile: ReferenceProfile, settings: MonitoringSettings):
+    """(profile row, drift row) of column ``name`` in one window."""
+    reference = profile.column(name)
+    rows, present = sums["rows"], sums[f"{name}__count"]
+    common = {"window": _window(sums, settings), "granularity": settings.granularity,
+              "model_id": sums["model_id"], "model_version": profile.model_version, "column_name": name}
+    out_of_range = sums[f"{name}__out_of_range"]
+    profile_row = {**common, "count": present, "num_nulls": rows - present,
+                   "percent_null": 100.0 * (rows - present) / rows if rows else None,
+                   "avg": sums[f"{name}__avg"], "stddev": sums[f"{name}__stddev"],
+                   "min": sums[f"{name}__min"], "max": sums[f"{name}__max"],
+                   "percent_out_of_range": 100.0 * out_of_range / present if present else None,
+                   "quantiles": sums[f"{name}__quantiles"]}
+    drift_row = {**common, "drift_type": "BASELINE", "count": present, "population_stability_index": None,
+                 "psi_by_chance": None, "ks_test": None, "wasserstein_distance": None,
+                 "wasserstein_distance_normalized": None, "status": INSUFFICIENT}
+    if present < settings.min_rows:
+        return profile_row, drift_row
+    edges = len(reference.edges)
+    current_cdf = np.array([sums[f"{name}__le{index}"] for index in range(edges)], dtype=float) / present
+    reference_cdf = np.asarray(reference.cumulative_share, dtype=float)
+    current_counts = np.diff(np.append(current_cdf, 1.0), prepend=0.0) * present
+    population_psi = psi(current_counts, reference.bin_shares() * reference.count)
+    by_chance = psi_by_chance(edges + 1, present, reference.count, settings.alpha)
+    statistic = float(np.max(np.abs(current_cdf - reference_cdf))) if edges else 0.0
+    effective = present * reference.count / (present + reference.count)
+    p_value = float(stats.kstwobign.sf(statistic * math.sqrt(effective)))
+    distance = float(np.mean(np.abs(np.asarray(sums[f"{name}__quantiles"], dtype=float)
+                                    - np.asarray(reference.quantiles, dtype=float))))
+    normalized = distance / reference.std if reference.std > 0 else (0.0 if distance == 0 else math.inf)
+    drifted = population_psi > max(settings.psi_threshold, by_chance) and p_value < settings.alpha \
+        and normalized >= settings.wasserstein_threshold
+    drift_row.update(population_stability_index=population_psi, psi_by_chance=by_chance,
+                     ks_test={"statistic": statistic, "pvalue": p_value}, wasserstein_distance=distance,
+                     wasserstein_distance_normalized=normalized,
+                     status=EXEMPT if name in settings.exempt_columns else VIOLATION if drifted else OK)
+    return profile_row, drift_row
+
+
+def quality_metrics(sums: dict, profile: ReferenceProfile, settings: MonitoringSettings) -> dict:
+    """The window's ``:table`` profile row: row count and, where labels exist, model quality."""
+    labelled = sums["labelled"]
+    row = {"window": _window(sums, settings), "granularity": settings.granularity,
+           "model_id": sums["model_id"], "model_version": profile.model_version, "column_name": TABLE_COLUMN,
+           "count": sums["rows"], "labelled_count": labelled, "quality_status": INSUFFICIENT}
+    if labelled < settings.min_rows:
+        return row
+    squared = sums["squared_error_sum"] / labelled
+    rmse = math.sqrt(squared)
+    total = sums["label_square_sum"] - sums["label_sum"] ** 2 / labelled
+    ratio = rmse / profile.error["rmse"] if profile.error.get("rmse") else math.inf
+    by_chance = rmse_ratio_by_chance(labelled, settings.alpha)
+    row.update(mean_squared_error=squared, root_mean_squared_error=rmse,
+               mean_absolute_error=sums["absolute_error_sum"] / labelled,
+               mean_absolute_percentage_error=(100.0 * sums["percentage_error_sum"] / sums["percentage_rows"]
+                                               if sums["percentage_rows"] else None),
+               r2_score=1 - sums["squared_error_sum"] / total if total > 0 else None,
+               mean_error=sums["error_sum"] / labelled, rmse_ratio=ratio, rmse_ratio_by_chance=by_chance,
+               quality_status=VIOLATION if ratio > max(settings.rmse_ratio_threshold, by_chance) else OK)
+    return row
+
+
+def window_metrics(sums: dict, profile: ReferenceProfile, columns, settings: MonitoringSettings):
+    """All profile rows and drift rows of one window and version."""
+    profile_rows, drift_rows = [quality_metrics(sums, profile, settings)], []
+    for name in columns:
+        profile_row, drift_row = column_metrics(sums, name, profile, settings)
+        profile_rows.append(profile_row)
+        drift_rows.append(drift_row)
+    return profile_rows, drift_rows

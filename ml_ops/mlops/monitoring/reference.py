@@ -1,0 +1,129 @@
+"""The reference profile of a model version: what its inputs and outputs looked like when it was validated.
+
+Built from the version's held-out rows (never rows it trained on), it holds per column the
+edges of equal-mass bins, the share of reference rows at or below each edge, moments, the
+null rate, the observed range and fine quantiles; and the held-out error. Monitoring
+compares each window of the inference log against it.
+"""
+import datetime
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mlops.errors import DataError
+
+# Equal-mass bins of the reference: PSI and the KS statistic are read at their edges.
+BINS = 20
+# Quantile levels at the middle of 100 equal slices: the Wasserstein distance integrates over them.
+QUANTILE_LEVELS = tuple(round((index + 0.5) / 100, 3) for index in range(100))
+ARTIFACT_PATH = "monitoring/reference_profile.json"
+PREDICTION_COLUMN = "prediction"
+
+
+@dataclass(frozen=True)
+class ColumnReference:
+    """One column of the reference rows."""
+
+    column_name: str
+    count: int
+    null_rate: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    edges: list
+    cumulative_share: list
+    quantiles: list
+
+    def bin_shares(self) -> np.ndarray:
+        """The share of reference rows in each bin: (-inf, e0], (e0, e1], ..., (e_last, inf)."""
+        cumulative = np.asarray([*self.cumulative_share, 1.0])
+        return np.diff(cumulative, prepend=0.0)
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """The reference of one model version."""
+
+    model_name: str
+    model_version: str
+    rows: int
+    created_at: str
+    columns: dict = field(default_factory=dict)
+    error: dict = field(default_factory=dict)
+
+    def column(self, name: str) -> ColumnReference:
+        return self.columns[name]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ReferenceProfile":
+        raw = json.loads(text)
+        columns = {name: ColumnReference(**column) for name, column in raw.pop("columns").items()}
+        return cls(columns=columns, **raw)
+
+    def baseline_rows(self) -> list[dict]:
+        """One row per column, for the ``<predictions table>_baseline`` Delta table."""
+        return [{"model_name": self.model_name, "model_version": self.model_version,
+                 "model_id": f"models:/{self.model_name}/{self.model_version}", "created_at": self.created_at,
+                 "column_name": name, "count": column.count, "null_rate": column.null_rate,
+                 "avg": column.mean, "stddev": column.std, "min": column.min, "max": column.max,
+                 "bin_edges": list(column.edges), "cumulative_share": list(column.cumulative_share),
+                 "quantiles": list(column.quantiles),
+                 "reference_rmse": self.error.get("rmse"), "reference_mae": self.error.get("mae")}
+                for name, column in sorted(self.columns.items())]
+
+
+def column_reference(name: str, values) -> ColumnReference:
+    """The reference of one column; nulls count towards the null rate only."""
+    series = pd.to_numeric(pd.Series(values), errors="coerce")
+    present = series.dropna().to_numpy(dtype=float)
+    if len(present) < 2:
+        raise DataError(f"column {name} has {len(present)} non-null reference rows; "
+                        "a reference needs at least 2")
+    inner_levels = np.arange(1, BINS) / BINS
+    edges = np.unique(np.quantile(present, inner_levels))
+    ordered = np.sort(present)
+    cumulative = np.searchsorted(ordered, edges, side="right") / len(ordered)
+    return ColumnReference(column_name=name, count=int(len(series)), null_rate=float(series.isna().mean()),
+                           mean=float(present.mean()), std=float(present.std(ddof=1)),
+                           min=float(present.min()), max=float(present.max()),
+                           edges=[float(edge) for edge in edges],
+                           cumulative_share=[float(share) for share in cumulative],
+                           quantiles=[float(value) for value in np.quantile(present, QUANTILE_LEVELS)])
+
+
+def build_reference(model_name: str, model_version: str, rows: pd.DataFrame, feature_columns,
+                    predictions, labels) -> ReferenceProfile:
+    """The reference of a version from its held-out ``rows``, its ``predictions`` and the true ``labels``."""
+    predictions = np.asarray(predictions, dtype=float)
+    labels = np.asarray(labels, dtype=float)
+    if len(rows) != len(predictions) or len(predictions) != len(labels):
+        raise DataError(f"the reference needs one prediction and one label per row: {len(rows)} rows, "
+                        f"{len(predictions)} predictions, {len(labels)} labels")
+    missing = [name for name in feature_columns if name not in rows.columns]
+    if missing:
+        raise DataError(f"the reference rows lack feature column(s) {', '.join(missing)}")
+    columns = {name: column_reference(name, rows[name]) for name in feature_columns}
+    columns[PREDICTION_COLUMN] = column_reference(PREDICTION_COLUMN, predictions)
+    return ReferenceProfile(model_name=model_name, model_version=str(model_version), rows=len(rows),
+                            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                            columns=columns, error=reference_error(labels, predictions))
+
+
+def reference_error(labels: np.ndarray, predictions: np.ndarray) -> dict:
+    """The held-out error: rmse, mae, bias, and quantiles of the absolute error."""
+    known = np.isfinite(labels) & np.isfinite(predictions)
+    errors = predictions[known] - labels[known]
+    if len(errors) == 0:
+        raise DataError("the reference rows have no labelled, finite predictions to measure the error on")
+    absolute = np.abs(errors)
+    return {"rows": int(len(errors)), "rmse": float(math.sqrt(np.mean(errors ** 2))),
+            "mae": float(absolute.mean()), "bias": float(errors.mean()),
+            "absolute_error_quantiles": {str(level): float(np.quantile(absolute, level))
+                                         for level in (0.5, 0.9, 0.99)}}
