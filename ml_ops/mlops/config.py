@@ -247,6 +247,8 @@ class TrainingConfig(RawTripsConfig):
     validation_sample_rows: int = 200_000
     promotion_tolerance: float = 0.0
     require_approval: bool = False
+    # The inference log whose <name>_baseline table receives each validated version's reference profile.
+    predictions_table: str = "taxi_fares_predictions"
 
     def validate(self):
         super().validate()
@@ -301,6 +303,79 @@ class ScoringConfig(RawTripsConfig):
     storage_secret_key: str = ""
     publish_folder: str = "dbfs:/mlops/taxi_fares/published"
 
+
+@dataclasses.dataclass(frozen=True)
+class MonitoringConfig(JobConfig):
+    """Parameters of the monitoring job: the windows to watch, the thresholds, and the retraining rule."""
+
+    predictions_table: str = "taxi_fares_predictions"
+    # Passed on to the training job when monitoring starts a retraining.
+    taxi_fares_raw_data: str = "dbfs:/mlops/taxi_fares/raw/trips"
+    # Empty: the last monitoring_windows windows up to monitoring_end_date; empty end: today (UTC).
+    monitoring_start_date: str = ""
+    monitoring_end_date: str = ""
+    monitoring_granularity: str = "1 day"
+    monitoring_windows: int = 7
+    monitoring_min_rows: int = 100
+    psi_threshold: float = 0.2
+    wasserstein_threshold: float = 0.1
+    rmse_ratio_threshold: float = 1.25
+    drift_alpha: float = 0.001
+    # Calendar features: a daily window holds one weekday, so these always differ from the reference.
+    drift_exempt_columns: str = "pickup_day_of_week,is_weekend"
+    retrain_on: str = "drift_or_quality"
+    retrain_windows: int = 5
+    retrain_min_violations: int = 2
+    retrain_cooldown_days: int = 7
+    retraining_range_days: int = 30
+
+    CHOICES: ClassVar[dict] = {**JobConfig.CHOICES, "retrain_on": ("drift", "quality", "drift_or_quality")}
+
+    def validate(self):
+        super().validate()
+        _require(self, "monitoring_windows", self.monitoring_windows >= 1, "at least 1")
+        _require(self, "retraining_range_days", self.retraining_range_days >= 1, "at least 1")
+        self.settings()
+        start, end = self.monitoring_range()
+        if start > end:
+            raise ConfigError(f"parameter 'monitoring_start_date' ({start}) is after 'monitoring_end_date' "
+                              f"({end}); swap them or fix the range")
+
+    def settings(self):
+        """The monitor's thresholds and rule; ConfigError when one is out of range."""
+        from mlops.monitoring.settings import MonitoringSettings
+
+        values = {field: getattr(self, parameter) for field, parameter in _MONITORING_PARAMETERS.items()}
+        exempt = tuple(name.strip() for name in self.drift_exempt_columns.split(",") if name.strip())
+        unknown = sorted(set(exempt) - set(features.FEATURE_COLUMNS) - {"prediction"})
+        if unknown:
+            raise ConfigError(f"parameter 'drift_exempt_columns' names {', '.join(unknown)}, which the "
+                              "model does not use; monitored columns: "
+                              f"{', '.join(features.FEATURE_COLUMNS)}, prediction")
+        try:
+            return MonitoringSettings(**values, exempt_columns=exempt)
+        except ConfigError as error:
+            field = str(error).split(" ", 1)[0].strip("'")
+            parameter = _MONITORING_PARAMETERS.get(field)
+            raise ConfigError(f"parameter '{parameter}': {error}" if parameter else str(error)) from None
+
+    def monitoring_range(self, today: datetime.date | None = None) -> tuple[datetime.date, datetime.date]:
+        """The event dates monitored (inclusive): explicit, or the last windows up to the end date."""
+        end = _parse_date("monitoring_end_date", self.monitoring_end_date) if self.monitoring_end_date \
+            else (today or datetime.datetime.now(datetime.timezone.utc).date())
+        if self.monitoring_start_date:
+            return _parse_date("monitoring_start_date", self.monitoring_start_date), end
+        length = self.settings().window_length * self.monitoring_windows
+        return end - datetime.timedelta(days=max(length.days, 1) - 1), end
+
+
+# MonitoringSettings field -> the job parameter that sets it.
+_MONITORING_PARAMETERS = {"granularity": "monitoring_granularity", "psi_threshold": "psi_threshold",
+                          "wasserstein_threshold": "wasserstein_threshold",
+                          "rmse_ratio_threshold": "rmse_ratio_threshold", "alpha": "drift_alpha",
+                          "min_rows": "monitoring_min_rows", "retrain_windows": "retrain_windows",
+                          "retrain_min_violations": "retrain_min_violations",
+                          "cooldown_days": "retrain_cooldown_days"}
 
 # LightGBM parameter -> the job parameter that sets it.
 _TRAINING_PARAMETERS = {"num_leaves": "training_num_leaves", "objective": "training_objective",

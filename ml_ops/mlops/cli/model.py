@@ -24,6 +24,27 @@ def _run(action):
     return command(run)
 
 
+def _profile(args) -> str:
+    """Build and store the reference profile of an existing version (for monitoring)."""
+    import types
+
+    from mlops.config import TrainingConfig
+    from mlops.data.tables import TableStore
+    from mlops.lifecycle import tracking
+    from mlops.lifecycle.registry import RegistryClient
+    from mlops.local.session import spark_session
+    from mlops.stages.validation import profile_version
+
+    config = TrainingConfig(registered_model_name=args.name, registry_uri=args.registry_uri,
+                            table_location=args.location, predictions_table=args.predictions_table)
+    tracking.configure(config)
+    run = types.SimpleNamespace(config=config, tables=TableStore(spark_session(), args.location, "delta"))
+    reference = profile_version(run, RegistryClient(args.name, args.registry_uri), args.version)
+    return (f"model {args.name} version {reference.model_version}: reference profile of {reference.rows} "
+            f"held-out rows (rmse {reference.error['rmse']:.4f}) stored in "
+            f"{args.predictions_table}_baseline and as the artifact of its training run")
+
+
 def register_cli(subparsers):
     parser = subparsers.add_parser("model", help="list, show, approve, promote, roll back and pin models",
                                    description=model_admin.__doc__,
@@ -57,6 +78,12 @@ def register_cli(subparsers):
                               args.experiment, pin=not args.no_pin),
         name, version, reason, by, experiment,
         (("--no-pin",), {"action": "store_true", "help": "leave automatic promotion on after the rollback"}))
+    add("profile", "build the monitoring reference of an existing version from its held-out rows",
+        _profile, name, version,
+        (("--location",), {"default": "dev.taxi_fares",
+                           "help": "the table_location (default dev.taxi_fares)"}),
+        (("--predictions-table",), {"default": "taxi_fares_predictions",
+                                    "help": "the inference log (default taxi_fares_predictions)"}))
     add("promote", "make any PASSED version the Champion (a roll-forward)",
         lambda args: promote(args.name, args.version, args.reason, args.by, args.registry_uri,
                              args.experiment),

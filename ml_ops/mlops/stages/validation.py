@@ -27,6 +27,9 @@ from taxi_fares.schema import TRIP_ID
 from mlops.errors import ConfigError, DataError, RegistryError, ValidationFailed
 from mlops.lifecycle.registry import (CHALLENGER, CHAMPION, FAILED, PASSED, PENDING, ModelRef, RegistryClient,
                                       utc_now)
+from mlops.monitoring.monitor import write_baseline
+from mlops.monitoring.reference import ARTIFACT_PATH as REFERENCE_ARTIFACT
+from mlops.monitoring.reference import ReferenceProfile, build_reference
 from mlops.stages.feature_tables import TRAINING, load_feature_set
 
 logger = logging.getLogger(__name__)
@@ -174,6 +177,8 @@ class ValidationReport:
     checks: list[Check]
     skipped: list[dict] = field(default_factory=list)
     held_out_rows: int = 0
+    # The version's reference for monitoring; None when its predictions were not all finite.
+    reference: ReferenceProfile | None = None
 
     @property
     def failed(self) -> list[Check]:
@@ -255,7 +260,10 @@ def check_model(model: ModelRef, loaded_model, training_run_tags: dict, data: He
     predictions = predict(loaded_model, rows)
     checks = metadata_checks(loaded_model.metadata, training_run_tags) + sanity_checks(predictions)
     skipped = []
+    reference = None
     if np.isfinite(predictions).all():
+        reference = build_reference(model.name, model.version, rows, features.FEATURE_COLUMNS, predictions,
+                                    label)
         metrics = evaluation.regression_metrics(label, predictions)
         baseline = evaluation.rmse(label, np.full(len(label), data.train_mean_fare))
         scored = rows.assign(**{PREDICTION: predictions})
@@ -263,7 +271,7 @@ def check_model(model: ModelRef, loaded_model, training_run_tags: dict, data: He
         checks += threshold_checks(metrics, baseline, config) + slices
     else:
         skipped.append({"name": "metrics", "reason": "predictions are not all finite"})
-    return ValidationReport(model, checks, skipped, held_out_rows=len(rows))
+    return ValidationReport(model, checks, skipped, held_out_rows=len(rows), reference=reference)
 
 
 # ---------------------------------------------------------------- the stage
@@ -295,6 +303,14 @@ def _record(run, registry: RegistryClient, report: ValidationReport):
     model = report.model
     when = utc_now()
     mlflow.log_dict(report.as_dict(), "validation_results.json")
+    if report.reference is not None:
+        # Monitoring compares every later window of the inference log with this reference.
+        mlflow.log_text(report.reference.to_json(), REFERENCE_ARTIFACT)
+        if run.tables.table_format == "delta":
+            write_baseline(run.tables, run.config.predictions_table, report.reference)
+        else:
+            logger.warning("table_format %s: the reference profile is kept as the MLflow artifact %s only; "
+                           "monitoring needs Delta tables", run.tables.table_format, REFERENCE_ARTIFACT)
     mlflow.log_metrics({"held_out_rows": report.held_out_rows, "checks_failed": len(report.failed)}
                        | {f"check.{check.name}": check.value for check in report.checks
                           if isinstance(check.value, float)})
@@ -327,3 +343,25 @@ def _champion_failed(run, registry: RegistryClient, report: ValidationReport, wh
                  "Roll back with `mlops model rollback %s <earlier version> --reason ...`, or promote a "
                  "PASSED version with `mlops model promote`", model.name, model.version,
                  ", ".join(check.name for check in report.failed), model.name)
+
+
+# ---------------------------------------------------------------- reference of an existing version
+
+def profile_version(run, registry: RegistryClient, version: str) -> ReferenceProfile:
+    """Build the reference profile of a registered ``version`` from its own held-out rows, and store it.
+
+    ``run`` needs ``tables`` and ``config`` (``validation_sample_rows``, ``predictions_table``).
+    The profile goes to the version's training run as an artifact and to the baseline table.
+    """
+    model = registry.resolve(version)
+    training_run = registry.training_run(model.version)
+    data = load_held_out(run, Split.of_training_run(training_run), run.config.validation_sample_rows)
+    predictions = predict(load_model(model), data.rows)
+    if not np.isfinite(predictions).all():
+        raise ValidationFailed(f"model '{model.name}' version {model.version} gives predictions that are "
+                               "not all finite on its held-out rows; it has no usable reference")
+    reference = build_reference(model.name, model.version, data.rows, features.FEATURE_COLUMNS, predictions,
+                                data.rows[features.LABEL_COLUMN].to_numpy(dtype=float))
+    mlflow.MlflowClient().log_text(training_run.info.run_id, reference.to_json(), REFERENCE_ARTIFACT)
+    write_baseline(run.tables, run.config.predictions_table, reference)
+    return reference

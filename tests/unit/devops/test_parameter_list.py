@@ -3,13 +3,14 @@ import re
 
 import pytest
 
-from mlops.config import ScoringConfig, TrainingConfig
+from mlops.config import MonitoringConfig, ScoringConfig, TrainingConfig
 from mlops.deploy import jobspec
 
 from .conftest import JOBS_DIR, REPO_ROOT
 
 JOBS = {"taxi_fares_training": (TrainingConfig, "## Training job"),
-        "taxi_fares_batch_scoring": (ScoringConfig, "## Batch scoring")}
+        "taxi_fares_batch_scoring": (ScoringConfig, "## Batch scoring"),
+        "taxi_fares_monitoring": (MonitoringConfig, "## Monitoring and retraining")}
 _BACKTICKED = re.compile(r"`([^`]*)`")
 
 

@@ -1,0 +1,65 @@
+"""Task ``monitor``: drift and model quality of the inference log, and whether to retrain.
+
+The monitored windows' metrics go to ``<predictions table>_profile_metrics`` and
+``_drift_metrics``; the decision goes out as task values for the job's ``check`` condition:
+``retrain_required`` ("true"/"false"), ``reason``, ``violated_windows`` and ``violations``, and
+the training range a retraining would use (``training_data_start_date``,
+``training_data_end_date``: the ``retraining_range_days`` up to the last monitored day).
+"""
+import datetime
+import logging
+
+import mlflow
+from taxi_fares import features
+
+from mlops.lifecycle.registry import RegistryClient
+from mlops.monitoring.decision import Decision, decide
+from mlops.monitoring.drift import TABLE_COLUMN
+from mlops.monitoring.monitor import monitor_range
+
+logger = logging.getLogger(__name__)
+
+
+def _last_trained_at(registry: RegistryClient) -> datetime.datetime | None:
+    """When the newest version was registered: the start of the cooldown."""
+    versions = registry.list_versions()
+    if not versions:
+        return None
+    newest = max(int(version.creation_timestamp or 0) for version in versions)
+    return datetime.datetime.fromtimestamp(newest / 1000, datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _rows_the_rule_uses(result, retrain_on: str) -> tuple[list, list]:
+    profile_rows = [row for row in result.profile_rows if row["column_name"] == TABLE_COLUMN] \
+        if retrain_on in ("quality", "drift_or_quality") else []
+    drift_rows = result.drift_rows if retrain_on in ("drift", "drift_or_quality") else []
+    return profile_rows, drift_rows
+
+
+def monitor_inference_log(run) -> Decision:
+    """Monitor the configured range, write the metric tables, decide, and hand the decision on."""
+    config = run.config
+    settings = config.settings()
+    start, end = config.monitoring_range()
+    result = monitor_range(run.tables, config.predictions_table, config.registered_model_name,
+                           features.FEATURE_COLUMNS, settings, start, end,
+                           require_labels=config.retrain_on == "quality")
+    registry = RegistryClient.from_config(config)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    decision = decide(*_rows_the_rule_uses(result, config.retrain_on), settings, _last_trained_at(registry),
+                      now)
+    training_start = end - datetime.timedelta(days=config.retraining_range_days - 1)
+    values = {**decision.task_values(), "monitoring_start_date": start.isoformat(),
+              "monitoring_end_date": end.isoformat(), "training_data_start_date": training_start.isoformat(),
+              "training_data_end_date": end.isoformat()}
+    for key, value in values.items():
+        run.set_task_value(key, value)
+    mlflow.log_dict({**values, "windows": decision.windows}, "monitoring_decision.json")
+    mlflow.log_metrics({"windows_monitored": len(decision.windows),
+                        "windows_violated": len(values["violated_windows"]),
+                        "violations": len(decision.violations)})
+    mlflow.set_tags({"retrain_required": values["retrain_required"], "monitoring.reason": decision.reason})
+    logger.info("monitoring %s to %s: %s", start, end, decision.reason)
+    for violation in decision.violations[:20]:
+        logger.warning("violation: %s", violation.line())
+    return decision

@@ -1,0 +1,101 @@
+"""The loop closed: train, score, monitor a quiet month, then fare inflation triggers a retraining.
+
+One MLOPS_HOME plays the story with the real job files through the local runner: the training
+job makes the Champion (and its reference profile), scoring appends February and then a March
+whose fares are inflated, and the monitoring job watches each. Its `retrain` task starts the
+training job, whose new version is validated and judged against the Champion.
+"""
+import datetime
+import json
+
+import pytest
+from taxi_fares.data import DriftSettings, generate_trips
+
+from mlops.lifecycle.registry import VALIDATION_STATUS_TAG, RegistryClient
+from mlops.local.jobs import EXCLUDED, SUCCESS, run_job
+from mlops.platform import driver_path
+from support.spark_cluster import REPO_ROOT, ensure_wheels
+
+pytestmark = pytest.mark.slow
+
+JOBS = REPO_ROOT / "databricks_jobs"
+TRAINING = JOBS / "taxi_fares_training.json"
+SCORING = JOBS / "taxi_fares_batch_scoring.json"
+MONITORING = JOBS / "taxi_fares_monitoring.json"
+RAW = "dbfs:/raw/trips"
+MODEL = "taxi_fares"
+
+
+@pytest.fixture(scope="module")
+def loop(spark, tmp_path_factory):
+    """January and February trips as usual, and a first week of March whose fares are 60% higher."""
+    ensure_wheels()
+    home = tmp_path_factory.mktemp("monitoring_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLOPS_HOME", str(home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING", raising=False)
+        usual = generate_trips(spark, 24_000, datetime.date(2016, 1, 1), datetime.date(2016, 2, 14), seed=3)
+        inflated = generate_trips(spark, 4_000, datetime.date(2016, 3, 1), datetime.date(2016, 3, 7), seed=4,
+                                  drift=DriftSettings(fare_scale=1.6))
+        usual.unionByName(inflated).write.mode("overwrite").parquet(str(driver_path(RAW)))
+        shared = {"wheel_path": str(REPO_ROOT / "dist"), "taxi_fares_raw_data": RAW}
+        trained = run_job(TRAINING, {**shared, "training_data_start_date": "2016-01-01",
+                                     "training_data_end_date": "2016-01-31"}, spark=spark, progress=print)
+        assert trained.state == SUCCESS, trained.summary()
+        for start, end in (("2016-02-01", "2016-02-14"), ("2016-03-01", "2016-03-07")):
+            scored = run_job(SCORING, {**shared, "scoring_data_start_date": start,
+                                       "scoring_data_end_date": end, "publish_results": "false"},
+                             spark=spark, progress=print)
+            assert scored.state == SUCCESS, scored.summary()
+        yield home, shared, spark
+
+
+def monitor(loop, start, end, **overrides):
+    _, shared, spark = loop
+    return run_job(MONITORING, {**shared, "monitoring_start_date": start, "monitoring_end_date": end,
+                                **overrides}, spark=spark, progress=print)
+
+
+def test_a_quiet_fortnight_needs_no_retraining(loop):
+    record = monitor(loop, "2016-02-01", "2016-02-14")
+
+    values = record.tasks["monitor"]["task_values"]
+    assert record.state == SUCCESS
+    assert values["retrain_required"] == "false" and values["violated_windows"] == []
+    assert record.tasks["check"]["outcome"] == "false" and record.tasks["retrain"]["state"] == EXCLUDED
+
+
+def test_inflated_fares_within_the_cooldown_do_not_retrain(loop):
+    record = monitor(loop, "2016-03-01", "2016-03-07")
+
+    values = record.tasks["monitor"]["task_values"]
+    assert values["retrain_required"] == "false"
+    assert values["reason"].startswith("cooldown: a version was trained at")
+    assert len(values["violated_windows"]) == 7
+    assert record.tasks["retrain"]["state"] == EXCLUDED
+
+
+def test_inflated_fares_retrain_and_the_new_version_is_judged(loop):
+    home, _, _ = loop
+    registry = RegistryClient(MODEL, "")
+    versions_before = {str(version.version) for version in registry.list_versions()}
+
+    record = monitor(loop, "2016-03-01", "2016-03-07", retrain_cooldown_days="0")
+
+    values = record.tasks["monitor"]["task_values"]
+    retrain = record.tasks["retrain"]
+    assert values["retrain_required"] == "true", values["reason"]
+    assert any(":table: rmse_ratio" in line for line in values["violations"])
+    assert retrain["job_parameters"]["training_data_start_date"] == "2016-02-07"
+    assert retrain["job_parameters"]["training_data_end_date"] == "2016-03-07"
+    child = json.loads((home / "runs" / f"{retrain['child_run_id']}.json").read_text())
+    assert child["job_name"] == "taxi_fares_training"
+    [new_version] = {str(version.version) for version in registry.list_versions()} - versions_before
+    status = registry.client.get_model_version(MODEL, new_version).tags.get(VALIDATION_STATUS_TAG)
+    # The lifecycle judges it: a PASSED version meets the Champion in deploy, a FAILED one stops at validate.
+    if status == "PASSED":
+        assert child["tasks"]["deploy"]["task_values"]["promotion_decision"] in ("promoted", "not_promoted")
+    else:
+        assert status == "FAILED" and child["tasks"]["validate"]["state"] == "FAILED"
+    assert record.tasks["retrain"]["state"] == child["state"] == record.state
