@@ -492,10 +492,15 @@ def report(results: dict, sizes: list, reps: int, host: dict, started: str) -> s
 
 
 MISSED_TARGETS_EXPLAINED = [
-    "- A and D read the same features, run the same LightGBM trees and write the same rows to the "
-    "same Delta table; the profile shows read, predict and the partitioned write taking most of A's "
-    "time, and only the Arrow round trip (pandas in D, none in A) differs. A predictor that runs the "
-    "trees faster than LightGBM is what would move A/D further.",
+    "- A/D sits close to its bound, so it moves with the machine's noise from size to size. A and D "
+    "read the same features, run the same LightGBM trees and write the same rows to the "
+    "same Delta table. Both send only the features to Python; A copies them from Arrow into NumPy "
+    "where D goes through pandas, and A writes without Parquet dictionaries on near-unique columns. "
+    "The profile shows the predict and the partitioned write taking most of A's time, and both are "
+    "the same work in D: with LightGBM's own predictor A/D is bounded near D / (read + predict + "
+    "write). A compiled tree predictor would move it further: tl2cgen 1.0 (treelite) predicts 2.2x "
+    "faster on this model but gave predictions up to 14 away from LightGBM's, so it is not used; "
+    "lleaves needs an llvmlite older than the one numba on Databricks Runtime ML requires.",
     "- Two cores serve the JVM (read, write), the Python workers (Arrow decode, predict) "
     "and the driver at once. B predicts with both cores and nothing else running; A's profile shows "
     "the Arrow round trip through Python and the partitioned write costing about as much as the "
@@ -503,7 +508,8 @@ MISSED_TARGETS_EXPLAINED = [
     "- C runs with Arrow enabled (`spark.sql.execution.arrow.pyspark.enabled`, the Databricks "
     "default), which makes `toPandas` far faster than the route the sample was measured with; "
     "C is kept that way rather than slowed down. C is single-threaded pandas on the driver, and its "
-    "driver memory grows with the data until it fails, while A's Python driver stays flat.",
+    "driver memory grows with the data (see the memory table; past the driver's memory it stalls or "
+    "fails), while A's Python driver stays flat.",
 ]
 
 
