@@ -15,6 +15,7 @@ from taxi_fares import features
 from taxi_fares.training import TrainingParams
 
 from mlops.errors import ConfigError
+from mlops.monitoring.settings import MonitoringSettings
 from mlops.platform import catalog
 from mlops.observability.redaction import REDACTED, redact_params, redact_text
 
@@ -314,20 +315,21 @@ class MonitoringConfig(JobConfig):
     # Empty: the last monitoring_windows windows up to monitoring_end_date; empty end: today (UTC).
     monitoring_start_date: str = ""
     monitoring_end_date: str = ""
-    monitoring_granularity: str = "1 day"
     monitoring_windows: int = 7
-    monitoring_min_rows: int = 100
-    psi_threshold: float = 0.2
-    wasserstein_threshold: float = 0.1
-    rmse_ratio_threshold: float = 1.25
-    drift_alpha: float = 0.001
     # Calendar features: a daily window holds one weekday, so these always differ from the reference.
     drift_exempt_columns: str = "pickup_day_of_week,is_weekend"
     retrain_on: str = "drift_or_quality"
-    retrain_windows: int = 5
-    retrain_min_violations: int = 2
-    retrain_cooldown_days: int = 7
     retraining_range_days: int = 30
+    # Thresholds and the rule default to the monitor's own defaults.
+    monitoring_granularity: str = MonitoringSettings.granularity
+    monitoring_min_rows: int = MonitoringSettings.min_rows
+    psi_threshold: float = MonitoringSettings.psi_threshold
+    wasserstein_threshold: float = MonitoringSettings.wasserstein_threshold
+    rmse_ratio_threshold: float = MonitoringSettings.rmse_ratio_threshold
+    drift_alpha: float = MonitoringSettings.alpha
+    retrain_windows: int = MonitoringSettings.retrain_windows
+    retrain_min_violations: int = MonitoringSettings.retrain_min_violations
+    retrain_cooldown_days: int = MonitoringSettings.cooldown_days
 
     CHOICES: ClassVar[dict] = {**JobConfig.CHOICES, "retrain_on": ("drift", "quality", "drift_or_quality")}
 
@@ -343,8 +345,6 @@ class MonitoringConfig(JobConfig):
 
     def settings(self):
         """The monitor's thresholds and rule; ConfigError when one is out of range."""
-        from mlops.monitoring.settings import MonitoringSettings
-
         values = {field: getattr(self, parameter) for field, parameter in _MONITORING_PARAMETERS.items()}
         exempt = tuple(name.strip() for name in self.drift_exempt_columns.split(",") if name.strip())
         unknown = sorted(set(exempt) - set(features.FEATURE_COLUMNS) - {"prediction"})

@@ -24,7 +24,8 @@ from mlops.data import generator as datagen
 from mlops.cli import model as model_cli
 from mlops.lifecycle.registry import APPROVAL_TAG, CHALLENGER, CHAMPION, VALIDATION_STATUS_TAG, RegistryClient
 from mlops.local.jobs import EXCLUDED, FAILED, SUCCESS, UPSTREAM_FAILED, run_job
-from support.spark_cluster import REPO_ROOT, ensure_wheels
+from support.jobs import in_process_home
+from support.spark_cluster import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +37,7 @@ START, END = datetime.date(2016, 1, 1), datetime.date(2016, 1, 31)
 @pytest.fixture(scope="module")
 def lifecycle(spark, tmp_path_factory):
     """A fresh MLOPS_HOME with ~20k synthetic January trips, and the parameters every run shares."""
-    ensure_wheels()
-    home = tmp_path_factory.mktemp("lifecycle_home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLOPS_HOME", str(home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING", raising=False)
+    with in_process_home(tmp_path_factory, "lifecycle_home") as home:
         datagen.generate(spark, 20_000, START, END, "dbfs:/raw/trips")
         parameters = {
             "wheel_path": str(REPO_ROOT / "dist"), "taxi_fares_raw_data": "dbfs:/raw/trips",

@@ -14,7 +14,8 @@ from taxi_fares.data import DriftSettings, generate_trips
 from mlops.lifecycle.registry import VALIDATION_STATUS_TAG, RegistryClient
 from mlops.local.jobs import EXCLUDED, SUCCESS, run_job
 from mlops.platform import driver_path
-from support.spark_cluster import REPO_ROOT, ensure_wheels
+from support.jobs import in_process_home
+from support.spark_cluster import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +30,7 @@ MODEL = "taxi_fares"
 @pytest.fixture(scope="module")
 def loop(spark, tmp_path_factory):
     """January and February trips as usual, and a first week of March whose fares are 60% higher."""
-    ensure_wheels()
-    home = tmp_path_factory.mktemp("monitoring_home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLOPS_HOME", str(home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING", raising=False)
+    with in_process_home(tmp_path_factory, "monitoring_home") as home:
         usual = generate_trips(spark, 24_000, datetime.date(2016, 1, 1), datetime.date(2016, 2, 14), seed=3)
         inflated = generate_trips(spark, 4_000, datetime.date(2016, 3, 1), datetime.date(2016, 3, 7), seed=4,
                                   drift=DriftSettings(fare_scale=1.6))

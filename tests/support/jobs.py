@@ -5,6 +5,7 @@ Raw trips are generated once per test session (``training_trips`` fixture) and c
 each home, so every test starts from its own empty MLflow store and table location. Import
 the fixture with ``from support.jobs import training_trips  # noqa: F401``.
 """
+import contextlib
 import datetime
 import json
 import os
@@ -53,6 +54,18 @@ def new_home(root: Path, raw_trips: Path | None = None) -> Path:
     if raw_trips is not None:
         shutil.copytree(raw_trips, dbfs_path(home, RAW_TRIPS_URI))
     return home
+
+
+@contextlib.contextmanager
+def in_process_home(tmp_path_factory, name: str):
+    """A fresh MLOPS_HOME for jobs run in this process (``run_job``), with no outside store or sink."""
+    ensure_wheels()
+    home = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLOPS_HOME", str(home))
+        for variable in ("MLFLOW_TRACKING_URI", "APPLICATIONINSIGHTS_CONNECTION_STRING"):
+            patch.delenv(variable, raising=False)
+        yield home
 
 
 def training_parameters(**overrides) -> dict:
