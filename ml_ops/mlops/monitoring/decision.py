@@ -14,20 +14,6 @@ from mlops.monitoring.settings import MonitoringSettings
 
 
 @dataclass(frozen=True)
-class Violation:
-    window_start: str
-    model_version: str
-    column_name: str
-    metric: str
-    value: float
-    threshold: float
-
-    def line(self) -> str:
-        return (f"{self.window_start} version {self.model_version} {self.column_name}: {self.metric} "
-                f"{self.value:.4g} > {self.threshold:.4g}")
-
-
-@dataclass(frozen=True)
 class Decision:
     retrain_required: bool
     reason: str
@@ -37,22 +23,21 @@ class Decision:
     def task_values(self) -> dict:
         return {"retrain_required": "true" if self.retrain_required else "false", "reason": self.reason,
                 "violated_windows": [window for window, state in self.windows if state == VIOLATION],
-                "violations": [violation.line() for violation in self.violations][:50]}
+                "violations": self.violations[:50]}
 
 
-def violations_of(profile_rows: list[dict], drift_rows: list[dict]) -> list[Violation]:
-    """Every drifted column and degraded quality, each with its value and the threshold it crossed."""
-    found = []
-    for row in drift_rows:
-        if row["status"] == VIOLATION:
-            found.append(Violation(_start(row), row["model_version"], row["column_name"],
-                                   "population_stability_index", row["population_stability_index"],
-                                   row["psi_by_chance"]))
-    for row in profile_rows:
-        if row["column_name"] == TABLE_COLUMN and row.get("quality_status") == VIOLATION:
-            found.append(Violation(_start(row), row["model_version"], TABLE_COLUMN, "rmse_ratio",
-                                   row["rmse_ratio"], row["rmse_ratio_by_chance"]))
-    return found
+def violations_of(profile_rows: list[dict], drift_rows: list[dict], settings: MonitoringSettings) -> list:
+    """Every drifted column and degraded quality as a line: its value and the limit it crossed.
+
+    The limit is the larger of the configured threshold and what chance gives at the window's size.
+    """
+    found = [(row, "population_stability_index", max(settings.psi_threshold, row["psi_by_chance"]))
+             for row in drift_rows if row["status"] == VIOLATION]
+    found += [(row, "rmse_ratio", max(settings.rmse_ratio_threshold, row["rmse_ratio_by_chance"]))
+              for row in profile_rows
+              if row["column_name"] == TABLE_COLUMN and row.get("quality_status") == VIOLATION]
+    return [f"{_start(row)} version {row['model_version']} {row['column_name']}: {metric} {row[metric]:.4g} "
+            f"> {limit:.4g}" for row, metric, limit in found]
 
 
 def window_states(profile_rows: list[dict], drift_rows: list[dict]) -> list[tuple[str, str]]:
@@ -72,7 +57,7 @@ def decide(profile_rows: list[dict], drift_rows: list[dict], settings: Monitorin
            training_in_progress: bool = False) -> Decision:
     """Apply the retraining rule, then the cooldown."""
     windows = window_states(profile_rows, drift_rows)
-    violations = violations_of(profile_rows, drift_rows)
+    violations = violations_of(profile_rows, drift_rows, settings)
     judged = [(start, state) for start, state in windows if state != INSUFFICIENT][-settings.retrain_windows:]
     if not judged:
         return Decision(False, "insufficient data: no monitored window has enough rows", windows, violations)

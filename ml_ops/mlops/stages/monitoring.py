@@ -61,5 +61,5 @@ def monitor_inference_log(run) -> Decision:
     mlflow.set_tags({"retrain_required": values["retrain_required"], "monitoring.reason": decision.reason})
     logger.info("monitoring %s to %s: %s", start, end, decision.reason)
     for violation in decision.violations[:20]:
-        logger.warning("violation: %s", violation.line())
+        logger.warning("violation: %s", violation)
     return decision
