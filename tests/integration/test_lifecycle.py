@@ -213,6 +213,14 @@ def test_a_better_challenger_is_promoted_and_the_old_champion_loses_the_alias(st
     tags = chapter.tags["2"]
     assert (tags["promotion_decision"], tags["promotion_compared_with"]) == ("promoted", "Champion v1")
     assert chapter.tags["1"]["champion_replaced_by"] == "2"
+    # The comparison rows lie in the Challenger's out-of-time held-out range, after the Champion's training.
+    held_out_start, held_out_end = mlflow.get_run(registry().get_version("2").run_id).data.tags[
+        "split.held_out_range"].split("..")
+    champion_train_end = mlflow.get_run(registry().get_version("1").run_id).data.tags[
+        "split.train_range"].split("..")[1]
+    compared_from, compared_to = tags["promotion_compared_on"].split("..")
+    assert held_out_start <= compared_from <= compared_to < held_out_end
+    assert champion_train_end < compared_from
     deploy_run = mlflow.get_run(tags["promotion_run_id"])
     assert deploy_run.data.metrics["challenger_rmse"] <= deploy_run.data.metrics["champion_rmse"]
 

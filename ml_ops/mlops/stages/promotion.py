@@ -1,7 +1,9 @@
 """Task ``deploy``: compare the Challenger with the Champion offline and promote it if it is better.
 
-Both models are scored on the same rows: the Challenger's held-out rows that the Champion did not
-train on either (nor sit in its gap). When there are fewer than MIN_COMPARISON_ROWS of them, the
+Both models are scored on the same rows: the Challenger's out-of-time held-out rows (the latest part
+of its range) that the Champion did not train on either (nor sit in its gap); after drift, neither
+model has seen them. The pickup range of those rows is recorded with the decision
+(``promotion_compared_on``). When there are fewer than MIN_COMPARISON_ROWS of them, the
 comparison says so and the Challenger is not promoted. The Challenger is promoted when its rmse is
 at most the Champion's x (1 + promotion_tolerance).
 With no Champion yet it must beat the fare heuristic (per mile plus per minute) fitted on the
@@ -39,6 +41,7 @@ HEURISTIC = "heuristic"
 
 DECISION_TAG = "promotion_decision"
 COMPARED_WITH_TAG = "promotion_compared_with"
+COMPARED_ON_TAG = "promotion_compared_on"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Comparison:
     challenger_wins: bool
     rule: str
     rows: int
+    compared_on: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,20 +72,21 @@ class PromotionDecision:
 
 
 def compare_with_champion(challenger_metrics: dict, champion_metrics: dict, champion_version: str,
-                          tolerance: float, rows: int) -> Comparison:
+                          tolerance: float, rows: int, compared_on: str = "") -> Comparison:
     bar = champion_metrics["rmse"] * (1 + tolerance)
     wins = challenger_metrics["rmse"] <= bar
     rule = (f"challenger rmse {challenger_metrics['rmse']:.4f} {'<=' if wins else '>'} {bar:.4f} "
             f"= {CHAMPION} v{champion_version} rmse {champion_metrics['rmse']:.4f} x (1 + {tolerance})")
     return Comparison(f"{CHAMPION} v{champion_version}", challenger_metrics, champion_metrics, wins, rule,
-                      rows)
+                      rows, compared_on)
 
 
-def compare_with_heuristic(challenger_metrics: dict, heuristic_metrics: dict, rows: int) -> Comparison:
+def compare_with_heuristic(challenger_metrics: dict, heuristic_metrics: dict, rows: int,
+                           compared_on: str = "") -> Comparison:
     wins = challenger_metrics["rmse"] < heuristic_metrics["rmse"]
     rule = (f"no {CHAMPION} yet: challenger rmse {challenger_metrics['rmse']:.4f} "
             f"{'<' if wins else '>='} heuristic rmse {heuristic_metrics['rmse']:.4f}")
-    return Comparison(HEURISTIC, challenger_metrics, heuristic_metrics, wins, rule, rows)
+    return Comparison(HEURISTIC, challenger_metrics, heuristic_metrics, wins, rule, rows, compared_on)
 
 
 def decide(comparison: Comparison, require_approval: bool) -> str:
@@ -99,7 +104,8 @@ def _compare(run, registry: RegistryClient, challenger: ModelRef, champion_versi
         challenger_metrics = evaluation.regression_metrics(label, predict(load_model(challenger), data.rows))
         heuristic = evaluation.fit_fare_heuristic(data.training_rows)
         heuristic_metrics = evaluation.regression_metrics(label, heuristic.predict(data.rows))
-        return compare_with_heuristic(challenger_metrics, heuristic_metrics, len(data.rows))
+        return compare_with_heuristic(challenger_metrics, heuristic_metrics, len(data.rows),
+                                      pickup_range(data.rows))
     champion_split = Split.of_training_run(registry.training_run(champion_version)).by_time
     rows = data.rows[champion_split.not_trained_on(data.rows[features.PICKUP])]
     if len(rows) < MIN_COMPARISON_ROWS:
@@ -109,7 +115,13 @@ def _compare(run, registry: RegistryClient, challenger: ModelRef, champion_versi
     champion = registry.resolve(champion_version)
     champion_metrics = evaluation.regression_metrics(label, predict(load_model(champion), rows))
     return compare_with_champion(challenger_metrics, champion_metrics, champion_version,
-                                 run.config.promotion_tolerance, len(rows))
+                                 run.config.promotion_tolerance, len(rows), pickup_range(rows))
+
+
+def pickup_range(rows) -> str:
+    """The pickup times the comparison rows span, as recorded with the decision."""
+    pickups = rows[features.PICKUP]
+    return f"{pickups.min():%Y-%m-%dT%H:%M}..{pickups.max():%Y-%m-%dT%H:%M}"
 
 
 def no_fair_comparison(champion_version: str, held_out: int, usable: int, champion_split) -> Comparison:
@@ -179,9 +191,10 @@ def _record(run, registry: RegistryClient, result: PromotionDecision):
         mlflow.log_metrics({"held_out_rows": comparison.rows}
                            | {f"challenger_{name}": value for name, value in comparison.challenger.items()}
                            | {f"{reference}_{name}": value for name, value in comparison.reference.items()})
-        mlflow.set_tags({COMPARED_WITH_TAG: comparison.compared_with, "promotion_rule": comparison.rule})
-        version_tags |= {COMPARED_WITH_TAG: comparison.compared_with, "promotion_rule": comparison.rule,
-                         "promotion_rows": comparison.rows}
+        comparison_tags = {COMPARED_WITH_TAG: comparison.compared_with, "promotion_rule": comparison.rule,
+                           COMPARED_ON_TAG: comparison.compared_on or "none"}
+        mlflow.set_tags(comparison_tags)
+        version_tags |= comparison_tags | {"promotion_rows": comparison.rows}
         if comparison.challenger:
             version_tags |= {"promotion_challenger_rmse": f"{comparison.challenger['rmse']:.6f}",
                              "promotion_reference_rmse": f"{comparison.reference['rmse']:.6f}"}
@@ -191,4 +204,5 @@ def _record(run, registry: RegistryClient, result: PromotionDecision):
     registry.history.append("deploy decision", result.challenger.version,
                             f"job {run.job.job_name} run {run.job.job_run_id}",
                             promotion_decision=result.decision, reason=result.reason,
-                            promotion_compared_with=comparison.compared_with if comparison else None)
+                            promotion_compared_with=comparison.compared_with if comparison else None,
+                            promotion_compared_on=comparison.compared_on if comparison else None)

@@ -305,12 +305,7 @@ def _record(run, registry: RegistryClient, report: ValidationReport):
     mlflow.log_dict(report.as_dict(), "validation_results.json")
     if report.reference is not None:
         # Monitoring compares every later window of the inference log with this reference.
-        mlflow.log_text(report.reference.to_json(), REFERENCE_ARTIFACT)
-        if run.tables.table_format == "delta":
-            write_baseline(run.tables, run.config.predictions_table, report.reference)
-        else:
-            logger.warning("table_format %s: the reference profile is kept as the MLflow artifact %s only; "
-                           "monitoring needs Delta tables", run.tables.table_format, REFERENCE_ARTIFACT)
+        store_reference(run, report.reference, run.mlflow_run_id)
     mlflow.log_metrics({"held_out_rows": report.held_out_rows, "checks_failed": len(report.failed)}
                        | {f"check.{check.name}": check.value for check in report.checks
                           if isinstance(check.value, float)})
@@ -362,6 +357,15 @@ def profile_version(run, registry: RegistryClient, version: str) -> ReferencePro
                                "not all finite on its held-out rows; it has no usable reference")
     reference = build_reference(model.name, model.version, data.rows, features.FEATURE_COLUMNS, predictions,
                                 data.rows[features.LABEL_COLUMN].to_numpy(dtype=float))
-    mlflow.MlflowClient().log_text(training_run.info.run_id, reference.to_json(), REFERENCE_ARTIFACT)
-    write_baseline(run.tables, run.config.predictions_table, reference)
+    store_reference(run, reference, training_run.info.run_id)
     return reference
+
+
+def store_reference(run, reference: ReferenceProfile, mlflow_run_id: str) -> None:
+    """The profile as an artifact of ``mlflow_run_id`` and, on Delta, in the baseline table."""
+    mlflow.MlflowClient().log_text(mlflow_run_id, reference.to_json(), REFERENCE_ARTIFACT)
+    if run.tables.table_format == "delta":
+        write_baseline(run.tables, run.config.predictions_table, reference)
+    else:
+        logger.warning("table_format %s: the reference profile is kept as the MLflow artifact %s only; "
+                       "monitoring needs Delta tables", run.tables.table_format, REFERENCE_ARTIFACT)
