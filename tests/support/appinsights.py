@@ -22,6 +22,8 @@ BASE_TYPES = {
     "dependencies": "RemoteDependencyData",
     "requests": "RequestData",
     "exceptions": "ExceptionData",
+    "customMetrics": "MetricData",
+    "customEvents": "EventData",
 }
 
 
@@ -148,7 +150,7 @@ class AppInsightsCapture:
             return list(self._envelopes)
 
     def items(self, kind: str) -> list:
-        """Envelopes of one Kusto table: traces, dependencies, requests or exceptions."""
+        """Envelopes of one Kusto table: traces, dependencies, requests, exceptions, customMetrics..."""
         if kind not in BASE_TYPES:
             raise ValueError(f"unknown item kind {kind!r}; use one of {sorted(BASE_TYPES)}")
         return [envelope for envelope in self.envelopes

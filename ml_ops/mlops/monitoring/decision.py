@@ -23,11 +23,27 @@ class Decision:
     def task_values(self) -> dict:
         return {"retrain_required": "true" if self.retrain_required else "false", "reason": self.reason,
                 "violated_windows": [window for window, state in self.windows if state == VIOLATION],
-                "violations": self.violations[:50]}
+                "violations": [violation.line() for violation in self.violations[:50]]}
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One drifted column or degraded quality in one window: its value and the limit it crossed."""
+
+    window_start: str
+    model_version: str
+    column_name: str
+    metric: str
+    value: float
+    limit: float
+
+    def line(self) -> str:
+        return (f"{self.window_start} version {self.model_version} {self.column_name}: {self.metric} "
+                f"{self.value:.4g} > {self.limit:.4g}")
 
 
 def violations_of(profile_rows: list[dict], drift_rows: list[dict], settings: MonitoringSettings) -> list:
-    """Every drifted column and degraded quality as a line: its value and the limit it crossed.
+    """Every drifted column and degraded quality, as :class:`Violation`.
 
     The limit is the larger of the configured threshold and what chance gives at the window's size.
     """
@@ -36,8 +52,8 @@ def violations_of(profile_rows: list[dict], drift_rows: list[dict], settings: Mo
     found += [(row, "rmse_ratio", max(settings.rmse_ratio_threshold, row["rmse_ratio_by_chance"]))
               for row in profile_rows
               if row["column_name"] == TABLE_COLUMN and row.get("quality_status") == VIOLATION]
-    return [f"{_start(row)} version {row['model_version']} {row['column_name']}: {metric} {row[metric]:.4g} "
-            f"> {limit:.4g}" for row, metric, limit in found]
+    return [Violation(_start(row), row["model_version"], row["column_name"], metric, row[metric], limit)
+            for row, metric, limit in found]
 
 
 def window_states(profile_rows: list[dict], drift_rows: list[dict]) -> list[tuple[str, str]]:

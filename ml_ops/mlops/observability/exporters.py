@@ -12,7 +12,8 @@ from pathlib import Path
 
 from opencensus.common.schedule import QueueEvent
 from opencensus.ext.azure.common.transport import TransportStatusCode
-from opencensus.ext.azure.log_exporter import AzureLogHandler
+from opencensus.ext.azure.common.protocol import Data, DataPoint, MetricData
+from opencensus.ext.azure.log_exporter import AzureEventHandler, AzureLogHandler
 from opencensus.ext.azure.trace_exporter import AzureExporter
 
 from mlops.observability.redaction import REDACTED, is_secret_name, redact_text
@@ -22,6 +23,8 @@ _ITEM_TYPES = {
     "RemoteDependencyData": "dependency",
     "RequestData": "request",
     "ExceptionData": "exception",
+    "EventData": "customEvent",
+    "MetricData": "customMetric",
 }
 # The JSONL sink still builds real envelopes; they need a syntactically valid key.
 OFFLINE_CONNECTION_STRING = (
@@ -51,6 +54,9 @@ def envelope_to_item(envelope) -> dict:
     if item_type == "exception":
         name = first.get("typeName")
         message = first.get("message")
+    metric = (base.get("metrics") or [{}])[0]
+    if item_type == "customMetric":
+        name = metric.get("name")
     return {
         "itemType": item_type,
         "time": envelope.get("time"),
@@ -66,6 +72,7 @@ def envelope_to_item(envelope) -> dict:
         "operation_name": tags.get("ai.operation.name"),
         "role": tags.get("ai.cloud.role"),
         "role_instance": tags.get("ai.cloud.roleInstance"),
+        "value": metric.get("value") if item_type == "customMetric" else None,
         "customDimensions": dict(base.get("properties") or {}),
         "stack": [dict(frame) for frame in first.get("parsedStack", [])] if first else None,
     }
@@ -132,6 +139,24 @@ class LogExporter(_SinkMixin, AzureLogHandler):
     def __init__(self, sink, **options):
         self._sink = sink
         super().__init__(**options)
+
+
+class MeasurementExporter(_SinkMixin, AzureEventHandler):
+    """``customEvents`` from log records, and ``customMetrics`` from records with a ``metric_value``."""
+
+    def __init__(self, sink, **options):
+        self._sink = sink
+        super().__init__(**options)
+
+    def log_record_to_envelope(self, record):
+        envelope = super().log_record_to_envelope(record)
+        value = getattr(record, "metric_value", None)
+        if value is not None:
+            envelope.name = "Microsoft.ApplicationInsights.Metric"
+            point = DataPoint(ns="", name=record.getMessage(), kind=0, value=float(value), count=1)
+            data = MetricData(metrics=[point], properties=envelope.data.baseData.properties)
+            envelope.data = Data(baseData=data, baseType="MetricData")
+        return envelope
 
 
 class SpanExporter(_SinkMixin, AzureExporter):

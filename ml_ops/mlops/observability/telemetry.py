@@ -6,7 +6,9 @@ One :class:`Telemetry` per task run sends three kinds of items:
 * ``dependencies``: one item per stage, from :meth:`Telemetry.span`, plus one ``requests``
   item for the task itself (the root of the operation);
 * ``exceptions``: from :meth:`Telemetry.record_exception`, from a stage that raises, and
-  from ``logger.exception``.
+  from ``logger.exception``;
+* ``customMetrics`` and ``customEvents``: from :meth:`Telemetry.track_metric` and
+  :meth:`Telemetry.track_event` (monitoring sends each metric and each violation).
 
 Every item carries the cloud role name (``<job>/<task>``), one operation id per task run,
 a parent id, and customDimensions (the settings' dimensions, :meth:`Telemetry.set_dimensions`,
@@ -43,7 +45,7 @@ from opencensus.trace.tracer import Tracer
 from mlops.errors import exception_chain
 from mlops.observability.log_filters import AddContext, ExportProblemsOnce, SelectLoggers
 from mlops.observability.exporters import (OFFLINE_CONNECTION_STRING, DiscardSink, JsonlSink, LogExporter,
-                                           SpanExporter, redact_tree, sync_queue)
+                                           MeasurementExporter, SpanExporter, redact_tree, sync_queue)
 from mlops.observability.redaction import (
     REDACTED,
     SecretRedactingFilter,
@@ -141,6 +143,7 @@ class Telemetry:
         self._raised_levels = {}
         self._log_exporter = None
         self._span_exporter = None
+        self._measurement_exporter = None
         self._problem_filter = ExportProblemsOnce(self)
         self.sink = SINK_DISABLED
 
@@ -212,8 +215,13 @@ class Telemetry:
         )
         self._log_exporter = LogExporter(sink, **options)
         self._span_exporter = SpanExporter(sink, **options)
-        for exporter in (self._log_exporter, self._span_exporter):
+        self._measurement_exporter = MeasurementExporter(sink, **options)
+        for exporter in self._exporters():
             exporter.add_telemetry_processor(self._process_envelope)
+
+    def _exporters(self):
+        return [exporter for exporter in (self._log_exporter, self._span_exporter, self._measurement_exporter)
+                if exporter is not None]
 
     def _attach_log_handler(self):
         handler = self._log_exporter
@@ -242,9 +250,7 @@ class Telemetry:
         """
         deadline = time.monotonic() + self.settings.flush_timeout
         delivered = True
-        for exporter in (self._log_exporter, self._span_exporter):
-            if exporter is None:
-                continue
+        for exporter in self._exporters():
             try:
                 delivered = sync_queue(exporter, deadline - time.monotonic()) and delivered
             except Exception as exc:
@@ -279,8 +285,9 @@ class Telemetry:
 
     def _close_exporters(self, timeout):
         try:
-            if self._log_exporter is not None:
-                self._log_exporter.close(timeout=timeout)
+            for handler in (self._log_exporter, self._measurement_exporter):
+                if handler is not None:
+                    handler.close(timeout=timeout)
             if self._span_exporter is not None:
                 self._span_exporter._stop(timeout)
         except Exception as exc:
@@ -394,6 +401,24 @@ class Telemetry:
             self._log_exporter.emit(record)
         except Exception as failure:
             self._warn_once("Cannot record an exception in telemetry: %s", type(failure).__name__)
+
+    def track_metric(self, name: str, value: float, **dimensions) -> None:
+        """One ``customMetrics`` item: ``name`` = ``value``, with the current dimensions."""
+        self._measure(name, dimensions, metric_value=float(value))
+
+    def track_event(self, name: str, **dimensions) -> None:
+        """One ``customEvents`` item named ``name``, with the current dimensions."""
+        self._measure(name, dimensions)
+
+    def _measure(self, name, dimensions, **attributes):
+        try:
+            record = logging.LogRecord(INTERNAL_LOGGER_NAME, logging.INFO, "", 0, "%s", (str(name),), None)
+            record.custom_dimensions = dict(dimensions)
+            record.__dict__.update(attributes)
+            self._annotate(record)
+            self._measurement_exporter.emit(record)
+        except Exception as failure:
+            self._warn_once("Cannot record a measurement in telemetry: %s", type(failure).__name__)
 
     def _annotate(self, record):
         extra = getattr(record, "custom_dimensions", None)

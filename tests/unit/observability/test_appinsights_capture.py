@@ -56,7 +56,7 @@ def test_a_configured_failure_status_stores_nothing(appinsights):  # noqa: F811
 
 
 def test_items_rejects_unknown_kinds(appinsights):  # noqa: F811
-    with pytest.raises(ValueError, match=r"unknown item kind 'trace'; use one of \['dependencies', "):
+    with pytest.raises(ValueError, match=r"unknown item kind 'trace'; use one of \['customEvents', "):
         appinsights.items("trace")
 
 

@@ -1,4 +1,5 @@
 """The README's Kusto queries use only fields that the orchestration layer really sends."""
+import datetime
 import logging
 import re
 from pathlib import Path
@@ -7,6 +8,8 @@ import pytest
 
 from mlops.config import TrainingConfig
 from mlops.errors import StageFailed
+from mlops.monitoring import signals
+from mlops.monitoring.decision import Decision, Violation
 from mlops.local.dbutils import LocalDbutils
 from mlops.orchestration import CONNECTION_STRING_ENV, task_run
 from support.appinsights import appinsights  # noqa: F401
@@ -14,7 +17,7 @@ from support.appinsights import appinsights  # noqa: F401
 README = Path(__file__).resolve().parents[3] / "README.md"
 
 TABLES = {"traces": "traces", "dependencies": "dependencies", "requests": "requests",
-          "exceptions": "exceptions"}
+          "exceptions": "exceptions", "customMetrics": "customMetrics", "customEvents": "customEvents"}
 COMMON_COLUMNS = {
     "timestamp": ("time",),
     "cloud_RoleName": ("tags", "ai.cloud.role"),
@@ -28,6 +31,8 @@ TABLE_COLUMNS = {
     # Application Insights derives these exception columns from the first exception detail.
     "exceptions": {"type": ("exceptions", 0, "typeName"), "outerMessage": ("exceptions", 0, "message"),
                    "details": ("exceptions",), "severityLevel": ("severityLevel",)},
+    "customMetrics": {"name": ("metrics", 0, "name"), "value": ("metrics", 0, "value")},
+    "customEvents": {"name": ("name",)},
 }
 ALL_COLUMNS = set(COMMON_COLUMNS) | {column for columns in TABLE_COLUMNS.values() for column in columns}
 
@@ -100,14 +105,25 @@ def captured(appinsights, mlflow_tracking, mlops_home, monkeypatch):  # noqa: F8
     with pytest.raises(StageFailed, match="stage 'training' failed"):
         with task_run("train", TrainingConfig(), None, dbutils) as run:
             run.stage("feature_engineering", build)
+            signals.send(run.telemetry, [], [DRIFTED_COLUMN], MONITORING_DECISION, "taxi_fares")
             run.stage("training", fail)
     assert appinsights.wait_for(lambda capture: capture.items("exceptions"), timeout=10)
     return appinsights
 
 
-def test_readme_has_the_three_queries():
+# One monitored column that drifted, as the monitoring job sends it.
+WINDOW_START = datetime.datetime(2016, 3, 1)
+DRIFTED_COLUMN = {"window": {"start": WINDOW_START, "end": WINDOW_START + datetime.timedelta(days=1)},
+                  "granularity": "1 day", "model_version": "3", "column_name": "trip_distance",
+                  "status": "violation", "population_stability_index": 0.6,
+                  "wasserstein_distance_normalized": 0.4, "ks_test": {"statistic": 0.3, "pvalue": 1e-9}}
+MONITORING_DECISION = Decision(True, "retrain: 2 of the last 5 windows with data over threshold", [], [
+    Violation("2016-03-01T00:00:00", "3", "trip_distance", "population_stability_index", 0.6, 0.2)])
+
+
+def test_readme_has_the_queries():
     queries = kusto_queries()
-    assert len(queries) == 3
+    assert len(queries) == 5
     assert any("mlflow_run_id" in query for query in queries)
     assert any("success == false" in query and "exceptions" in query for query in queries)
 

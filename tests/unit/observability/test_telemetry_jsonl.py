@@ -12,7 +12,7 @@ from .conftest import DATABRICKS_TOKEN, PLANTED_VALUES, SAS_URL, STORAGE_CONNECT
 
 ITEM_FIELDS = {"itemType", "time", "name", "message", "severityLevel", "id", "duration_ms", "success",
                "resultCode", "operation_id", "parent_id", "operation_name", "role", "role_instance",
-               "customDimensions", "stack"}
+               "customDimensions", "stack", "value"}
 
 
 def _read(path):

@@ -1,0 +1,57 @@
+"""Monitoring results as Application Insights telemetry, for Azure Monitor alert rules.
+
+Each metric of each window is a ``customMetrics`` item named ``monitoring.<metric>``; each
+violation is a ``customEvents`` item named ``monitoring.violation``; the decision is one
+``monitoring.decision`` event. All carry the model name and version, the column and the
+window in customDimensions, so a log alert can filter and group on them.
+"""
+from mlops.monitoring.drift import INSUFFICIENT, TABLE_COLUMN
+
+METRIC_PREFIX = "monitoring."
+VIOLATION_EVENT = "monitoring.violation"
+DECISION_EVENT = "monitoring.decision"
+DRIFT_METRICS = ("population_stability_index", "wasserstein_distance_normalized")
+COLUMN_METRICS = ("percent_null", "percent_out_of_range", "avg")
+QUALITY_METRICS = ("count", "labelled_count", "root_mean_squared_error", "mean_absolute_error",
+                   "mean_absolute_percentage_error", "r2_score", "mean_error", "rmse_ratio")
+
+
+def _dimensions(row: dict, model_name: str, status_key: str) -> dict:
+    start = row["window"]["start"]
+    return {"model_name": model_name, "model_version": row["model_version"],
+            "column_name": row["column_name"],
+            "window_start": start.isoformat() if hasattr(start, "isoformat") else str(start),
+            "granularity": row["granularity"], "status": row.get(status_key) or ""}
+
+
+def metric_items(profile_rows: list[dict], drift_rows: list[dict], model_name: str) -> list:
+    """(metric name, value, dimensions) for every measured value of the windows."""
+    items = []
+    for row in drift_rows:
+        if row["status"] == INSUFFICIENT:
+            continue
+        dimensions = _dimensions(row, model_name, "status")
+        values = {name: row[name] for name in DRIFT_METRICS}
+        values |= {"ks_statistic": row["ks_test"]["statistic"], "ks_pvalue": row["ks_test"]["pvalue"]}
+        items += [(METRIC_PREFIX + name, value, dimensions) for name, value in values.items()]
+    for row in profile_rows:
+        table = row["column_name"] == TABLE_COLUMN
+        dimensions = _dimensions(row, model_name, "quality_status")
+        items += [(METRIC_PREFIX + name, row.get(name), dimensions)
+                  for name in (QUALITY_METRICS if table else COLUMN_METRICS)]
+    return [(name, float(value), dimensions) for name, value, dimensions in items if value is not None]
+
+
+def send(telemetry, profile_rows: list[dict], drift_rows: list[dict], decision, model_name: str) -> int:
+    """Send every metric, violation and the decision; returns the number of items sent."""
+    items = metric_items(profile_rows, drift_rows, model_name)
+    for name, value, dimensions in items:
+        telemetry.track_metric(name, value, **dimensions)
+    for violation in decision.violations:
+        telemetry.track_event(VIOLATION_EVENT, model_name=model_name, model_version=violation.model_version,
+                              column_name=violation.column_name, window_start=violation.window_start,
+                              metric=violation.metric, value=f"{violation.value:.6g}",
+                              limit=f"{violation.limit:.6g}")
+    telemetry.track_event(DECISION_EVENT, model_name=model_name,
+                          retrain_required=str(decision.retrain_required).lower(), reason=decision.reason)
+    return len(items) + len(decision.violations) + 1
