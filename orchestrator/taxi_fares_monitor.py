@@ -32,8 +32,9 @@ config = MonitoringConfig.from_notebook(dbutils)
 # COMMAND ----------
 
 with task_run("monitor", config, spark, dbutils) as run:
-    decision = run.stage("monitor", monitor_inference_log)
+    decision, report_uri = run.stage("monitor", monitor_inference_log)
 print(decision.reason)
+print(f"report: {report_uri}")
 
 # COMMAND ----------
 

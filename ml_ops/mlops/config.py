@@ -320,6 +320,10 @@ class MonitoringConfig(JobConfig):
     drift_exempt_columns: str = "pickup_day_of_week,is_weekend"
     retrain_on: str = "drift_or_quality"
     retraining_range_days: int = 30
+    # "spark" runs everywhere; "lakehouse" has Databricks Lakehouse Monitoring compute the tables.
+    monitoring_backend: str = "spark"
+    lakehouse_assets_dir: str = "/Shared/taxi_fares/dev/monitoring"
+    lakehouse_refresh_timeout_minutes: int = 60
     # Thresholds and the rule default to the monitor's own defaults.
     monitoring_granularity: str = MonitoringSettings.granularity
     monitoring_min_rows: int = MonitoringSettings.min_rows
@@ -331,12 +335,15 @@ class MonitoringConfig(JobConfig):
     retrain_min_violations: int = MonitoringSettings.retrain_min_violations
     retrain_cooldown_days: int = MonitoringSettings.cooldown_days
 
-    CHOICES: ClassVar[dict] = {**JobConfig.CHOICES, "retrain_on": ("drift", "quality", "drift_or_quality")}
+    CHOICES: ClassVar[dict] = {**JobConfig.CHOICES, "retrain_on": ("drift", "quality", "drift_or_quality"),
+                               "monitoring_backend": ("spark", "lakehouse")}
 
     def validate(self):
         super().validate()
         _require(self, "monitoring_windows", self.monitoring_windows >= 1, "at least 1")
         _require(self, "retraining_range_days", self.retraining_range_days >= 1, "at least 1")
+        _require(self, "lakehouse_refresh_timeout_minutes", self.lakehouse_refresh_timeout_minutes >= 1,
+                 "at least 1")
         self.settings()
         start, end = self.monitoring_range()
         if start > end:

@@ -11,7 +11,8 @@ machine-to-machine endpoints ``/oidc/.well-known/oauth-authorization-server`` an
 ``workspace/{mkdirs,import,get-status,list}``,
 ``mlflow/experiments/{get-by-name,create}``, ``dbfs/{mkdirs,create,add-block,close,get-status,put}``,
 ``fs/directories`` and ``fs/files`` (Unity Catalog Volumes), ``jobs/{list,create,reset,get,run-now}``
-and ``jobs/runs/get`` under API versions 2.0 to 2.2.
+``jobs/runs/get``, and Lakehouse Monitoring's ``unity-catalog/tables/{table}/monitor`` (get,
+create, update) and ``.../monitor/refreshes`` (run, get) under API versions 2.0 to 2.2.
 """
 import base64
 import dataclasses
@@ -30,6 +31,7 @@ FAKE_TOKEN = "dapi" + "0123456789abcdef" * 2
 CLIENT_ID = "5f3c1f0e-0000-4000-8000-00000000c1d0"
 CLIENT_SECRET = "dose" + "0123456789abcdef" * 2
 _API_PATH = re.compile(r"^/api/2\.[0-9]/(?P<endpoint>.+)$")
+_MONITOR_PATH = re.compile(r"^unity-catalog/tables/(?P<table>[^/]+)/monitor(?P<rest>/refreshes(?:/\d+)?)?$")
 
 
 @dataclasses.dataclass
@@ -74,6 +76,10 @@ class DatabricksApi:
         self.runs = {}
         self.run_result_state = "SUCCESS"
         self.run_life_cycle_state = "TERMINATED"
+        # Lakehouse Monitoring: table full name -> monitor, and its refreshes.
+        self.monitors = {}
+        self.refreshes = {}
+        self.refresh_outcome = ("SUCCESS", "")
         self._handles = {}
         self._next_id = 100
         self._failures = []
@@ -174,6 +180,11 @@ class DatabricksApi:
             return self._volume_directory(request.method, "/" + endpoint[len("fs/directories/"):])
         if endpoint.startswith("fs/files/"):
             return self._volume_file(request.method, "/" + endpoint[len("fs/files/"):], request)
+        monitor = _MONITOR_PATH.match(endpoint)
+        if monitor:
+            body = json.loads(request.body) if request.body else {}
+            answer = self._quality_monitor(request.method, monitor["table"], monitor["rest"], body)
+            return self._json(200, answer)
         handler = handlers.get((request.method, endpoint))
         if handler is None:
             self.unhandled.append(request)
@@ -328,6 +339,45 @@ class DatabricksApi:
             return 200, {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}, \
                 (data if method == "GET" else b"")
         raise ApiError(405, "METHOD_NOT_ALLOWED", f"{method} is not supported on fs/files")
+
+    # ------------------------------------------------------------ Lakehouse Monitoring
+
+    def _quality_monitor(self, method, table, rest, body):
+        """``quality_monitors`` get, create, update, run_refresh and get_refresh of one table."""
+        monitor = self.monitors.get(table)
+        if method == "POST" and not rest:
+            if monitor is not None:
+                raise ApiError(409, "RESOURCE_ALREADY_EXISTS", f"Monitor already exists for table {table}")
+            short = table.rsplit(".", 1)[-1]
+            schema = body["output_schema_name"]
+            self.monitors[table] = {**body, "table_name": table, "status": "MONITOR_STATUS_ACTIVE",
+                                    "monitor_version": 1,
+                                    "profile_metrics_table_name": f"{schema}.{short}_profile_metrics",
+                                    "drift_metrics_table_name": f"{schema}.{short}_drift_metrics"}
+            return self.monitors[table]
+        if monitor is None:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Monitor for table {table} does not exist")
+        if not rest:
+            if method == "PUT":
+                monitor.update(body, monitor_version=monitor["monitor_version"] + 1)
+            return monitor
+        refreshes = self.refreshes.setdefault(table, [])
+        if method == "POST":
+            self._next_id += 1
+            refreshes.append({"refresh_id": self._next_id, "state": "PENDING", "trigger": "MANUAL",
+                              "start_time_ms": int(time.time() * 1000)})
+            return refreshes[-1]
+        refresh_id = int(rest.rsplit("/", 1)[-1])
+        refresh = next((item for item in refreshes if item["refresh_id"] == refresh_id), None)
+        if refresh is None:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Refresh {refresh_id} does not exist")
+        # Each read moves the refresh on: PENDING, RUNNING, then the configured outcome.
+        if refresh["state"] == "PENDING":
+            refresh["state"] = "RUNNING"
+        elif refresh["state"] == "RUNNING":
+            refresh["state"], refresh["message"] = self.refresh_outcome
+            refresh["end_time_ms"] = int(time.time() * 1000)
+        return refresh
 
     # ------------------------------------------------------------ jobs
 

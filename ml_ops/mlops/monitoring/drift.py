@@ -85,13 +85,27 @@ def column_metrics(sums: dict, name: str, profile: ReferenceProfile, settings: M
     distance = float(np.mean(np.abs(np.asarray(sums[f"{name}__quantiles"], dtype=float)
                                     - np.asarray(reference.quantiles, dtype=float))))
     normalized = distance / reference.std if reference.std > 0 else (0.0 if distance == 0 else math.inf)
-    drifted = population_psi > max(settings.psi_threshold, by_chance) and p_value < settings.alpha \
-        and normalized >= settings.wasserstein_threshold
     drift_row.update(population_stability_index=population_psi, psi_by_chance=by_chance,
                      ks_test={"statistic": statistic, "pvalue": p_value}, wasserstein_distance=distance,
                      wasserstein_distance_normalized=normalized,
-                     status=EXEMPT if name in settings.exempt_columns else VIOLATION if drifted else OK)
+                     status=drift_status(name, population_psi, by_chance, p_value, normalized, settings))
     return profile_row, drift_row
+
+
+def drift_status(name: str, population_psi: float, by_chance: float, p_value: float, normalized: float,
+                 settings: MonitoringSettings) -> str:
+    """Violation only when the change is large and unlikely by chance; exempt columns are never judged."""
+    if name in settings.exempt_columns:
+        return EXEMPT
+    drifted = population_psi > max(settings.psi_threshold, by_chance) and p_value < settings.alpha \
+        and normalized >= settings.wasserstein_threshold
+    return VIOLATION if drifted else OK
+
+
+def quality_status(ratio: float, rows: int, settings: MonitoringSettings) -> tuple[str, float]:
+    """(status, chance level) of an rmse ratio measured on ``rows`` labelled rows."""
+    by_chance = rmse_ratio_by_chance(rows, settings.alpha)
+    return (VIOLATION if ratio > max(settings.rmse_ratio_threshold, by_chance) else OK), by_chance
 
 
 def quality_metrics(sums: dict, profile: ReferenceProfile, settings: MonitoringSettings) -> dict:
@@ -106,14 +120,14 @@ def quality_metrics(sums: dict, profile: ReferenceProfile, settings: MonitoringS
     rmse = math.sqrt(squared)
     total = sums["label_square_sum"] - sums["label_sum"] ** 2 / labelled
     ratio = rmse / profile.error["rmse"] if profile.error.get("rmse") else math.inf
-    by_chance = rmse_ratio_by_chance(labelled, settings.alpha)
+    status, by_chance = quality_status(ratio, labelled, settings)
     row.update(mean_squared_error=squared, root_mean_squared_error=rmse,
                mean_absolute_error=sums["absolute_error_sum"] / labelled,
                mean_absolute_percentage_error=(100.0 * sums["percentage_error_sum"] / sums["percentage_rows"]
                                                if sums["percentage_rows"] else None),
                r2_score=1 - sums["squared_error_sum"] / total if total > 0 else None,
                mean_error=sums["error_sum"] / labelled, rmse_ratio=ratio, rmse_ratio_by_chance=by_chance,
-               quality_status=VIOLATION if ratio > max(settings.rmse_ratio_threshold, by_chance) else OK)
+               quality_status=status)
     return row
 
 

@@ -61,9 +61,11 @@ def metric_table_names(predictions_table: str) -> dict:
 class MonitoringResult:
     profile_rows: list
     drift_rows: list
-    versions: list
-    start: datetime.date
-    end: datetime.date
+    profiles: dict
+
+    @property
+    def versions(self) -> list:
+        return sorted(self.profiles, key=lambda version: (len(version), version))
 
 
 # ---------------------------------------------------------------- reference profiles
@@ -110,7 +112,7 @@ def monitor_range(tables, predictions_table: str, model_name: str, feature_names
     versions = sorted(row[0] for row in log.select(engine.MODEL_VERSION).distinct().collect())
     if not versions:
         logger.warning("no inference log rows between %s and %s: nothing to monitor", start, end)
-        return MonitoringResult([], [], [], start, end)
+        return MonitoringResult([], [], {})
     profiles = load_profiles(tables, predictions_table, model_name, versions)
     columns = monitored_columns(feature_names)
     profile_rows, drift_rows = [], []
@@ -119,14 +121,20 @@ def monitor_range(tables, predictions_table: str, model_name: str, feature_names
         window_profile, window_drift = drift.window_metrics(sums, profile, columns, settings)
         profile_rows += window_profile
         drift_rows += window_drift
-    if require_labels and not any(row.get("labelled_count") for row in profile_rows):
-        raise DataError(f"the inference log {predictions_table} has no labels between {start} and {end}, "
-                        "and the retraining rule needs model quality; fill them with the scoring job's "
-                        "merge_labels task (execute_label_merge=true) first")
+    if require_labels:
+        check_labels(profile_rows, predictions_table, start, end)
     _write_metrics(tables, predictions_table, profile_rows, drift_rows)
     logger.info("monitored %d window(s) of version(s) %s between %s and %s",
                 len({row["window"]["start"] for row in profile_rows}), ", ".join(versions), start, end)
-    return MonitoringResult(profile_rows, drift_rows, versions, start, end)
+    return MonitoringResult(profile_rows, drift_rows, profiles)
+
+
+def check_labels(profile_rows: list, predictions_table: str, start, end) -> None:
+    """DataError naming the label merge when no monitored window has labels."""
+    if not any(row.get("labelled_count") for row in profile_rows):
+        raise DataError(f"the inference log {predictions_table} has no labels between {start} and {end}, "
+                        "and the retraining rule needs model quality; fill them with the scoring job's "
+                        "merge_labels task (execute_label_merge=true) first")
 
 
 def _with_window_start(rows: list[dict]) -> list[dict]:

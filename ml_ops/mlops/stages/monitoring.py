@@ -2,7 +2,8 @@
 
 The monitored windows' metrics go to ``<predictions table>_profile_metrics`` and
 ``_drift_metrics``; the decision goes out as task values for the job's ``check`` condition:
-``retrain_required`` ("true"/"false"), ``reason``, ``violated_windows`` and ``violations``, and
+``retrain_required`` ("true"/"false"), ``reason``, ``violated_windows``, ``violations``, ``report``
+(the HTML report's artifact URI), and
 the training range a retraining would use (``training_data_start_date``,
 ``training_data_end_date``: the ``retraining_range_days`` up to the last monitored day).
 """
@@ -14,10 +15,14 @@ from taxi_fares import features
 
 from mlops.lifecycle.registry import RegistryClient
 from mlops.monitoring.decision import Decision, decide
+from mlops.monitoring import report, signals
 from mlops.monitoring.drift import TABLE_COLUMN
-from mlops.monitoring.monitor import monitor_range
+from mlops.monitoring.lakehouse import monitor_with_lakehouse
+from mlops.monitoring.monitor import check_labels, monitor_range
 
 logger = logging.getLogger(__name__)
+
+LAKEHOUSE = "lakehouse"
 
 
 def _last_trained_at(registry: RegistryClient) -> datetime.datetime | None:
@@ -36,14 +41,24 @@ def _rows_the_rule_uses(result, retrain_on: str) -> tuple[list, list]:
     return profile_rows, drift_rows
 
 
-def monitor_inference_log(run) -> Decision:
-    """Monitor the configured range, write the metric tables, decide, and hand the decision on."""
+def monitor_inference_log(run) -> tuple[Decision, str]:
+    """Monitor the configured range, write the metric tables, decide, and hand the decision on.
+
+    Returns the decision and the URI of the HTML report logged to the task's MLflow run.
+    """
     config = run.config
     settings = config.settings()
     start, end = config.monitoring_range()
-    result = monitor_range(run.tables, config.predictions_table, config.registered_model_name,
-                           features.FEATURE_COLUMNS, settings, start, end,
-                           require_labels=config.retrain_on == "quality")
+    needs_labels = config.retrain_on == "quality"
+    if config.monitoring_backend == LAKEHOUSE:
+        from databricks.sdk import WorkspaceClient
+
+        result = monitor_with_lakehouse(WorkspaceClient(), run.tables, config, settings, start, end)
+        if needs_labels:
+            check_labels(result.profile_rows, config.predictions_table, start, end)
+    else:
+        result = monitor_range(run.tables, config.predictions_table, config.registered_model_name,
+                               features.FEATURE_COLUMNS, settings, start, end, require_labels=needs_labels)
     registry = RegistryClient.from_config(config)
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     decision = decide(*_rows_the_rule_uses(result, config.retrain_on), settings, _last_trained_at(registry),
@@ -59,7 +74,13 @@ def monitor_inference_log(run) -> Decision:
                         "windows_violated": len(values["violated_windows"]),
                         "violations": len(decision.violations)})
     mlflow.set_tags({"retrain_required": values["retrain_required"], "monitoring.reason": decision.reason})
+    sent = signals.send(run.telemetry, result.profile_rows, result.drift_rows, decision,
+                        config.registered_model_name)
+    report_uri = report.log_report(mlflow, result, settings, decision,
+                                   f"{config.registered_model_name}: monitoring {start} to {end}")
+    run.set_task_value("report", report_uri)
     logger.info("monitoring %s to %s: %s", start, end, decision.reason)
     for violation in decision.violations[:20]:
-        logger.warning("violation: %s", violation)
-    return decision
+        logger.warning("violation: %s", violation.line())
+    logger.info("%d metrics and events sent to telemetry; report: %s", sent, report_uri)
+    return decision, report_uri

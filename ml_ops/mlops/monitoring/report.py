@@ -1,0 +1,181 @@
+"""The monitoring report: three figures and one self-contained HTML page.
+
+* ``distributions.png``: per column, the reference's quantile curve against the latest
+  window's, with that window's PSI and status;
+* ``psi.png``: per column, the largest PSI over the windows, the threshold, and the level
+  chance reaches at that window's size;
+* ``rmse.png``: rmse per window and model version, the limit (reference rmse x
+  ``rmse_ratio_threshold``), and the retraining decision.
+
+The HTML embeds the figures (base64 PNG), the decision, the violations and a window table, so
+it opens anywhere without the MLflow server.
+"""
+import base64
+import html
+import io
+import math
+
+from mlops.lifecycle import plots
+from mlops.monitoring.drift import INSUFFICIENT, TABLE_COLUMN, VIOLATION
+
+plt = plots.plt
+FIGURE_NAMES = ("distributions", "psi", "rmse")
+ARTIFACT_FOLDER = "monitoring"
+REPORT_NAME = "report.html"
+COLORS = {"reference": "#718096", "current": "#2b6cb0", VIOLATION: "#c53030", "ok": "#2f855a",
+          "exempt": "#cbd5e0"}
+
+
+def _judged(rows: list[dict], status_key: str) -> list[dict]:
+    return [row for row in rows if row.get(status_key) not in (None, INSUFFICIENT)]
+
+
+def distributions_figure(profile_rows: list[dict], drift_rows: list[dict], profiles: dict):
+    """Reference against the latest judged window, one panel per column."""
+    latest = {}
+    for row in sorted(_judged(drift_rows, "status"), key=lambda row: row["window"]["start"]):
+        latest[row["column_name"]] = row
+    quantiles = {(row["window"]["start"], row["model_version"], row["column_name"]): row["quantiles"]
+                 for row in profile_rows if row["column_name"] != TABLE_COLUMN}
+    names = sorted(latest)
+    columns = 4
+    rows = max(1, math.ceil(len(names) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for panel, name in zip(axes.flat, names):
+        drift = latest[name]
+        reference = profiles[drift["model_version"]].column(name)
+        current = quantiles.get((drift["window"]["start"], drift["model_version"], name)) or []
+        levels = [(index + 0.5) / len(reference.quantiles) for index in range(len(reference.quantiles))]
+        panel.plot(reference.quantiles, levels, color=COLORS["reference"], label="reference")
+        if current:
+            panel.plot(current, [(index + 0.5) / len(current) for index in range(len(current))],
+                       color=COLORS.get(drift["status"], COLORS["current"]), label=_day(drift))
+        panel.set_title(f"{name}\nPSI {drift['population_stability_index']:.3f} ({drift['status']})",
+                        fontsize=9)
+        panel.set_ylabel("share of rows at or below", fontsize=7)
+        panel.tick_params(labelsize=7)
+        panel.legend(fontsize=7)
+    for panel in list(axes.flat)[len(names):]:
+        panel.axis("off")
+    figure.suptitle("Reference (version's held-out rows) against the latest window")
+    figure.tight_layout()
+    return figure
+
+
+def psi_figure(drift_rows: list[dict], psi_threshold: float):
+    """The largest PSI of each column over the windows, with the threshold and the chance level."""
+    worst = {}
+    for row in _judged(drift_rows, "status"):
+        if row["population_stability_index"] >= worst.get(row["column_name"], {}).get(
+                "population_stability_index", -1):
+            worst[row["column_name"]] = row
+    names = sorted(worst, key=lambda name: worst[name]["population_stability_index"])
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) + 1.8))
+    values = [worst[name]["population_stability_index"] for name in names]
+    axes.barh(names, values, color=[COLORS.get(worst[name]["status"], COLORS["current"]) for name in names])
+    axes.scatter([worst[name]["psi_by_chance"] for name in names], names, marker="|", s=200, color="black",
+                 label="chance level at the window's size", zorder=3)
+    axes.axvline(psi_threshold, color=COLORS[VIOLATION], linestyle="--",
+                 label=f"psi_threshold {psi_threshold}")
+    axes.set_xlabel("population stability index, largest over the windows "
+                    "(red: violation, green: ok, grey: exempt)")
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def rmse_figure(profile_rows: list[dict], profiles: dict, rmse_ratio_threshold: float, decision):
+    """rmse per window and version, with the limit and the retraining decision."""
+    figure, axes = plt.subplots(figsize=(9, 4))
+    quality = [row for row in _judged(profile_rows, "quality_status") if row["column_name"] == TABLE_COLUMN]
+    for version in sorted({row["model_version"] for row in quality}):
+        own = sorted((row for row in quality if row["model_version"] == version),
+                     key=lambda row: row["window"]["start"])
+        starts = [row["window"]["start"] for row in own]
+        axes.plot(starts, [row["root_mean_squared_error"] for row in own], marker="o",
+                  label=f"version {version} rmse")
+        limit = profiles[version].error.get("rmse", math.nan) * rmse_ratio_threshold
+        axes.axhline(limit, color=COLORS[VIOLATION], linestyle="--",
+                     label=f"version {version} limit {limit:.2f} (reference x {rmse_ratio_threshold})")
+        axes.scatter([row["window"]["start"] for row in own if row["quality_status"] == VIOLATION],
+                     [row["root_mean_squared_error"] for row in own if row["quality_status"] == VIOLATION],
+                     color=COLORS[VIOLATION], zorder=3, s=60)
+    if not quality:
+        axes.text(0.5, 0.5, "no labelled window with enough rows", ha="center", transform=axes.transAxes)
+    axes.set_ylabel("rmse")
+    axes.set_ylim(bottom=0)
+    axes.set_title(("RETRAIN: " if decision.retrain_required else "no retraining: ") + decision.reason,
+                   fontsize=8, wrap=True)
+    axes.legend(fontsize=8)
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    return figure
+
+
+def build_figures(result, settings, decision) -> dict:
+    profiles = result.profiles
+    return {"distributions": distributions_figure(result.profile_rows, result.drift_rows, profiles),
+            "psi": psi_figure(result.drift_rows, settings.psi_threshold),
+            "rmse": rmse_figure(result.profile_rows, profiles, settings.rmse_ratio_threshold, decision)}
+
+
+def png_bytes(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+def render_html(title: str, images: dict, decision, profile_rows: list[dict]) -> str:
+    """One page: the decision, the figures inline, the violations and the windows."""
+    escape = html.escape
+    figures = "".join(f'<h2>{escape(name)}</h2><img alt="{escape(name)}" '
+                      f'src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+                      for name, data in images.items())
+    violations = "".join(f"<li>{escape(violation.line())}</li>" for violation in decision.violations) \
+        or "<li>none</li>"
+    table_rows = sorted((row for row in profile_rows if row["column_name"] == TABLE_COLUMN),
+                        key=lambda row: (row["window"]["start"], row["model_version"]))
+    windows = "".join(
+        f"<tr><td>{escape(_day(row))}</td><td>{escape(row['model_version'])}</td><td>{row['count']}</td>"
+        f"<td>{row.get('labelled_count') or 0}</td><td>{_number(row.get('root_mean_squared_error'))}</td>"
+        f"<td>{_number(row.get('rmse_ratio'))}</td>"
+        f"<td>{escape(row.get('quality_status') or '')}</td></tr>"
+        for row in table_rows)
+    states = "".join(f"<li>{escape(start)}: {escape(state)}</li>" for start, state in decision.windows)
+    verdict = "retraining required" if decision.retrain_required else "no retraining"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}img{{max-width:100%}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style>
+</head><body><h1>{escape(title)}</h1>
+<p><strong>{verdict}</strong>: {escape(decision.reason)}</p>
+<h2>Windows</h2><ul>{states}</ul>
+<h2>Violations</h2><ul>{violations}</ul>{figures}
+<h2>Model quality per window</h2><table><tr><th>window</th><th>version</th><th>rows</th><th>labelled</th>
+<th>rmse</th><th>rmse ratio</th><th>status</th></tr>{windows}</table>
+</body></html>
+"""
+
+
+def log_report(mlflow_module, result, settings, decision, title: str) -> str:
+    """Log the PNGs and the HTML page to the active MLflow run; returns the page's artifact URI."""
+    figures = build_figures(result, settings, decision)
+    try:
+        images = {name: png_bytes(figure) for name, figure in figures.items()}
+        for name, figure in figures.items():
+            mlflow_module.log_figure(figure, f"{ARTIFACT_FOLDER}/{name}.png")
+    finally:
+        for figure in figures.values():
+            plots.close(figure)
+    mlflow_module.log_text(render_html(title, images, decision, result.profile_rows),
+                           f"{ARTIFACT_FOLDER}/{REPORT_NAME}")
+    return f"{mlflow_module.get_artifact_uri(ARTIFACT_FOLDER)}/{REPORT_NAME}"
+
+
+def _day(row: dict) -> str:
+    start = row["window"]["start"]
+    return start.isoformat() if hasattr(start, "isoformat") else str(start)
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.3f}"
