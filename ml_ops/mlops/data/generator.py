@@ -16,8 +16,8 @@ def parse_date(text):
 
 
 def generate(spark, rows, start_date, end_date, output, seed=0, output_format="parquet",
-             drift=None, partitions=None):
-    """Generate ``rows`` trips in Spark and write them to ``output``; returns the local path."""
+             drift=None, partitions=None, append=False):
+    """Generate ``rows`` trips in Spark and write (or ``append``) them to ``output``; returns the path."""
     from taxi_fares.data import generate_trips
 
     if start_date > end_date:
@@ -29,7 +29,7 @@ def generate(spark, rows, start_date, end_date, output, seed=0, output_format="p
     if partitions:
         trips = trips.repartition(partitions)
     target = platform.driver_path(output)
-    writer = trips.write.mode("overwrite")
+    writer = trips.write.mode("append" if append else "overwrite")
     if output_format == "csv":
         writer.option("header", "true").csv(str(target))
     else:

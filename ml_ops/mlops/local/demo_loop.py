@@ -1,0 +1,105 @@
+"""The second half of ``make demo``: monitoring watches the Champion, drift arrives, retraining follows.
+
+February is monitored first (no drift, no retraining). Then March arrives with longer trips
+and dearer fares (the generator's distance and fare shifts); it is scored and monitored, the
+violations and the rmse rise are shown, and the monitoring job's ``retrain`` task runs the
+training job, whose new version is validated and judged against the Champion.
+"""
+import datetime
+import json
+from pathlib import Path
+
+from pyspark.sql import functions as F
+from taxi_fares.data import DriftSettings
+
+from mlops.config import MonitoringConfig
+from mlops.data.generator import generate
+from mlops.data.tables import TableStore
+from mlops.lifecycle.model_admin import format_table
+from mlops.monitoring.drift import TABLE_COLUMN
+from mlops.monitoring.monitor import metric_table_names
+from mlops.platform.home import mlops_home
+
+MONITORING_JOB = Path("databricks_jobs/taxi_fares_monitoring.json")
+MARCH = (datetime.date(2016, 3, 1), datetime.date(2016, 3, 31))
+MARCH_DRIFT = DriftSettings(distance_scale=1.5, fare_scale=1.5)
+
+
+def _monitor(start: datetime.date, end: datetime.date, shared: dict, run):
+    record = run(MONITORING_JOB, {**shared, "monitoring_start_date": start.isoformat(),
+                                  "monitoring_end_date": end.isoformat(),
+                                  # The demo's Champion was trained minutes ago: no cooldown here.
+                                  "retrain_cooldown_days": "0"})
+    values = record.tasks["monitor"]["task_values"]
+    print(f"decision: retrain_required={values['retrain_required']}: {values['reason']}")
+    print(f"windows over threshold: {len(values['violated_windows'])} of "
+          f"{(end - start).days + 1}; check outcome: {record.tasks['check'].get('outcome')}; "
+          f"retrain task: {record.tasks['retrain']['state']}")
+    print(f"report: {values['report']}")
+    return record
+
+
+def _print_drift(spark, config: MonitoringConfig, start: datetime.date, end: datetime.date):
+    """Windows over threshold per column, from the drift metrics table."""
+    tables = TableStore(spark, config.table_location, "delta")
+    drifted = (tables.read(metric_table_names(config.predictions_table)["drift"])
+               .where(F.to_date("window.start").between(F.lit(start), F.lit(end)))
+               .where(F.col("status") == "violation")
+               .groupBy("column_name").agg(F.count("*").alias("windows"),
+                                           F.max("population_stability_index").alias("psi"))
+               .orderBy(F.desc("windows"), "column_name").collect())
+    print(format_table(["drifted column", "windows", "largest PSI"],
+                       [[row.column_name, row.windows, f"{row.psi:.3f}"] for row in drifted]))
+
+
+def _print_quality(spark, config: MonitoringConfig):
+    """Mean rmse and drift of the monitored months, from the metric tables."""
+    tables = TableStore(spark, config.table_location, "delta")
+    names = metric_table_names(config.predictions_table)
+    month = F.date_format(F.col("window.start"), "yyyy-MM").alias("month")
+    quality = (tables.read(names["profile"]).where(F.col("column_name") == TABLE_COLUMN)
+               .groupBy(month).agg(F.count("*").alias("windows"),
+                                   F.avg("root_mean_squared_error").alias("rmse"),
+                                   F.avg("rmse_ratio").alias("ratio")).orderBy("month").collect())
+    print(format_table(["month", "windows", "mean rmse", "rmse / reference"],
+                       [[row.month, row.windows, f"{row.rmse:.3f}", f"{row.ratio:.2f}"] for row in quality]))
+
+
+def _print_retraining(record):
+    retrain = record.tasks["retrain"]
+    child_id = retrain.get("child_run_id")
+    if not child_id:
+        print("the retrain task did not start the training job")
+        return
+    child = json.loads((mlops_home() / "runs" / f"{child_id}.json").read_text())
+    parameters = retrain["job_parameters"]
+    span = f"{parameters['training_data_start_date']}..{parameters['training_data_end_date']}"
+    print(f"retrain started {child['job_name']} run {child_id} on {span}: {child['state']}")
+    validate = child["tasks"].get("validate", {}).get("task_values", {})
+    deploy = child["tasks"].get("deploy", {}).get("task_values", {})
+    print(f"new version {validate.get('model_version', '?')}: "
+          f"validation {validate.get('validation_status', '?')}")
+    if deploy:
+        print(f"promotion: {deploy.get('promotion_decision')}: {deploy.get('promotion_reason')}")
+        print(f"Champion is now version {deploy.get('champion_version') or 'unchanged'}")
+
+
+def close_the_loop(spark, raw_data: str, rows: int, run, banner):
+    """Monitor February, add a drifted March, score and monitor it, and let retraining run."""
+    shared = {"taxi_fares_raw_data": raw_data}
+    banner("Monitoring February 2016 (the Champion's first scored month)")
+    february = _monitor(datetime.date(2016, 2, 1), datetime.date(2016, 2, 29), shared, run)
+    config = MonitoringConfig.from_params(february.tasks["monitor"]["parameters"])
+    banner(f"March 2016 arrives with drift: trips x{MARCH_DRIFT.distance_scale} longer, "
+           f"fares x{MARCH_DRIFT.fare_scale}")
+    generate(spark, rows // 2, *MARCH, raw_data, seed=8, drift=MARCH_DRIFT, append=True)
+    run(Path("databricks_jobs/taxi_fares_batch_scoring.json"),
+        {**shared, "scoring_data_start_date": MARCH[0].isoformat(),
+         "scoring_data_end_date": MARCH[1].isoformat(), "publish_results": "false"})
+    banner("Monitoring March 2016")
+    march = _monitor(*MARCH, shared, run)
+    _print_drift(spark, config, *MARCH)
+    _print_quality(spark, config)
+    banner("Retraining (the monitoring job's retrain task)")
+    _print_retraining(march)
+    return march
