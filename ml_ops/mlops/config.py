@@ -320,6 +320,8 @@ class MonitoringConfig(JobConfig):
     drift_exempt_columns: str = "pickup_day_of_week,is_weekend"
     retrain_on: str = "drift_or_quality"
     retraining_range_days: int = 30
+    # No retraining while a run of this job is in progress (its task runs in the experiment say RUNNING).
+    training_job_name: str = "taxi_fares_training"
     # "spark" runs everywhere; "lakehouse" has Databricks Lakehouse Monitoring compute the tables.
     monitoring_backend: str = "spark"
     lakehouse_assets_dir: str = "/Shared/taxi_fares/dev/monitoring"

@@ -70,8 +70,8 @@ def window_states(profile_rows: list[dict], drift_rows: list[dict]) -> list[tupl
 
 def decide(profile_rows: list[dict], drift_rows: list[dict], settings: MonitoringSettings,
            last_trained_at: datetime.datetime | None, now: datetime.datetime,
-           training_in_progress: bool = False) -> Decision:
-    """Apply the retraining rule, then the cooldown."""
+           training_in_progress: str = "") -> Decision:
+    """Apply the retraining rule, then the cooldown; ``training_in_progress`` names a running training."""
     windows = window_states(profile_rows, drift_rows)
     violations = violations_of(profile_rows, drift_rows, settings)
     judged = [(start, state) for start, state in windows if state != INSUFFICIENT][-settings.retrain_windows:]
@@ -86,7 +86,8 @@ def decide(profile_rows: list[dict], drift_rows: list[dict], settings: Monitorin
     if over < settings.retrain_min_violations:
         return Decision(False, f"not enough windows over threshold: {rule}", windows, violations)
     if training_in_progress:
-        return Decision(False, f"cooldown: a training run is in progress; {rule}", windows, violations)
+        return Decision(False, f"cooldown: a training run is in progress ({training_in_progress}); {rule}",
+                        windows, violations)
     cooldown = datetime.timedelta(days=settings.cooldown_days)
     if last_trained_at is not None and now - last_trained_at < cooldown:
         return Decision(False, f"cooldown: a version was trained at {last_trained_at.isoformat()}, within "

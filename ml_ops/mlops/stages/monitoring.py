@@ -23,6 +23,8 @@ from mlops.monitoring.monitor import check_labels, monitor_range
 logger = logging.getLogger(__name__)
 
 LAKEHOUSE = "lakehouse"
+# Three times the training job's timeout (2 hours): a run this old that still says RUNNING was abandoned.
+TRAINING_STALE_AFTER = datetime.timedelta(hours=6)
 
 
 def _last_trained_at(registry: RegistryClient) -> datetime.datetime | None:
@@ -32,6 +34,26 @@ def _last_trained_at(registry: RegistryClient) -> datetime.datetime | None:
         return None
     newest = max(int(version.creation_timestamp or 0) for version in versions)
     return datetime.datetime.fromtimestamp(newest / 1000, datetime.timezone.utc).replace(tzinfo=None)
+
+
+def training_in_progress(config, now: datetime.datetime) -> str:
+    """The running training task's MLflow run, if any; empty when none is running.
+
+    A run still RUNNING after TRAINING_STALE_AFTER is taken as abandoned (a killed driver
+    never ends its run), so it cannot block retraining forever.
+    """
+    experiment = mlflow.get_experiment_by_name(config.experiment_name)
+    if experiment is None:
+        return ""
+    since = int((now - TRAINING_STALE_AFTER).replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
+    running = mlflow.search_runs(
+        [experiment.experiment_id], max_results=1, output_format="list",
+        filter_string=f"attributes.status = 'RUNNING' and attributes.start_time > {since} "
+                      f"and tags.job_name = '{config.training_job_name}'")
+    if not running:
+        return ""
+    task = running[0].data.tags.get("task", "?")
+    return f"MLflow run {running[0].info.run_id}, task {task} of {config.training_job_name}"
 
 
 def _rows_the_rule_uses(result, retrain_on: str) -> tuple[list, list]:
@@ -62,7 +84,7 @@ def monitor_inference_log(run) -> tuple[Decision, str]:
     registry = RegistryClient.from_config(config)
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     decision = decide(*_rows_the_rule_uses(result, config.retrain_on), settings, _last_trained_at(registry),
-                      now)
+                      now, training_in_progress=training_in_progress(config, now))
     training_start = end - datetime.timedelta(days=config.retraining_range_days - 1)
     values = {**decision.task_values(), "monitoring_start_date": start.isoformat(),
               "monitoring_end_date": end.isoformat(), "training_data_start_date": training_start.isoformat(),

@@ -60,12 +60,13 @@ def test_no_retraining_during_the_cooldown_or_while_training_runs():
 
     in_cooldown = decide([], rows, MonitoringSettings(cooldown_days=7), recent, NOW)
     after_cooldown = decide([], rows, MonitoringSettings(cooldown_days=2), recent, NOW)
-    training = decide([], rows, MonitoringSettings(), None, NOW, training_in_progress=True)
+    training = decide([], rows, MonitoringSettings(), None, NOW,
+                      training_in_progress="MLflow run abc, task train")
 
     assert not in_cooldown.retrain_required and "within 7 days" in in_cooldown.reason
     assert after_cooldown.retrain_required
     assert not training.retrain_required
-    assert training.reason.startswith("cooldown: a training run is in progress")
+    assert training.reason.startswith("cooldown: a training run is in progress (MLflow run abc, task train);")
 
 
 def test_the_psi_allowed_by_chance_shrinks_as_windows_grow():
