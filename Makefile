@@ -46,6 +46,7 @@ demo: venv node wheels
 
 bench: venv node wheels
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.monitoring
 
 clean:
 	rm -rf build dist .mlops .pytest_cache

@@ -46,6 +46,8 @@ C_SINGLE_ATTEMPT_ABOVE = 4_000_000
 # At 4M rows one attempt of C takes about 30 s: five minutes at 10M means the driver stalled.
 C_TIMEOUT_SECONDS = 300
 PROFILE = "P"
+# Monitoring one window of the inference log (benchmarks/monitoring.py).
+MONITORING = "M"
 SPARK_ROUTES = ("A", "C", "D")
 CORES = os.cpu_count() or 1
 DRIVER_MEMORY = "3g"
@@ -314,7 +316,9 @@ def measure(route: str, rows: int, model_uri: str, reps: int) -> dict:
                     run = route_b(features, model_uri)
                 else:
                     spark = spark_session()
-                    make_run = {"A": route_a, "C": route_c, "D": route_d}[route]
+                    from benchmarks.monitoring import route_m
+
+                    make_run = {"A": route_a, "C": route_c, "D": route_d, "M": route_m}[route]
                     run = make_run(spark, features, model_uri, output)
                 seconds = _timed(run, reps, output)
             except Exception as error:  # the failure and the memory it reached are the result
@@ -529,11 +533,20 @@ def _profile_lines(results: dict, rows: int) -> list:
     return lines
 
 
+def write_results(scoring_text: str) -> None:
+    """results.md: the scoring report, then the last monitoring run's section when there is one."""
+    from benchmarks import monitoring
+
+    saved = monitoring.SAVED
+    tail = monitoring.section(json.loads(saved.read_text())) if saved.exists() else ""
+    RESULTS.write_text(scoring_text + tail)
+
+
 def report_from_saved():
     """Rewrite results.md from the raw figures of the last run (benchmarks/.data/results.json)."""
     saved = json.loads((DATA_DIR / "results.json").read_text())
     results = {(result["route"], result["rows"]): result for result in saved["results"]}
-    RESULTS.write_text(report(results, saved["sizes"], saved["reps"], saved["host"], saved["started"]))
+    write_results(report(results, saved["sizes"], saved["reps"], saved["host"], saved["started"]))
     print(RESULTS.read_text())
     return 0
 
@@ -566,7 +579,7 @@ def parent_main(args):
             {"host": host, "started": started, "reps": reps, "sizes": sizes,
              "results": [result for result in results.values()]}, indent=2))
         text = report(results, sizes, reps, host, started)
-        RESULTS.write_text(text)
+        write_results(text)
         print(text)
     finally:
         shutil.rmtree(store, ignore_errors=True)
@@ -578,7 +591,7 @@ def main(argv=None):
     sys.path[:0] = [path for path in SOURCE_PATHS if path not in sys.path]
     os.environ["PYTHONPATH"] = os.pathsep.join([*SOURCE_PATHS, str(ROOT)])
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--route", choices=sorted([*ROUTES, PROFILE]))
+    parser.add_argument("--route", choices=sorted([*ROUTES, PROFILE, MONITORING]))
     parser.add_argument("--rows", type=int)
     parser.add_argument("--model-uri")
     parser.add_argument("--tracking-uri")

@@ -38,8 +38,8 @@ class Violation:
     limit: float
 
     def line(self) -> str:
-        return (f"{self.window_start} version {self.model_version} {self.column_name}: {self.metric} "
-                f"{self.value:.4g} > {self.limit:.4g}")
+        where = f"{self.window_start} version {self.model_version} {self.column_name}"
+        return f"{where}: {self.metric} {self.value:.4g} > {self.limit:.4g}"
 
 
 def violations_of(profile_rows: list[dict], drift_rows: list[dict], settings: MonitoringSettings) -> list:

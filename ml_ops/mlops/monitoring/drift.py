@@ -21,7 +21,7 @@ from scipy import stats
 
 from mlops.monitoring.reference import ReferenceProfile
 from mlops.monitoring.settings import MonitoringSettings
-from mlops.monitoring.window_stats import WINDOW_START
+from mlops.monitoring.window_stats import WINDOW_START, quantiles_of, share_at_or_below
 
 TABLE_COLUMN = ":table"
 OK, VIOLATION, INSUFFICIENT, EXEMPT = "ok", "violation", "insufficient_data", "exempt"
@@ -62,19 +62,21 @@ def column_metrics(sums: dict, name: str, profile: ReferenceProfile, settings: M
     common = {"window": _window(sums, settings), "granularity": settings.granularity,
               "model_id": sums["model_id"], "model_version": profile.model_version, "column_name": name}
     out_of_range = sums[f"{name}__out_of_range"]
+    grid = sums[f"{name}__grid"]
+    quantiles = quantiles_of(grid) if grid else None
     profile_row = {**common, "count": present, "num_nulls": rows - present,
                    "percent_null": 100.0 * (rows - present) / rows if rows else None,
                    "avg": sums[f"{name}__avg"], "stddev": sums[f"{name}__stddev"],
                    "min": sums[f"{name}__min"], "max": sums[f"{name}__max"],
                    "percent_out_of_range": 100.0 * out_of_range / present if present else None,
-                   "quantiles": sums[f"{name}__quantiles"]}
+                   "quantiles": quantiles}
     drift_row = {**common, "drift_type": "BASELINE", "count": present, "population_stability_index": None,
                  "psi_by_chance": None, "ks_test": None, "wasserstein_distance": None,
                  "wasserstein_distance_normalized": None, "status": INSUFFICIENT}
     if present < settings.min_rows:
         return profile_row, drift_row
     edges = len(reference.edges)
-    current_cdf = np.array([sums[f"{name}__le{index}"] for index in range(edges)], dtype=float) / present
+    current_cdf = share_at_or_below(grid, reference.edges)
     reference_cdf = np.asarray(reference.cumulative_share, dtype=float)
     current_counts = np.diff(np.append(current_cdf, 1.0), prepend=0.0) * present
     population_psi = psi(current_counts, reference.bin_shares() * reference.count)
@@ -82,7 +84,7 @@ def column_metrics(sums: dict, name: str, profile: ReferenceProfile, settings: M
     statistic = float(np.max(np.abs(current_cdf - reference_cdf))) if edges else 0.0
     effective = present * reference.count / (present + reference.count)
     p_value = float(stats.kstwobign.sf(statistic * math.sqrt(effective)))
-    distance = float(np.mean(np.abs(np.asarray(sums[f"{name}__quantiles"], dtype=float)
+    distance = float(np.mean(np.abs(np.asarray(quantiles, dtype=float)
                                     - np.asarray(reference.quantiles, dtype=float))))
     normalized = distance / reference.std if reference.std > 0 else (0.0 if distance == 0 else math.inf)
     drift_row.update(population_stability_index=population_psi, psi_by_chance=by_chance,
