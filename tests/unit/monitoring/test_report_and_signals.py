@@ -54,15 +54,11 @@ def test_the_psi_chart_marks_exactly_the_violated_columns_red(shifted):
     assert sorted(labels) == sorted([*FEATURES, "prediction"])
 
 
-def test_the_report_is_logged_with_its_figures_and_names_the_decision(shifted, tmp_path):
+def test_the_report_is_logged_with_its_figures_and_names_the_decision(shifted, tmp_path, mlflow_tracking):
     result, decision = shifted
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"file:{tmp_path / 'mlruns'}")
-    try:
-        with mlflow.start_run():
-            uri = report.log_report(mlflow, result, SETTINGS, decision, "fares: monitoring")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    experiment = mlflow.create_experiment("monitoring_report", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        uri = report.log_report(mlflow, result, SETTINGS, decision, "fares: monitoring")
 
     page = Path(urlparse(uri).path)
     text = page.read_text()
