@@ -15,6 +15,7 @@ from taxi_fares.data import DriftSettings
 from mlops.config import MonitoringConfig
 from mlops.data.generator import generate
 from mlops.data.tables import TableStore
+from mlops.lifecycle.registry import RegistryClient
 from mlops.lifecycle.model_admin import format_table
 from mlops.monitoring.drift import TABLE_COLUMN
 from mlops.monitoring.monitor import metric_table_names
@@ -81,6 +82,9 @@ def _print_retraining(record):
           f"validation {validate.get('validation_status', '?')}")
     if deploy:
         print(f"promotion: {deploy.get('promotion_decision')}: {deploy.get('promotion_reason')}")
+        version = RegistryClient(deploy["model_name"]).get_version(deploy["model_version"])
+        print(f"compared on pickups {version.tags.get('promotion_compared_on', '?')}: the new version's "
+              "out-of-time held-out rows, none of them in the Champion's training range")
         print(f"Champion is now version {deploy.get('champion_version') or 'unchanged'}")
 
 
