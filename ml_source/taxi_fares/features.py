@@ -92,21 +92,60 @@ def dropoff_zip_features(trips: DataFrame) -> DataFrame:
     )
 
 
+def trip_feature_values(ops, pickup, dropoff) -> dict:
+    """The trip features, defined once for Spark columns and for single trips (see the ops classes)."""
+    day_of_week = ops.day_of_week(pickup)
+    return {
+        "pickup_hour": ops.hour(pickup),
+        "pickup_day_of_week": day_of_week,
+        "is_weekend": ops.is_one_of(day_of_week, (1, 7)),
+        "trip_duration_minutes": ops.micros_between(pickup, dropoff) / 60_000_000.0,
+    }
+
+
+class SparkOps:
+    """:func:`trip_feature_values` on Spark columns (hour and day in the session time zone)."""
+
+    hour = staticmethod(F.hour)
+    day_of_week = staticmethod(F.dayofweek)
+
+    @staticmethod
+    def is_one_of(value, choices):
+        return value.isin(*choices).cast("int")
+
+    @staticmethod
+    def micros_between(start, end):
+        return F.unix_micros(end.cast("timestamp")) - F.unix_micros(start.cast("timestamp"))
+
+
+class TripOps:
+    """:func:`trip_feature_values` on one trip's naive UTC datetimes, as online serving computes them."""
+
+    @staticmethod
+    def hour(moment: datetime.datetime) -> int:
+        return moment.hour
+
+    @staticmethod
+    def day_of_week(moment: datetime.datetime) -> int:
+        # Spark's dayofweek: 1 = Sunday ... 7 = Saturday.
+        return moment.isoweekday() % 7 + 1
+
+    @staticmethod
+    def is_one_of(value, choices) -> int:
+        return int(value in choices)
+
+    @staticmethod
+    def micros_between(start: datetime.datetime, end: datetime.datetime) -> int:
+        return (end - start) // datetime.timedelta(microseconds=1)
+
+
 def trip_features(trips: DataFrame) -> DataFrame:
     """``trips`` with trip_id, pickup_hour, pickup_day_of_week (1 = Sunday), is_weekend and duration.
 
     Hour and day come from the session time zone, like every Spark date function.
     """
-    day_of_week = F.dayofweek(F.col(PICKUP))
-    duration_micros = F.unix_micros(F.col(DROPOFF).cast("timestamp")) - F.unix_micros(
-        F.col(PICKUP).cast("timestamp"))
-    return trips.withColumns({
-        TRIP_ID: trip_id_column(),
-        "pickup_hour": F.hour(F.col(PICKUP)),
-        "pickup_day_of_week": day_of_week,
-        "is_weekend": day_of_week.isin(1, 7).cast("int"),
-        "trip_duration_minutes": duration_micros / 60_000_000.0,
-    })
+    return trips.withColumns({TRIP_ID: trip_id_column(),
+                              **trip_feature_values(SparkOps, F.col(PICKUP), F.col(DROPOFF))})
 
 
 def floor_to_grid(timestamp: Column) -> Column:
