@@ -66,7 +66,7 @@ def distribution(target, version):
         return _wheel("taxi_fares_mlops",
                       "Stage logic, job config, registry lifecycle and local Databricks runtime", "ml_ops",
                       [f"taxi_fares=={version}", "opencensus-ext-azure>=1.1.9,<2",
-                       "azure-storage-blob>=12.19,<13"],
+                       "azure-storage-blob>=12.19,<13", "prometheus-client>=0.20,<1"],
                       ("pyspark", "pandas", "numpy", "lightgbm", "mlflow", "scikit-learn", "scipy",
                        "matplotlib",
                        "databricks-sdk"),

@@ -218,6 +218,8 @@ class RawTripsConfig(JobConfig):
 
     taxi_fares_raw_data: str = "dbfs:/mlops/taxi_fares/raw/trips"
     execute_feature_engineering: bool = True
+    # Feature engineering publishes each zip's newest window here for online serving; empty: it does not.
+    online_store_path: str = "dbfs:/mlops/taxi_fares/online_store"
 
 
 @dataclasses.dataclass(frozen=True)

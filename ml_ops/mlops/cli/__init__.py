@@ -22,9 +22,9 @@ NOISY_LOGGERS = ("py4j", "urllib3", "azure", "alembic", "mlflow.store", "opencen
 
 
 def _register_all(subparsers):
-    from mlops.cli import azurite, data, deploy, model, runtime, table
+    from mlops.cli import azurite, data, deploy, model, runtime, serve, table
 
-    for module in (data, runtime, model, deploy, azurite, table):
+    for module in (data, runtime, model, deploy, azurite, table, serve):
         module.register_cli(subparsers)
 
 

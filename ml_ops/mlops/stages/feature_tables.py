@@ -4,9 +4,11 @@ from dataclasses import dataclass
 
 from taxi_fares import features
 
+from mlops import platform
 from mlops.data.raw_input import read_raw_trips
 from mlops.errors import DataError
 from mlops.observability.redaction import public_uri
+from mlops.serving import online_store
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,16 @@ def build_feature_tables(run, raw_uri, start, end, tables: FeatureTables, parame
             run.tables.declare_primary_key(name, keys, timeseries=features.FEATURE_TIMESTAMP)
     finally:
         in_range.unpersist()
+    if run.config.online_store_path:
+        publish_online_snapshot(run, tables, f"{tables.purpose} feature tables {start}..{end}")
     return lineage
+
+
+def publish_online_snapshot(run, tables: FeatureTables, source: str) -> int:
+    """Each zip's newest window from the zip feature tables, published to the online store."""
+    content = online_store.build_snapshot(run.tables.read(tables.pickup_features),
+                                          run.tables.read(tables.dropoff_features))
+    return online_store.publish(platform.driver_path(run.config.online_store_path), content, source)
 
 
 def load_feature_set(run, start, end, tables: FeatureTables):

@@ -1,0 +1,55 @@
+"""``mlops serve``: serve a registered model's alias over HTTP until SIGTERM or Ctrl-C."""
+import os
+import signal
+import threading
+from pathlib import Path
+
+from mlops.cli import command
+from mlops.platform import driver_path
+
+
+def _serve(args) -> int:
+    from mlops.serving.server import TOKEN_ENV
+    from mlops.serving.start import ServeSettings, close_server, open_server
+
+    settings = ServeSettings(
+        model_name=args.model, alias=args.alias, host=args.host, port=args.port,
+        online_store=Path(driver_path(args.online_store)),
+        log_table=Path(driver_path(args.log_table)) if args.log_table else None,
+        poll_seconds=args.poll_seconds, max_feature_age_minutes=args.max_feature_age_minutes,
+        token=os.environ.get(TOKEN_ENV, ""), flush_rows=args.flush_rows, flush_seconds=args.flush_seconds,
+        queue_rows=args.queue_rows, max_body_bytes=args.max_body_bytes, registry_uri=args.registry_uri)
+    server, watcher = open_server(settings)
+    print(f"serving {args.model}@{args.alias} version {server.app.slot.current.version} at {server.url}",
+          flush=True)
+    stopped = threading.Event()
+    for sign in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sign, lambda *_: stopped.set())
+    stopped.wait()
+    close_server(server, watcher)
+    log = server.app.request_log
+    print(f"stopped; {log.written if log else 0} request rows logged, {log.dropped if log else 0} not logged",
+          flush=True)
+    return 0
+
+
+def register_cli(subparsers):
+    parser = subparsers.add_parser("serve", help="serve a registered model's alias (MLflow scoring protocol)")
+    parser.add_argument("--model", default="taxi_fares")
+    parser.add_argument("--alias", default="Champion")
+    parser.add_argument("--host", default="127.0.0.1", help="other than loopback needs MLOPS_SERVING_TOKEN")
+    parser.add_argument("--port", type=int, default=5050)
+    parser.add_argument("--online-store", default="dbfs:/mlops/taxi_fares/online_store",
+                        help="the folder feature engineering publishes snapshots to")
+    parser.add_argument("--log-table", default="",
+                        help="the inference log's Delta folder (empty: requests are not logged)")
+    parser.add_argument("--poll-seconds", type=float, default=10.0,
+                        help="how often the alias and the feature snapshot are checked")
+    parser.add_argument("--max-feature-age-minutes", type=float, default=60.0,
+                        help="older window features fall back to the defaults")
+    parser.add_argument("--flush-rows", type=int, default=5_000)
+    parser.add_argument("--flush-seconds", type=float, default=5.0)
+    parser.add_argument("--queue-rows", type=int, default=100_000)
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get a 413")
+    parser.add_argument("--registry-uri", default="")
+    parser.set_defaults(func=command(_serve))

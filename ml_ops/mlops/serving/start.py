@@ -1,0 +1,88 @@
+"""Start serving a registered model's alias: checks first, then the model, store, log and watcher."""
+import datetime
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlops.errors import ConfigError, RegistryError
+from mlops.lifecycle.registry import RegistryClient
+from mlops.serving.metrics import ServingMetrics
+from mlops.serving.model_slot import AliasWatcher, ModelSlot, load_version
+from mlops.serving.online_store import OnlineFeatureStore
+from mlops.serving.request_log import RequestLog
+from mlops.serving.server import ServingApp, ServingOptions, ServingServer, require_token_off_loopback
+
+logger = logging.getLogger(__name__)
+
+CREATE_HINT = ("train and promote one with `mlops job run databricks_jobs/taxi_fares_training.json` "
+               "(or `make demo`)")
+
+
+@dataclass
+class ServeSettings:
+    model_name: str = "taxi_fares"
+    alias: str = "Champion"
+    host: str = "127.0.0.1"
+    port: int = 5050
+    online_store: Path = Path("online_store")
+    log_table: Path | None = None
+    poll_seconds: float = 10.0
+    max_feature_age_minutes: float = 60.0
+    token: str = ""
+    flush_rows: int = 5_000
+    flush_seconds: float = 5.0
+    queue_rows: int = 100_000
+    max_body_bytes: int = 1 << 20
+    registry_uri: str = ""
+
+
+def first_model(registry: RegistryClient, alias: str):
+    """The version ``alias`` names, loaded; ConfigError with the command that would create it."""
+    if not registry.exists():
+        raise ConfigError(f"model '{registry.name}' is not registered; {CREATE_HINT}")
+    version = registry.alias_version(alias)
+    if version is None:
+        raise ConfigError(f"model '{registry.name}' has no alias '{alias}' (aliases: "
+                          f"{registry.aliases() or 'none'}); {CREATE_HINT}, or set it with "
+                          f"`mlops model promote {registry.name} <version>`")
+    try:
+        return load_version(registry, version)
+    except RegistryError as error:
+        raise ConfigError(f"cannot serve {registry.name}@{alias}: {error}") from None
+
+
+def open_server(settings: ServeSettings, telemetry_event=None) -> tuple[ServingServer, AliasWatcher]:
+    """A started server and alias watcher; stop both with :func:`close_server`."""
+    require_token_off_loopback(settings.host, settings.token)
+    registry = RegistryClient(settings.model_name, settings.registry_uri)
+    slot = ModelSlot(first_model(registry, settings.alias))
+    max_age = datetime.timedelta(minutes=settings.max_feature_age_minutes)
+    store = OnlineFeatureStore(settings.online_store, max_age)
+    if not store.refresh():
+        logger.warning("no online feature snapshot in %s yet: raw trips get the default window features "
+                       "until feature engineering publishes one", settings.online_store)
+    request_log = RequestLog(settings.log_table, slot.current.feature_names, settings.queue_rows,
+                             settings.flush_rows, settings.flush_seconds) if settings.log_table else None
+    metrics = ServingMetrics()
+
+    def switched(previous, model):
+        metrics.switches.inc()
+        if telemetry_event:
+            telemetry_event("serving.model_switch", model_name=model.name, from_version=previous.version,
+                            to_version=model.version, alias=settings.alias)
+
+    options = ServingOptions(settings.alias, settings.max_body_bytes, settings.token)
+    app = ServingApp(slot, store, request_log, options, metrics)
+    server = ServingServer(app, settings.host, settings.port)
+    watcher = AliasWatcher(registry, settings.alias, slot, settings.poll_seconds, on_switch=switched,
+                           on_poll=store.refresh)
+    server.start()
+    watcher.start()
+    logger.info("serving %s@%s (version %s) at %s", settings.model_name, settings.alias, slot.current.version,
+                server.url)
+    return server, watcher
+
+
+def close_server(server: ServingServer, watcher: AliasWatcher) -> None:
+    watcher.stop()
+    server.stop()

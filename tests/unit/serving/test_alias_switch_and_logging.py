@@ -1,0 +1,133 @@
+"""Zero-downtime alias switches under load, and requests logged into the Delta inference log."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import mlflow
+import pytest
+from deltalake import DeltaTable
+
+from support.ports import free_port
+
+from .conftest import MODEL, call
+from .test_server import RAW_TRIP
+
+BODY = {"dataframe_records": [RAW_TRIP]}
+
+
+def move_champion(version):
+    mlflow.MlflowClient().set_registered_model_alias(MODEL, "Champion", version)
+
+
+def wait_for(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_the_champion_moves_under_load_without_a_failed_request(serve, registry_home):
+    _, (first, second, failed) = registry_home
+    move_champion(first)
+    server = serve(poll_seconds=0.05)
+    answers, stop = [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            status, headers, _ = call(server, "/invocations", BODY)
+            answers.append((time.monotonic(), status, headers.get("X-Model-Version")))
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(0.3)
+        move_champion(second)
+        wait_for(lambda: server.app.slot.current.version == second)
+        switched_at = time.monotonic()
+        time.sleep(0.3)
+        move_champion(failed)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+        move_champion(first)
+
+    assert {status for _, status, _ in answers} == {200}
+    assert {version for _, _, version in answers} == {first, second}
+    # A request that started after the swap was complete never sees the old version.
+    assert all(version == second for started, _, version in answers if started > switched_at + 0.05)
+    assert server.app.slot.current.version == second
+    health = call(server, "/health")[2]
+    assert health["model_version"] == second
+    assert f"version {failed} not loaded" in health["not_loaded"] and "model_validation_status=FAILED" in \
+        health["not_loaded"]
+    assert "mlops_serving_model_switches_total 1.0" in call(server, "/metrics")[2]
+
+
+def test_requests_are_logged_in_micro_batches_with_their_versions(serve, registry_home, tmp_path):
+    _, (first, _, _) = registry_home
+    log = tmp_path / "taxi_fares_predictions"
+    server = serve(log_table=log, flush_rows=5, flush_seconds=0.2)
+
+    for _ in range(12):
+        assert call(server, "/invocations", BODY)[0] == 200
+    wait_for(lambda: server.app.request_log.written == 12)
+
+    table = DeltaTable(str(log))
+    rows = table.to_pyarrow_table().to_pandas()
+    assert len(rows) == 12 and set(rows["model_version"]) == {first} and set(rows["job_run_id"]) == {"online"}
+    assert rows["request_id"].is_unique and (rows["mean_fare_window_1h_pickup_zip"] == 14.5).all()
+    assert len(table.history()) == server.app.request_log.commits <= 12
+    assert server.app.request_log.dropped == 0
+
+
+def test_a_full_queue_counts_the_rows_not_logged(serve, tmp_path):
+    server = serve(log_table=tmp_path / "log", queue_rows=2, flush_rows=1000, flush_seconds=60)
+    statuses = [call(server, "/invocations", BODY)[0] for _ in range(3)]
+
+    assert statuses == [200, 200, 200]
+    assert server.app.request_log.dropped == 1
+    assert "mlops_serving_log_rows_not_logged 1.0" in call(server, "/metrics")[2]
+
+
+@pytest.mark.slow
+def test_sigterm_flushes_the_queue_and_a_missing_model_exits_non_zero(registry_home, tmp_path):
+    home, _ = registry_home
+    port, log = free_port(), tmp_path / "log"
+    environment = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow.db'}")
+    command = [sys.executable, "-m", "mlops", "serve", "--model", MODEL, "--port", str(port),
+               "--online-store", str(home / "online_store"), "--log-table", str(log),
+               "--flush-seconds", "600", "--flush-rows", "1000"]
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        class Address:
+            url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: process.poll() is None and _answers(Address), timeout=60)
+        for _ in range(5):
+            assert call(Address, "/invocations", BODY)[0] == 200
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-2000:]
+    assert "stopped; 5 request rows logged, 0 not logged" in stdout
+    assert DeltaTable(str(log)).to_pyarrow_table().num_rows == 5
+
+    missing = subprocess.run([*command[:5], "no_such_model", *command[6:]], env=environment,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1
+    assert "error: model 'no_such_model' is not registered; train and promote one" in missing.stderr
+
+
+def _answers(server) -> bool:
+    try:
+        return call(server, "/ping")[0] == 200
+    except OSError:
+        return False

@@ -1,0 +1,148 @@
+"""mlops serve on loopback: the MLflow protocol, feature lookup, bad input, metrics and the token."""
+import datetime
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+from taxi_fares import features
+
+from mlops.errors import ConfigError
+from mlops.serving.server import require_token_off_loopback
+
+from .conftest import FEATURES, MODEL, call
+
+RAW_TRIP = {"tpep_pickup_datetime": "2016-02-01T12:07:00", "trip_duration_minutes": 18.5,
+            "trip_distance": 3.2, "pickup_zip": 10001, "dropoff_zip": 10002}
+
+
+def booster(version):
+    return mlflow.lightgbm.load_model(f"models:/{MODEL}/{version}")
+
+
+def feature_rows(count):
+    generator = np.random.default_rng(count)
+    return [{name: float(value) for name, value in zip(FEATURES, generator.uniform(0, 30, len(FEATURES)))}
+            for _ in range(count)]
+
+
+def test_every_request_format_gives_the_model_s_predictions_and_names_the_version(serve, registry_home):
+    _, versions = registry_home
+    server = serve()
+    rows = feature_rows(3)
+    expected = booster(versions[0]).predict(np.array([[row[name] for name in FEATURES] for row in rows]))
+    bodies = {"dataframe_records": rows, "instances": rows,
+              "dataframe_split": {"columns": FEATURES,
+                                  "data": [[row[name] for name in FEATURES] for row in rows]},
+              "inputs": {name: [row[name] for row in rows] for name in FEATURES}}
+
+    for name, body in bodies.items():
+        status, headers, answer = call(server, "/invocations", {name: body})
+        assert status == 200, answer
+        np.testing.assert_allclose(answer["predictions"], expected, rtol=0, atol=1e-9, err_msg=name)
+        assert (headers["X-Model-Name"], headers["X-Model-Version"]) == (MODEL, versions[0])
+        assert len(headers["X-Request-Id"].split(",")) == 3
+
+
+def test_mlflow_s_own_scoring_client_works_unchanged(serve, registry_home):
+    _, versions = registry_home
+    server = serve()
+    rows = feature_rows(2)
+
+    answer = ScoringServerClient("127.0.0.1", server.port).invoke(pd.DataFrame(rows))
+
+    expected = booster(versions[0]).predict(np.array([[row[name] for name in FEATURES] for row in rows]))
+    np.testing.assert_allclose(answer["predictions"], expected, rtol=0, atol=1e-9)
+
+
+def test_a_raw_trip_gets_the_batch_trip_features_and_the_looked_up_windows(serve, registry_home):
+    _, versions = registry_home
+    server = serve()
+    pickup = datetime.datetime.fromisoformat(RAW_TRIP["tpep_pickup_datetime"])
+    row = {"trip_distance": 3.2, "pickup_zip": 10001, "dropoff_zip": 10002,
+           **features.trip_feature_values(features.TripOps, pickup,
+                                          pickup + datetime.timedelta(minutes=18.5)),
+           features.MEAN_FARE_1H_PICKUP_ZIP: 14.5, features.COUNT_1H_PICKUP_ZIP: 12,
+           features.COUNT_30M_DROPOFF_ZIP: 4}
+
+    status, headers, answer = call(server, "/invocations", {"dataframe_records": [RAW_TRIP]})
+    unknown = call(server, "/invocations", {"dataframe_records": [{**RAW_TRIP, "pickup_zip": 11111}]})
+
+    assert status == 200 and headers["X-Feature-Fallbacks"] == "0"
+    expected = booster(versions[0]).predict(np.array([[row[name] for name in FEATURES]], dtype=float))
+    assert answer["predictions"] == pytest.approx(expected.tolist(), abs=1e-9)
+    assert unknown[0] == 200 and unknown[1]["X-Feature-Fallbacks"] == "1"
+    metrics = call(server, "/metrics")[2]
+    assert "mlops_serving_feature_fallbacks_total 1.0" in metrics
+
+
+BAD_INPUTS = [
+    (b"{not json", 400, "not valid JSON"),
+    (b'{"dataframe_records": [], "inputs": []}', 400, "exactly one of dataframe_split"),
+    (b'{"dataframe_records": [{"tpep_pickup_datetime": "2016-02-01T12:00:00"}]}', 400,
+     "row 0: missing field(s) pickup_zip, dropoff_zip, trip_distance"),
+    (b'{"dataframe_records": [{"tpep_pickup_datetime": "2016-02-01T12:00:00", "pickup_zip": 10001, '
+     b'"dropoff_zip": 10002, "trip_distance": "far", "trip_duration_minutes": 5}]}', 400,
+     "row 0: 'trip_distance' must be a number, got \"far\""),
+    (b'{"dataframe_records": [{"tpep_pickup_datetime": "2016-02-01T12:00:00", "pickup_zip": 10001, '
+     b'"dropoff_zip": 10002, "trip_distance": 3, "trip_duration_minutes": -5}]}', 400,
+     "row 0: 'trip_duration_minutes' must be between 0.001 and 1440, got -5"),
+    (b'{"dataframe_records": [{"tpep_pickup_datetime": "yesterday", "pickup_zip": 10001, '
+     b'"dropoff_zip": 10002, "trip_distance": 3, "trip_duration_minutes": 5}]}', 400,
+     "row 0: 'tpep_pickup_datetime' must be an ISO 8601 date-time"),
+    (b'{"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}}', 400,
+     "'dataframe_split.data[0]' must be a list of 1 values"),
+]
+
+
+def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(serve):
+    server = serve(max_body_bytes=4096)
+
+    for body, status, message in BAD_INPUTS:
+        answer = call(server, "/invocations", raw=body, method="POST")
+        assert (answer[0], message in answer[2]["message"]) == (status, True), (body, answer)
+    too_large = call(server, "/invocations", raw=b"{" + b" " * 5000 + b"}", method="POST")
+    unknown_route = call(server, "/predict", {"inputs": []})
+    wrong_method = call(server, "/invocations")
+
+    assert too_large[0] == 413 and "the limit is 4096" in too_large[2]["message"]
+    assert unknown_route[0] == 404 and "/invocations" in unknown_route[2]["message"]
+    assert wrong_method[0] == 405 and wrong_method[1]["Allow"] == "POST"
+    assert call(server, "/invocations", {"dataframe_records": [RAW_TRIP]})[0] == 200
+    assert 'mlops_serving_errors_total{code="400"} 7.0' in call(server, "/metrics")[2]
+
+
+def test_health_version_and_metrics_say_what_is_served(serve, registry_home):
+    _, versions = registry_home
+    server = serve()
+
+    assert call(server, "/ping")[0] == 200
+    health = call(server, "/health")[2]
+    assert (health["model_version"], health["alias"], health["feature_snapshot_version"]) == (
+        versions[0], "Champion", 1)
+    assert call(server, "/version")[2] == {"model_name": MODEL, "model_version": versions[0],
+                                           "alias": "Champion"}
+    metrics = call(server, "/metrics")[2]
+    assert f'mlops_serving_model_version{{model="{MODEL}",version="{versions[0]}"}} 1.0' in metrics
+    assert 'mlops_serving_requests_total{code="200",route="/ping"} 1.0' in metrics
+
+
+def test_a_token_is_required_off_loopback_and_wrong_tokens_are_refused(serve):
+    with pytest.raises(ConfigError, match="serving on 0.0.0.0 \\(not loopback\\) needs a bearer token: set "
+                                          "MLOPS_SERVING_TOKEN"):
+        require_token_off_loopback("0.0.0.0", "")
+    server = serve(token="s3cret-token-value")
+
+    assert call(server, "/ping")[0] == 200
+    assert call(server, "/health")[0] == 401
+    assert call(server, "/health", headers={"Authorization": "Bearer s3cret-token-valuf"})[0] == 401
+    assert call(server, "/health", headers={"Authorization": "Bearer s3cret-token-value"})[0] == 200
+
+
+def test_a_missing_model_or_alias_names_the_command_that_creates_it(serve):
+    with pytest.raises(ConfigError, match="model 'no_such_model' is not registered; train and promote one "
+                                          "with `mlops job run databricks_jobs/taxi_fares_training.json`"):
+        serve(model_name="no_such_model")
+    with pytest.raises(ConfigError, match="has no alias 'Gold'"):
+        serve(alias="Gold")
