@@ -47,6 +47,7 @@ demo: venv node wheels
 bench: venv node wheels
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.monitoring
+	$(PY) -m benchmarks.serving
 
 clean:
 	rm -rf build dist .mlops .pytest_cache

@@ -11,7 +11,6 @@ for both, to show that M's does not grow with the window's rows.
 Environment: BENCH_MONITORING_SIZES (default ``1000000,4000000``), BENCH_REPS (default 3).
 """
 import datetime
-import json
 import os
 import shutil
 import sys
@@ -156,9 +155,7 @@ def main():
             print(f"{rows:,} rows in one day-window", flush=True)
             results += [bench.run_child(route, rows, model_uri, tracking_uri, reps) for route in ("A", "M")]
         saved = {"started": started, "reps": reps, "sizes": sizes, "results": results}
-        SAVED.write_text(json.dumps(saved, indent=2))
-        scoring = bench.RESULTS.read_text().split("\n# Monitoring benchmark")[0].rstrip("\n") + "\n"
-        bench.write_results(scoring)
+        bench.save_section(SAVED, saved)
         print(section(saved))
     finally:
         shutil.rmtree(store, ignore_errors=True)

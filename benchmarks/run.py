@@ -534,12 +534,19 @@ def _profile_lines(results: dict, rows: int) -> list:
 
 
 def write_results(scoring_text: str) -> None:
-    """results.md: the scoring report, then the last monitoring run's section when there is one."""
-    from benchmarks import monitoring
+    """results.md: the scoring report, then the last monitoring and serving runs' sections."""
+    from benchmarks import monitoring, serving
 
-    saved = monitoring.SAVED
-    tail = monitoring.section(json.loads(saved.read_text())) if saved.exists() else ""
+    tail = "".join(module.section(json.loads(module.SAVED.read_text()))
+                   for module in (monitoring, serving) if module.SAVED.exists())
     RESULTS.write_text(scoring_text + tail)
+
+
+def save_section(path: Path, saved: dict) -> None:
+    """Keep one benchmark's raw figures, and rewrite results.md with its section."""
+    path.write_text(json.dumps(saved, indent=2))
+    write_results(RESULTS.read_text().split("\n# Monitoring benchmark")[0].split("\n# Serving benchmark")[0]
+                  .rstrip("\n") + "\n")
 
 
 def report_from_saved():

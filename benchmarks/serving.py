@@ -1,0 +1,298 @@
+"""Serving benchmark: ``mlops serve`` (S, raw trips, feature lookup on) against ``mlflow models serve`` (F).
+
+``python -m benchmarks.serving`` from the repository root (``make bench`` runs it last). One
+model (the scoring benchmark's 100 trees) is registered in a temporary MLflow store and served
+by both, side by side in one run, each server in its own process on 127.0.0.1. The MLflow
+server cannot look features up, so it gets the precomputed feature rows of the same trips; ours
+gets the raw trips and looks the window features up in an online snapshot built from them.
+The load comes from this process: keep-alive connections, one per client thread.
+
+Measured: single-row requests at concurrency 1, 8 and 32 (throughput, p50 and p99 latency);
+1,000-row batches (rows per second); our server at a fixed 100 requests per second (p99);
+and our server with request logging on against off, at concurrency 8.
+
+Environment: BENCH_SERVING_SECONDS (default 8), the length of each closed-loop measurement.
+"""
+import datetime
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchmarks import run as bench
+
+SAVED = bench.DATA_DIR / "serving.json"
+FEATURE_ROWS = 1_000_000
+CONCURRENCY = (1, 8, 32)
+BATCH_ROWS = 1_000
+FIXED_RATE = 100
+TRIP_SAMPLE = 2_000
+
+
+def trips_and_snapshot(spark):
+    """Trips picked up in one 15-minute slot (raw fields and feature rows) and the snapshot they need."""
+    from pyspark.sql import functions as F
+    from taxi_fares import features
+
+    frame = spark.read.parquet(str(bench.features_path(FEATURE_ROWS)))
+    slot = frame.select(F.max(features.PICKUP)).first()[0].replace(minute=0, second=0, microsecond=0) \
+        - datetime.timedelta(hours=6)
+    rows = (frame.where((F.col(features.PICKUP) >= F.lit(slot))
+                        & (F.col(features.PICKUP) < F.lit(slot + datetime.timedelta(minutes=15))))
+            .limit(TRIP_SAMPLE).toPandas())
+    names = list(features.FEATURE_COLUMNS)
+    snapshot = {"as_of": slot.isoformat(), "pickup_zip": {}, "dropoff_zip": {}}
+    for row in rows.itertuples(index=False):
+        row = row._asdict()
+        mean = row[features.MEAN_FARE_1H_PICKUP_ZIP]
+        snapshot["pickup_zip"][str(row["pickup_zip"])] = {
+            "window_end": slot.isoformat(),
+            features.COUNT_1H_PICKUP_ZIP: int(row[features.COUNT_1H_PICKUP_ZIP]),
+            features.MEAN_FARE_1H_PICKUP_ZIP: None if mean != mean else float(mean)}
+        snapshot["dropoff_zip"][str(row["dropoff_zip"])] = {
+            "window_end": slot.isoformat(),
+            features.COUNT_30M_DROPOFF_ZIP: int(row[features.COUNT_30M_DROPOFF_ZIP])}
+    raw = [{"tpep_pickup_datetime": row[features.PICKUP].isoformat(),
+            "tpep_dropoff_datetime": row[features.DROPOFF].isoformat(), "trip_distance": row["trip_distance"],
+            "pickup_zip": int(row["pickup_zip"]), "dropoff_zip": int(row["dropoff_zip"])}
+           for _, row in rows.iterrows()]
+    feature_rows = [{name: (None if value != value else float(value)) for name, value in zip(names, values)}
+                    for values in rows[names].itertuples(index=False)]
+    return raw, feature_rows, snapshot
+
+
+def batch_of(records: list) -> list:
+    """BATCH_ROWS records: the slot's trips, repeated as needed (a slot holds a few hundred)."""
+    return [records[index % len(records)] for index in range(BATCH_ROWS)]
+
+
+def body(records: list) -> bytes:
+    return json.dumps({"dataframe_records": records}).encode()
+
+
+class Load:
+    """Closed-loop clients: each sends its next request when the last one is answered."""
+
+    def __init__(self, port: int, bodies: list[bytes]):
+        self.port, self.bodies = port, bodies
+
+    def closed_loop(self, clients: int, seconds: float) -> dict:
+        latencies, failures, stop = [], [0], time.monotonic() + seconds
+        lock = threading.Lock()
+
+        def client(offset):
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            mine, index = [], offset
+            while time.monotonic() < stop:
+                started = time.perf_counter()
+                connection.request("POST", "/invocations", self.bodies[index % len(self.bodies)],
+                                   {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                mine.append(time.perf_counter() - started)
+                if response.status != 200:
+                    with lock:
+                        failures[0] += 1
+                index += clients
+            connection.close()
+            with lock:
+                latencies.extend(mine)
+
+        threads = [threading.Thread(target=client, args=(offset,)) for offset in range(clients)]
+        began = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return summary(latencies, time.monotonic() - began, failures[0])
+
+    def fixed_rate(self, rate: int, seconds: float, clients: int = 8) -> dict:
+        """Requests sent on a fixed schedule (open loop): latency counts from the scheduled time."""
+        latencies, schedule = [], [time.perf_counter() + index / rate for index in range(int(rate * seconds))]
+        lock, cursor = threading.Lock(), [0]
+
+        def client():
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            while True:
+                with lock:
+                    if cursor[0] >= len(schedule):
+                        break
+                    index, cursor[0] = cursor[0], cursor[0] + 1
+                delay = schedule[index] - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                connection.request("POST", "/invocations", self.bodies[index % len(self.bodies)],
+                                   {"Content-Type": "application/json"})
+                connection.getresponse().read()
+                with lock:
+                    latencies.append(time.perf_counter() - schedule[index])
+            connection.close()
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        began = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return summary(latencies, time.monotonic() - began, 0)
+
+
+def summary(latencies: list, seconds: float, failures: int) -> dict:
+    ordered = sorted(latencies)
+    return {"requests": len(ordered), "failures": failures, "per_second": len(ordered) / seconds,
+            "p50_ms": 1000 * statistics.median(ordered),
+            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
+
+
+def start(command: list, port: int, environment: dict) -> subprocess.Popen:
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[:4]} exited: {process.stderr.read()[-3000:]}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/ping")
+            if connection.getresponse().status == 200:
+                return process
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"{command[:4]} did not answer /ping in 180 s")
+
+
+def stop(process: subprocess.Popen):
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def measure_server(command, port, environment, single, batches, seconds, extra=None) -> dict:
+    process = start(command, port, environment)
+    try:
+        load = Load(port, single)
+        load.closed_loop(4, 2)  # warm-up
+        results = {f"c{clients}": load.closed_loop(clients, seconds) for clients in CONCURRENCY}
+        batch = Load(port, batches).closed_loop(1, seconds)
+        results["batch_rows_per_second"] = batch["per_second"] * BATCH_ROWS
+        if extra:
+            results.update(extra(load))
+        return results
+    finally:
+        stop(process)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def section(saved: dict) -> str:
+    ours, peer = saved["ours"], saved["mlflow"]
+    lines = ["", "# Serving benchmark", "",
+             f"Run: {saved['started']} (UTC), `python -m benchmarks.serving`: each closed-loop measurement "
+             f"{saved['seconds']} s after a warm-up; both servers in their own process on 127.0.0.1, "
+             "the load from one client process with keep-alive connections (the client shares the 2 "
+             "cores).", "",
+             "- **S**: `mlops serve` of the registered version: raw trips in, window features looked up "
+             "in the online snapshot, trip features computed; request logging off unless said",
+             "- **F**: `mlflow models serve --env-manager local` of the same version: the precomputed "
+             "feature rows of the same trips", "",
+             "| load | S req/s | S p50 ms | S p99 ms | F req/s | F p50 ms | F p99 ms | S/F throughput |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for clients in CONCURRENCY:
+        key = f"c{clients}"
+        mine, theirs = ours[key], peer[key]
+        lines.append(f"| single rows, concurrency {clients} | {mine['per_second']:,.0f} | "
+                     f"{mine['p50_ms']:.2f} | {mine['p99_ms']:.2f} | {theirs['per_second']:,.0f} | "
+                     f"{theirs['p50_ms']:.2f} | {theirs['p99_ms']:.2f} | "
+                     f"{mine['per_second'] / theirs['per_second']:.2f} |")
+    lines += ["", f"- {BATCH_ROWS:,}-row batches: S {ours['batch_rows_per_second']:,.0f} rows/s, "
+              f"F {peer['batch_rows_per_second']:,.0f} rows/s "
+              f"({ours['batch_rows_per_second'] / peer['batch_rows_per_second']:.2f}x)",
+              f"- S at a fixed {FIXED_RATE} requests/s: p50 {ours['fixed']['p50_ms']:.2f} ms, "
+              f"p99 {ours['fixed']['p99_ms']:.2f} ms",
+              f"- S at concurrency 8 with request logging on: {ours['logged']['per_second']:,.0f} req/s, "
+              f"{ours['logged']['per_second'] / ours['c8']['per_second']:.2f} of logging off"]
+    ratio = ours["c8"]["per_second"] / peer["c8"]["per_second"]
+    logging_cost = 1 - ours["logged"]["per_second"] / ours["c8"]["per_second"]
+    failures = sum(result.get("failures", 0) for side in (ours, peer) for result in side.values()
+                   if isinstance(result, dict))
+    lines += ["", "## Targets", "",
+              f"- S >= 2x F single-row throughput at concurrency 8: {ratio:.2f}, "
+              f"{'met' if ratio >= 2 else '**missed**'}",
+              f"- S p99 under 20 ms at {FIXED_RATE} requests/s: {ours['fixed']['p99_ms']:.2f} ms, "
+              f"{'met' if ours['fixed']['p99_ms'] < 20 else '**missed**'}",
+              f"- request logging costs at most 10% of throughput: {100 * logging_cost:.1f}%, "
+              f"{'met' if logging_cost <= 0.10 else '**missed**'}",
+              f"- failed requests: {failures}"]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    sys.path[:0] = [path for path in bench.SOURCE_PATHS if path not in sys.path]
+    os.environ["PYTHONPATH"] = os.pathsep.join([*bench.SOURCE_PATHS, str(bench.ROOT)])
+    seconds = float(os.environ.get("BENCH_SERVING_SECONDS", "8"))
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as folder:
+        store = Path(folder)
+        tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
+        spark = bench.spark_session()
+        bench.prepare_data(spark, FEATURE_ROWS)
+        bench.train_and_register(spark, FEATURE_ROWS, tracking_uri, store / "artifacts")
+        raw, feature_rows, snapshot = trips_and_snapshot(spark)
+        spark.stop()
+        import mlflow
+
+        mlflow.MlflowClient(tracking_uri, tracking_uri).set_model_version_tag(
+            bench.MODEL_NAME, "1", "model_validation_status", "PASSED")
+        from mlops.serving import online_store
+
+        online_store.publish(store / "online_store", snapshot)
+        environment = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, MLOPS_HOME=str(store / "home"))
+        port = free_port()
+        ours_command = [sys.executable, "-m", "mlops", "serve", "--model", bench.MODEL_NAME,
+                        "--port", str(port), "--online-store", str(store / "online_store"),
+                        "--max-feature-age-minutes", "1e9"]
+        single = [body([trip]) for trip in raw]
+        batches = [body(batch_of(raw))]
+
+        def fixed(load):
+            return {"fixed": load.fixed_rate(FIXED_RATE, seconds)}
+
+        print("our server", flush=True)
+        ours = measure_server(ours_command, port, environment, single, batches, seconds, fixed)
+        print("our server, request logging on", flush=True)
+        logged_command = [*ours_command, "--log-table", str(store / "log"), "--flush-seconds", "1"]
+        process = start(logged_command, port, environment)
+        try:
+            Load(port, single).closed_loop(4, 2)
+            ours["logged"] = Load(port, single).closed_loop(8, seconds)
+        finally:
+            stop(process)
+        print("mlflow models serve", flush=True)
+        peer_command = [sys.executable, "-m", "mlflow", "models", "serve",
+                        "-m", f"models:/{bench.MODEL_NAME}/1", "-p", str(port), "-h", "127.0.0.1",
+                        "--env-manager", "local"]
+        peer = measure_server(peer_command, port, environment, [body([row]) for row in feature_rows],
+                              [body(batch_of(feature_rows))], seconds)
+        saved = {"started": started, "seconds": seconds, "ours": ours, "mlflow": peer}
+        bench.save_section(SAVED, saved)
+        print(section(saved))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
