@@ -261,7 +261,10 @@ def main():
         from mlops.serving import online_store
 
         online_store.publish(store / "online_store", snapshot)
-        environment = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, MLOPS_HOME=str(store / "home"))
+        # mlflow models serve starts uvicorn by name: the environment's scripts must be on PATH.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        environment = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, MLOPS_HOME=str(store / "home"),
+                           PATH=path)
         port = free_port()
         ours_command = [sys.executable, "-m", "mlops", "serve", "--model", bench.MODEL_NAME,
                         "--port", str(port), "--online-store", str(store / "online_store"),

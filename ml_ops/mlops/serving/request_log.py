@@ -1,20 +1,24 @@
 """Online requests into the inference log: a bounded queue, micro-batches, one Delta commit each.
 
-Responses never wait for the log: a request puts its rows on the queue and returns. A writer
-thread takes what is queued when ``flush_rows`` rows are waiting or ``flush_seconds`` have
-passed, and appends them to the inference log's Delta table in one commit, with the table's
-own schema (the batch path's columns; ``job_run_id`` says ``online``). When the queue is full
-the rows of that request are not logged, and :attr:`RequestLog.dropped` counts them; nothing
-else is lost. :meth:`RequestLog.close` (on SIGTERM) writes whatever is queued.
+Responses never wait for the log: a request puts one :class:`LoggedRequest` (its rows as the
+feature matrix it was scored with) on the queue and returns. A writer thread takes what is
+queued when ``flush_rows`` rows are waiting or ``flush_seconds`` have passed, builds the Arrow
+columns from the matrices at once, and appends them to the inference log's Delta table in one
+commit, with the table's own schema (the batch path's columns; ``job_run_id`` says
+``online``). When the queue holds ``max_queue_rows`` rows a request's rows are not logged and
+:attr:`RequestLog.dropped` counts them; nothing else is lost. :meth:`RequestLog.close` (on
+SIGTERM) writes whatever is queued.
 """
 import datetime
 import logging
 import queue
+import random
 import threading
 import time
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow
 from deltalake import DeltaTable, write_deltalake
 from taxi_fares import features
@@ -27,6 +31,9 @@ ONLINE_RUN = "online"
 LOG_PROPERTIES = {"delta.enableChangeDataFeed": "true"}
 _INTEGER_FEATURES = {"pickup_hour", "pickup_day_of_week", "is_weekend", "pickup_zip", "dropoff_zip"}
 _COUNT_FEATURES = {features.COUNT_1H_PICKUP_ZIP, features.COUNT_30M_DROPOFF_ZIP}
+# Request ids need to be unique, not secret: a seeded generator costs no system call per row.
+_ids = random.Random(random.SystemRandom().getrandbits(128))
+_ids_lock = threading.Lock()
 
 
 def log_schema(feature_names) -> pyarrow.Schema:
@@ -53,12 +60,58 @@ def log_schema(feature_names) -> pyarrow.Schema:
 
 def new_request_ids(count: int) -> list[tuple[int, str]]:
     """(trip_id, request_id) pairs: a random 64-bit id, and its 16 hex digits as batch writes them."""
-    pairs = []
-    for _ in range(count):
-        unsigned = uuid.uuid4().int & (2**64 - 1)
-        signed = unsigned - 2**64 if unsigned >= 2**63 else unsigned
-        pairs.append((signed, f"{unsigned:016x}"))
-    return pairs
+    with _ids_lock:
+        draws = [_ids.getrandbits(64) for _ in range(count)]
+    return [(value - 2**64 if value >= 2**63 else value, f"{value:016x}") for value in draws]
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One request's rows as scored: ids, the feature matrix, predictions and event times."""
+
+    model_name: str
+    model_version: str
+    alias: str
+    scored_at: datetime.datetime
+    ids: list
+    matrix: np.ndarray
+    predictions: np.ndarray
+    pickups: list
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids)
+
+
+def _columns(requests: list[LoggedRequest], feature_names, schema: pyarrow.Schema) -> pyarrow.Table:
+    """The Arrow table of many requests, built column by column."""
+    def repeated(value_of):
+        return [value_of(request) for request in requests for _ in range(request.rows)]
+    matrix = np.vstack([request.matrix for request in requests])
+    scored = repeated(lambda request: request.scored_at)
+    pickups = (pickup for request in requests for pickup in request.pickups)
+    times = [pickup.replace(tzinfo=datetime.timezone.utc) if pickup else scored_at
+             for pickup, scored_at in zip(pickups, scored)]
+    values = {engine.REQUEST_ID: [text for request in requests for _, text in request.ids],
+              "trip_id": [number for request in requests for number, _ in request.ids],
+              engine.TIMESTAMP: times,
+              engine.PREDICTION: np.concatenate([request.predictions for request in requests]),
+              engine.LABEL: pyarrow.nulls(len(times), pyarrow.float64()),
+              engine.MODEL_NAME: repeated(lambda request: request.model_name),
+              engine.MODEL_VERSION: repeated(lambda request: request.model_version),
+              engine.MODEL_ALIAS: repeated(lambda request: request.alias),
+              engine.MODEL_ID: repeated(lambda request: f"models:/{request.model_name}/"
+                                                        f"{request.model_version}"),
+              engine.MLFLOW_RUN_ID: [""] * len(times), engine.JOB_RUN_ID: [ONLINE_RUN] * len(times),
+              engine.SCORED_AT: scored, engine.PICKUP_DATE: [moment.date() for moment in times]}
+    for position, name in enumerate(feature_names):
+        values[name] = pyarrow.array(matrix[:, position], from_pandas=True)
+    arrays = []
+    for field in schema:
+        column = values[field.name]
+        column = column if isinstance(column, pyarrow.Array) else pyarrow.array(column)
+        arrays.append(column.cast(field.type))
+    return pyarrow.Table.from_arrays(arrays, schema=schema)
 
 
 class RequestLog:
@@ -71,75 +124,60 @@ class RequestLog:
         self._queue = queue.Queue()
         # Rows queued or taken by the writer and not yet written: what the bound applies to.
         self.max_pending_rows, self._pending = max_queue_rows, 0
-        self.dropped = 0
-        self.written = 0
-        self.commits = 0
+        self.dropped = self.written = self.commits = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._writer = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._writer.start()
 
-    def add(self, rows: list[dict]) -> bool:
-        """Queue ``rows`` (whole or not at all); False when the queue had no room for them."""
+    def add(self, request: LoggedRequest) -> bool:
+        """Queue the request's rows (all or none); False when the queue had no room for them."""
         with self._lock:
-            if self._pending + len(rows) > self.max_pending_rows:
-                self.dropped += len(rows)
+            if self._pending + request.rows > self.max_pending_rows:
+                self.dropped += request.rows
                 return False
-            self._pending += len(rows)
-        for row in rows:
-            self._queue.put_nowait(row)
+            self._pending += request.rows
+        self._queue.put_nowait(request)
         return True
 
-    def _take(self) -> list[dict]:
-        rows, deadline = [], time.monotonic() + self.flush_seconds
-        while len(rows) < self.flush_rows:
+    def _take(self) -> list[LoggedRequest]:
+        taken, rows, deadline = [], 0, time.monotonic() + self.flush_seconds
+        while rows < self.flush_rows:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (self._stopping.is_set() and self._queue.empty()):
                 break
             try:
-                rows.append(self._queue.get(timeout=min(remaining, 0.05)))
+                taken.append(self._queue.get(timeout=min(remaining, 0.05)))
             except queue.Empty:
                 continue
-        return rows
+            rows += taken[-1].rows
+        return taken
 
     def _run(self):
         while not (self._stopping.is_set() and self._queue.empty()):
-            rows = self._take()
-            if rows:
-                self._write(rows)
+            requests = self._take()
+            if requests:
+                self._write(requests)
 
-    def _write(self, rows: list[dict]):
+    def _write(self, requests: list[LoggedRequest]):
+        rows = sum(request.rows for request in requests)
         try:
             schema = pyarrow.schema(DeltaTable(str(self.folder)).schema().to_arrow()) \
                 if (self.folder / "_delta_log").exists() else log_schema(self.feature_names)
-            table = pyarrow.Table.from_pylist(rows, schema=schema)
-            write_deltalake(str(self.folder), table, mode="append", partition_by=[engine.PICKUP_DATE],
-                            configuration=LOG_PROPERTIES)
-            self.written += len(rows)
+            write_deltalake(str(self.folder), _columns(requests, self.feature_names, schema), mode="append",
+                            partition_by=[engine.PICKUP_DATE], configuration=LOG_PROPERTIES)
+            self.written += rows
             self.commits += 1
         except Exception as error:  # the server keeps serving; the rows are counted as not logged
             with self._lock:
-                self.dropped += len(rows)
-            logger.error("could not append %d request rows to %s: %s: %s", len(rows), self.folder,
+                self.dropped += rows
+            logger.error("could not append %d request rows to %s: %s: %s", rows, self.folder,
                          type(error).__name__, error)
         finally:
             with self._lock:
-                self._pending -= len(rows)
+                self._pending -= rows
 
     def close(self, timeout: float = 30.0):
         """Write everything queued, then stop."""
         self._stopping.set()
         self._writer.join(timeout)
-
-
-def log_row(request_id: tuple[int, str], values: dict, prediction: float, model, alias: str,
-            pickup: datetime.datetime | None, scored_at: datetime.datetime) -> dict:
-    """One inference log row for one scored record."""
-    event_time = (pickup or scored_at.replace(tzinfo=None)).replace(tzinfo=datetime.timezone.utc)
-    typed = {name: None if value != value else int(value) if name in _INTEGER_FEATURES | _COUNT_FEATURES
-             else value for name, value in values.items()}
-    return {"trip_id": request_id[0], engine.REQUEST_ID: request_id[1], engine.TIMESTAMP: event_time,
-            **typed, engine.PREDICTION: prediction, engine.LABEL: None, engine.MODEL_NAME: model.name,
-            engine.MODEL_VERSION: model.version, engine.MODEL_ALIAS: alias,
-            engine.MODEL_ID: f"models:/{model.name}/{model.version}", engine.MLFLOW_RUN_ID: "",
-            engine.JOB_RUN_ID: ONLINE_RUN, engine.SCORED_AT: scored_at, engine.PICKUP_DATE: event_time.date()}

@@ -100,10 +100,9 @@ class ServingApp:
         fell_back = sum(bool(row.fell_back) for row in rows)
         self.metrics.fallbacks.inc(fell_back)
         if self.request_log is not None:
-            scored_at = datetime.datetime.now(datetime.timezone.utc)
-            self.request_log.add([logs.log_row(request_id, row.features, float(prediction), model,
-                                               self.options.alias, row.pickup, scored_at)
-                                  for request_id, row, prediction in zip(ids, rows, predictions)])
+            self.request_log.add(logs.LoggedRequest(
+                model.name, model.version, self.options.alias, datetime.datetime.now(datetime.timezone.utc),
+                ids, matrix, predictions, [row.pickup for row in rows]))
         headers = {"X-Model-Name": model.name, "X-Model-Version": model.version,
                    "X-Request-Id": ",".join(request_id for _, request_id in ids[:100]),
                    "X-Feature-Fallbacks": str(fell_back)}
@@ -165,6 +164,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _Listener(ThreadingHTTPServer):
+    # The default backlog of 5 resets connections when dozens of clients connect at once.
+    request_queue_size = 256
+
+
 class ServingServer:
     """The HTTP server around a :class:`ServingApp`, on ``host``:``port`` (0: a free port)."""
 
@@ -172,7 +176,7 @@ class ServingServer:
         require_token_off_loopback(host, app.options.token)
         handler = type("BoundHandler", (_Handler,), {"app": app})
         self.app = app
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd = _Listener((host, port), handler)
         self.httpd.daemon_threads = True
         self.host, self.port = host, self.httpd.server_address[1]
         self._thread = None

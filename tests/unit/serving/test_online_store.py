@@ -119,3 +119,22 @@ def test_the_same_trips_give_the_same_predictions_online_as_from_the_batch_rows(
     model = mlflow.lightgbm.load_model(f"models:/{MODEL}/{versions[0]}")
     expected = model.predict(trips[list(features.FEATURE_COLUMNS)].astype(float).to_numpy())
     np.testing.assert_allclose(answer["predictions"], expected, rtol=0, atol=1e-9)
+
+
+def test_online_log_rows_have_the_batch_log_s_columns_and_types(spark):
+    from mlops.data import delta_log
+    from mlops.inference import engine
+    from mlops.serving.request_log import log_schema
+
+    trips = features.clean_trips(generate_trips(spark, 200, DAY, DAY, seed=5))
+    training_set = features.build_training_set(trips, features.pickup_zip_features(trips),
+                                               features.dropoff_zip_features(trips))
+    scored = (training_set
+              .select(features.TRIP_ID, *features.FEATURE_COLUMNS,
+                      F.col(features.PICKUP).alias(engine.TIMESTAMP),
+                      F.col(features.LABEL_COLUMN).alias(engine.LABEL), F.lit(1.0).alias(engine.PREDICTION)))
+    batch_log = engine.log_rows(scored, engine.Provenance("fares", "1", "job"), features.FEATURE_COLUMNS)
+
+    expected = delta_log._arrow_schema(batch_log.schema)
+    online = log_schema(features.FEATURE_COLUMNS)
+    assert [(field.name, field.type) for field in online] == [(field.name, field.type) for field in expected]
