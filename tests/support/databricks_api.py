@@ -80,6 +80,9 @@ class DatabricksApi:
         self.monitors = {}
         self.refreshes = {}
         self.refresh_outcome = ("SUCCESS", "")
+        # Model Serving endpoints by name, and registered model aliases (name -> {alias: version}).
+        self.endpoints = {}
+        self.model_aliases = {}
         self._handles = {}
         self._next_id = 100
         self._failures = []
@@ -180,6 +183,12 @@ class DatabricksApi:
             return self._volume_directory(request.method, "/" + endpoint[len("fs/directories/"):])
         if endpoint.startswith("fs/files/"):
             return self._volume_file(request.method, "/" + endpoint[len("fs/files/"):], request)
+        if endpoint.startswith("serving-endpoints"):
+            body = json.loads(request.body) if request.body else {}
+            return self._json(200, self._serving_endpoint(request.method, endpoint.split("/")[1:], body))
+        if endpoint.startswith("unity-catalog/models/") or endpoint == "mlflow/registered-models/get":
+            name = request.query.get("name") or endpoint[len("unity-catalog/models/"):]
+            return self._json(200, self._registered_model(name, uc=endpoint.startswith("unity-catalog")))
         monitor = _MONITOR_PATH.match(endpoint)
         if monitor:
             body = json.loads(request.body) if request.body else {}
@@ -339,6 +348,40 @@ class DatabricksApi:
             return 200, {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}, \
                 (data if method == "GET" else b"")
         raise ApiError(405, "METHOD_NOT_ALLOWED", f"{method} is not supported on fs/files")
+
+    # ------------------------------------------------------------ Model Serving and model aliases
+
+    def _registered_model(self, name, uc):
+        if name not in self.model_aliases:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Registered model {name} does not exist.")
+        aliases = self.model_aliases[name]
+        if uc:
+            return {"full_name": name, "aliases": [{"alias_name": alias, "version_num": int(version)}
+                                                   for alias, version in aliases.items()]}
+        return {"registered_model": {"name": name, "aliases": [{"alias": alias, "version": version}
+                                                               for alias, version in aliases.items()]}}
+
+    def _serving_endpoint(self, method, parts, body):
+        """create (POST), get (GET name), update config (PUT name/config), patch tags (PATCH name/tags)."""
+        if method == "POST" and not parts:
+            if body["name"] in self.endpoints:
+                raise ApiError(400, "RESOURCE_ALREADY_EXISTS", f"Endpoint {body['name']} already exists.")
+            self.endpoints[body["name"]] = {"name": body["name"], "config": body["config"],
+                                            "tags": body.get("tags", []),
+                                            "state": {"ready": "READY", "config_update": "NOT_UPDATING"}}
+            return self.endpoints[body["name"]]
+        endpoint = self.endpoints.get(parts[0]) if parts else None
+        if endpoint is None:
+            missing = parts[0] if parts else ""
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint {missing} does not exist.")
+        if method == "PUT" and parts[1:] == ["config"]:
+            endpoint["config"] = body
+        elif method == "PATCH" and parts[1:] == ["tags"]:
+            kept = {tag["key"]: tag for tag in endpoint["tags"]}
+            kept.update({tag["key"]: tag for tag in body.get("add_tags", [])})
+            endpoint["tags"] = list(kept.values())
+            return {"tags": endpoint["tags"]}
+        return endpoint
 
     # ------------------------------------------------------------ Lakehouse Monitoring
 

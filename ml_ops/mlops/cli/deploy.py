@@ -1,4 +1,4 @@
-"""``mlops deploy render|run|trigger``: render job files, deploy to Databricks, trigger jobs."""
+"""``mlops deploy render|run|trigger|serving``: render and deploy jobs, trigger them, serve the Champion."""
 import argparse
 import json
 import sys
@@ -52,6 +52,15 @@ def _trigger_command(args):
     return 0
 
 
+def _serving_command(args):
+    from mlops.deploy.serving_endpoint import deploy_serving
+
+    plan = deploy_serving(args.env, host=args.host, profile=args.profile, canary_percent=args.canary_percent,
+                          rollback=args.rollback, jobs_dir=args.jobs_dir)
+    print(plan.summary())
+    return 0
+
+
 def register_cli(subparsers):
     """Add ``mlops deploy render|run|trigger`` to the ``mlops`` command line."""
     parser = subparsers.add_parser("deploy", help="render job files, deploy to Databricks, trigger jobs",
@@ -96,6 +105,16 @@ def register_cli(subparsers):
     start.add_argument("--timeout-minutes", type=int, default=120)
     start.add_argument("--jobs-dir", default=jobspec.DEFAULT_JOBS_DIR)
     start.set_defaults(func=command(_trigger_command))
+
+    serving = commands.add_parser("serving",
+                                  help="create or update the Model Serving endpoint of the Champion")
+    _add_connection_arguments(serving)
+    serving.add_argument("--canary-percent", type=int, default=0,
+                         help="also serve the Challenger and send it this share of the traffic (0-50)")
+    serving.add_argument("--rollback", action="store_true",
+                         help="serve the Champion the endpoint served before its last deploy")
+    serving.add_argument("--jobs-dir", default=jobspec.DEFAULT_JOBS_DIR)
+    serving.set_defaults(func=command(_serving_command))
 
 
 def _add_connection_arguments(parser):

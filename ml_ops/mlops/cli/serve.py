@@ -9,6 +9,9 @@ from mlops.platform import driver_path
 
 
 def _serve(args) -> int:
+    from mlops.observability.telemetry import Telemetry, TelemetrySettings
+    from mlops.orchestration import CONNECTION_STRING_ENV
+    from mlops.platform.home import mlops_home
     from mlops.serving.server import TOKEN_ENV
     from mlops.serving.start import ServeSettings, close_server, open_server
 
@@ -18,8 +21,17 @@ def _serve(args) -> int:
         log_table=Path(driver_path(args.log_table)) if args.log_table else None,
         poll_seconds=args.poll_seconds, max_feature_age_minutes=args.max_feature_age_minutes,
         token=os.environ.get(TOKEN_ENV, ""), flush_rows=args.flush_rows, flush_seconds=args.flush_seconds,
-        queue_rows=args.queue_rows, max_body_bytes=args.max_body_bytes, registry_uri=args.registry_uri)
-    server, watcher = open_server(settings)
+        queue_rows=args.queue_rows, max_body_bytes=args.max_body_bytes, registry_uri=args.registry_uri,
+        telemetry_sample_rate=args.telemetry_sample_rate)
+    telemetry = Telemetry.start(TelemetrySettings(
+        connection_string=os.environ.get(CONNECTION_STRING_ENV) or None, role_name=f"serving/{args.model}",
+        jsonl_path=mlops_home() / "runs" / f"serving-{args.model}-telemetry.jsonl",
+        dimensions={"model_name": args.model, "alias": args.alias}))
+    try:
+        server, watcher = open_server(settings, telemetry)
+    except BaseException:
+        telemetry.close()
+        raise
     print(f"serving {args.model}@{args.alias} version {server.app.slot.current.version} at {server.url}",
           flush=True)
     stopped = threading.Event()
@@ -27,6 +39,7 @@ def _serve(args) -> int:
         signal.signal(sign, lambda *_: stopped.set())
     stopped.wait()
     close_server(server, watcher)
+    telemetry.close()
     log = server.app.request_log
     print(f"stopped; {log.written if log else 0} request rows logged, {log.dropped if log else 0} not logged",
           flush=True)
@@ -51,5 +64,7 @@ def register_cli(subparsers):
     parser.add_argument("--flush-seconds", type=float, default=5.0)
     parser.add_argument("--queue-rows", type=int, default=100_000)
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get a 413")
+    parser.add_argument("--telemetry-sample-rate", type=float, default=0.1,
+                        help="share of requests sent to Application Insights as requests items")
     parser.add_argument("--registry-uri", default="")
     parser.set_defaults(func=command(_serve))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from opencensus.common.schedule import QueueEvent
 from opencensus.ext.azure.common.transport import TransportStatusCode
-from opencensus.ext.azure.common.protocol import Data, DataPoint, MetricData
+from opencensus.ext.azure.common.protocol import Data, DataPoint, MetricData, Request
 from opencensus.ext.azure.log_exporter import AzureEventHandler, AzureLogHandler
 from opencensus.ext.azure.trace_exporter import AzureExporter
 
@@ -37,8 +37,18 @@ def _duration_ms(duration):
     match = re.match(r"^(\d+)\.(\d+):(\d+):(\d+)\.(\d+)$", duration or "")
     if not match:
         return None
-    days, hours, minutes, seconds, millis = (int(part) for part in match.groups())
-    return float((((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1000 + millis)
+    days, hours, minutes, seconds = (int(part) for part in match.groups()[:4])
+    fraction = float("0." + match.group(5))
+    return (((days * 24 + hours) * 60 + minutes) * 60 + seconds + fraction) * 1000
+
+
+def _duration(seconds: float) -> str:
+    """Application Insights' "d.hh:mm:ss.ffffff" for ``seconds``."""
+    whole, micros = divmod(int(round(seconds * 1_000_000)), 1_000_000)
+    minutes, second = divmod(whole, 60)
+    hours, minute = divmod(minutes, 60)
+    days, hour = divmod(hours, 24)
+    return f"{days}.{hour:02d}:{minute:02d}:{second:02d}.{micros:06d}"
 
 
 def envelope_to_item(envelope) -> dict:
@@ -151,7 +161,16 @@ class MeasurementExporter(_SinkMixin, AzureEventHandler):
     def log_record_to_envelope(self, record):
         envelope = super().log_record_to_envelope(record)
         value = getattr(record, "metric_value", None)
-        if value is not None:
+        request = getattr(record, "request", None)
+        if request is not None:
+            # A served HTTP request: one ``requests`` item, scaled by the rate it was sampled at.
+            envelope.name = "Microsoft.ApplicationInsights.Request"
+            envelope.sampleRate = request["sample_rate"] * 100
+            data = Request(id=request["id"], name=record.getMessage(), duration=_duration(request["seconds"]),
+                           responseCode=str(request["code"]), success=request["code"] < 500,
+                           url=request["url"], properties=envelope.data.baseData.properties)
+            envelope.data = Data(baseData=data, baseType="RequestData")
+        elif value is not None:
             envelope.name = "Microsoft.ApplicationInsights.Metric"
             point = DataPoint(ns="", name=record.getMessage(), kind=0, value=float(value), count=1)
             data = MetricData(metrics=[point], properties=envelope.data.baseData.properties)

@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 import traceback
+import uuid
 
 from opencensus.trace import status as span_status
 from opencensus.trace.samplers import AlwaysOnSampler
@@ -410,7 +411,17 @@ class Telemetry:
         """One ``customEvents`` item named ``name``, with the current dimensions."""
         self._measure(name, dimensions)
 
+    def track_request(self, name: str, seconds: float, code: int, url: str, sample_rate: float = 1.0,
+                      **dimensions) -> None:
+        """One ``requests`` item for a served HTTP request, sampled at ``sample_rate``."""
+        request = {"id": uuid.uuid4().hex[:16], "seconds": seconds, "code": code, "url": url,
+                   "sample_rate": sample_rate}
+        self._measure(name, dimensions, request=request)
+
     def _measure(self, name, dimensions, **attributes):
+        if self._closed:
+            # A server thread still answering after close: its exporter no longer sends anything.
+            return
         try:
             record = logging.LogRecord(INTERNAL_LOGGER_NAME, logging.INFO, "", 0, "%s", (str(name),), None)
             record.custom_dimensions = dict(dimensions)

@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ class ServingOptions:
     alias: str = "Champion"
     max_body_bytes: int = 1 << 20
     token: str = ""
+    # Share of requests sent to Application Insights as ``requests`` items.
+    telemetry_sample_rate: float = 0.1
 
 
 def is_loopback(host: str) -> bool:
@@ -56,9 +59,20 @@ def require_token_off_loopback(host: str, token: str) -> None:
 class ServingApp:
     """What the HTTP handler calls: routing, scoring, logging and metrics; no socket code."""
 
-    def __init__(self, slot, store, request_log, options: ServingOptions, metrics: ServingMetrics):
+    def __init__(self, slot, store, request_log, options: ServingOptions, metrics: ServingMetrics,
+                 telemetry=None):
         self.slot, self.store, self.request_log = slot, store, request_log
-        self.options, self.metrics = options, metrics
+        self.options, self.metrics, self.telemetry = options, metrics, telemetry
+        self._sampler = random.Random()
+
+    def answered(self, route: str, code: int, seconds: float) -> None:
+        """Count the request, and send it to telemetry at the sampling rate."""
+        self.metrics.observe(route, code, seconds)
+        rate = self.options.telemetry_sample_rate
+        if self.telemetry is not None and rate > 0 and self._sampler.random() < rate:
+            model = self.slot.current
+            self.telemetry.track_request(f"{route}", seconds, code, route, rate, model_name=model.name,
+                                         model_version=model.version, route=route)
 
     def authorized(self, path: str, header: str) -> bool:
         if not self.options.token or path in OPEN_ROUTES:
@@ -131,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
         # Unknown paths share one label: a scanner must not grow the metrics without bound.
-        self.app.metrics.observe(path if path in ROUTES else "other", status, time.perf_counter() - started)
+        self.app.answered(path if path in ROUTES else "other", status, time.perf_counter() - started)
 
     def _answer(self, path):
         app = self.app
@@ -155,6 +169,8 @@ class _Handler(BaseHTTPRequestHandler):
             return _json(error.status, {"error_code": "BAD_REQUEST", "message": str(error)})
         except Exception as error:  # no input may crash the server; the client learns it was ours
             logger.exception("request to %s failed", path)
+            if app.telemetry is not None:
+                app.telemetry.record_exception(error, route=path)
             return _json(500, {"error_code": "INTERNAL_ERROR", "message": f"{type(error).__name__}: {error}"})
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve

@@ -69,10 +69,10 @@ def serve(registry_home):
     home, _ = registry_home
     started = []
 
-    def start(**overrides):
+    def start(telemetry=None, **overrides):
         settings = ServeSettings(**{"model_name": MODEL, "port": 0, "online_store": home / "online_store",
                                     "poll_seconds": 0.1, **overrides})
-        started.append(open_server(settings))
+        started.append(open_server(settings, telemetry))
         return started[-1][0]
 
     yield start

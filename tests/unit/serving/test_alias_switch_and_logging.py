@@ -10,6 +10,8 @@ import mlflow
 import pytest
 from deltalake import DeltaTable
 
+from mlops.observability.telemetry import Telemetry, TelemetrySettings
+from support.appinsights import appinsights  # noqa: F401
 from support.ports import free_port
 
 from .conftest import MODEL, call
@@ -131,3 +133,30 @@ def _answers(server) -> bool:
         return call(server, "/ping")[0] == 200
     except OSError:
         return False
+
+
+def test_requests_and_switches_reach_application_insights(serve, registry_home, appinsights):  # noqa: F811
+    _, (first, second, _) = registry_home
+    move_champion(first)
+    telemetry = Telemetry.start(TelemetrySettings(connection_string=appinsights.connection_string,
+                                                  role_name=f"serving/{MODEL}"))
+    try:
+        server = serve(telemetry=telemetry, telemetry_sample_rate=1.0, poll_seconds=0.05)
+        for _ in range(3):
+            assert call(server, "/invocations", BODY)[0] == 200
+        assert call(server, "/invocations", raw=b"{", method="POST")[0] == 400
+        move_champion(second)
+        wait_for(lambda: server.app.slot.current.version == second)
+    finally:
+        move_champion(first)
+        telemetry.close()
+
+    requests = [item["data"]["baseData"] for item in appinsights.items("requests")
+                if item["data"]["baseData"].get("url") == "/invocations"]
+    assert sorted(request["responseCode"] for request in requests) == ["200", "200", "200", "400"]
+    assert all(request["properties"]["model_version"] == first for request in requests)
+    assert {item["sampleRate"] for item in appinsights.items("requests")
+            if item["data"]["baseData"].get("url") == "/invocations"} == {100.0}
+    [switch] = [item["data"]["baseData"] for item in appinsights.items("customEvents")
+                if item["data"]["baseData"]["name"] == "serving.model_switch"]
+    assert (switch["properties"]["from_version"], switch["properties"]["to_version"]) == (first, second)
