@@ -8,11 +8,28 @@ from mlops.cli import command
 from mlops.platform import driver_path
 
 
+def _token(secret: str) -> str:
+    """The bearer token: from the secret scope ``SCOPE/KEY`` when named, else MLOPS_SERVING_TOKEN."""
+    from mlops.errors import ConfigError
+    from mlops.local.dbutils import LocalSecrets
+    from mlops.observability.redaction import register_secret
+    from mlops.serving.server import TOKEN_ENV
+
+    if not secret:
+        token = os.environ.get(TOKEN_ENV, "")
+    else:
+        scope, _, key = secret.partition("/")
+        if not scope or not key:
+            raise ConfigError(f"--token-secret must be SCOPE/KEY, got {secret!r}")
+        token = LocalSecrets().get(scope, key)
+    register_secret(token)
+    return token
+
+
 def _serve(args) -> int:
     from mlops.observability.telemetry import Telemetry, TelemetrySettings
     from mlops.orchestration import CONNECTION_STRING_ENV
     from mlops.platform.home import mlops_home
-    from mlops.serving.server import TOKEN_ENV
     from mlops.serving.start import ServeSettings, close_server, open_server
 
     settings = ServeSettings(
@@ -20,7 +37,7 @@ def _serve(args) -> int:
         online_store=Path(driver_path(args.online_store)),
         log_table=Path(driver_path(args.log_table)) if args.log_table else None,
         poll_seconds=args.poll_seconds, max_feature_age_minutes=args.max_feature_age_minutes,
-        token=os.environ.get(TOKEN_ENV, ""), flush_rows=args.flush_rows, flush_seconds=args.flush_seconds,
+        token=_token(args.token_secret), flush_rows=args.flush_rows, flush_seconds=args.flush_seconds,
         queue_rows=args.queue_rows, max_body_bytes=args.max_body_bytes, registry_uri=args.registry_uri,
         telemetry_sample_rate=args.telemetry_sample_rate)
     telemetry = Telemetry.start(TelemetrySettings(
@@ -64,6 +81,9 @@ def register_cli(subparsers):
     parser.add_argument("--flush-seconds", type=float, default=5.0)
     parser.add_argument("--queue-rows", type=int, default=100_000)
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get a 413")
+    parser.add_argument("--token-secret", default="", metavar="SCOPE/KEY",
+                        help="read the bearer token from this secret (locally MLOPS_SECRET_<SCOPE>_<KEY>); "
+                             "default: MLOPS_SERVING_TOKEN")
     parser.add_argument("--telemetry-sample-rate", type=float, default=0.1,
                         help="share of requests sent to Application Insights as requests items")
     parser.add_argument("--registry-uri", default="")

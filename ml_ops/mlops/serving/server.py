@@ -52,8 +52,8 @@ def is_loopback(host: str) -> bool:
 
 def require_token_off_loopback(host: str, token: str) -> None:
     if not is_loopback(host) and not token:
-        raise ConfigError(f"serving on {host} (not loopback) needs a bearer token: set {TOKEN_ENV}; "
-                          "bind to 127.0.0.1 to serve without one")
+        raise ConfigError(f"serving on {host} (not loopback) needs a bearer token: set {TOKEN_ENV} or "
+                          "pass --token-secret SCOPE/KEY; bind to 127.0.0.1 to serve without one")
 
 
 class ServingApp:

@@ -146,3 +146,16 @@ def test_a_missing_model_or_alias_names_the_command_that_creates_it(serve):
         serve(model_name="no_such_model")
     with pytest.raises(ConfigError, match="has no alias 'Gold'"):
         serve(alias="Gold")
+
+
+def test_the_token_can_come_from_a_secret_scope_and_a_malformed_name_is_refused(monkeypatch):
+    from mlops.cli.serve import _token
+    from mlops.observability.redaction import redact_text
+
+    monkeypatch.setenv("MLOPS_SECRET_SERVING_TOKEN", "scope-token-value-123456")
+    assert _token("serving/token") == "scope-token-value-123456"
+    assert "scope-token-value-123456" not in redact_text("token is scope-token-value-123456")
+    with pytest.raises(ConfigError, match="--token-secret must be SCOPE/KEY, got 'serving'"):
+        _token("serving")
+    with pytest.raises(ConfigError, match="set the environment variable MLOPS_SECRET_SERVING_MISSING"):
+        _token("serving/missing")
