@@ -3,7 +3,8 @@
 Trains, validates and promotes on January 2016, then scores February 2016 with the
 Champion and publishes the results to a local Azurite (or a folder when Node is absent).
 Then the loop closes (:mod:`mlops.local.demo_loop`): February is monitored, a drifted March
-is scored and monitored, and the monitoring job retrains.
+is scored and monitored, and the monitoring job retrains. Last, the Champion answers three
+trips online (:mod:`mlops.local.demo_serving`).
 """
 import argparse
 import contextlib
@@ -20,6 +21,7 @@ from mlops.local import azurite
 from mlops.data.generator import generate
 from mlops.platform.home import mlflow_tracking_uri, mlops_home
 from mlops.local.demo_loop import close_the_loop
+from mlops.local.demo_serving import serve_three_trips
 from mlops.local.jobs import run_job
 from mlops.local.session import spark_session
 from mlops.config import ScoringConfig
@@ -117,6 +119,7 @@ def main(argv=None):
     _banner(f"Inference log {config.predictions_table} (mlops table history {config.predictions_table})")
     print_history(config.table_location, config.predictions_table)
     close_the_loop(spark, args.data, args.rows, _run, _banner)
+    serve_three_trips(_banner)
     _banner("Next")
     print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {mlflow_tracking_uri()} --port 5000")
     print(f"run records and telemetry: {mlops_home() / 'runs'}")

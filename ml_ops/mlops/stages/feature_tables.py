@@ -38,8 +38,12 @@ TRAINING = FeatureTables("training")
 SCORING = FeatureTables("scoring")
 
 
-def build_feature_tables(run, raw_uri, start, end, tables: FeatureTables, parameter_prefix):
-    """Read raw trips in [start, end], clean them, and write the trip and zip feature tables."""
+def build_feature_tables(run, raw_uri, start, end, tables: FeatureTables, parameter_prefix,
+                         online_store_path: str = ""):
+    """Read raw trips in [start, end], clean them, and write the trip and zip feature tables.
+
+    With ``online_store_path``, each zip's newest window is also published there for serving.
+    """
     raw = read_raw_trips(run.spark, raw_uri)
     in_range = features.filter_date_range(raw, start, end).cache()
     try:
@@ -63,16 +67,17 @@ def build_feature_tables(run, raw_uri, start, end, tables: FeatureTables, parame
             run.tables.declare_primary_key(name, keys, timeseries=features.FEATURE_TIMESTAMP)
     finally:
         in_range.unpersist()
-    if run.config.online_store_path:
-        publish_online_snapshot(run, tables, f"{tables.purpose} feature tables {start}..{end}")
+    if online_store_path:
+        source = f"{tables.purpose} feature tables {start}..{end}"
+        publish_online_snapshot(run, tables, online_store_path, source)
     return lineage
 
 
-def publish_online_snapshot(run, tables: FeatureTables, source: str) -> int:
+def publish_online_snapshot(run, tables: FeatureTables, online_store_path: str, source: str) -> int:
     """Each zip's newest window from the zip feature tables, published to the online store."""
     content = online_store.build_snapshot(run.tables.read(tables.pickup_features),
                                           run.tables.read(tables.dropoff_features))
-    return online_store.publish(platform.driver_path(run.config.online_store_path), content, source)
+    return online_store.publish(platform.driver_path(online_store_path), content, source)
 
 
 def load_feature_set(run, start, end, tables: FeatureTables):

@@ -150,7 +150,8 @@ def engineer_features(run):
     """Clean raw trips in the scoring range and write the scoring feature tables."""
     config = run.config
     return build_feature_tables(run, config.taxi_fares_raw_data, config.scoring_data_start_date,
-                                config.scoring_data_end_date, SCORING, "scoring_data")
+                                config.scoring_data_end_date, SCORING, "scoring_data",
+                                config.online_store_path)
 
 
 def score_and_write(run, model: ResolvedModel, load_marker_dir: str | None = None) -> ScoredPredictions:

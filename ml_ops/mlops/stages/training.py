@@ -21,7 +21,8 @@ def engineer_features(run):
     """Clean raw trips in the training range and write the training feature tables."""
     config = run.config
     return build_feature_tables(run, config.taxi_fares_raw_data, config.training_data_start_date,
-                                config.training_data_end_date, TRAINING, "training_data")
+                                config.training_data_end_date, TRAINING, "training_data",
+                                config.online_store_path)
 
 
 def load_training_set(run, start, end):

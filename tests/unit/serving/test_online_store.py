@@ -3,7 +3,6 @@ import datetime
 import json
 import math
 
-import mlflow
 import numpy as np
 import pytest
 from pyspark.sql import functions as F
@@ -11,6 +10,7 @@ from taxi_fares import features
 from taxi_fares.data import generate_trips
 
 from mlops.errors import DataError
+from mlops.inference import engine
 from mlops.serving import online_store
 from mlops.serving.online_store import DEFAULTS, OnlineFeatureStore
 
@@ -18,15 +18,19 @@ from .conftest import MODEL, call
 
 DAY = datetime.date(2016, 2, 1)
 HOUR = datetime.timedelta(hours=1)
+# The module's training set as a Spark DataFrame, for the batch scoring path.
+SPARK_ROWS = {}
 
 
 @pytest.fixture(scope="module")
 def feature_tables(spark):
     """One day of trips, its zip feature tables, and the batch point-in-time training set."""
     trips = features.clean_trips(generate_trips(spark, 4000, DAY, DAY, seed=11)).cache()
-    pickup, dropoff = features.pickup_zip_features(trips), features.dropoff_zip_features(trips)
-    batch = features.build_training_set(trips, pickup, dropoff).toPandas()
-    return pickup.cache(), dropoff.cache(), batch
+    pickup = features.pickup_zip_features(trips).cache()
+    dropoff = features.dropoff_zip_features(trips).cache()
+    training_set = features.build_training_set(trips, pickup, dropoff).cache()
+    SPARK_ROWS["training_set"] = training_set
+    return pickup, dropoff, training_set.toPandas()
 
 
 def store_at(tmp_path, content, max_age=HOUR):
@@ -116,8 +120,15 @@ def test_the_same_trips_give_the_same_predictions_online_as_from_the_batch_rows(
     status, headers, answer = call(server, "/invocations", {"dataframe_records": raw})
 
     assert status == 200 and headers["X-Feature-Fallbacks"] == "0" and len(raw) > 10
-    model = mlflow.lightgbm.load_model(f"models:/{MODEL}/{versions[0]}")
-    expected = model.predict(trips[list(features.FEATURE_COLUMNS)].astype(float).to_numpy())
+    # The batch scoring path itself (the Arrow UDF on the executors) scores the same trips.
+    scoring_model = engine.load_scoring_model(f"models:/{MODEL}/{versions[0]}")
+    pickup_time = F.col(features.PICKUP)
+    in_window = SPARK_ROWS["training_set"].where(
+        (pickup_time >= F.lit(grid_point)) & (pickup_time < F.lit(grid_point + online_store.GRID)))
+    scored = engine.score_features(in_window, scoring_model, engine.Provenance(MODEL, versions[0], "parity"))
+    batch_predictions = {row[features.TRIP_ID]: row[engine.PREDICTION]
+                         for row in scored.select(features.TRIP_ID, engine.PREDICTION).collect()}
+    expected = [batch_predictions[trip_id] for trip_id in trips[features.TRIP_ID]]
     np.testing.assert_allclose(answer["predictions"], expected, rtol=0, atol=1e-9)
 
 

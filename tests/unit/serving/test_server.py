@@ -1,5 +1,6 @@
 """mlops serve on loopback: the MLflow protocol, feature lookup, bad input, metrics and the token."""
 import datetime
+import time
 
 import mlflow
 import numpy as np
@@ -159,3 +160,21 @@ def test_the_token_can_come_from_a_secret_scope_and_a_malformed_name_is_refused(
         _token("serving")
     with pytest.raises(ConfigError, match="set the environment variable MLOPS_SECRET_SERVING_MISSING"):
         _token("serving/missing")
+
+
+def test_a_newer_snapshot_is_picked_up_on_the_next_poll(serve, tmp_path):
+    from mlops.serving import online_store
+
+    from .conftest import SNAPSHOT
+
+    online_store.publish(tmp_path, SNAPSHOT)
+    server = serve(online_store=tmp_path, poll_seconds=0.05)
+    later = {**SNAPSHOT, "as_of": "2016-02-01T12:15:00"}
+    assert call(server, "/health")[2]["feature_snapshot_version"] == 1
+
+    online_store.publish(tmp_path, later)
+
+    deadline = time.monotonic() + 10
+    while call(server, "/health")[2]["feature_snapshot_version"] != 2:
+        assert time.monotonic() < deadline, "the server did not load the newer snapshot"
+        time.sleep(0.05)
