@@ -9,7 +9,7 @@ threshold, the latest of them included, and no cooldown applies.
 import datetime
 from dataclasses import dataclass, field
 
-from mlops.monitoring.drift import EXEMPT, INSUFFICIENT, OK, TABLE_COLUMN, VIOLATION
+from mlops.monitoring.drift import EXEMPT, INSUFFICIENT, OK, TABLE_COLUMN, VIOLATION, window_start_text
 from mlops.monitoring.settings import MonitoringSettings
 
 
@@ -52,7 +52,8 @@ def violations_of(profile_rows: list[dict], drift_rows: list[dict], settings: Mo
     found += [(row, "rmse_ratio", max(settings.rmse_ratio_threshold, row["rmse_ratio_by_chance"]))
               for row in profile_rows
               if row["column_name"] == TABLE_COLUMN and row.get("quality_status") == VIOLATION]
-    return [Violation(_start(row), row["model_version"], row["column_name"], metric, row[metric], limit)
+    return [Violation(window_start_text(row), row["model_version"], row["column_name"], metric, row[metric],
+                      limit)
             for row, metric, limit in found]
 
 
@@ -60,7 +61,7 @@ def window_states(profile_rows: list[dict], drift_rows: list[dict]) -> list[tupl
     """(window start, ok | violation | insufficient_data) for each window, in time order."""
     statuses: dict[str, set] = {}
     for row in drift_rows + [row for row in profile_rows if row["column_name"] == TABLE_COLUMN]:
-        statuses.setdefault(_start(row), set()).add(row.get("status") or row.get("quality_status"))
+        statuses.setdefault(window_start_text(row), set()).add(row.get("status") or row.get("quality_status"))
     # An exempt column has data but is not judged: it counts as within thresholds.
     states = {start: next(state for state in (VIOLATION, OK, INSUFFICIENT)
                           if state in found or (state == OK and EXEMPT in found))
@@ -93,8 +94,3 @@ def decide(profile_rows: list[dict], drift_rows: list[dict], settings: Monitorin
         return Decision(False, f"cooldown: a version was trained at {last_trained_at.isoformat()}, within "
                                f"{settings.cooldown_days} days; {rule}", windows, violations)
     return Decision(True, f"retrain: {rule}", windows, violations)
-
-
-def _start(row: dict) -> str:
-    start = row["window"]["start"]
-    return start.isoformat() if hasattr(start, "isoformat") else str(start)

@@ -50,6 +50,12 @@ def rmse_ratio_by_chance(rows: int, alpha: float) -> float:
     return math.sqrt(stats.chi2.ppf(1 - alpha, rows) / rows)
 
 
+def window_start_text(row: dict) -> str:
+    """A metric row's window start as ISO text, for decisions, reports and telemetry."""
+    start = row["window"]["start"]
+    return start.isoformat() if hasattr(start, "isoformat") else str(start)
+
+
 def _window(sums: dict, settings: MonitoringSettings) -> dict:
     start = sums[WINDOW_START]
     return {"start": start, "end": start + settings.window_length}

@@ -16,7 +16,7 @@ import io
 import math
 
 from mlops.lifecycle import plots
-from mlops.monitoring.drift import INSUFFICIENT, TABLE_COLUMN, VIOLATION
+from mlops.monitoring.drift import INSUFFICIENT, TABLE_COLUMN, VIOLATION, window_start_text
 
 plt = plots.plt
 FIGURE_NAMES = ("distributions", "psi", "rmse")
@@ -49,7 +49,7 @@ def distributions_figure(profile_rows: list[dict], drift_rows: list[dict], profi
         panel.plot(reference.quantiles, levels, color=COLORS["reference"], label="reference")
         if current:
             panel.plot(current, [(index + 0.5) / len(current) for index in range(len(current))],
-                       color=COLORS.get(drift["status"], COLORS["current"]), label=_day(drift))
+                       color=COLORS.get(drift["status"], COLORS["current"]), label=window_start_text(drift))
         panel.set_title(f"{name}\nPSI {drift['population_stability_index']:.3f} ({drift['status']})",
                         fontsize=9)
         panel.set_ylabel("share of rows at or below", fontsize=7)
@@ -136,7 +136,8 @@ def render_html(title: str, images: dict, decision, profile_rows: list[dict]) ->
     table_rows = sorted((row for row in profile_rows if row["column_name"] == TABLE_COLUMN),
                         key=lambda row: (row["window"]["start"], row["model_version"]))
     windows = "".join(
-        f"<tr><td>{escape(_day(row))}</td><td>{escape(row['model_version'])}</td><td>{row['count']}</td>"
+        f"<tr><td>{escape(window_start_text(row))}</td><td>{escape(row['model_version'])}</td>"
+        f"<td>{row['count']}</td>"
         f"<td>{row.get('labelled_count') or 0}</td><td>{_number(row.get('root_mean_squared_error'))}</td>"
         f"<td>{_number(row.get('rmse_ratio'))}</td>"
         f"<td>{escape(row.get('quality_status') or '')}</td></tr>"
@@ -170,11 +171,6 @@ def log_report(mlflow_module, result, settings, decision, title: str) -> str:
     mlflow_module.log_text(render_html(title, images, decision, result.profile_rows),
                            f"{ARTIFACT_FOLDER}/{REPORT_NAME}")
     return f"{mlflow_module.get_artifact_uri(ARTIFACT_FOLDER)}/{REPORT_NAME}"
-
-
-def _day(row: dict) -> str:
-    start = row["window"]["start"]
-    return start.isoformat() if hasattr(start, "isoformat") else str(start)
 
 
 def _number(value) -> str:

@@ -5,7 +5,7 @@ violation is a ``customEvents`` item named ``monitoring.violation``; the decisio
 ``monitoring.decision`` event. All carry the model name and version, the column and the
 window in customDimensions, so a log alert can filter and group on them.
 """
-from mlops.monitoring.drift import INSUFFICIENT, TABLE_COLUMN
+from mlops.monitoring.drift import INSUFFICIENT, TABLE_COLUMN, window_start_text
 
 METRIC_PREFIX = "monitoring."
 VIOLATION_EVENT = "monitoring.violation"
@@ -17,10 +17,9 @@ QUALITY_METRICS = ("count", "labelled_count", "root_mean_squared_error", "mean_a
 
 
 def _dimensions(row: dict, model_name: str, status_key: str) -> dict:
-    start = row["window"]["start"]
     return {"model_name": model_name, "model_version": row["model_version"],
             "column_name": row["column_name"],
-            "window_start": start.isoformat() if hasattr(start, "isoformat") else str(start),
+            "window_start": window_start_text(row),
             "granularity": row["granularity"], "status": row.get(status_key) or ""}
 
 

@@ -71,7 +71,7 @@ class ServingApp:
         rate = self.options.telemetry_sample_rate
         if self.telemetry is not None and rate > 0 and self._sampler.random() < rate:
             model = self.slot.current
-            self.telemetry.track_request(f"{route}", seconds, code, route, rate, model_name=model.name,
+            self.telemetry.track_request(route, seconds, code, route, rate, model_name=model.name,
                                          model_version=model.version, route=route)
 
     def authorized(self, path: str, header: str) -> bool:
@@ -150,8 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, path):
         app = self.app
         if not app.authorized(path, self.headers.get("Authorization")):
-            return 401, {"WWW-Authenticate": "Bearer", "Content-Type": "application/json"}, json.dumps(
-                {"error_code": "UNAUTHENTICATED", "message": "a valid bearer token is required"}).encode()
+            status, headers, payload = _json(401, {"error_code": "UNAUTHENTICATED",
+                                                   "message": "a valid bearer token is required"})
+            return status, {**headers, "WWW-Authenticate": "Bearer"}, payload
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -186,10 +187,12 @@ class _Listener(ThreadingHTTPServer):
 
 
 class ServingServer:
-    """The HTTP server around a :class:`ServingApp`, on ``host``:``port`` (0: a free port)."""
+    """The HTTP server around a :class:`ServingApp`, on ``host``:``port`` (0: a free port).
+
+    :func:`mlops.serving.start.open_server` checks the token rule before anything is loaded.
+    """
 
     def __init__(self, app: ServingApp, host: str, port: int):
-        require_token_off_loopback(host, app.options.token)
         handler = type("BoundHandler", (_Handler,), {"app": app})
         self.app = app
         self.httpd = _Listener((host, port), handler)
