@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mlops.errors import MlopsError, NotebookError
 from mlops.observability.redaction import SECRET_VALUE_MARKER, install_redaction, redact_text
+from mlops import platform
 from mlops.platform import home
 
 DEBUG_ENV = "MLOPS_DEBUG"
@@ -54,11 +55,14 @@ def _under_home(error: OSError):
 
 
 def command(function):
-    """Wrap a subcommand: a foreseeable error becomes one ``error:`` line and exit code 1."""
+    """Wrap a subcommand: MLflow reads the platform's store (see
+    :func:`mlops.platform.mlflow_store_environment`), and a foreseeable error becomes one
+    ``error:`` line and exit code 1."""
     @functools.wraps(function)
     def run(args):
         try:
-            return function(args)
+            with platform.mlflow_store_environment():
+                return function(args)
         except MlopsError as error:
             report(error)
         except OSError as error:

@@ -94,13 +94,16 @@ def is_secret_name(name) -> bool:
 
     The name is split into words. It is secret when it contains a secret word (or the pair
     "connection string"), unless its last word marks it as a reference to a secret
-    (``*_scope``, ``*_name``, ``*_id``, ``*_path``, ...) or "key" is a data key such as
+    (``*_scope``, ``*_name``, ``*_id``, ``*_path``, ``<thing>_secret_key``, ...) or "key" is a data key such as
     ``primary_key`` or ``partition_key``.
     """
     if not isinstance(name, str):
         return False
     words = _words(name)
     if not words or words[-1] in _REFERENCE_SUFFIXES:
+        return False
+    if len(words) > 2 and words[-2:] == ["secret", "key"]:
+        # "storage_secret_key" names a key inside a secret scope; only the value read from it is secret.
         return False
     for index, word in enumerate(words):
         previous = words[index - 1] if index else None

@@ -17,6 +17,7 @@ from mlops.errors import ConfigError
 from mlops.platform import catalog, context, home, locks, paths
 
 RUNTIME_VERSION_ENV = "DATABRICKS_RUNTIME_VERSION"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 TABLE_FORMATS = ("auto", "parquet", "delta")
 
 
@@ -62,6 +63,24 @@ def run_context(dbutils, task: str) -> context.RunContext:
 def default_tracking_uri() -> str:
     """Where MLflow tracks when MLFLOW_TRACKING_URI is not set."""
     return "databricks" if on_databricks() else home.mlflow_tracking_uri()
+
+
+@contextlib.contextmanager
+def mlflow_store_environment():
+    """MLFLOW_TRACKING_URI set to this platform's store for the block, unless already set.
+
+    Every MLflow call of a command, including those that take no URI (a ``models:/`` download,
+    ``mlflow.start_run``), then reads and writes the same store, and nothing lands in the
+    working directory.
+    """
+    if os.environ.get(TRACKING_URI_ENV):
+        yield os.environ[TRACKING_URI_ENV]
+        return
+    os.environ[TRACKING_URI_ENV] = default_tracking_uri()
+    try:
+        yield os.environ[TRACKING_URI_ENV]
+    finally:
+        os.environ.pop(TRACKING_URI_ENV, None)
 
 
 def local_artifact_root() -> Path:

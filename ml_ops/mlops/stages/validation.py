@@ -1,6 +1,7 @@
 """Task ``validate``: gate a registered version before it may become Challenger.
 
-The version's ``model_validation_status`` goes to PENDING first. The checks then run on the
+The version's ``model_validation_status`` goes to PENDING first, unless it is PASSED: a PASSED
+version (the Champion) keeps serving until the new result is in. The checks then run on the
 held-out rows of the version's own out-of-time split (the latest ``test_fraction`` of its training
 range, after a gap of ``held_out_gap_minutes``), so they never score rows the model trained on. Every check is
 recorded with its value and threshold, in ``validation_results.json`` of the task's MLflow
@@ -9,8 +10,8 @@ fails the task with ValidationFailed, so ``deploy`` does not run. Validating the
 never makes it Challenger; a Champion that fails is tagged ``champion_validation_failed_at``,
 reported to telemetry as an error, and scoring refuses it until it is rolled back or replaced.
 
-A validation that crashes (rather than fails a check) leaves the status PENDING: nothing
-was decided about the model.
+A validation that crashes (rather than fails a check) leaves the status as it was (PENDING for a
+new version): nothing was decided about the model.
 """
 import datetime
 import logging
@@ -282,24 +283,27 @@ def validate_model(run) -> ValidationReport:
     registry = RegistryClient.from_config(config)
     model = resolve_model(run, registry, upstream_task="train", switch_parameter="execute_training")
     run.annotate(model_version=model.version)
-    registry.set_validation_status(model.version, PENDING)
+    previous_status = registry.validation_status(model.version)
+    if previous_status != PASSED:
+        # A PASSED version (the Champion, say) keeps serving while it is re-validated.
+        registry.set_validation_status(model.version, PENDING)
     training_run = registry.training_run(model.version)
     data = load_held_out(run, Split.of_training_run(training_run), config.validation_sample_rows)
     report = check_model(model, load_model(model), training_run.data.tags, data, config)
-    _record(run, registry, report)
+    alias_set = _record(run, registry, report, previous_status)
     for key, value in {**model.task_values(), "validation_status": report.status}.items():
         run.set_task_value(key, value)
     if report.failed:
         raise ValidationFailed(
             f"model '{model.name}' version {model.version} failed validation: "
             + "; ".join(check.line()[len("FAIL "):] for check in report.failed))
-    logger.info("model %s version %s passed %d checks; alias %s set",
-                model.name, model.version, len(report.checks), CHALLENGER)
+    logger.info("model %s version %s passed %d checks; %s", model.name, model.version, len(report.checks),
+                f"alias {alias_set} set" if alias_set else "no alias set (it is the Champion)")
     return report
 
 
-def _record(run, registry: RegistryClient, report: ValidationReport):
-    """Results to the task's MLflow run and the version; then the status tag and alias."""
+def _record(run, registry: RegistryClient, report: ValidationReport, previous_status: str | None):
+    """Results to the task's MLflow run and the version; then the status tag and alias (returned, if set)."""
     model = report.model
     when = utc_now()
     mlflow.log_dict(report.as_dict(), "validation_results.json")
@@ -315,17 +319,21 @@ def _record(run, registry: RegistryClient, report: ValidationReport):
     registry.describe(model.version, report.description(when, run.mlflow_run_id))
     registry.set_tags(model.version, {VALIDATED_AT_TAG: when, VALIDATION_RUN_TAG: run.mlflow_run_id})
     registry.set_validation_status(model.version, report.status)
-    registry.history.append("validated", model.version, f"job {run.job.job_name} run {run.job.job_run_id}",
-                            model_validation_status=report.status,
+    registry.history.append("revalidated" if previous_status in (PASSED, FAILED) else "validated",
+                            model.version, f"job {run.job.job_name} run {run.job.job_run_id}",
+                            model_validation_status=report.status, previous_status=previous_status or None,
                             failed_checks=", ".join(check.name for check in report.failed) or None)
     is_champion = registry.alias_version(CHAMPION) == model.version
+    alias_set = None
     if report.status == PASSED and not is_champion:
         registry.set_alias(CHALLENGER, model.version)
+        alias_set = CHALLENGER
     elif report.status == FAILED and registry.alias_version(CHALLENGER) == model.version:
         # A version that fails a re-validation must not stay the one awaiting promotion.
         registry.delete_alias(CHALLENGER)
     if report.status == FAILED and is_champion:
         _champion_failed(run, registry, report, when)
+    return alias_set
 
 
 def _champion_failed(run, registry: RegistryClient, report: ValidationReport, when: str):

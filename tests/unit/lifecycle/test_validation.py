@@ -162,3 +162,21 @@ def test_unknown_model_version_parameter_is_reported(register_version, registry)
     run = task_in_job("validate", {}, model_version="42")
     with pytest.raises(RegistryError, match="version 42 does not exist"):
         resolve_model(run, registry, "train", "execute_training")
+
+
+def test_an_interrupted_revalidation_leaves_a_passed_champion_passed(passed_version, registry, spark, tmp_path):
+    from mlops.data.tables import TableStore
+    from mlops.errors import DataError
+    from mlops.stages.validation import validate_model
+
+    version = passed_version()
+    registry.set_alias("Champion", version)
+    run = task_in_job("validate", {}, model_version=version, registered_model_name=registry.name)
+    run.annotate = lambda **values: None
+    # No feature tables: validation stops while reading its held-out rows.
+    run.tables = TableStore(spark, str(tmp_path / "no_tables"), "delta")
+
+    with pytest.raises(DataError, match="does not exist"):
+        validate_model(run)
+
+    assert registry.validation_status(version) == "PASSED"

@@ -42,6 +42,7 @@ def test_names_that_hold_secret_values_are_secret(name):
     # these only name a secret: they hold a scope, a key name, an id or a path
     "secret_scope", "secret_key_name", "appinsights_secret_scope", "appinsights_secret_key_name",
     "storage_key_secret_name", "token_scope", "aws_access_key_id", "private_key_path",
+    "storage_secret_key", "appinsights_secret_key", "storage_secret_scope",
     # data keys and ordinary parameters
     "primary_keys", "primary_key", "partition_key", "join_key", "monkey", "tokenizer",
     "training_num_leaves", "taxi_fares_raw_data", "trained_model_version", "registered_model_name",
@@ -95,6 +96,13 @@ def test_redact_params_redacts_by_name_and_by_value_and_keeps_the_rest():
         "execute_feature_engineering": True,
     }
     assert params["storage_account_key"] == "not-base64-but-named-as-key", "the input is not modified"
+
+
+def test_a_secret_key_name_is_kept_in_params_and_not_scrubbed_from_text():
+    params = {"storage_secret_scope": "mlops", "storage_secret_key": "storage"}
+
+    assert redact_params(params) == params
+    assert redact_text("read key storage of scope mlops") == "read key storage of scope mlops"
 
 
 def test_values_redacted_by_name_are_remembered_for_free_text():
