@@ -3,10 +3,13 @@ import logging
 import math
 import numbers
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import lightgbm
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import lightgbm
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def _is_integer(value) -> bool:
 
 
 def train_model(features: pd.DataFrame, labels: pd.Series, params: TrainingParams,
-                num_threads: int = 0) -> lightgbm.Booster:
+                num_threads: int = 0) -> "lightgbm.Booster":
     """A LightGBM booster trained with exactly ``params``; num_threads 0 lets LightGBM choose."""
     params.validate()
     if not _is_integer(num_threads) or num_threads < 0:
@@ -86,12 +89,14 @@ def train_model(features: pd.DataFrame, labels: pd.Series, params: TrainingParam
         raise ValueError(f"labels contain {bad} missing or infinite values")
     logger.info("training LightGBM on %d rows, %d features: %s, %d rounds",
                 len(features), features.shape[1], asdict(params), params.num_rounds)
+    import lightgbm  # here, not at import: config parsing needs TrainingParams only
+
     dataset = lightgbm.Dataset(features, label=label_values, free_raw_data=True)
     return lightgbm.train(params.lightgbm_params(num_threads), dataset,
                           num_boost_round=int(params.num_rounds))
 
 
-def predict(booster: lightgbm.Booster, features: pd.DataFrame) -> np.ndarray:
+def predict(booster: "lightgbm.Booster", features: pd.DataFrame) -> np.ndarray:
     """Predictions for ``features``, whose columns are matched to the booster's by name."""
     names = booster.feature_name()
     missing = [name for name in names if name not in features.columns]

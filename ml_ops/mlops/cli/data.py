@@ -1,14 +1,16 @@
 """``mlops data generate``: write synthetic raw trips with the public dataset's schema."""
+import argparse
 import time
 
 from mlops.cli import command
-from mlops.data.generator import generate, parse_date
 from mlops.errors import ConfigError
-from mlops.local.session import spark_session
 
 
 def _run(args):
     from taxi_fares.data import DriftSettings
+
+    from mlops.data.generator import generate, parse_date
+    from mlops.local.session import spark_session
 
     drift = DriftSettings(distance_scale=args.distance_scale, fare_scale=args.fare_scale,
                           hour_shift=args.hour_shift, zip_shift=args.zip_shift)
@@ -27,16 +29,20 @@ def _run(args):
 def register_cli(subparsers):
     data = subparsers.add_parser("data", help="generate synthetic raw trips")
     commands = data.add_subparsers(dest="data_command", required=True)
-    gen = commands.add_parser("generate", help="write raw trips with the public dataset's schema")
-    gen.add_argument("--rows", type=int, required=True)
-    gen.add_argument("--start-date", required=True)
-    gen.add_argument("--end-date", required=True)
+    gen = commands.add_parser(
+        "generate", help="write raw trips with the public dataset's schema",
+        description="Write synthetic NYC taxi trips with the schema of nyctaxi-with-zipcodes/subsampled, "
+                    "and a late-labels table beside them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    gen.add_argument("--rows", type=int, required=True, help="how many trips")
+    gen.add_argument("--start-date", required=True, help="first pickup day, YYYY-MM-DD")
+    gen.add_argument("--end-date", required=True, help="last pickup day, YYYY-MM-DD")
     gen.add_argument("--output", required=True, help="a local path or dbfs:/ path")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    gen.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same trips")
+    gen.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="file format")
     drift = gen.add_argument_group("drift", "shift distributions to simulate drift")
-    drift.add_argument("--distance-scale", type=float, default=1.0)
-    drift.add_argument("--fare-scale", type=float, default=1.0)
-    drift.add_argument("--hour-shift", type=int, default=0)
-    drift.add_argument("--zip-shift", type=int, default=0)
+    drift.add_argument("--distance-scale", type=float, default=1.0, help="multiplies trip distances")
+    drift.add_argument("--fare-scale", type=float, default=1.0, help="multiplies fares")
+    drift.add_argument("--hour-shift", type=int, default=0, help="moves pickup hours by this many hours")
+    drift.add_argument("--zip-shift", type=int, default=0, help="moves the busiest zips by this many places")
     gen.set_defaults(func=command(_run))

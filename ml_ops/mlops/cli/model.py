@@ -3,9 +3,23 @@ import argparse
 import getpass
 
 from mlops.cli import command
-from mlops.lifecycle import model_admin
-from mlops.lifecycle.model_admin import (DEFAULT_EXPERIMENT, approve, list_models, pin, promote, rollback,
-                                         show_model, unpin)
+from mlops.config import JobConfig
+
+USAGE = """Look at registered models and move the Champion by hand.
+
+    mlops model list
+    mlops model show taxi_fares
+    mlops model approve taxi_fares 4 --by alice
+    mlops model rollback taxi_fares 2 --reason "v3 overcharges airport trips" --by alice
+    mlops model promote taxi_fares 4 --reason "v4 fixed the airport trips" --by alice
+    mlops model pin taxi_fares --reason "investigating drift"     mlops model unpin taxi_fares
+
+Every command reads the local tracking store by default (``MLFLOW_TRACKING_URI`` when set,
+else ``$MLOPS_HOME/mlflow.db``); ``--registry-uri databricks-uc`` targets Unity Catalog.
+Every action that happens logs an MLflow run, so the audit trail has who and why; a refused
+action logs nothing. A rollback pins the Champion (``--no-pin`` to leave automatic promotion on).
+"""
+DEFAULT_EXPERIMENT = JobConfig.experiment_name
 
 
 def _current_user() -> str:
@@ -22,6 +36,17 @@ def _run(action):
         print(action(args))
         return 0
     return command(run)
+
+
+def _admin(function_name: str, *argument_names, **keyword_names):
+    """``model_admin.<function_name>`` called with these ``args`` attributes, imported when it runs."""
+    def call(args):
+        from mlops.lifecycle import model_admin
+
+        positional = [getattr(args, name) for name in argument_names]
+        keywords = {key: getattr(args, name) for key, name in keyword_names.items()}
+        return getattr(model_admin, function_name)(*positional, **keywords)
+    return call
 
 
 def _profile(args) -> str:
@@ -47,7 +72,7 @@ def _profile(args) -> str:
 
 def register_cli(subparsers):
     parser = subparsers.add_parser("model", help="list, show, approve, promote, roll back and pin models",
-                                   description=model_admin.__doc__,
+                                   description=USAGE,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="model_command", required=True)
 
@@ -65,19 +90,18 @@ def register_cli(subparsers):
     by = (("--by",), {"default": _current_user(), "help": "who asks (default: the current user)"})
     experiment = (("--experiment",), {"default": DEFAULT_EXPERIMENT,
                                       "help": "MLflow experiment of the audit run"})
-    add("list", "registered models with their Champion and Challenger",
-        lambda args: list_models(args.registry_uri))
+    add("list", "registered models with their Champion and Challenger", _admin("list_models", "registry_uri"))
     add("show", "versions, aliases, validation status, approval and history of one model",
-        lambda args: show_model(args.name, args.registry_uri), name)
+        _admin("show_model", "name", "registry_uri"), name)
     add("approve", "make a PASSED version awaiting approval the Champion",
-        lambda args: approve(args.name, args.version, args.by, args.registry_uri, args.experiment),
+        _admin("approve", "name", "version", "by", "registry_uri", "experiment"),
         name, version, by, experiment)
     reason = (("--reason",), {"required": True, "help": "why (kept on the version and in the history)"})
     add("rollback", "move the Champion back to an earlier PASSED version, and pin it",
-        lambda args: rollback(args.name, args.version, args.reason, args.by, args.registry_uri,
-                              args.experiment, pin=not args.no_pin),
+        _admin("rollback", "name", "version", "reason", "by", "registry_uri", "experiment", pin="pin"),
         name, version, reason, by, experiment,
-        (("--no-pin",), {"action": "store_true", "help": "leave automatic promotion on after the rollback"}))
+        (("--no-pin",), {"dest": "pin", "action": "store_false",
+                         "help": "leave automatic promotion on after the rollback"}))
     add("profile", "build the monitoring reference of an existing version from its held-out rows",
         _profile, name, version,
         (("--location",), {"default": "dev.taxi_fares",
@@ -85,11 +109,9 @@ def register_cli(subparsers):
         (("--predictions-table",), {"default": "taxi_fares_predictions",
                                     "help": "the inference log (default taxi_fares_predictions)"}))
     add("promote", "make any PASSED version the Champion (a roll-forward)",
-        lambda args: promote(args.name, args.version, args.reason, args.by, args.registry_uri,
-                             args.experiment),
+        _admin("promote", "name", "version", "reason", "by", "registry_uri", "experiment"),
         name, version, reason, by, experiment)
     add("pin", "stop automatic promotion: deploy tasks leave the Champion where it is",
-        lambda args: pin(args.name, args.reason, args.by, args.registry_uri, args.experiment),
-        name, reason, by, experiment)
+        _admin("pin", "name", "reason", "by", "registry_uri", "experiment"), name, reason, by, experiment)
     add("unpin", "restart automatic promotion",
-        lambda args: unpin(args.name, args.by, args.registry_uri, args.experiment), name, by, experiment)
+        _admin("unpin", "name", "by", "registry_uri", "experiment"), name, by, experiment)

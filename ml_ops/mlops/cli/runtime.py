@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 from mlops.cli import command
-from mlops.lifecycle.model_admin import format_table
 from mlops.config import parse_assignments
 from mlops.errors import JobError
 from mlops.local.jobs import SUCCESS, RunRecord, run_job, run_notebook_as_job
@@ -79,6 +78,8 @@ def list_runs_command(args: argparse.Namespace) -> int:
         return 0
     rows = [[record.run_id, record.job_name, record.state, record.start_time[:19].replace("T", " "),
              str(len(record.repairs))] for record in records]
+    from mlops.lifecycle.model_admin import format_table
+
     print(format_table(["run id", "job", "state", "started (UTC)", "repairs"], rows))
     return 0
 

@@ -1,4 +1,5 @@
 """``mlops serve``: serve a registered model's alias over HTTP until SIGTERM or Ctrl-C."""
+import argparse
 import os
 import signal
 import threading
@@ -26,6 +27,19 @@ def _token(secret: str) -> str:
     return token
 
 
+def _log_table_path(value: str) -> Path | None:
+    """The inference log's folder: a path or URI, or a table name ``catalog.schema.table``."""
+    from mlops import platform
+    from mlops.platform import catalog
+
+    if not value:
+        return None
+    if catalog.is_schema(value):
+        catalog_name, schema, table = catalog.split_name(value)
+        return Path(platform.table_target(f"{catalog_name}.{schema}", table).path)
+    return Path(driver_path(value))
+
+
 def _serve(args) -> int:
     from mlops.observability.telemetry import Telemetry, TelemetrySettings
     from mlops.orchestration import CONNECTION_STRING_ENV
@@ -35,7 +49,7 @@ def _serve(args) -> int:
     settings = ServeSettings(
         model_name=args.model, alias=args.alias, host=args.host, port=args.port,
         online_store=Path(driver_path(args.online_store)),
-        log_table=Path(driver_path(args.log_table)) if args.log_table else None,
+        log_table=_log_table_path(args.log_table),
         poll_seconds=args.poll_seconds, max_feature_age_minutes=args.max_feature_age_minutes,
         token=_token(args.token_secret), flush_rows=args.flush_rows, flush_seconds=args.flush_seconds,
         queue_rows=args.queue_rows, max_body_bytes=args.max_body_bytes, registry_uri=args.registry_uri,
@@ -64,27 +78,36 @@ def _serve(args) -> int:
 
 
 def register_cli(subparsers):
-    parser = subparsers.add_parser("serve", help="serve a registered model's alias (MLflow scoring protocol)")
-    parser.add_argument("--model", default="taxi_fares")
-    parser.add_argument("--alias", default="Champion")
+    parser = subparsers.add_parser(
+        "serve", help="serve a registered model's alias (MLflow scoring protocol)",
+        description="Serve a registered model's alias over HTTP in the MLflow scoring protocol "
+                    "(POST /invocations; GET /ping, /health, /version, /metrics) until SIGTERM or Ctrl-C.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="taxi_fares", help="registered model name")
+    parser.add_argument("--alias", default="Champion", help="the alias served; followed as it moves")
     parser.add_argument("--host", default="127.0.0.1", help="other than loopback needs MLOPS_SERVING_TOKEN")
-    parser.add_argument("--port", type=int, default=5050)
+    parser.add_argument("--port", type=int, default=5050, help="TCP port (0: any free port)")
     parser.add_argument("--online-store", default="dbfs:/mlops/taxi_fares/online_store",
                         help="the folder feature engineering publishes snapshots to")
     parser.add_argument("--log-table", default="",
-                        help="the inference log's Delta folder (empty: requests are not logged)")
+                        help="the inference log: a table name catalog.schema.table, or a Delta folder "
+                             "(empty: requests are not logged)")
     parser.add_argument("--poll-seconds", type=float, default=10.0,
                         help="how often the alias and the feature snapshot are checked")
     parser.add_argument("--max-feature-age-minutes", type=float, default=60.0,
                         help="older window features fall back to the defaults")
-    parser.add_argument("--flush-rows", type=int, default=5_000)
-    parser.add_argument("--flush-seconds", type=float, default=5.0)
-    parser.add_argument("--queue-rows", type=int, default=100_000)
+    parser.add_argument("--flush-rows", type=int, default=5_000,
+                        help="rows per inference log commit, at most")
+    parser.add_argument("--flush-seconds", type=float, default=5.0,
+                        help="the longest a logged row waits for its commit")
+    parser.add_argument("--queue-rows", type=int, default=100_000,
+                        help="rows the log queue holds; more are counted as not logged")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get a 413")
     parser.add_argument("--token-secret", default="", metavar="SCOPE/KEY",
                         help="read the bearer token from this secret (locally MLOPS_SECRET_<SCOPE>_<KEY>); "
-                             "default: MLOPS_SERVING_TOKEN")
+                             "empty: MLOPS_SERVING_TOKEN")
     parser.add_argument("--telemetry-sample-rate", type=float, default=0.1,
                         help="share of requests sent to Application Insights as requests items")
-    parser.add_argument("--registry-uri", default="")
+    parser.add_argument("--registry-uri", default="",
+                        help="registry URI; 'databricks-uc' for Unity Catalog (empty: the tracking store)")
     parser.set_defaults(func=command(_serve))

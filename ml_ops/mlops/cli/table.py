@@ -4,7 +4,6 @@ import datetime
 from mlops.cli import command
 from mlops.config import JobConfig
 from mlops.data.tables import TableStore
-from mlops.lifecycle.model_admin import format_table
 
 
 def _history(args):
@@ -21,6 +20,8 @@ def print_history(location: str, name: str):
         rows.append([entry["version"], when.strftime("%Y-%m-%d %H:%M:%S"), entry["operation"],
                      entry["mode"], entry["rows"] if entry["rows"] is not None else "-"])
     print(f"table {name} at {store.uri(name)}")
+    from mlops.lifecycle.model_admin import format_table
+
     print(format_table(["version", "time (UTC)", "operation", "mode", "rows written"], rows))
 
 

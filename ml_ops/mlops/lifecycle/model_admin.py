@@ -1,16 +1,7 @@
-"""Look at registered models and move the Champion by hand (``mlops model ...``).
+"""Look at registered models and move the Champion by hand: what ``mlops model ...`` runs.
 
-    mlops model list
-    mlops model show taxi_fares
-    mlops model approve taxi_fares 4 --by alice
-    mlops model rollback taxi_fares 2 --reason "v3 overcharges airport trips" --by alice
-    mlops model promote taxi_fares 4 --reason "v4 fixed the airport trips" --by alice
-    mlops model pin taxi_fares --reason "investigating drift"     mlops model unpin taxi_fares
-
-Every command reads the local tracking store by default (``MLFLOW_TRACKING_URI`` when set,
-else ``$MLOPS_HOME/mlflow.db``); ``--registry-uri databricks-uc`` targets Unity Catalog.
 Every action that happens logs an MLflow run, so the audit trail has who and why; a refused
-action logs nothing. A rollback pins the Champion (``--no-pin`` to leave automatic promotion on).
+action logs nothing.
 """
 import datetime
 import logging

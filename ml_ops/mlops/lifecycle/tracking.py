@@ -40,6 +40,31 @@ _CONNECTION_ERRORS_BY_MODULE = {
 }
 
 
+def _sqlite_store(store_uri, artifact_uri=None):
+    """MLflow's sqlite store, with its default artifact root in MLOPS_HOME rather than ``./mlruns``."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    return SqlAlchemyStore(store_uri, artifact_uri or platform.local_artifact_root().as_uri())
+
+
+def local_store_defaults():
+    """Make MLflow's sqlite store keep its artifact root in MLOPS_HOME, and create it quietly.
+
+    MLflow creates ``./mlruns`` in the working directory each time it opens a sqlite store that
+    was given no artifact root, which every ``MlflowClient`` is. Importing MLflow sets its schema
+    migrations to log some fifty INFO lines per new store.
+    """
+    from mlflow.tracking._tracking_service import utils as tracking_service
+
+    tracking_service._tracking_store_registry.register("sqlite", _sqlite_store)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+QUIET_LOGGERS = ("alembic", "mlflow.store.db.utils")
+local_store_defaults()
+
+
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` wins; then Databricks; else the local sqlite store."""
     if os.environ.get("MLFLOW_TRACKING_URI"):

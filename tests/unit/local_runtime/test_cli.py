@@ -125,3 +125,31 @@ def test_notebook_run_prints_its_run_id_and_writes_a_run_record(cli_env, capsys)
 def test_notebook_run_of_a_missing_file_names_it(cli_env, capsys):
     assert _main(["notebook", "run", str(NOTEBOOKS / "no_such.py")]) == 1
     assert capsys.readouterr().err.strip().endswith("no_such.py does not exist")
+
+
+def test_help_and_argument_errors_load_no_heavy_library():
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom mlops.cli import build_parser\nparser = build_parser()\n"
+             "try:\n    parser.parse_args(['serve', '--port', 'x'])\nexcept SystemExit:\n    pass\n"
+             "print(','.join(sorted(name for name in ('mlflow', 'lightgbm', 'sklearn', 'deltalake') "
+             "if name in sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert loaded.stdout.strip() == "", loaded.stdout
+    assert "argument --port: invalid int value: 'x'" in loaded.stderr
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["serve", "--help"], ["--flush-rows FLUSH_ROWS", "(default: 5000)", "--log-table LOG_TABLE",
+                           "catalog.schema.table", "(default: Champion)"]),
+    (["data", "generate", "--help"], ["--seed SEED", "(default: 0)", "--distance-scale", "(default: 1.0)",
+                                      "first pickup day"]),
+])
+def test_help_describes_each_option_with_its_default(argv, expected, capsys):
+    from mlops.cli import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(text in shown for text in expected), shown

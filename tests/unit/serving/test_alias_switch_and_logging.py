@@ -1,20 +1,24 @@
 """Zero-downtime alias switches under load, and requests logged into the Delta inference log."""
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
 from deltalake import DeltaTable
 
 from mlops.observability.telemetry import Telemetry, TelemetrySettings
+from mlops.serving import online_store
 from support.appinsights import appinsights  # noqa: F401
 from support.ports import free_port
 
-from .conftest import MODEL, call
+from .conftest import MODEL, SNAPSHOT, call
 from .test_server import RAW_TRIP
 
 BODY = {"dataframe_records": [RAW_TRIP]}
@@ -97,16 +101,35 @@ def test_a_full_queue_counts_the_rows_not_logged(serve, tmp_path):
     assert "mlops_serving_log_rows_not_logged 1.0" in call(server, "/metrics")[2]
 
 
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+def readme_serve_command(port: int) -> list:
+    """The README's ``mlops serve`` command, as written, for MODEL on ``port``."""
+    block = next(block for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+                 if "mlops serve" in block)
+    lines = [line for line in block.replace("\\\n", " ").splitlines() if "mlops serve" in line]
+    assert "export MLOPS_HOME=" in block, "the README sets the MLOPS_HOME its command reads"
+    words = shlex.split(lines[0].split("#")[0])
+    assert words[:2] == [".venv/bin/mlops", "serve"]
+    words = [sys.executable, "-m", "mlops", *words[1:]]
+    words[words.index("--model") + 1] = MODEL
+    words[words.index("--port") + 1] = str(port)
+    return words
+
+
 @pytest.mark.slow
-def test_sigterm_flushes_the_queue_and_a_missing_model_exits_non_zero(registry_home, tmp_path):
+def test_the_readme_command_serves_from_another_folder_and_sigterm_flushes_the_queue(registry_home, tmp_path):
     home, _ = registry_home
-    port, log = free_port(), tmp_path / "log"
-    environment = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow.db'}")
-    command = [sys.executable, "-m", "mlops", "serve", "--model", MODEL, "--port", str(port),
-               "--online-store", str(home / "online_store"), "--log-table", str(log),
-               "--flush-seconds", "600", "--flush-rows", "1000"]
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    port = free_port()
+    online_store.publish(home / "dbfs" / "mlops" / "taxi_fares" / "online_store", SNAPSHOT)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
+    environment["MLOPS_HOME"] = str(home)
+    command = [*readme_serve_command(port), "--flush-seconds", "600", "--flush-rows", "1000"]
+    process = subprocess.Popen(command, env=environment, cwd=elsewhere, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     try:
         class Address:
             url = f"http://127.0.0.1:{port}"
@@ -120,10 +143,13 @@ def test_sigterm_flushes_the_queue_and_a_missing_model_exits_non_zero(registry_h
             process.kill()
     assert process.returncode == 0, stderr[-2000:]
     assert "stopped; 5 request rows logged, 0 not logged" in stdout
+    log = home / "tables" / "dev" / "taxi_fares" / "taxi_fares_predictions"
     assert DeltaTable(str(log)).to_pyarrow_table().num_rows == 5
+    assert sorted(path.name for path in elsewhere.iterdir()) == []
+    assert "alembic" not in stderr
 
-    missing = subprocess.run([*command[:5], "no_such_model", *command[6:]], env=environment,
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run([*command[:4], "--model", "no_such_model", *command[6:]], env=environment,
+                             cwd=elsewhere, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1
     assert "error: model 'no_such_model' is not registered; train and promote one" in missing.stderr
 
