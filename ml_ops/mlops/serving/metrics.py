@@ -30,6 +30,9 @@ class ServingMetrics:
                                 registry=self.registry)
         self.logged = Gauge("mlops_serving_log_rows_written", "Rows written to the inference log",
                             registry=self.registry)
+        self.dead_lettered = Gauge("mlops_serving_log_rows_dead_lettered",
+                                   "Rows the inference log refused, set aside in its dead-letter file",
+                                   registry=self.registry)
 
     def observe(self, route: str, code: int, seconds: float) -> None:
         self.requests.labels(route, str(code)).inc()
@@ -44,4 +47,5 @@ class ServingMetrics:
         if app.request_log is not None:
             self.not_logged.set(app.request_log.dropped)
             self.logged.set(app.request_log.written)
+            self.dead_lettered.set(app.request_log.dead_lettered)
         return generate_latest(self.registry)

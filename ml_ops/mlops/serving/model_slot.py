@@ -88,7 +88,10 @@ class AliasWatcher(threading.Thread):
     def check_once(self) -> bool:
         """Swap when the alias moved to a servable version; True when it swapped."""
         version = self.registry.alias_version(self.alias)
-        if version is None or version == self.slot.current.version or version == self._refused_version:
+        if version is None or version == self.slot.current.version:
+            return False
+        if version == self._refused_version and self.registry.validation_status(version) != PASSED:
+            # Still refused; a version re-tagged PASSED is loaded on this poll.
             return False
         try:
             model = load_version(self.registry, version)

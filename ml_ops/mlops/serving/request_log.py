@@ -7,9 +7,12 @@ columns from the matrices at once, and appends them to the inference log's Delta
 commit, with the table's own schema (the batch path's columns; ``job_run_id`` says
 ``online``). When the queue holds ``max_queue_rows`` rows a request's rows are not logged and
 :attr:`RequestLog.dropped` counts them; nothing else is lost. :meth:`RequestLog.close` (on
-SIGTERM) writes whatever is queued.
+SIGTERM) writes whatever is queued. A request whose rows the table's schema refuses does not
+take the others down with it: its rows go, with the reason, to ``<table>.dead_letter.jsonl``
+beside the table (:attr:`RequestLog.dead_lettered` counts them), and the rest are written.
 """
 import datetime
+import json
 import logging
 import queue
 import random
@@ -124,7 +127,7 @@ class RequestLog:
         self._queue = queue.Queue()
         # Rows queued or taken by the writer and not yet written: what the bound applies to.
         self.max_pending_rows, self._pending = max_queue_rows, 0
-        self.dropped = self.written = self.commits = 0
+        self.dropped = self.written = self.commits = self.dead_lettered = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._writer = threading.Thread(target=self._run, name="request-log", daemon=True)
@@ -164,10 +167,12 @@ class RequestLog:
         try:
             schema = pyarrow.schema(DeltaTable(str(self.folder)).schema().to_arrow()) \
                 if (self.folder / "_delta_log").exists() else log_schema(self.feature_names)
-            write_deltalake(str(self.folder), _columns(requests, self.feature_names, schema), mode="append",
-                            partition_by=[engine.PICKUP_DATE], configuration=LOG_PROPERTIES)
-            self.written += rows
-            self.commits += 1
+            table = self._loggable(requests, schema)
+            if table.num_rows:
+                write_deltalake(str(self.folder), table, mode="append", partition_by=[engine.PICKUP_DATE],
+                                configuration=LOG_PROPERTIES)
+                self.written += table.num_rows
+                self.commits += 1
         except Exception as error:  # the server keeps serving; the rows are counted as not logged
             with self._lock:
                 self.dropped += rows
@@ -176,6 +181,40 @@ class RequestLog:
         finally:
             with self._lock:
                 self._pending -= rows
+
+    def _loggable(self, requests: list[LoggedRequest], schema: pyarrow.Schema) -> pyarrow.Table:
+        """The Arrow rows of ``requests``; a request the log's schema refuses goes to the dead letters."""
+        try:
+            return _columns(requests, self.feature_names, schema)
+        except (pyarrow.ArrowException, ValueError, TypeError):
+            pass
+        tables = []
+        for request in requests:
+            try:
+                tables.append(_columns([request], self.feature_names, schema))
+            except (pyarrow.ArrowException, ValueError, TypeError) as error:
+                self._set_aside(request, f"{type(error).__name__}: {error}")
+        return pyarrow.concat_tables(tables) if tables else schema.empty_table()
+
+    @property
+    def dead_letter_file(self) -> Path:
+        return self.folder.parent / f"{self.folder.name}.dead_letter.jsonl"
+
+    def _set_aside(self, request: LoggedRequest, reason: str):
+        """Append the request's rows, with the reason, to the dead-letter file."""
+        lines = []
+        for position, (_, request_id) in enumerate(request.ids):
+            features_given = {name: (None if np.isnan(value) else float(value))
+                              for name, value in zip(self.feature_names, request.matrix[position])}
+            lines.append(json.dumps({"request_id": request_id, "model_name": request.model_name,
+                                     "model_version": request.model_version, "reason": reason,
+                                     "scored_at": request.scored_at.isoformat(),
+                                     "prediction": float(request.predictions[position]),
+                                     "features": features_given}))
+        with self.dead_letter_file.open("a", encoding="utf-8") as letters:
+            letters.write("\n".join(lines) + "\n")
+        self.dead_lettered += request.rows
+        logger.error("set %d request rows aside in %s: %s", request.rows, self.dead_letter_file, reason)
 
     def close(self, timeout: float = 30.0):
         """Write everything queued, then stop."""

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from mlops.errors import ConfigError
+from mlops.observability.redaction import redact_text
 from mlops.serving import request_log as logs
 from mlops.serving.metrics import ServingMetrics
 from mlops.serving.payload import RequestError, feature_row, records_of
@@ -80,7 +81,8 @@ class ServingApp:
         expected = f"Bearer {self.options.token}".encode()
         return hmac.compare_digest((header or "").encode(), expected)
 
-    def route(self, method: str, path: str, body: bytes) -> tuple[int, dict, bytes]:
+    def route(self, method: str, path: str, body: bytes,
+              content_type: str = "application/json") -> tuple[int, dict, bytes]:
         if path not in ROUTES:
             message = f"no route {path}; routes: {', '.join(sorted(ROUTES))}"
             return _json(404, {"error_code": "ENDPOINT_NOT_FOUND", "message": message})
@@ -89,7 +91,7 @@ class ServingApp:
                                                    "message": f"{path} takes {ROUTES[path]}, not {method}"})
             return status, {**headers, "Allow": ROUTES[path]}, payload
         if path == "/invocations":
-            return self.invocations(body)
+            return self.invocations(body, content_type)
         if path == "/ping":
             return 200, {"Content-Type": "text/plain"}, b"\n"
         if path == "/metrics":
@@ -104,10 +106,10 @@ class ServingApp:
                            "feature_snapshot_version": self.store.version,
                            "log_rows_not_logged": self.request_log.dropped if self.request_log else 0})
 
-    def invocations(self, body: bytes) -> tuple[int, dict, bytes]:
+    def invocations(self, body: bytes, content_type: str = "application/json") -> tuple[int, dict, bytes]:
         model = self.slot.current  # one read: a switch never changes the model under this request
         rows = [feature_row(record, index, model.feature_names, self.store)
-                for index, record in enumerate(records_of(body))]
+                for index, record in enumerate(records_of(body, content_type))]
         matrix = np.array([[row.features[name] for name in model.feature_names] for row in rows], dtype=float)
         predictions = model.predict(matrix)
         ids = logs.new_request_ids(len(rows))
@@ -165,14 +167,15 @@ class _Handler(BaseHTTPRequestHandler):
                                "message": f"the body has {length} bytes; the limit is {limit}"})
         body = self.rfile.read(length) if length else b""
         try:
-            return app.route(self.command, path, body)
+            return app.route(self.command, path, body, self.headers.get("Content-Type") or "application/json")
         except RequestError as error:
             return _json(error.status, {"error_code": "BAD_REQUEST", "message": str(error)})
         except Exception as error:  # no input may crash the server; the client learns it was ours
             logger.exception("request to %s failed", path)
             if app.telemetry is not None:
                 app.telemetry.record_exception(error, route=path)
-            return _json(500, {"error_code": "INTERNAL_ERROR", "message": f"{type(error).__name__}: {error}"})
+            return _json(500, {"error_code": "INTERNAL_ERROR",
+                               "message": redact_text(f"{type(error).__name__}: {error}")})
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 

@@ -1,4 +1,5 @@
 """Zero-downtime alias switches under load, and requests logged into the Delta inference log."""
+import json
 import os
 import re
 import shlex
@@ -18,7 +19,7 @@ from mlops.serving import online_store
 from support.appinsights import appinsights  # noqa: F401
 from support.ports import free_port
 
-from .conftest import MODEL, SNAPSHOT, call
+from .conftest import FEATURES, MODEL, SNAPSHOT, call
 from .test_server import RAW_TRIP
 
 BODY = {"dataframe_records": [RAW_TRIP]}
@@ -90,6 +91,47 @@ def test_requests_are_logged_in_micro_batches_with_their_versions(serve, registr
     assert rows["request_id"].is_unique and (rows["mean_fare_window_1h_pickup_zip"] == 14.5).all()
     assert len(table.history()) == server.app.request_log.commits <= 12
     assert server.app.request_log.dropped == 0
+
+
+def test_a_refused_version_is_loaded_once_it_is_tagged_passed(serve, registry_home):
+    _, (first, _, failed) = registry_home
+    move_champion(first)
+    server = serve(poll_seconds=0.05)
+    client = mlflow.MlflowClient()
+    try:
+        move_champion(failed)
+        wait_for(lambda: "not loaded" in (call(server, "/health")[2]["not_loaded"] or ""))
+        client.set_model_version_tag(MODEL, failed, "model_validation_status", "PASSED")
+        wait_for(lambda: server.app.slot.current.version == failed)
+    finally:
+        client.set_model_version_tag(MODEL, failed, "model_validation_status", "FAILED")
+        move_champion(first)
+    assert call(server, "/health")[2]["not_loaded"] is None
+
+
+def test_rows_the_log_refuses_go_to_the_dead_letters_and_the_others_are_written(tmp_path):
+    import datetime
+
+    import numpy as np
+
+    from mlops.serving.request_log import LoggedRequest, RequestLog, new_request_ids
+
+    names = list(FEATURES)
+    good = np.ones((3, len(names)))
+    bad = np.ones((1, len(names)))
+    bad[0, names.index("pickup_zip")] = 2.5  # the log keeps zips as integers
+    log = RequestLog(tmp_path / "log", names, flush_rows=100, flush_seconds=60)
+    when = datetime.datetime(2016, 2, 1, 12, tzinfo=datetime.timezone.utc)
+    for matrix in (good, bad):
+        log.add(LoggedRequest(MODEL, "1", "Champion", when, new_request_ids(len(matrix)), matrix,
+                              np.full(len(matrix), 9.5), [when.replace(tzinfo=None)] * len(matrix)))
+    log.close()
+
+    assert DeltaTable(str(tmp_path / "log")).to_pyarrow_table().num_rows == 3
+    assert (log.written, log.dead_lettered, log.dropped) == (3, 1, 0)
+    [letter] = [json.loads(line) for line in log.dead_letter_file.read_text().splitlines()]
+    assert letter["features"]["pickup_zip"] == 2.5 and letter["prediction"] == 9.5
+    assert letter["reason"].startswith("ArrowInvalid: ")
 
 
 def test_a_full_queue_counts_the_rows_not_logged(serve, tmp_path):

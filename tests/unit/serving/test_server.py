@@ -10,6 +10,7 @@ from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 from taxi_fares import features
 
 from mlops.errors import ConfigError
+from mlops.serving.payload import FEATURE_RULES
 from mlops.serving.server import require_token_off_loopback
 
 from .conftest import FEATURES, MODEL, call
@@ -23,9 +24,14 @@ def booster(version):
 
 
 def feature_rows(count):
+    """Valid full feature rows: each value drawn within its feature's rule."""
     generator = np.random.default_rng(count)
-    return [{name: float(value) for name, value in zip(FEATURES, generator.uniform(0, 30, len(FEATURES)))}
-            for _ in range(count)]
+
+    def value(name):
+        rule = FEATURE_RULES[name]
+        drawn = generator.uniform(rule.low, min(rule.high, rule.low + 30))
+        return float(round(drawn)) if rule.whole else float(drawn)
+    return [{name: value(name) for name in FEATURES} for _ in range(count)]
 
 
 def test_every_request_format_gives_the_model_s_predictions_and_names_the_version(serve, registry_home):
@@ -94,24 +100,65 @@ BAD_INPUTS = [
      "row 0: 'tpep_pickup_datetime' must be an ISO 8601 date-time"),
     (b'{"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}}', 400,
      "'dataframe_split.data[0]' must be a list of 1 values"),
+    (b'{"dataframe_records": [{"tpep_pickup_datetime": "9999-12-31T23:59:00", "pickup_zip": 10001, '
+     b'"dropoff_zip": 10002, "trip_distance": 3, "trip_duration_minutes": 5}]}', 400,
+     "row 0: 'tpep_pickup_datetime' must be between 1970-01-01 and 2100-01-01, got 9999-12-31T23:59:00"),
+    (b'{"dataframe_records": [{"tpep_pickup_datetime": "2016-02-01T12:00:00", "pickup_zip": 10001, '
+     b'"dropoff_zip": 10002, "trip_distance": 3, "tpep_dropoff_datetime": "2017-02-01T12:00:00"}]}', 400,
+     "row 0: 'tpep_dropoff_datetime' must be at most 24 hours after 'tpep_pickup_datetime'"),
+    (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "not valid JSON"),
+    (b'{"inputs": [{"trip_distance": ' + b"7" * 5000 + b"}]}", 400, "not valid JSON"),
 ]
 
 
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(serve):
-    server = serve(max_body_bytes=4096)
+    server = serve(max_body_bytes=1 << 20)
 
     for body, status, message in BAD_INPUTS:
         answer = call(server, "/invocations", raw=body, method="POST")
         assert (answer[0], message in answer[2]["message"]) == (status, True), (body, answer)
-    too_large = call(server, "/invocations", raw=b"{" + b" " * 5000 + b"}", method="POST")
+    too_large = call(server, "/invocations", raw=b"{" + b" " * (1 << 20) + b"}", method="POST")
     unknown_route = call(server, "/predict", {"inputs": []})
     wrong_method = call(server, "/invocations")
 
-    assert too_large[0] == 413 and "the limit is 4096" in too_large[2]["message"]
+    assert too_large[0] == 413 and f"the limit is {1 << 20}" in too_large[2]["message"]
     assert unknown_route[0] == 404 and "/invocations" in unknown_route[2]["message"]
     assert wrong_method[0] == 405 and wrong_method[1]["Allow"] == "POST"
     assert call(server, "/invocations", {"dataframe_records": [RAW_TRIP]})[0] == 200
-    assert 'mlops_serving_errors_total{code="400"} 7.0' in call(server, "/metrics")[2]
+    assert f'mlops_serving_errors_total{{code="400"}} {len(BAD_INPUTS)}.0' in call(server, "/metrics")[2]
+
+
+def full_row(**changes):
+    row = {name: 1.0 for name in FEATURES} | {"pickup_day_of_week": 3, "pickup_zip": 10001,
+                                               "dropoff_zip": 10002, "pickup_hour": 8}
+    return {**row, **changes}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"pickup_zip": 2.5}, "row 0: 'pickup_zip' must be a whole number, got 2.5"),
+    ({"pickup_hour": 1e10}, "row 0: 'pickup_hour' must be between 0 and 23, got 10000000000.0"),
+    ({features.COUNT_1H_PICKUP_ZIP: None}, f"row 0: '{features.COUNT_1H_PICKUP_ZIP}' must not be null"),
+    ({"is_weekend": -1}, "row 0: 'is_weekend' must be between 0 and 1, got -1"),
+])
+def test_a_full_feature_row_is_checked_against_the_log_s_columns(serve, changes, message):
+    server = serve()
+    answer = call(server, "/invocations", {"dataframe_records": [full_row(), full_row(**changes)]})
+    assert answer[0] == 400 and answer[2]["message"] == message.replace("row 0", "row 1")
+
+
+def test_a_null_window_feature_is_accepted_and_csv_bodies_are_read(serve, registry_home):
+    server = serve()
+    nullable = full_row(**{features.MEAN_FARE_1H_PICKUP_ZIP: None})
+    answer = call(server, "/invocations", {"dataframe_records": [nullable]})
+    header = ",".join(nullable)
+    line = ",".join("" if value is None else str(value) for value in nullable.values())
+    as_csv = call(server, "/invocations", raw=f"{header}\n{line}\n".encode(), method="POST",
+                  headers={"Content-Type": "text/csv"})
+    xml = call(server, "/invocations", raw=b"<trip/>", method="POST", headers={"Content-Type": "text/xml"})
+
+    assert answer[0] == 200 and len(answer[2]["predictions"]) == 1
+    assert as_csv[0] == 200 and as_csv[2]["predictions"] == answer[2]["predictions"]
+    assert xml[0] == 415 and "send application/json (or text/csv)" in xml[2]["message"]
 
 
 def test_health_version_and_metrics_say_what_is_served(serve, registry_home):
