@@ -41,6 +41,8 @@ CONNECTION_STRING_ENV = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 MAX_FAILURE_LINE = 1000
 # MLflow limits tag values to 5000 characters.
 MAX_ERROR_TAG = 4900
+# Task temp folders are named after their process, so those of a killed process can be found.
+TEMP_PREFIX = "mlops-task-"
 
 
 @dataclass
@@ -108,6 +110,14 @@ def _git_commit(config):
         return ""
 
 
+def remove_temp_dirs_of(pid: int) -> list[Path]:
+    """Remove the task temp folders that process ``pid`` left (it was killed); returns them."""
+    left = sorted(Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}{pid}-*"))
+    for folder in left:
+        shutil.rmtree(folder, ignore_errors=True)
+    return left
+
+
 @contextlib.contextmanager
 def task_run(task, config, spark, dbutils, mlflow_run=True):
     """Open the run context of notebook task ``task``; see the module docstring."""
@@ -119,7 +129,7 @@ def task_run(task, config, spark, dbutils, mlflow_run=True):
     settings = TelemetrySettings(
         connection_string=_connection_string(config, dbutils),
         role_name=f"{job.job_name}/{task}", jsonl_path=telemetry_file, dimensions=dimensions)
-    temp_dir = Path(tempfile.mkdtemp(prefix=f"mlops-{task}-"))
+    temp_dir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-{task}-"))
     tables = TableStore(spark, config.table_location, platform.table_format(config.table_format))
     telemetry = Telemetry.start(settings)
     run = TaskRun(task=task, config=config, spark=spark, dbutils=dbutils, tables=tables,

@@ -9,6 +9,7 @@ from mlops.platform import home
 
 def _start(args):
     from mlops.local.azurite import AzuriteServer
+    from mlops.local.interrupts import sigterm_interrupts
 
     location = Path(args.location) if args.location else home.mount_root("azurite")
     server = AzuriteServer.start(location, port=args.port)
@@ -17,10 +18,11 @@ def _start(args):
     # The emulator's key is the public development key: printing it opens nothing else.
     print(f"export AZURE_STORAGE_CONNECTION_STRING='{server.connection_string}'", flush=True)
     try:
-        while server.running:
-            time.sleep(0.5)
+        with sigterm_interrupts():
+            while server.running:
+                time.sleep(0.5)
     except KeyboardInterrupt:
-        print("stopping Azurite")
+        print("stopping Azurite", flush=True)
         return 0
     finally:
         server.stop()

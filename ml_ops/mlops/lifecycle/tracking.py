@@ -193,3 +193,16 @@ def _ensure_experiment(uri, name):
     # A local store keeps artifacts beside it rather than in the process's cwd.
     experiment_id(MlflowClient(tracking_uri=uri), name)
     mlflow.set_experiment(name)
+
+
+def end_runs_of_job_run(job_run_id: str, status: str = "KILLED") -> list[str]:
+    """End, as ``status``, the MLflow runs still RUNNING that are tagged with ``job_run_id``."""
+    client = MlflowClient(tracking_uri=tracking_uri())
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    if not experiments:
+        return []
+    runs = client.search_runs(experiments, filter_string=f"tags.job_run_id = '{job_run_id}' "
+                                                         "and attributes.status = 'RUNNING'")
+    for run in runs:
+        client.set_terminated(run.info.run_id, status)
+    return [run.info.run_id for run in runs]

@@ -27,8 +27,6 @@ import json
 import logging
 import os
 import re
-import signal
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -36,6 +34,9 @@ from typing import Callable, Optional
 
 from mlops.deploy.jobspec import start_time_values
 from mlops.errors import JobError
+from mlops import orchestration
+from mlops.lifecycle import tracking
+from mlops.local import interrupts
 from mlops.local.job_file import _REFERENCE, JobSpec, TaskSpec, load_job, reference_problem
 from mlops.local.notebook import output_kept_in, run_notebook
 from mlops.local.notebook_source import shown_path
@@ -101,7 +102,7 @@ def run_job(job_file: Path, overrides: Optional[dict[str, str]] = None, repair_r
         problem = reference_problem(value, job.parameters, [task.task_key for task in job.tasks])
         if problem:
             raise JobError(f"parameter '{name}' {problem}")
-    with _run_slot(job, if_busy, progress), _signals_interrupt():
+    with _run_slot(job, if_busy, progress), interrupts.sigterm_interrupts():
         record = _prepare_record(job, overrides, earlier)
         return _run_tasks(job, record, spark, progress)
 
@@ -203,12 +204,17 @@ def _close_abandoned_runs(progress: Callable[[str], None]) -> None:
     """End the records that a killed process left RUNNING, so that they can be repaired."""
     for record in RunRecord.running():
         if record.abandoned():
-            record.close(interrupted=f"abandoned: process {record.pid} ended before the task did")
+            pid = record.pid
+            record.close(interrupted=f"abandoned: process {pid} ended before the task did")
             if record.repairs and record.repairs[-1]["state"] == RUNNING:
                 record.repairs[-1].update(state=record.state, end_time=record.end_time)
             record.save()
+            killed = tracking.end_runs_of_job_run(record.run_id)
+            orchestration.remove_temp_dirs_of(pid)
             progress(f"run {record.run_id} of job '{record.job_name}' was left RUNNING by a process that "
-                     f"is gone; marked {record.state}, repair it with --repair {record.run_id}")
+                     f"is gone; marked {record.state}" + (f", its MLflow run(s) {', '.join(killed)} KILLED"
+                                                          if killed else "")
+                     + f"; repair it with --repair {record.run_id}")
 
 
 @contextlib.contextmanager
@@ -234,23 +240,6 @@ def _run_slot(job: JobSpec, if_busy: str, progress: Callable[[str], None]):
             progress(f"job '{job.name}' has {job.max_concurrent_runs} run(s) in progress; waiting for a slot")
             waited = True
         time.sleep(1.0)
-
-
-@contextlib.contextmanager
-def _signals_interrupt():
-    """SIGTERM (a timeout, a CI cancellation) interrupts the run as SIGINT does, in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"interrupted by {signal.Signals(signum).name}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSession, counter: str,
@@ -284,6 +273,9 @@ def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSes
             result = run_notebook(task.notebook_path, parameters, session)
         entry.update(state=SUCCESS, task_values=result.task_values, exit_value=result.exit_value)
     except Exception as error:
+        if interrupts.interrupted_by():
+            # The signal reached Spark's JVM first: the stage failed because the run was stopped.
+            raise KeyboardInterrupt(f"interrupted by {interrupts.interrupted_by()}") from error
         # Any failure fails the task, as on Databricks; the record and error.txt keep the details.
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "error.txt").write_text(_redacted("".join(traceback.format_exception(error))),

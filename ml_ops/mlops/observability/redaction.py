@@ -94,8 +94,8 @@ def is_secret_name(name) -> bool:
 
     The name is split into words. It is secret when it contains a secret word (or the pair
     "connection string"), unless its last word marks it as a reference to a secret
-    (``*_scope``, ``*_name``, ``*_id``, ``*_path``, ``<thing>_secret_key``, ...) or "key" is a data key such as
-    ``primary_key`` or ``partition_key``.
+    (``*_scope``, ``*_name``, ``*_id``, ``*_path``, ``<thing>_secret_key``, ...) or "key" is a data
+    key such as ``primary_key`` or ``partition_key``.
     """
     if not isinstance(name, str):
         return False

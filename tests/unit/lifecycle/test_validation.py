@@ -164,7 +164,7 @@ def test_unknown_model_version_parameter_is_reported(register_version, registry)
         resolve_model(run, registry, "train", "execute_training")
 
 
-def test_an_interrupted_revalidation_leaves_a_passed_champion_passed(passed_version, registry, spark, tmp_path):
+def test_a_crashed_revalidation_keeps_a_passed_champion_passed(passed_version, registry, spark, tmp_path):
     from mlops.data.tables import TableStore
     from mlops.errors import DataError
     from mlops.stages.validation import validate_model

@@ -18,8 +18,8 @@ from .notebook_files import JOBS, write_notebook
 DIAMOND = JOBS / "diamond.json"
 
 
-def slow_job(tmp_path, marker):
-    """A job whose first task opens a real task run and waits; the second depends on it."""
+def slow_job(tmp_path, marker, spark_work=False):
+    """A job whose first task opens a real task run and waits (in Spark, or not); the second depends on it."""
     write_notebook(tmp_path / "notebooks" / "slow.py", f"""
 import pathlib, time
 from mlops.config import TrainingConfig
@@ -29,6 +29,9 @@ config = TrainingConfig.from_params({{"experiment_name": "/Shared/interruptions"
 
 def wait(run):
     pathlib.Path({str(marker)!r}).write_text(str(run.temp_dir))
+    if {spark_work!r}:
+        # A long Spark stage: a signal to the process group reaches the JVM mid-call.
+        spark.range(0, 10 ** 12).selectExpr("sum(id)").collect()
     time.sleep(300)
 
 with task_run("slow", config, spark, dbutils) as run:
@@ -56,15 +59,18 @@ def wait_for(path, process, seconds=240):
 @pytest.mark.timeout(600)
 def test_sigterm_mid_task_leaves_nothing_running(mlops_home, tmp_path):
     marker = tmp_path / "started"
-    job_file = slow_job(tmp_path, marker)
+    job_file = slow_job(tmp_path, marker, spark_work=True)
     environment = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", MLOPS_SPARK_MASTER="local[1]")
-    process = subprocess.Popen([sys.executable, "-m", "mlops", "job", "run", str(job_file)], env=environment,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "mlops", "job", "run", str(job_file)],
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     wait_for(marker, process)
-    process.send_signal(signal.SIGTERM)
+    time.sleep(3)
+    # As `timeout` and CI cancellations do: the whole group, Spark's JVM included.
+    os.killpg(process.pid, signal.SIGTERM)
     _, err = process.communicate(timeout=120)
 
-    assert process.returncode == 143
+    assert process.returncode == 143, err[-3000:]
     assert "error: interrupted by SIGTERM" in err
     (record_file,) = (mlops_home / "runs").glob("*.json")
     record = json.loads(record_file.read_text())
@@ -76,6 +82,33 @@ def test_sigterm_mid_task_leaves_nothing_running(mlops_home, tmp_path):
     statuses = mlflow.search_runs([experiment.experiment_id])["status"].tolist()
     assert statuses == ["FAILED"]
     assert not os.path.exists(marker.read_text()), "the task's temp folder was left behind"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_run_killed_with_sigkill_is_closed_by_the_next_run_with_its_mlflow_run_and_temp_folder(
+        spark, mlops_home, tmp_path):
+    marker = tmp_path / "started"
+    job_file = slow_job(tmp_path, marker, spark_work=True)
+    environment = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", MLOPS_SPARK_MASTER="local[1]")
+    process = subprocess.Popen([sys.executable, "-m", "mlops", "job", "run", str(job_file)],
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    wait_for(marker, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    temp_dir = marker.read_text()
+    assert os.path.exists(temp_dir)
+
+    lines = []
+    assert run_job(DIAMOND, {}, progress=lines.append, spark=spark).state == "SUCCESS"
+
+    mlflow.set_tracking_uri(f"sqlite:///{mlops_home / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name("/Shared/interruptions")
+    runs = mlflow.search_runs([experiment.experiment_id])
+    assert runs["status"].tolist() == ["KILLED"]
+    assert any(f"its MLflow run(s) {runs['run_id'][0]} KILLED" in line for line in lines), lines
+    assert not os.path.exists(temp_dir), "the killed task's temp folder was left behind"
 
 
 def test_a_second_run_of_a_job_limited_to_one_fails_naming_the_first(spark, mlops_home, tmp_path):

@@ -129,8 +129,8 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(serve):
 
 
 def full_row(**changes):
-    row = {name: 1.0 for name in FEATURES} | {"pickup_day_of_week": 3, "pickup_zip": 10001,
-                                               "dropoff_zip": 10002, "pickup_hour": 8}
+    row = {name: 1.0 for name in FEATURES}
+    row.update(pickup_day_of_week=3, pickup_zip=10001, dropoff_zip=10002, pickup_hour=8)
     return {**row, **changes}
 
 
