@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 FAIL_WHEN_BUSY = "fail"
 WAIT_WHEN_BUSY = "wait"
 
+ERROR_FILE = "error.txt"
 # What a task printed and logged, beside its display output and error.txt.
 OUTPUT_FILE = "output.txt"
 # States of a task that needs no repair.
@@ -182,6 +183,9 @@ def _run_tasks(job: JobSpec, record: RunRecord, spark, progress: Callable[[str],
              f"run record: {record.path}")
     for line in record.summary():
         progress(_redacted(line))
+    if record.state == FAILED:
+        progress(f"repair it (failed and skipped tasks only) with: mlops job run {shown_path(job.path)} "
+                 f"--repair {record.run_id}")
     return record
 
 
@@ -259,6 +263,9 @@ def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSes
         return
 
     output_dir = runs_dir() / record.run_id / task.task_key
+    if (output_dir / ERROR_FILE).exists():
+        # A repair: the failed attempt's error stays, under the repair that followed it.
+        (output_dir / ERROR_FILE).rename(output_dir / f"error.repair-{len(record.repairs)}.txt")
     entry.update(state=RUNNING, start_time=now(), output_dir=str(output_dir))
     record.save()
     progress(f"{counter} {task.task_key} ... started ({shown_path(task.notebook_path)})")
@@ -278,8 +285,8 @@ def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSes
             raise KeyboardInterrupt(f"interrupted by {interrupts.interrupted_by()}") from error
         # Any failure fails the task, as on Databricks; the record and error.txt keep the details.
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "error.txt").write_text(_redacted("".join(traceback.format_exception(error))),
-                                              encoding="utf-8")
+        (output_dir / ERROR_FILE).write_text(_redacted("".join(traceback.format_exception(error))),
+                                             encoding="utf-8")
         entry.update(state=FAILED, task_values=session.task_values.get(task.task_key, {}),
                      error=_redacted(" ".join(f"{type(error).__name__}: {error}".split()))[:1000])
         logger.debug("task %s failed", task.task_key, exc_info=True)

@@ -66,11 +66,14 @@ def test_failure_skips_downstream_tasks_and_fails_the_run(spark, lines, mlops_ho
     assert "RuntimeError: left was told to fail" in traceback_file.read_text()
     assert "[4/4] combine ... UPSTREAM_FAILED (upstream task left did not succeed)" in lines
     assert json.loads(record.path.read_text())["state"] == "FAILED"
+    assert lines[-1] == (f"repair it (failed and skipped tasks only) with: mlops job run "
+                         f"{DIAMOND.relative_to(Path.cwd())} --repair {record.run_id}")
 
 
-def test_repair_reruns_only_failed_and_skipped_tasks(spark, lines):
+def test_repair_reruns_only_failed_and_skipped_tasks(spark, lines, mlops_home):
     failed = run_job(DIAMOND, {"fail_task": "left"}, progress=lines.append, spark=spark)
     lines.clear()
+    left_output = mlops_home / "runs" / failed.run_id / "left"
 
     repaired = run_job(DIAMOND, {"fail_task": "none", "factor": "1"}, repair_run_id=failed.run_id,
                        progress=lines.append, spark=spark)
@@ -88,6 +91,8 @@ def test_repair_reruns_only_failed_and_skipped_tasks(spark, lines):
     assert saved["tasks"]["right"]["parameters"]["factor"] == "10"
     assert repaired.tasks["combine"]["task_values"] == {"total": 2 * 10 + 2 * 1}
     assert repaired.parameters == {"fail_task": "none", "factor": "1"}
+    assert not (left_output / "error.txt").exists()
+    assert "RuntimeError: left was told to fail" in (left_output / "error.repair-1.txt").read_text()
 
 
 def test_a_run_whose_repair_succeeded_cannot_be_repaired_again(spark, lines):
