@@ -270,6 +270,8 @@ class TrainingConfig(RawTripsConfig):
         _require(self, "validation_sample_rows", self.validation_sample_rows >= 100, "at least 100")
         _require(self, "validation_slice_factor", self.validation_slice_factor >= 1.0, "at least 1")
         _require(self, "validation_max_rmse", self.validation_max_rmse > 0, "above 0")
+        # r2 is at most 1; below -1 a model is worse than twice the mean's error, no gate at all.
+        _require(self, "validation_min_r2", -1.0 <= self.validation_min_r2 <= 1.0, "between -1 and 1")
         _require(self, "promotion_tolerance", self.promotion_tolerance > -1.0, "above -1")
         try:
             self.training_params().validate(label=lambda field: f"parameter '{_TRAINING_PARAMETERS[field]}'")
@@ -305,6 +307,12 @@ class ScoringConfig(RawTripsConfig):
     storage_secret_scope: str = ""
     storage_secret_key: str = ""
     publish_folder: str = "dbfs:/mlops/taxi_fares/published"
+
+    def validate(self):
+        super().validate()
+        # The inference log is upserted by key and monitored from its history: Delta only.
+        _require(self, "table_format", self.table_format != "parquet",
+                 "auto or delta (the inference log is a Delta table)")
 
 
 @dataclasses.dataclass(frozen=True)

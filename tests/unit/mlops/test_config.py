@@ -36,10 +36,20 @@ def test_unknown_parameter_lists_valid_names():
     ("validation_slice_factor", "0.5", "validation_slice_factor' must be at least 1"),
     ("validation_max_rmse", "0", "validation_max_rmse' must be above 0"),
     ("promotion_tolerance", "-1", "promotion_tolerance' must be above -1"),
+    ("validation_min_r2", "7", "validation_min_r2' must be between -1 and 1, got 7.0"),
+    ("validation_min_r2", "-100", "validation_min_r2' must be between -1 and 1, got -100.0"),
 ])
 def test_bad_values_name_the_parameter(name, value, message):
     with pytest.raises(ConfigError, match=message):
         TrainingConfig.from_params({name: value})
+
+
+def test_scoring_refuses_parquet_tables_before_any_spark_work():
+    from mlops.config import ScoringConfig
+
+    with pytest.raises(ConfigError, match="parameter 'table_format' must be auto or delta \\(the inference log "
+                                          "is a Delta table\\), got parquet"):
+        ScoringConfig.from_params({"table_format": "parquet"})
 
 
 def test_start_after_end_is_rejected():
