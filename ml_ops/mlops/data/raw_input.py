@@ -3,6 +3,10 @@
 CSV columns arrive as text. Each is cast here, and a value that does not cast is reported
 with its column, an example value, its file and the job parameter, before any later stage
 (or Spark's own error) could name it less clearly.
+
+Parquet written by pandas or pyarrow keeps timestamps in nanoseconds, which Spark refuses to
+read. Such a file is read with Spark's ``nanosAsLong`` setting, and its nanosecond columns are
+turned into timestamps (microseconds, Spark's precision) here.
 """
 import logging
 
@@ -19,6 +23,8 @@ _BAD_COUNT = "_bad_{}"
 _BAD_EXAMPLE = "_example_{}"
 _BAD_FILE = "_file_{}"
 _SOURCE_FILE = "_mlops_source_file"
+NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
+_NANOS_TYPE = "TIMESTAMP(NANOS"
 
 
 def detect_format(uri: str) -> str:
@@ -43,8 +49,11 @@ def read_raw_trips(spark, uri: str, parameter: str = "taxi_fares_raw_data"):
     try:
         frame = reader.load(platform.spark_path(uri))
     except Exception as error:
-        raise DataError(f"cannot read {data_format} input {shown} (parameter '{parameter}'): "
-                        f"{type(error).__name__}") from error
+        if data_format != "parquet" or _NANOS_TYPE not in str(error):
+            raise DataError(f"cannot read {data_format} input {shown} (parameter '{parameter}'): "
+                            f"{type(error).__name__}") from error
+        frame = _read_nanosecond_parquet(spark, uri, shown, parameter)
+    nanoseconds = data_format == "parquet" and spark.conf.get(NANOS_AS_LONG, "false").lower() == "true"
     missing = [name for name in RAW_COLUMNS if name not in frame.columns]
     if missing:
         # Reported first and alone: the types of the other columns mean little until then.
@@ -52,11 +61,38 @@ def read_raw_trips(spark, uri: str, parameter: str = "taxi_fares_raw_data"):
                         + "; ".join(f"column '{name}' is missing" for name in missing))
     if data_format == "csv":
         frame = _cast_csv(frame, shown, parameter)
+    if nanoseconds:
+        frame = _nanoseconds_to_timestamps(frame)
     problems = schema_problems(frame.schema)
     if problems:
         raise DataError(f"input {shown} (parameter '{parameter}') does not have the raw trip schema: "
                         + "; ".join(problems))
     return conform_raw(frame)
+
+
+def _read_nanosecond_parquet(spark, uri: str, shown: str, parameter: str):
+    """The Parquet input with its nanosecond timestamps read as longs (nanoseconds since the epoch)."""
+    # Left on for the session: the files are read again when the plan runs, and the setting only
+    # changes how nanosecond columns are read, which otherwise fail.
+    spark.conf.set(NANOS_AS_LONG, "true")
+    try:
+        frame = spark.read.parquet(platform.spark_path(uri))
+    except Exception as error:
+        raise DataError(f"cannot read parquet input {shown} (parameter '{parameter}'): it has nanosecond "
+                        f"timestamps, and reading them as {NANOS_AS_LONG} failed too: "
+                        f"{type(error).__name__}; write it with microsecond timestamps "
+                        "(pandas: df.to_parquet(path, coerce_timestamps='us'))") from error
+    logger.info("input %s has nanosecond timestamps; they are read at microsecond precision", shown)
+    return frame
+
+
+def _nanoseconds_to_timestamps(frame):
+    """Raw timestamp columns that arrived as nanosecond longs (under ``nanosAsLong``), as timestamps."""
+    longs = {field.name for field in frame.schema.fields if field.dataType.typeName() == "long"}
+    return frame.select(*[
+        F.expr(f"timestamp_micros(div(`{name}`, 1000))").alias(name)
+        if name in longs and RAW_COLUMNS.get(name) == "timestamp" else F.col(name)
+        for name in frame.columns])
 
 
 def _try_cast(name: str, kind: str):

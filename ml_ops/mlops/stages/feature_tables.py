@@ -49,6 +49,9 @@ def build_feature_tables(run, raw_uri, start, end, tables: FeatureTables, parame
     try:
         rows_in_range = in_range.count()
         if rows_in_range == 0:
+            if raw.limit(1).count() == 0:
+                raise DataError(f"input {public_uri(raw_uri)} (parameter 'taxi_fares_raw_data') "
+                                "holds no rows")
             raise DataError(
                 f"no trips between {start} and {end} in {public_uri(raw_uri)}; check "
                 f"{parameter_prefix}_start_date and {parameter_prefix}_end_date")

@@ -47,8 +47,9 @@ def test_bad_values_name_the_parameter(name, value, message):
 def test_scoring_refuses_parquet_tables_before_any_spark_work():
     from mlops.config import ScoringConfig
 
-    with pytest.raises(ConfigError, match="parameter 'table_format' must be auto or delta \\(the inference log "
-                                          "is a Delta table\\), got parquet"):
+    expected = ("parameter 'table_format' must be auto or delta \\(the inference log is a Delta table\\), "
+                "got parquet")
+    with pytest.raises(ConfigError, match=expected):
         ScoringConfig.from_params({"table_format": "parquet"})
 
 

@@ -78,3 +78,50 @@ def test_a_held_out_range_that_cannot_evaluate_names_its_parameters(params, mess
     with pytest.raises(ConfigError) as caught:
         TrainingConfig.from_params(params)
     assert str(caught.value) == message
+
+
+def pandas_export(folder, rows):
+    """Raw trips written the way a data scientist's laptop writes them: pandas, nanosecond timestamps."""
+    import pandas as pd
+
+    folder.mkdir()
+    frame = pd.DataFrame(rows, columns=HEADER.split(","))
+    for name in ("tpep_pickup_datetime", "tpep_dropoff_datetime"):
+        frame[name] = pd.to_datetime(frame[name], format="ISO8601")
+    frame = frame.astype({"trip_distance": "float64", "fare_amount": "float64"})
+    frame.astype({"pickup_zip": "int32", "dropoff_zip": "int32"}).to_parquet(folder / "trips.parquet")
+    return folder
+
+
+def test_a_pandas_parquet_export_with_nanosecond_timestamps_is_read(spark, tmp_path):
+    import datetime
+
+    import pyarrow.parquet
+
+    folder = pandas_export(tmp_path / "export", [
+        ["2016-01-01 10:00:00.123456789", "2016-01-01 10:12:00", 2.5, 11.5, 10001, 10002],
+        ["2016-01-01 11:00:00", "2016-01-01 11:20:00", 3.0, 17.5, 10001, 10003]])
+    assert "timestamp[ns]" in str(pyarrow.parquet.read_schema(folder / "trips.parquet"))
+
+    rows = read_raw_trips(spark, str(folder)).orderBy("tpep_pickup_datetime").collect()
+
+    assert [row.tpep_pickup_datetime for row in rows] == [datetime.datetime(2016, 1, 1, 10, 0, 0, 123456),
+                                                          datetime.datetime(2016, 1, 1, 11)]
+    assert [row.tpep_dropoff_datetime for row in rows] == [datetime.datetime(2016, 1, 1, 10, 12),
+                                                           datetime.datetime(2016, 1, 1, 11, 20)]
+    assert [row.fare_amount for row in rows] == [11.5, 17.5]
+
+
+def test_an_input_without_rows_says_so_rather_than_blaming_the_dates(spark, tmp_path):
+    import datetime
+    import types
+
+    from mlops.data.tables import TableStore
+    from mlops.stages.feature_tables import TRAINING, build_feature_tables
+
+    folder = pandas_export(tmp_path / "export", [])
+    run = types.SimpleNamespace(spark=spark, tables=TableStore(spark, str(tmp_path / "tables"), "delta"))
+    expected = f"^input {folder} \\(parameter 'taxi_fares_raw_data'\\) holds no rows$"
+    with pytest.raises(DataError, match=expected):
+        build_feature_tables(run, str(folder), datetime.date(2016, 1, 1), datetime.date(2016, 1, 31),
+                             TRAINING, "training_data")
