@@ -5,6 +5,10 @@ The rows use Lakehouse Monitoring's column names where the concept is the same (
 ``population_stability_index``, ``ks_test``, ``wasserstein_distance``,
 ``root_mean_squared_error``...), and model quality sits on the ``:table`` rows, as there.
 
+Each window is judged against the reference slice its granularity calls for (an hourly window
+against the reference rows of its hour of day; see :meth:`ReferenceProfile.slice_for`), from the
+exact count of its rows in each reference bin.
+
 Sample size is part of every decision. Bin shares are smoothed (half a row added to every
 bin), so that an empty bin in a small window does not explode PSI. PSI between two samples of
 one distribution is then about chi-squared with (bins - 1) degrees of freedom, scaled by
@@ -19,9 +23,9 @@ import math
 import numpy as np
 from scipy import stats
 
-from mlops.monitoring.reference import ReferenceProfile
+from mlops.monitoring.reference import ReferenceProfile, ReferenceSlice
 from mlops.monitoring.settings import MonitoringSettings
-from mlops.monitoring.window_stats import WINDOW_START, quantiles_of, share_at_or_below
+from mlops.monitoring.window_stats import BIN_COUNTS, WINDOW_START
 
 TABLE_COLUMN = ":table"
 OK, VIOLATION, INSUFFICIENT, EXEMPT = "ok", "violation", "insufficient_data", "exempt"
@@ -45,9 +49,15 @@ def psi_by_chance(bins: int, rows: int, reference_rows: int, alpha: float) -> fl
     return float(stats.chi2.ppf(1 - alpha, max(bins - 1, 1)) * (1 / rows + 1 / reference_rows))
 
 
-def rmse_ratio_by_chance(rows: int, alpha: float) -> float:
-    """The rmse ratio that ``rows`` errors of the reference's spread exceed with probability ``alpha``."""
-    return math.sqrt(stats.chi2.ppf(1 - alpha, rows) / rows)
+def rmse_ratio_by_chance(rows: int, alpha: float, squared_error_spread: float = 2.0) -> float:
+    """The rmse ratio that ``rows`` errors of the reference's spread exceed with probability ``alpha``.
+
+    The larger of the chi-squared level (normal errors) and the normal approximation of the mean
+    squared error with the reference's own Var(e^2)/E(e^2)^2 (``squared_error_spread``; 2 when normal).
+    """
+    normal = stats.chi2.ppf(1 - alpha, rows) / rows
+    tailed = 1 + stats.norm.ppf(1 - alpha) * math.sqrt(max(squared_error_spread, 0.0) / rows)
+    return math.sqrt(max(normal, tailed))
 
 
 def window_start_text(row: dict) -> str:
@@ -61,38 +71,38 @@ def _window(sums: dict, settings: MonitoringSettings) -> dict:
     return {"start": start, "end": start + settings.window_length}
 
 
-def column_metrics(sums: dict, name: str, profile: ReferenceProfile, settings: MonitoringSettings):
-    """(profile row, drift row) of column ``name`` in one window."""
-    reference = profile.column(name)
+def column_metrics(sums: dict, name: str, reference: ReferenceSlice, profile: ReferenceProfile,
+                   settings: MonitoringSettings):
+    """(profile row, drift row) of column ``name`` in one window, judged against ``reference``."""
+    expected = reference.column(name)
     rows, present = sums["rows"], sums[f"{name}__count"]
     common = {"window": _window(sums, settings), "granularity": settings.granularity,
               "model_id": sums["model_id"], "model_version": profile.model_version, "column_name": name}
     out_of_range = sums[f"{name}__out_of_range"]
-    grid = sums[f"{name}__grid"]
-    quantiles = quantiles_of(grid) if grid else None
+    quantiles = sums[f"{name}__quantiles"]
     profile_row = {**common, "count": present, "num_nulls": rows - present,
                    "percent_null": 100.0 * (rows - present) / rows if rows else None,
                    "avg": sums[f"{name}__avg"], "stddev": sums[f"{name}__stddev"],
                    "min": sums[f"{name}__min"], "max": sums[f"{name}__max"],
                    "percent_out_of_range": 100.0 * out_of_range / present if present else None,
-                   "quantiles": quantiles}
+                   "quantiles": [float(value) for value in quantiles] if quantiles else None}
     drift_row = {**common, "drift_type": "BASELINE", "count": present, "population_stability_index": None,
                  "psi_by_chance": None, "ks_test": None, "wasserstein_distance": None,
                  "wasserstein_distance_normalized": None, "status": INSUFFICIENT}
-    if present < settings.min_rows:
+    counts = sums[BIN_COUNTS].get(name)
+    binned = int(counts.sum()) if counts is not None else 0
+    if binned < settings.min_rows:
         return profile_row, drift_row
-    edges = len(reference.edges)
-    current_cdf = share_at_or_below(grid, reference.edges)
-    reference_cdf = np.asarray(reference.cumulative_share, dtype=float)
-    current_counts = np.diff(np.append(current_cdf, 1.0), prepend=0.0) * present
-    population_psi = psi(current_counts, reference.bin_shares() * reference.count)
-    by_chance = psi_by_chance(edges + 1, present, reference.count, settings.alpha)
-    statistic = float(np.max(np.abs(current_cdf - reference_cdf))) if edges else 0.0
-    effective = present * reference.count / (present + reference.count)
+    edges = len(expected.edges)
+    population_psi = psi(counts, expected.bin_shares() * expected.count)
+    by_chance = psi_by_chance(edges + 1, binned, expected.count, settings.alpha)
+    current_cdf = np.cumsum(counts)[:-1] / binned
+    statistic = float(np.max(np.abs(current_cdf - np.asarray(expected.cumulative_share)))) if edges else 0.0
+    effective = binned * expected.count / (binned + expected.count)
     p_value = float(stats.kstwobign.sf(statistic * math.sqrt(effective)))
     distance = float(np.mean(np.abs(np.asarray(quantiles, dtype=float)
-                                    - np.asarray(reference.quantiles, dtype=float))))
-    normalized = distance / reference.std if reference.std > 0 else (0.0 if distance == 0 else math.inf)
+                                    - np.asarray(expected.quantiles, dtype=float))))
+    normalized = distance / expected.std if expected.std > 0 else (0.0 if distance == 0 else math.inf)
     drift_row.update(population_stability_index=population_psi, psi_by_chance=by_chance,
                      ks_test={"statistic": statistic, "pvalue": p_value}, wasserstein_distance=distance,
                      wasserstein_distance_normalized=normalized,
@@ -110,13 +120,15 @@ def drift_status(name: str, population_psi: float, by_chance: float, p_value: fl
     return VIOLATION if drifted else OK
 
 
-def quality_status(ratio: float, rows: int, settings: MonitoringSettings) -> tuple[str, float]:
+def quality_status(ratio: float, rows: int, settings: MonitoringSettings,
+                   squared_error_spread: float = 2.0) -> tuple[str, float]:
     """(status, chance level) of an rmse ratio measured on ``rows`` labelled rows."""
-    by_chance = rmse_ratio_by_chance(rows, settings.alpha)
+    by_chance = rmse_ratio_by_chance(rows, settings.alpha, squared_error_spread)
     return (VIOLATION if ratio > max(settings.rmse_ratio_threshold, by_chance) else OK), by_chance
 
 
-def quality_metrics(sums: dict, profile: ReferenceProfile, settings: MonitoringSettings) -> dict:
+def quality_metrics(sums: dict, reference: ReferenceSlice, profile: ReferenceProfile,
+                    settings: MonitoringSettings) -> dict:
     """The window's ``:table`` profile row: row count and, where labels exist, model quality."""
     labelled = sums["labelled"]
     row = {"window": _window(sums, settings), "granularity": settings.granularity,
@@ -127,8 +139,9 @@ def quality_metrics(sums: dict, profile: ReferenceProfile, settings: MonitoringS
     squared = sums["squared_error_sum"] / labelled
     rmse = math.sqrt(squared)
     total = sums["label_square_sum"] - sums["label_sum"] ** 2 / labelled
-    ratio = rmse / profile.error["rmse"] if profile.error.get("rmse") else math.inf
-    status, by_chance = quality_status(ratio, labelled, settings)
+    error = reference.error
+    ratio = rmse / error["rmse"] if error.get("rmse") else math.inf
+    status, by_chance = quality_status(ratio, labelled, settings, error.get("squared_error_spread", 2.0))
     row.update(mean_squared_error=squared, root_mean_squared_error=rmse,
                mean_absolute_error=sums["absolute_error_sum"] / labelled,
                mean_absolute_percentage_error=(100.0 * sums["percentage_error_sum"] / sums["percentage_rows"]
@@ -141,9 +154,10 @@ def quality_metrics(sums: dict, profile: ReferenceProfile, settings: MonitoringS
 
 def window_metrics(sums: dict, profile: ReferenceProfile, columns, settings: MonitoringSettings):
     """All profile rows and drift rows of one window and version."""
-    profile_rows, drift_rows = [quality_metrics(sums, profile, settings)], []
+    reference = profile.slice_for(settings.window_unit, sums[WINDOW_START])
+    profile_rows, drift_rows = [quality_metrics(sums, reference, profile, settings)], []
     for name in columns:
-        profile_row, drift_row = column_metrics(sums, name, profile, settings)
+        profile_row, drift_row = column_metrics(sums, name, reference, profile, settings)
         profile_rows.append(profile_row)
         drift_rows.append(drift_row)
     return profile_rows, drift_rows

@@ -4,6 +4,12 @@ Built from the version's held-out rows (never rows it trained on), it holds per 
 edges of equal-mass bins, the share of reference rows at or below each edge, moments, the
 null rate, the observed range and fine quantiles; and the held-out error. Monitoring
 compares each window of the inference log against it.
+
+Window features follow the clock (trip counts, mean fares and durations at 3 am are not those at
+6 pm), so an hourly window is compared like with like: with the reference rows of its hour of day
+(:meth:`ReferenceProfile.slice_for`). Those slices share the pooled bin edges, so one binning of
+the log serves every window. An hour with fewer than ``MIN_SLICE_ROWS`` reference rows falls back
+to the pooled reference. Daily and weekly windows hold every hour and use the pooled reference.
 """
 import datetime
 import json
@@ -21,6 +27,9 @@ BINS = 20
 QUANTILE_LEVELS = tuple(round((index + 0.5) / 100, 3) for index in range(100))
 ARTIFACT_PATH = "monitoring/reference_profile.json"
 PREDICTION_COLUMN = "prediction"
+HOUR_OF_DAY = "hour_of_day"
+# Fewer reference rows than this make a slice noisier than the pooled reference is biased.
+MIN_SLICE_ROWS = 200
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,18 @@ class ColumnReference:
 
 
 @dataclass(frozen=True)
+class ReferenceSlice:
+    """The reference rows of one season (an hour of day), binned at the pooled edges."""
+
+    rows: int
+    columns: dict = field(default_factory=dict)
+    error: dict = field(default_factory=dict)
+
+    def column(self, name: str) -> ColumnReference:
+        return self.columns[name]
+
+
+@dataclass(frozen=True)
 class ReferenceProfile:
     """The reference of one model version."""
 
@@ -54,9 +75,19 @@ class ReferenceProfile:
     created_at: str
     columns: dict = field(default_factory=dict)
     error: dict = field(default_factory=dict)
+    # season name -> season value ("0".."23") -> ReferenceSlice
+    seasons: dict = field(default_factory=dict)
 
     def column(self, name: str) -> ColumnReference:
         return self.columns[name]
+
+    def slice_for(self, window_unit: str, window_start) -> ReferenceSlice:
+        """What a window starting at ``window_start`` is judged against: its hour's slice, else the pool."""
+        if window_unit == "hour":
+            hourly = self.seasons.get(HOUR_OF_DAY, {}).get(str(window_start.hour))
+            if hourly is not None and hourly.rows >= MIN_SLICE_ROWS:
+                return hourly
+        return ReferenceSlice(self.rows, self.columns, self.error)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -65,7 +96,11 @@ class ReferenceProfile:
     def from_json(cls, text: str) -> "ReferenceProfile":
         raw = json.loads(text)
         columns = {name: ColumnReference(**column) for name, column in raw.pop("columns").items()}
-        return cls(columns=columns, **raw)
+        seasons = {season: {value: ReferenceSlice(
+            piece["rows"], {name: ColumnReference(**column) for name, column in piece["columns"].items()},
+            piece["error"]) for value, piece in values.items()}
+            for season, values in raw.pop("seasons", {}).items()}
+        return cls(columns=columns, seasons=seasons, **raw)
 
     def baseline_rows(self) -> list[dict]:
         """One row per column, for the ``<predictions table>_baseline`` Delta table."""
@@ -79,15 +114,19 @@ class ReferenceProfile:
                 for name, column in sorted(self.columns.items())]
 
 
-def column_reference(name: str, values) -> ColumnReference:
-    """The reference of one column; nulls count towards the null rate only."""
+def column_reference(name: str, values, edges=None) -> ColumnReference:
+    """The reference of one column, binned at ``edges`` (default: its own equal-mass edges).
+
+    Nulls count towards the null rate only.
+    """
     series = pd.to_numeric(pd.Series(values), errors="coerce")
     present = series.dropna().to_numpy(dtype=float)
     if len(present) < 2:
         raise DataError(f"column {name} has {len(present)} non-null reference rows; "
                         "a reference needs at least 2")
-    inner_levels = np.arange(1, BINS) / BINS
-    edges = np.unique(np.quantile(present, inner_levels))
+    if edges is None:
+        edges = np.unique(np.quantile(present, np.arange(1, BINS) / BINS))
+    edges = np.asarray(edges, dtype=float)
     ordered = np.sort(present)
     cumulative = np.searchsorted(ordered, edges, side="right") / len(ordered)
     return ColumnReference(column_name=name, count=int(len(series)), null_rate=float(series.isna().mean()),
@@ -99,8 +138,11 @@ def column_reference(name: str, values) -> ColumnReference:
 
 
 def build_reference(model_name: str, model_version: str, rows: pd.DataFrame, feature_columns,
-                    predictions, labels) -> ReferenceProfile:
-    """The reference of a version from its held-out ``rows``, its ``predictions`` and the true ``labels``."""
+                    predictions, labels, timestamps=None) -> ReferenceProfile:
+    """The reference of a version from its held-out ``rows``, its ``predictions`` and the true ``labels``.
+
+    With the rows' event ``timestamps``, it also holds one slice per hour of day.
+    """
     predictions = np.asarray(predictions, dtype=float)
     labels = np.asarray(labels, dtype=float)
     if len(rows) != len(predictions) or len(predictions) != len(labels):
@@ -109,11 +151,30 @@ def build_reference(model_name: str, model_version: str, rows: pd.DataFrame, fea
     missing = [name for name in feature_columns if name not in rows.columns]
     if missing:
         raise DataError(f"the reference rows lack feature column(s) {', '.join(missing)}")
-    columns = {name: column_reference(name, rows[name]) for name in feature_columns}
-    columns[PREDICTION_COLUMN] = column_reference(PREDICTION_COLUMN, predictions)
+    values = rows[list(feature_columns)].assign(**{PREDICTION_COLUMN: predictions})
+    columns = {name: column_reference(name, values[name]) for name in values.columns}
+    seasons = {}
+    if timestamps is not None:
+        hours = pd.to_datetime(pd.Series(timestamps).reset_index(drop=True)).dt.hour.to_numpy()
+        seasons[HOUR_OF_DAY] = _slices(values.reset_index(drop=True), hours, columns, labels, predictions)
     return ReferenceProfile(model_name=model_name, model_version=str(model_version), rows=len(rows),
                             created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                            columns=columns, error=reference_error(labels, predictions))
+                            columns=columns, error=reference_error(labels, predictions), seasons=seasons)
+
+
+def _slices(values: pd.DataFrame, seasons: np.ndarray, pooled: dict, labels, predictions) -> dict:
+    """One :class:`ReferenceSlice` per season value with enough rows, binned at the pooled edges."""
+    slices = {}
+    for season in np.unique(seasons):
+        chosen = seasons == season
+        if chosen.sum() < MIN_SLICE_ROWS:
+            continue
+        part = values[chosen]
+        slices[str(int(season))] = ReferenceSlice(
+            int(chosen.sum()), {name: column_reference(name, part[name], pooled[name].edges)
+                                for name in values.columns},
+            reference_error(labels[chosen], predictions[chosen]))
+    return slices
 
 
 def reference_error(labels: np.ndarray, predictions: np.ndarray) -> dict:
@@ -123,7 +184,10 @@ def reference_error(labels: np.ndarray, predictions: np.ndarray) -> dict:
     if len(errors) == 0:
         raise DataError("the reference rows have no labelled, finite predictions to measure the error on")
     absolute = np.abs(errors)
-    return {"rows": int(len(errors)), "rmse": float(math.sqrt(np.mean(errors ** 2))),
-            "mae": float(absolute.mean()), "bias": float(errors.mean()),
+    squared = errors ** 2
+    # Var(e^2) / E(e^2)^2: 2 for normal errors, more for heavy tails; the rmse's chance level uses it.
+    spread = float(squared.var() / squared.mean() ** 2) if squared.mean() > 0 else 2.0
+    return {"rows": int(len(errors)), "rmse": float(math.sqrt(np.mean(squared))),
+            "mae": float(absolute.mean()), "bias": float(errors.mean()), "squared_error_spread": spread,
             "absolute_error_quantiles": {str(level): float(np.quantile(absolute, level))
                                          for level in (0.5, 0.9, 0.99)}}

@@ -253,6 +253,11 @@ def sanity_checks(predictions: np.ndarray) -> list[Check]:
     ]
 
 
+def _pickups(rows: pd.DataFrame):
+    """The rows' pickup times, for the reference's hour-of-day slices (None when not collected)."""
+    return rows[features.PICKUP] if features.PICKUP in rows else None
+
+
 def check_model(model: ModelRef, loaded_model, training_run_tags: dict, data: HeldOutData,
                 config) -> ValidationReport:
     """Every validation check of one loaded model on its held-out rows."""
@@ -264,7 +269,7 @@ def check_model(model: ModelRef, loaded_model, training_run_tags: dict, data: He
     reference = None
     if np.isfinite(predictions).all():
         reference = build_reference(model.name, model.version, rows, features.FEATURE_COLUMNS, predictions,
-                                    label)
+                                    label, timestamps=_pickups(rows))
         metrics = evaluation.regression_metrics(label, predictions)
         baseline = evaluation.rmse(label, np.full(len(label), data.train_mean_fare))
         scored = rows.assign(**{PREDICTION: predictions})
@@ -364,7 +369,8 @@ def profile_version(run, registry: RegistryClient, version: str) -> ReferencePro
         raise ValidationFailed(f"model '{model.name}' version {model.version} gives predictions that are "
                                "not all finite on its held-out rows; it has no usable reference")
     reference = build_reference(model.name, model.version, data.rows, features.FEATURE_COLUMNS, predictions,
-                                data.rows[features.LABEL_COLUMN].to_numpy(dtype=float))
+                                data.rows[features.LABEL_COLUMN].to_numpy(dtype=float),
+                                timestamps=_pickups(data.rows))
     store_reference(run, reference, training_run.info.run_id)
     return reference
 
