@@ -1,8 +1,10 @@
 """Whether the monitored windows call for retraining, and why.
 
-A window is over threshold when any column drifted or model quality degraded in it, for any
-model version scored in it. Windows without enough rows are left out of the count: they are
-reported as insufficient data, never as violations. Retraining is required when at least
+A window is over threshold when any column drifted or model quality degraded in it, for a
+model version that serves (the version the ``Champion`` alias names): a version scored by hand
+(``trained_model_version``) is reported, but retraining is not started for it. Windows without
+enough rows are left out of the count: they are reported as insufficient data, never as
+violations. Retraining is required when at least
 ``retrain_min_violations`` of the last ``retrain_windows`` windows with data are over
 threshold, the latest of them included, and no cooldown applies.
 """
@@ -71,16 +73,33 @@ def window_states(profile_rows: list[dict], drift_rows: list[dict]) -> list[tupl
 
 def decide(profile_rows: list[dict], drift_rows: list[dict], settings: MonitoringSettings,
            last_trained_at: datetime.datetime | None, now: datetime.datetime,
-           training_in_progress: str = "") -> Decision:
-    """Apply the retraining rule, then the cooldown; ``training_in_progress`` names a running training."""
-    windows = window_states(profile_rows, drift_rows)
+           training_in_progress: str = "", serving_versions=None) -> Decision:
+    """Apply the retraining rule, then the cooldown; ``training_in_progress`` names a running training.
+
+    With ``serving_versions``, only their rows count towards the rule; the others' violations are
+    still listed.
+    """
     violations = violations_of(profile_rows, drift_rows, settings)
+    if not profile_rows and not drift_rows:
+        return Decision(False, "no rows: the inference log has no rows in the monitored range", [], [])
+    others = ""
+    if serving_versions:
+        scored = {row["model_version"] for row in profile_rows + drift_rows}
+        ignored = sorted(scored - set(serving_versions), key=lambda version: (len(version), version))
+        profile_rows = [row for row in profile_rows if row["model_version"] in serving_versions]
+        drift_rows = [row for row in drift_rows if row["model_version"] in serving_versions]
+        if ignored:
+            others = (f"; version(s) {', '.join(ignored)} do not serve: reported, not judged")
+    windows = window_states(profile_rows, drift_rows)
     judged = [(start, state) for start, state in windows if state != INSUFFICIENT][-settings.retrain_windows:]
     if not judged:
-        return Decision(False, "insufficient data: no monitored window has enough rows", windows, violations)
+        reason = "insufficient data: no monitored window has enough rows" if windows else \
+            "no rows of a serving version in the monitored range"
+        return Decision(False, reason + others, windows, violations)
     over = sum(state == VIOLATION for _, state in judged)
     rule = (f"{over} of the last {len(judged)} windows with data over threshold "
-            f"(rule: {settings.retrain_min_violations} of {settings.retrain_windows}, the latest included)")
+            f"(rule: {settings.retrain_min_violations} of {settings.retrain_windows}, the latest included)"
+            + others)
     if judged[-1][1] != VIOLATION:
         return Decision(False, f"the latest window {judged[-1][0]} is within thresholds; {rule}", windows,
                         violations)

@@ -13,7 +13,7 @@ import logging
 import mlflow
 from taxi_fares import features
 
-from mlops.lifecycle.registry import RegistryClient
+from mlops.lifecycle.registry import CHAMPION, RegistryClient
 from mlops.monitoring.decision import Decision, decide
 from mlops.monitoring import report, signals
 from mlops.monitoring.drift import TABLE_COLUMN
@@ -83,8 +83,10 @@ def monitor_inference_log(run) -> tuple[Decision, str]:
                                features.FEATURE_COLUMNS, settings, start, end, require_labels=needs_labels)
     registry = RegistryClient.from_config(config)
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    champion = registry.alias_version(CHAMPION) if registry.exists() else None
     decision = decide(*_rows_the_rule_uses(result, config.retrain_on), settings, _last_trained_at(registry),
-                      now, training_in_progress=training_in_progress(config, now))
+                      now, training_in_progress=training_in_progress(config, now),
+                      serving_versions=[champion] if champion else None)
     training_start = end - datetime.timedelta(days=config.retraining_range_days - 1)
     values = {**decision.task_values(), "monitoring_start_date": start.isoformat(),
               "monitoring_end_date": end.isoformat(), "training_data_start_date": training_start.isoformat(),

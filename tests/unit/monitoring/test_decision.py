@@ -32,6 +32,26 @@ def test_two_of_the_last_five_windows_and_the_latest_trigger_retraining():
         "2016-03-03T00:00:00 version 1 distance: population_stability_index 0.5 > 0.2")
 
 
+def test_a_version_that_does_not_serve_is_reported_but_not_acted_on():
+    by_hand = [{**row, "model_version": "1"} for row in drift_rows([VIOLATION] * 5)]
+    champion = [{**row, "model_version": "2"} for row in drift_rows([OK] * 5)]
+
+    decision = decide([], by_hand + champion, MonitoringSettings(), None, NOW, serving_versions=["2"])
+
+    assert not decision.retrain_required
+    assert decision.reason == ("the latest window 2016-03-05T00:00:00 is within thresholds; 0 of the last 5 "
+                               "windows with data over threshold (rule: 2 of 5, the latest included); "
+                               "version(s) 1 do not serve: reported, not judged")
+    assert len(decision.violations) == 5 and {v.model_version for v in decision.violations} == {"1"}
+    assert decide([], by_hand + champion, MonitoringSettings(), None, NOW).retrain_required
+
+
+def test_an_empty_range_says_there_are_no_rows():
+    decision = decide([], [], MonitoringSettings(), None, NOW)
+    assert (decision.retrain_required, decision.reason) == (
+        False, "no rows: the inference log has no rows in the monitored range")
+
+
 def test_k_of_n_not_met_does_not_retrain():
     decision = decide([], drift_rows([VIOLATION, OK, OK, OK, OK, VIOLATION]), MonitoringSettings(), None, NOW)
 
