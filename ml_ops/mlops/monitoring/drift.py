@@ -25,39 +25,11 @@ from scipy import stats
 
 from mlops.monitoring.reference import ReferenceProfile, ReferenceSlice
 from mlops.monitoring.settings import MonitoringSettings
+from mlops.monitoring.statistics import QUALITY, psi, psi_by_chance, rmse_ratio_by_chance
 from mlops.monitoring.window_stats import BIN_COUNTS, WINDOW_START
 
 TABLE_COLUMN = ":table"
 OK, VIOLATION, INSUFFICIENT, EXEMPT = "ok", "violation", "insufficient_data", "exempt"
-# Rows added to every bin before shares are taken (Jeffreys smoothing): no empty bins.
-SMOOTHING_ROWS = 0.5
-
-
-def smoothed_shares(counts: np.ndarray) -> np.ndarray:
-    counts = np.asarray(counts, dtype=float) + SMOOTHING_ROWS
-    return counts / counts.sum()
-
-
-def psi(current_counts: np.ndarray, reference_counts: np.ndarray) -> float:
-    """Population stability index of two binnings, given as row counts per bin."""
-    current, reference = smoothed_shares(current_counts), smoothed_shares(reference_counts)
-    return float(np.sum((current - reference) * np.log(current / reference)))
-
-
-def psi_by_chance(bins: int, rows: int, reference_rows: int, alpha: float) -> float:
-    """The PSI two samples of one distribution exceed with probability ``alpha``."""
-    return float(stats.chi2.ppf(1 - alpha, max(bins - 1, 1)) * (1 / rows + 1 / reference_rows))
-
-
-def rmse_ratio_by_chance(rows: int, alpha: float, squared_error_spread: float = 2.0) -> float:
-    """The rmse ratio that ``rows`` errors of the reference's spread exceed with probability ``alpha``.
-
-    The larger of the chi-squared level (normal errors) and the normal approximation of the mean
-    squared error with the reference's own Var(e^2)/E(e^2)^2 (``squared_error_spread``; 2 when normal).
-    """
-    normal = stats.chi2.ppf(1 - alpha, rows) / rows
-    tailed = 1 + stats.norm.ppf(1 - alpha) * math.sqrt(max(squared_error_spread, 0.0) / rows)
-    return math.sqrt(max(normal, tailed))
 
 
 def window_start_text(row: dict) -> str:
@@ -94,11 +66,12 @@ def column_metrics(sums: dict, name: str, reference: ReferenceSlice, profile: Re
     if binned < settings.min_rows:
         return profile_row, drift_row
     edges = len(expected.edges)
+    clustering = reference.dispersion.get(name, 1.0)
     population_psi = psi(counts, expected.bin_shares() * expected.count)
-    by_chance = psi_by_chance(edges + 1, binned, expected.count, settings.alpha)
+    by_chance = psi_by_chance(edges + 1, binned, expected.count, settings.alpha, clustering)
     current_cdf = np.cumsum(counts)[:-1] / binned
     statistic = float(np.max(np.abs(current_cdf - np.asarray(expected.cumulative_share)))) if edges else 0.0
-    effective = binned * expected.count / (binned + expected.count)
+    effective = binned * expected.count / (binned + expected.count) / clustering
     p_value = float(stats.kstwobign.sf(statistic * math.sqrt(effective)))
     distance = float(np.mean(np.abs(np.asarray(quantiles, dtype=float)
                                     - np.asarray(expected.quantiles, dtype=float))))
@@ -120,9 +93,9 @@ def drift_status(name: str, population_psi: float, by_chance: float, p_value: fl
     return VIOLATION if drifted else OK
 
 
-def quality_status(ratio: float, rows: int, settings: MonitoringSettings,
+def quality_status(ratio: float, rows: float, settings: MonitoringSettings,
                    squared_error_spread: float = 2.0) -> tuple[str, float]:
-    """(status, chance level) of an rmse ratio measured on ``rows`` labelled rows."""
+    """(status, chance level) of an rmse ratio measured on ``rows`` labelled rows (or effective rows)."""
     by_chance = rmse_ratio_by_chance(rows, settings.alpha, squared_error_spread)
     return (VIOLATION if ratio > max(settings.rmse_ratio_threshold, by_chance) else OK), by_chance
 
@@ -141,7 +114,8 @@ def quality_metrics(sums: dict, reference: ReferenceSlice, profile: ReferencePro
     total = sums["label_square_sum"] - sums["label_sum"] ** 2 / labelled
     error = reference.error
     ratio = rmse / error["rmse"] if error.get("rmse") else math.inf
-    status, by_chance = quality_status(ratio, labelled, settings, error.get("squared_error_spread", 2.0))
+    effective = labelled / reference.dispersion.get(QUALITY, 1.0)
+    status, by_chance = quality_status(ratio, effective, settings, error.get("squared_error_spread", 2.0))
     row.update(mean_squared_error=squared, root_mean_squared_error=rmse,
                mean_absolute_error=sums["absolute_error_sum"] / labelled,
                mean_absolute_percentage_error=(100.0 * sums["percentage_error_sum"] / sums["percentage_rows"]

@@ -11,6 +11,7 @@ Window features follow the clock (trip counts, mean fares and durations at 3 am 
 the log serves every window. An hour with fewer than ``MIN_SLICE_ROWS`` reference rows falls back
 to the pooled reference. Daily and weekly windows hold every hour and use the pooled reference.
 """
+import dataclasses
 import datetime
 import json
 import math
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mlops.errors import DataError
+from mlops.monitoring.statistics import dispersion
 
 # Equal-mass bins of the reference: PSI and the KS statistic are read at their edges.
 BINS = 20
@@ -29,7 +31,7 @@ ARTIFACT_PATH = "monitoring/reference_profile.json"
 PREDICTION_COLUMN = "prediction"
 HOUR_OF_DAY = "hour_of_day"
 # Fewer reference rows than this make a slice noisier than the pooled reference is biased.
-MIN_SLICE_ROWS = 200
+MIN_SLICE_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class ReferenceSlice:
     rows: int
     columns: dict = field(default_factory=dict)
     error: dict = field(default_factory=dict)
+    # column (or statistics.QUALITY) -> how much more windows of this kind vary than independent rows
+    dispersion: dict = field(default_factory=dict)
 
     def column(self, name: str) -> ColumnReference:
         return self.columns[name]
@@ -77,17 +81,24 @@ class ReferenceProfile:
     error: dict = field(default_factory=dict)
     # season name -> season value ("0".."23") -> ReferenceSlice
     seasons: dict = field(default_factory=dict)
+    # window unit ("hour", "day") -> column -> dispersion (see mlops.monitoring.statistics)
+    dispersion: dict = field(default_factory=dict)
 
     def column(self, name: str) -> ColumnReference:
         return self.columns[name]
 
     def slice_for(self, window_unit: str, window_start) -> ReferenceSlice:
-        """What a window starting at ``window_start`` is judged against: its hour's slice, else the pool."""
+        """What a window starting at ``window_start`` is judged against: its hour's slice, else the pool.
+
+        It carries the dispersion of windows of that length; a week takes a day's, the longest the
+        reference shows.
+        """
+        clustering = self.dispersion.get(window_unit) or self.dispersion.get("day", {})
         if window_unit == "hour":
             hourly = self.seasons.get(HOUR_OF_DAY, {}).get(str(window_start.hour))
             if hourly is not None and hourly.rows >= MIN_SLICE_ROWS:
-                return hourly
-        return ReferenceSlice(self.rows, self.columns, self.error)
+                return dataclasses.replace(hourly, dispersion=clustering)
+        return ReferenceSlice(self.rows, self.columns, self.error, clustering)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -98,7 +109,7 @@ class ReferenceProfile:
         columns = {name: ColumnReference(**column) for name, column in raw.pop("columns").items()}
         seasons = {season: {value: ReferenceSlice(
             piece["rows"], {name: ColumnReference(**column) for name, column in piece["columns"].items()},
-            piece["error"]) for value, piece in values.items()}
+            piece["error"], piece.get("dispersion", {})) for value, piece in values.items()}
             for season, values in raw.pop("seasons", {}).items()}
         return cls(columns=columns, seasons=seasons, **raw)
 
@@ -153,13 +164,22 @@ def build_reference(model_name: str, model_version: str, rows: pd.DataFrame, fea
         raise DataError(f"the reference rows lack feature column(s) {', '.join(missing)}")
     values = rows[list(feature_columns)].assign(**{PREDICTION_COLUMN: predictions})
     columns = {name: column_reference(name, values[name]) for name in values.columns}
-    seasons = {}
-    if timestamps is not None:
-        hours = pd.to_datetime(pd.Series(timestamps).reset_index(drop=True)).dt.hour.to_numpy()
-        seasons[HOUR_OF_DAY] = _slices(values.reset_index(drop=True), hours, columns, labels, predictions)
-    return ReferenceProfile(model_name=model_name, model_version=str(model_version), rows=len(rows),
-                            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                            columns=columns, error=reference_error(labels, predictions), seasons=seasons)
+    profile = ReferenceProfile(model_name=model_name, model_version=str(model_version), rows=len(rows),
+                               created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                               columns=columns, error=reference_error(labels, predictions))
+    if timestamps is None:
+        return profile
+    values = values.reset_index(drop=True)
+    moments = pd.to_datetime(pd.Series(timestamps).reset_index(drop=True))
+    profile = dataclasses.replace(profile, seasons={HOUR_OF_DAY: _slices(
+        values, moments.dt.hour.to_numpy(), columns, labels, predictions)})
+    squared_errors = (predictions - labels) ** 2
+    hours, days = moments.dt.floor("h"), moments.dt.floor("D")
+    clustering = {unit: dispersion(values, starts.to_numpy(),
+                                   lambda start, unit=unit: profile.slice_for(unit, pd.Timestamp(start)),
+                                   squared_errors)
+                  for unit, starts in (("hour", hours), ("day", days))}
+    return dataclasses.replace(profile, dispersion=clustering)
 
 
 def _slices(values: pd.DataFrame, seasons: np.ndarray, pooled: dict, labels, predictions) -> dict:
