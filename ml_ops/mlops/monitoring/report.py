@@ -1,5 +1,7 @@
-"""The monitoring report: three figures and one self-contained HTML page.
+"""The monitoring report: four figures and one self-contained HTML page.
 
+* ``status.png``: a heat map of every window (across) by column (down), coloured by status,
+  with the model quality row at the top;
 * ``distributions.png``: per column, the reference's quantile curve against the latest
   window's, with that window's PSI and status;
 * ``psi.png``: per column, the largest PSI over the windows, the threshold, and the level
@@ -7,8 +9,8 @@
 * ``rmse.png``: rmse per window and model version, the limit (reference rmse x
   ``rmse_ratio_threshold``), and the retraining decision.
 
-The HTML embeds the figures (base64 PNG), the decision, the violations and a window table, so
-it opens anywhere without the MLflow server.
+The HTML leads with the decision, then the heat map and the figures (embedded as base64 PNG, so
+it opens anywhere without the MLflow server); the window table and the violations come last.
 """
 import base64
 import html
@@ -16,14 +18,50 @@ import io
 import math
 
 from mlops.lifecycle import plots
-from mlops.monitoring.drift import INSUFFICIENT, TABLE_COLUMN, VIOLATION, window_start_text
+from mlops.monitoring.drift import EXEMPT, INSUFFICIENT, OK, TABLE_COLUMN, VIOLATION, window_start_text
 
 plt = plots.plt
-FIGURE_NAMES = ("distributions", "psi", "rmse")
+FIGURE_NAMES = ("status", "distributions", "psi", "rmse")
 ARTIFACT_FOLDER = "monitoring"
 REPORT_NAME = "report.html"
 COLORS = {"reference": "#718096", "current": "#2b6cb0", VIOLATION: "#c53030", "ok": "#2f855a",
           "exempt": "#cbd5e0"}
+# Heat map cells: status -> (colour, position in the colour scale)
+STATUS_CELLS = {INSUFFICIENT: ("#f7fafc", 0), EXEMPT: ("#cbd5e0", 1), OK: ("#9ae6b4", 2),
+                VIOLATION: ("#c53030", 3)}
+QUALITY_ROW = "model quality (rmse)"
+
+
+def status_figure(profile_rows: list[dict], drift_rows: list[dict]):
+    """Windows across, columns down, each cell coloured by its worst status over the versions."""
+    from matplotlib.colors import ListedColormap
+
+    cells = {}
+    rows = [(row["column_name"], row["window"]["start"], row.get("status")) for row in drift_rows]
+    rows += [(QUALITY_ROW, row["window"]["start"], row.get("quality_status"))
+             for row in profile_rows if row["column_name"] == TABLE_COLUMN]
+    for name, start, status in rows:
+        rank = STATUS_CELLS.get(status, STATUS_CELLS[INSUFFICIENT])[1]
+        cells[(name, start)] = max(cells.get((name, start), 0), rank)
+    starts = sorted({start for _, start in cells})
+    names = [QUALITY_ROW, *sorted({name for name, _ in cells} - {QUALITY_ROW})]
+    grid = [[cells.get((name, start), 0) for start in starts] for name in names]
+    width = min(14, 3 + 0.12 * max(len(starts), 20))
+    figure, axes = plt.subplots(figsize=(width, 0.32 * len(names) + 1.8))
+    ordered = sorted(STATUS_CELLS.values(), key=lambda cell: cell[1])
+    colours = ListedColormap([colour for colour, _ in ordered])
+    axes.imshow(grid, aspect="auto", cmap=colours, vmin=0, vmax=len(STATUS_CELLS) - 1,
+                interpolation="nearest")
+    axes.set_yticks(range(len(names)), names, fontsize=7)
+    step = max(1, len(starts) // 12)
+    axes.set_xticks(range(0, len(starts), step),
+                    [str(start)[:16] for start in starts[::step]], fontsize=7, rotation=30, ha="right")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for colour, _ in STATUS_CELLS.values()]
+    axes.legend(handles, list(STATUS_CELLS), fontsize=7, ncol=4, loc="upper center",
+                bbox_to_anchor=(0.5, -0.35 if len(names) < 8 else -0.12))
+    axes.set_title("Status of every window (across) and column (down)", fontsize=9)
+    figure.tight_layout()
+    return figure
 
 
 def _judged(rows: list[dict], status_key: str) -> list[dict]:
@@ -63,22 +101,29 @@ def distributions_figure(profile_rows: list[dict], drift_rows: list[dict], profi
 
 
 def psi_figure(drift_rows: list[dict], psi_threshold: float):
-    """The largest PSI of each column over the windows, with the threshold and the chance level."""
+    """The largest PSI of each judged column over the windows, with the threshold and the chance level.
+
+    Exempt columns are left out: a calendar column's PSI in a short window is large by design and
+    would set the scale.
+    """
     worst = {}
     for row in _judged(drift_rows, "status"):
+        if row["status"] == EXEMPT:
+            continue
         if row["population_stability_index"] >= worst.get(row["column_name"], {}).get(
                 "population_stability_index", -1):
             worst[row["column_name"]] = row
+    exempt = sorted({row["column_name"] for row in drift_rows if row.get("status") == EXEMPT})
     names = sorted(worst, key=lambda name: worst[name]["population_stability_index"])
-    figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) + 1.8))
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) + 2.2))
     values = [worst[name]["population_stability_index"] for name in names]
     axes.barh(names, values, color=[COLORS.get(worst[name]["status"], COLORS["current"]) for name in names])
     axes.scatter([worst[name]["psi_by_chance"] for name in names], names, marker="|", s=200, color="black",
                  label="chance level at the window's size", zorder=3)
     axes.axvline(psi_threshold, color=COLORS[VIOLATION], linestyle="--",
                  label=f"psi_threshold {psi_threshold}")
-    axes.set_xlabel("population stability index, largest over the windows "
-                    "(red: violation, green: ok, grey: exempt)")
+    axes.set_xlabel("largest PSI over the windows (red: violation, green: ok)", fontsize=8)
+    axes.set_title("Not judged (exempt): " + (", ".join(exempt) or "none"), fontsize=8, wrap=True)
     axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     return figure
@@ -114,7 +159,8 @@ def rmse_figure(profile_rows: list[dict], profiles: dict, rmse_ratio_threshold: 
 
 def build_figures(result, settings, decision) -> dict:
     profiles = result.profiles
-    return {"distributions": distributions_figure(result.profile_rows, result.drift_rows, profiles),
+    return {"status": status_figure(result.profile_rows, result.drift_rows),
+            "distributions": distributions_figure(result.profile_rows, result.drift_rows, profiles),
             "psi": psi_figure(result.drift_rows, settings.psi_threshold),
             "rmse": rmse_figure(result.profile_rows, profiles, settings.rmse_ratio_threshold, decision)}
 
@@ -126,13 +172,16 @@ def png_bytes(figure) -> bytes:
 
 
 def render_html(title: str, images: dict, decision, profile_rows: list[dict]) -> str:
-    """One page: the decision, the figures inline, the violations and the windows."""
+    """One page: the decision, the heat map and figures, then the window table and the violations."""
     escape = html.escape
     figures = "".join(f'<h2>{escape(name)}</h2><img alt="{escape(name)}" '
                       f'src="data:image/png;base64,{base64.b64encode(data).decode()}">'
                       for name, data in images.items())
-    violations = "".join(f"<li>{escape(violation.line())}</li>" for violation in decision.violations) \
-        or "<li>none</li>"
+    violations = "".join(
+        f"<tr><td>{escape(violation.window_start)}</td><td>{escape(violation.model_version)}</td>"
+        f"<td>{escape(violation.column_name)}</td><td>{escape(violation.metric)}</td>"
+        f"<td>{violation.value:.4g}</td><td>{violation.limit:.4g}</td></tr>"
+        for violation in decision.violations)
     table_rows = sorted((row for row in profile_rows if row["column_name"] == TABLE_COLUMN),
                         key=lambda row: (row["window"]["start"], row["model_version"]))
     windows = "".join(
@@ -142,7 +191,7 @@ def render_html(title: str, images: dict, decision, profile_rows: list[dict]) ->
         f"<td>{_number(row.get('rmse_ratio'))}</td>"
         f"<td>{escape(row.get('quality_status') or '')}</td></tr>"
         for row in table_rows)
-    states = "".join(f"<li>{escape(start)}: {escape(state)}</li>" for start, state in decision.windows)
+    over = sum(state == VIOLATION for _, state in decision.windows)
     verdict = "retraining required" if decision.retrain_required else "no retraining"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
@@ -150,10 +199,12 @@ def render_html(title: str, images: dict, decision, profile_rows: list[dict]) ->
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style>
 </head><body><h1>{escape(title)}</h1>
 <p><strong>{verdict}</strong>: {escape(decision.reason)}</p>
-<h2>Windows</h2><ul>{states}</ul>
-<h2>Violations</h2><ul>{violations}</ul>{figures}
+<p>{len(decision.windows)} windows, {over} over threshold, {len(decision.violations)} violations.</p>
+{figures}
 <h2>Model quality per window</h2><table><tr><th>window</th><th>version</th><th>rows</th><th>labelled</th>
 <th>rmse</th><th>rmse ratio</th><th>status</th></tr>{windows}</table>
+<h2>Violations</h2><table><tr><th>window</th><th>version</th><th>column</th><th>metric</th><th>value</th>
+<th>limit</th></tr>{violations or '<tr><td colspan="6">none</td></tr>'}</table>
 </body></html>
 """
 

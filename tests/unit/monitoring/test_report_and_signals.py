@@ -54,6 +54,33 @@ def test_the_psi_chart_marks_exactly_the_violated_columns_red(shifted):
     assert sorted(labels) == sorted([*FEATURES, "prediction"])
 
 
+def test_exempt_columns_stay_out_of_the_psi_chart_and_the_caption_names_them(shifted):
+    result, _ = shifted
+    exempted = [{**row, "status": "exempt", "population_stability_index": 50.0}
+                for row in result.drift_rows if row["column_name"] == "hour"]
+    others = [row for row in result.drift_rows if row["column_name"] != "hour"]
+    figure = report.psi_figure(others + exempted, SETTINGS.psi_threshold)
+    axes = figure.axes[0]
+    labels = [label.get_text() for label in axes.get_yticklabels()]
+    limit, title = axes.get_xlim()[1], axes.get_title()
+    report.plots.close(figure)
+    assert "hour" not in labels and limit < 50
+    assert title == "Not judged (exempt): hour"
+
+
+def test_the_status_heat_map_has_a_row_per_column_and_a_cell_per_window(shifted):
+    result, _ = shifted
+    figure = report.status_figure(result.profile_rows, result.drift_rows)
+    axes = figure.axes[0]
+    grid = axes.images[0].get_array()
+    labels = [label.get_text() for label in axes.get_yticklabels()]
+    report.plots.close(figure)
+    assert labels == [report.QUALITY_ROW, *sorted([*FEATURES, "prediction"])]
+    assert grid.shape == (len(FEATURES) + 2, 4)
+    # The two shifted days: distance and prediction are violations (3), the quiet days ok (2).
+    assert list(grid[labels.index("distance")]) == [2, 2, 3, 3]
+
+
 def test_the_report_is_logged_with_its_figures_and_names_the_decision(shifted, tmp_path, mlflow_tracking):
     result, decision = shifted
     experiment = mlflow.create_experiment("monitoring_report", artifact_location=(tmp_path / "art").as_uri())
@@ -63,7 +90,13 @@ def test_the_report_is_logged_with_its_figures_and_names_the_decision(shifted, t
     page = Path(urlparse(uri).path)
     text = page.read_text()
     assert decision.retrain_required and "retraining required" in text and decision.reason in text
-    assert all(html.escape(violation.line()) in text for violation in decision.violations)
+    # The decision first, then the heat map and the figures, the violations last, as a table.
+    assert text.index(decision.reason) < text.index('alt="status"') < text.index('alt="psi"') \
+        < text.index("<h2>Violations</h2>")
+    violations = text[text.index("<h2>Violations</h2>"):]
+    assert all(f"<td>{html.escape(violation.column_name)}</td><td>{violation.metric}</td>" in violations
+               for violation in decision.violations)
+    assert violations.count("<tr>") == len(decision.violations) + 1
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
     assert len(images) == len(report.FIGURE_NAMES)
     assert all(base64.b64decode(image).startswith(PNG_MAGIC) for image in images)
