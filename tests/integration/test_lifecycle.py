@@ -141,7 +141,30 @@ def story(lifecycle, tmp_path_factory):
     registry().unpin("story")
     chapters["champion_fails"] = snapshot(Chapter(extra={"champion": champion}), run(
         lifecycle, execute_training="false", model_version=champion, validation_max_rmse="0.01"))
+    chapters["profile"] = _profile_chapter(lifecycle)
     return chapters
+
+
+def _profile_chapter(lifecycle) -> Chapter:
+    """Version 1's profile, refused without --force, then rebuilt after the feature tables were rewritten."""
+    import types
+
+    from mlops.data.tables import TableStore
+    from mlops.monitoring.monitor import stored_profile
+    from mlops.stages.feature_tables import TRAINING, build_feature_tables
+
+    _, parameters, spark = lifecycle
+    tables = TableStore(spark, parameters["table_location"], "delta")
+    before = stored_profile(tables, "taxi_fares_predictions", "1")
+    refused = cli("profile", MODEL, "1", "--location", parameters["table_location"])
+    # A later training run rewrites the feature tables with other trips (here: only the last week).
+    build_feature_tables(types.SimpleNamespace(spark=spark, tables=tables), parameters["taxi_fares_raw_data"],
+                         datetime.date(2016, 1, 25), END, TRAINING, "training_data")
+    forced = cli("profile", MODEL, "1", "--location", parameters["table_location"], "--force", "--by", "dana")
+    after = stored_profile(tables, "taxi_fares_predictions", "1")
+    return Chapter(extra={"before": before, "refused": refused, "forced": forced, "after": after,
+                          "history": [event for event in registry().history.events()
+                                      if event["event"] == "profile_rebuilt"]})
 
 
 def _repair_chapter(lifecycle, moved_to) -> Chapter:
@@ -344,3 +367,19 @@ def test_the_logged_model_asks_for_the_cluster_runtime_s_mlflow(story):
     requirements = (champion_artifacts("1") / "requirements.txt").read_text().split()
     assert f"mlflow=={runtime.LIBRARIES['mlflow']}" in requirements
     assert any(line.startswith("lightgbm==") for line in requirements)
+
+
+def test_a_profile_is_never_replaced_by_accident_and_a_forced_rebuild_reads_the_version_s_own_rows(story):
+    chapter = story["profile"]
+    before, after = chapter.extra["before"], chapter.extra["after"]
+    code, _, err = chapter.extra["refused"]
+    assert code == 1 and (f"already has a reference profile ({before.rows} held-out rows" in err
+                          and "Pass --force to rebuild it" in err)
+    code, out, err = chapter.extra["forced"]
+    assert code == 0, err
+    # Read at the table versions its training run recorded: the same rows, whatever the tables hold now.
+    assert after.rows == before.rows and after.error["rmse"] == pytest.approx(before.error["rmse"], rel=1e-9)
+    assert after.column("trip_distance").quantiles == pytest.approx(before.column("trip_distance").quantiles)
+    [event] = chapter.extra["history"]
+    assert (event["version"], event["by"]) == ("1", "dana")
+    assert event["detail"]["old_rows"] == event["detail"]["new_rows"] == str(before.rows)

@@ -64,7 +64,8 @@ def _profile(args) -> str:
                             table_location=args.location, predictions_table=args.predictions_table)
     tracking.configure(config)
     run = types.SimpleNamespace(config=config, tables=TableStore(spark_session(), args.location, "delta"))
-    reference = profile_version(run, RegistryClient(args.name, args.registry_uri), args.version)
+    reference = profile_version(run, RegistryClient(args.name, args.registry_uri), args.version,
+                                force=args.force, by=args.by)
     return (f"model {args.name} version {reference.model_version}: reference profile of {reference.rows} "
             f"held-out rows (rmse {reference.error['rmse']:.4f}) stored in "
             f"{args.predictions_table}_baseline and as the artifact of its training run")
@@ -107,7 +108,9 @@ def register_cli(subparsers):
         (("--location",), {"default": "dev.taxi_fares",
                            "help": "the table_location (default dev.taxi_fares)"}),
         (("--predictions-table",), {"default": "taxi_fares_predictions",
-                                    "help": "the inference log (default taxi_fares_predictions)"}))
+                                    "help": "the inference log (default taxi_fares_predictions)"}),
+        (("--force",), {"action": "store_true",
+                        "help": "rebuild an existing profile (recorded in the model's history)"}), by)
     add("promote", "make any PASSED version the Champion (a roll-forward)",
         _admin("promote", "name", "version", "reason", "by", "registry_uri", "experiment"),
         name, version, reason, by, experiment)

@@ -55,7 +55,10 @@ class TableStore:
         marker = "_delta_log" if self.table_format == "delta" else METADATA_FILE
         return (path / marker).exists()
 
-    def read(self, name: str, missing_hint: str = ""):
+    def read(self, name: str, missing_hint: str = "", version: int | None = None):
+        """Table ``name``; at Delta ``version`` (time travel) when given."""
+        if version is not None:
+            return self._read_version(name, int(version))
         local = self._commits_with_delta_rs()
         if local and not self.exists(name) and delta_log.parquet_files(self._local(name)):
             # A Parquet table from before: delta_log says how to convert it.
@@ -69,6 +72,20 @@ class TableStore:
         if self._commits_with_delta_rs():
             return delta_log.read(self.spark, self._local(name))
         return self.spark.read.format(self.table_format).load(self._spark_path(name))
+
+    def _read_version(self, name: str, version: int):
+        self._require_delta(name, "read at a version")
+        if not self.exists(name):
+            shown = platform.table_target(self.location, name).shown
+            raise DataError(f"table '{name}' does not exist at {shown}")
+        latest = self.version(name)
+        if not 0 <= version <= latest:
+            raise DataError(f"table '{name}' has no version {version}: its versions are 0 to {latest}")
+        if self._commits_with_delta_rs():
+            return delta_log.read(self.spark, self._local(name), version)
+        reader = self.spark.read.format("delta").option("versionAsOf", version)
+        return reader.table(self._catalog_name(name)) if self._catalog_name(name) \
+            else reader.load(self._spark_path(name))
 
     def history(self, name: str) -> list:
         """The versions of Delta table ``name``, newest first (see :func:`delta_log.history`)."""

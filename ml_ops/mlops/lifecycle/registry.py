@@ -275,13 +275,25 @@ class RegistryClient:
         at, _, reason = rest.partition("|")
         return {"by": by, "at": at, "reason": reason}
 
-    def pin(self, by: str, reason: str):
-        """Stop automatic promotion: deploy tasks then leave the Champion where it is."""
+    def _pin_described(self, pin: dict) -> str:
+        return f"model '{self.name}' is pinned by {pin['by']} at {pin['at']} ({pin['reason']})"
+
+    def pin(self, by: str, reason: str, replace: bool = False):
+        """Stop automatic promotion: deploy tasks then leave the Champion where it is.
+
+        An existing pin is refused, naming it, unless ``replace`` (a rollback re-pins; the history
+        records the pin it replaced).
+        """
         if not reason or not reason.strip():
             raise RegistryError(f"pinning model '{self.name}' needs a reason (--reason TEXT)")
+        held = self.pinned()
+        if held is not None and not replace:
+            raise RegistryError(f"{self._pin_described(held)}; unpin it first with "
+                                f"`mlops model unpin {self.name}`")
         with self._call("pin the Champion"):
             self.client.set_registered_model_tag(self.name, PINNED_TAG, f"{by}|{utc_now()}|{reason.strip()}")
-        self.history.append("pinned", self.alias_version(CHAMPION), by, reason=reason.strip())
+        self.history.append("pinned", self.alias_version(CHAMPION), by, reason=reason.strip(),
+                            replaced_pin=f"{held['by']}: {held['reason']}" if held else None)
 
     def unpin(self, by: str):
         if self.pinned() is None:
@@ -294,6 +306,10 @@ class RegistryClient:
         """Make any PASSED version the Champion by hand (a roll-forward); returns the previous one."""
         if not reason or not reason.strip():
             raise RegistryError(f"promoting model '{self.name}' by hand needs a reason (--reason TEXT)")
+        held = self.pinned()
+        if held is not None:
+            raise RegistryError(f"refusing to promote: {self._pin_described(held)}; unpin it first with "
+                                f"`mlops model unpin {self.name}`, or roll back instead")
         current = self.alias_version(CHAMPION)
         if current == str(version):
             raise RegistryError(f"model '{self.name}' version {version} already is the {CHAMPION}")
@@ -337,7 +353,7 @@ class RegistryClient:
         self.history.append("rolled back to", target, by, rollback_from_version=current,
                             reason=reason.strip())
         if pin:
-            self.pin(by, f"rolled back from version {current}: {reason.strip()}")
+            self.pin(by, f"rolled back from version {current}: {reason.strip()}", replace=True)
         return current
 
 

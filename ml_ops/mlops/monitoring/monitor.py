@@ -79,6 +79,15 @@ def write_baseline(tables, predictions_table: str, profile: ReferenceProfile) ->
                   ("model_name",))
 
 
+def stored_profile(tables, predictions_table: str, version: str) -> ReferenceProfile | None:
+    """The reference profile stored for ``version``, or None."""
+    baseline = metric_table_names(predictions_table)["baseline"]
+    if not tables.exists(baseline):
+        return None
+    row = tables.read(baseline).where(F.col("model_version") == str(version)).select("profile_json").first()
+    return ReferenceProfile.from_json(row.profile_json) if row else None
+
+
 def load_profiles(tables, predictions_table: str, model_name: str, versions) -> dict:
     """The reference profile of each version; DataError naming the command that builds a missing one."""
     baseline = metric_table_names(predictions_table)["baseline"]

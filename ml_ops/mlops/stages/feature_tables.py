@@ -83,11 +83,14 @@ def publish_online_snapshot(run, tables: FeatureTables, online_store_path: str, 
     return online_store.publish(platform.driver_path(online_store_path), content, source)
 
 
-def load_feature_set(run, start, end, tables: FeatureTables):
-    """The point-in-time feature set (with labels) for trips picked up in [start, end]."""
-    trips = run.tables.read(tables.trips, missing_hint=REBUILD_HINT)
-    pickup = run.tables.read(tables.pickup_features, missing_hint=REBUILD_HINT)
-    dropoff = run.tables.read(tables.dropoff_features, missing_hint=REBUILD_HINT)
+def load_feature_set(run, start, end, tables: FeatureTables, versions: dict | None = None):
+    """The point-in-time feature set (with labels) for trips picked up in [start, end].
+
+    ``versions`` (table name -> Delta version) reads the tables as they were then.
+    """
+    versions = versions or {}
+    trips, pickup, dropoff = (run.tables.read(name, missing_hint=REBUILD_HINT, version=versions.get(name))
+                              for name in (tables.trips, tables.pickup_features, tables.dropoff_features))
     trips = features.filter_date_range(trips, start, end)
     return features.build_training_set(trips, pickup, dropoff)
 
@@ -111,6 +114,18 @@ def log_inputs(run, tables: FeatureTables, context: str):
         # MLflow drops a version 0 from the source; the input's tags keep every version.
         mlflow.log_input(dataset, context=context, tags={"table": uri, "delta_table_version": str(version)})
         logger.info("input %s: %s version %s", name, uri, version)
+
+
+def recorded_versions(mlflow_run, tables: FeatureTables) -> dict:
+    """table name -> the Delta version ``mlflow_run`` read it at (its inputs; see :func:`log_inputs`)."""
+    found = {}
+    for dataset_input in mlflow_run.inputs.dataset_inputs if mlflow_run.inputs else []:
+        tags = {tag.key: tag.value for tag in dataset_input.tags}
+        name = dataset_input.dataset.name
+        if name in (tables.trips, tables.pickup_features, tables.dropoff_features) \
+                and tags.get("delta_table_version", "None") != "None":
+            found[name] = int(tags["delta_table_version"])
+    return found
 
 
 def lineage(run, tables: FeatureTables) -> dict:

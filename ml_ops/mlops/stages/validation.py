@@ -28,10 +28,10 @@ from taxi_fares.schema import TRIP_ID
 from mlops.errors import ConfigError, DataError, RegistryError, ValidationFailed
 from mlops.lifecycle.registry import (CHALLENGER, CHAMPION, FAILED, PASSED, PENDING, ModelRef, RegistryClient,
                                       utc_now)
-from mlops.monitoring.monitor import write_baseline
+from mlops.monitoring.monitor import stored_profile, write_baseline
 from mlops.monitoring.reference import ARTIFACT_PATH as REFERENCE_ARTIFACT
 from mlops.monitoring.reference import ReferenceProfile, build_reference
-from mlops.stages.feature_tables import TRAINING, load_feature_set
+from mlops.stages.feature_tables import TRAINING, load_feature_set, recorded_versions
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +129,13 @@ def _bounded_collect(frame, columns, max_rows: int, salt: int, what: str) -> pd.
     return collected
 
 
-def load_held_out(run, split: Split, max_rows: int, with_training_rows: bool = False) -> HeldOutData:
-    """The held-out rows of ``split`` (features, label) from the training feature tables."""
-    dataset = load_feature_set(run, split.start_date, split.end_date, TRAINING)
+def load_held_out(run, split: Split, max_rows: int, with_training_rows: bool = False,
+                  table_versions: dict | None = None) -> HeldOutData:
+    """The held-out rows of ``split`` (features, label) from the training feature tables.
+
+    ``table_versions`` reads the tables at those Delta versions (time travel).
+    """
+    dataset = load_feature_set(run, split.start_date, split.end_date, TRAINING, table_versions)
     flagged = features.split_by_time(dataset, split.by_time)
     label = features.LABEL_COLUMN
     held_out = _bounded_collect(flagged.filter(F.col(features.IS_TEST)),
@@ -355,15 +359,32 @@ def _champion_failed(run, registry: RegistryClient, report: ValidationReport, wh
 
 # ---------------------------------------------------------------- reference of an existing version
 
-def profile_version(run, registry: RegistryClient, version: str) -> ReferenceProfile:
+def profile_version(run, registry: RegistryClient, version: str, force: bool = False,
+                    by: str = "") -> ReferenceProfile:
     """Build the reference profile of a registered ``version`` from its own held-out rows, and store it.
 
+    The rows are read at the feature tables' versions its training run recorded (Delta time
+    travel), over its recorded held-out range, so later training runs that rewrote the tables do
+    not change it. A version that has a profile keeps it unless ``force``; a forced rebuild is
+    recorded in the model's history with the old and new row counts.
     ``run`` needs ``tables`` and ``config`` (``validation_sample_rows``, ``predictions_table``).
-    The profile goes to the version's training run as an artifact and to the baseline table.
     """
     model = registry.resolve(version)
+    existing = stored_profile(run.tables, run.config.predictions_table, model.version)
+    if existing is not None and not force:
+        raise ConfigError(f"model '{model.name}' version {model.version} already has a reference profile "
+                          f"({existing.rows} held-out rows, built {existing.created_at}); monitoring judges "
+                          "against it. Pass --force to rebuild it from the same rows")
     training_run = registry.training_run(model.version)
-    data = load_held_out(run, Split.of_training_run(training_run), run.config.validation_sample_rows)
+    versions = recorded_versions(training_run, TRAINING)
+    missing = [name for name in (TRAINING.trips, TRAINING.pickup_features, TRAINING.dropoff_features)
+               if name not in versions]
+    if missing:
+        raise RegistryError(f"training run {training_run.info.run_id} of version {model.version} recorded no "
+                            f"Delta version of {', '.join(missing)}, so its held-out rows cannot be read as "
+                            "they were; validate a version trained with table versions recorded instead")
+    data = load_held_out(run, Split.of_training_run(training_run), run.config.validation_sample_rows,
+                         table_versions=versions)
     predictions = predict(load_model(model), data.rows)
     if not np.isfinite(predictions).all():
         raise ValidationFailed(f"model '{model.name}' version {model.version} gives predictions that are "
@@ -372,6 +393,9 @@ def profile_version(run, registry: RegistryClient, version: str) -> ReferencePro
                                 data.rows[features.LABEL_COLUMN].to_numpy(dtype=float),
                                 timestamps=_pickups(data.rows))
     store_reference(run, reference, training_run.info.run_id)
+    if existing is not None:
+        registry.history.append("profile_rebuilt", model.version, by, old_rows=existing.rows,
+                                new_rows=reference.rows, table_versions=versions)
     return reference
 
 

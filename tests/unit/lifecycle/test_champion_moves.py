@@ -1,5 +1,6 @@
 """Champion moves: compare-and-set (also across processes), roll-forward, pins, and the history."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -66,12 +67,24 @@ def test_rollback_pins_and_promote_rolls_forward(passed_version, registry):
     registry.move_champion(first, None, by="a", via="promotion")
     registry.move_champion(second, first, by="b", via="promotion")
     registry.rollback(first, by="bob", reason="drift in v2")
-    assert registry.pinned()["by"] == "bob" and "drift in v2" in registry.pinned()["reason"]
+    pin = registry.pinned()
+    assert pin["by"] == "bob" and "drift in v2" in pin["reason"]
 
-    registry.promote(second, by="carol", reason="v2 fixed")
-    assert registry.alias_version(CHAMPION) == second
+    # A promotion while pinned is refused, naming the pin and how to lift it; nothing moves.
+    expected = (f"refusing to promote: model '{registry.name}' is pinned by bob at {pin['at']} (rolled "
+                f"back from version {second}: drift in v2); unpin it first with "
+                f"`mlops model unpin {registry.name}`")
+    with pytest.raises(RegistryError, match=re.escape(expected)):
+        registry.promote(second, by="carol", reason="v2 fixed")
+    assert registry.alias_version(CHAMPION) == first
+    # Another pin does not silently replace this one.
+    with pytest.raises(RegistryError, match="is pinned by bob at .*; unpin it first"):
+        registry.pin("carol", "investigating")
+    assert registry.pinned() == pin
+
     registry.unpin("carol")
-    assert registry.pinned() is None
+    registry.promote(second, by="carol", reason="v2 fixed")
+    assert registry.alias_version(CHAMPION) == second and registry.pinned() is None
 
 
 def test_manual_actions_need_a_reason_and_unpin_needs_a_pin(passed_version, registry):
