@@ -155,6 +155,13 @@ def task_outcome(entry: dict) -> str:
         parts.append(f"{values['rows_scored']} rows scored")
     if values.get("blob_url"):
         parts.append(f"published to {values['blob_url']}")
+    if "retrain_required" in values:
+        verdict = "retraining required" if values["retrain_required"] == "true" else "no retraining"
+        parts.append(f"{verdict}: {values.get('reason', '')}".rstrip(": "))
+    if values.get("report"):
+        parts.append(f"report {values['report']}")
+    if entry.get("child_run_id"):
+        parts.append(f"child run {entry['child_run_id']}")
     return "; ".join(parts) or (f"exit value {entry['exit_value']}" if entry.get("exit_value") else "")
 
 

@@ -109,6 +109,13 @@ def test_a_task_outcome_names_version_status_and_decision():
         "promotion_reason": "challenger rmse 3.9 > 3.7"}}
     assert task_outcome(deploy) == "model taxi_fares version 3; not_promoted (challenger rmse 3.9 > 3.7)"
     assert task_outcome({"state": "FAILED", "error": "ValueError: boom"}) == "ValueError: boom"
+    monitor = {"state": "SUCCESS", "exit_value": "true", "task_values": {
+        "retrain_required": "true", "reason": "retrain: 3 of the last 5 windows with data over threshold",
+        "report": "file:///runs/1/artifacts/monitoring/report.html"}}
+    assert task_outcome(monitor) == ("retraining required: retrain: 3 of the last 5 windows with data over "
+                                     "threshold; report file:///runs/1/artifacts/monitoring/report.html")
+    retrain = {"state": "SUCCESS", "child_run_id": "20160301-000000000-abcdef", "task_values": {}}
+    assert task_outcome(retrain) == "child run 20160301-000000000-abcdef"
 
 
 def test_notebook_run_prints_its_run_id_and_writes_a_run_record(cli_env, capsys):
