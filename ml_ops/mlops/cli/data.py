@@ -19,8 +19,15 @@ def _run(args):
     except ValueError as error:
         raise ConfigError(str(error)) from None
     started = time.monotonic()
-    target = generate(spark_session(), args.rows, parse_date(args.start_date), parse_date(args.end_date),
-                      args.output, seed=args.seed, output_format=args.format, drift=drift)
+    spark = spark_session()
+    labels = None
+    if args.labels_table:
+        from mlops.data.tables import TableStore
+
+        labels = (TableStore(spark, args.table_location, "delta"), args.labels_table)
+    target = generate(spark, args.rows, parse_date(args.start_date), parse_date(args.end_date),
+                      args.output, seed=args.seed, output_format=args.format, drift=drift, labels=labels,
+                      append=args.append)
     print(f"wrote {args.rows} trips ({args.start_date}..{args.end_date}, seed {args.seed}) "
           f"to {target} in {time.monotonic() - started:.1f}s")
     return 0
@@ -40,6 +47,10 @@ def register_cli(subparsers):
     gen.add_argument("--output", required=True, help="a local path or dbfs:/ path")
     gen.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same trips")
     gen.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="file format")
+    gen.add_argument("--append", action="store_true", help="add to the trips (and labels) already there")
+    gen.add_argument("--labels-table", default="",
+                     help="also write the trips' fares there by request_id, as late labels (empty: none)")
+    gen.add_argument("--table-location", default="dev.taxi_fares", help="where --labels-table is kept")
     drift = gen.add_argument_group("drift", "shift distributions to simulate drift")
     drift.add_argument("--distance-scale", type=float, default=1.0, help="multiplies trip distances")
     drift.add_argument("--fare-scale", type=float, default=1.0, help="multiplies fares")

@@ -16,8 +16,12 @@ def parse_date(text):
 
 
 def generate(spark, rows, start_date, end_date, output, seed=0, output_format="parquet",
-             drift=None, partitions=None, append=False):
-    """Generate ``rows`` trips in Spark and write (or ``append``) them to ``output``; returns the path."""
+             drift=None, partitions=None, append=False, labels=None):
+    """Generate ``rows`` trips in Spark and write (or ``append``) them to ``output``; returns the path.
+
+    With ``labels`` (a TableStore and a table name), the trips' fares are also written there by
+    request id, as late labels arrive (``request_id``, ``fare_amount``), for the ``merge_labels`` task.
+    """
     from taxi_fares.data import generate_trips
 
     if start_date > end_date:
@@ -34,4 +38,21 @@ def generate(spark, rows, start_date, end_date, output, seed=0, output_format="p
         writer.option("header", "true").csv(str(target))
     else:
         writer.parquet(str(target))
+    if labels is not None:
+        write_labels(trips, *labels, append=append)
     return target
+
+
+def write_labels(trips, tables, name: str, append: bool = False) -> None:
+    """The trips' fares by the request id scoring gives them: the late labels of those trips."""
+    from taxi_fares.features import LABEL_COLUMN
+    from taxi_fares.schema import with_trip_id
+
+    from mlops.inference import engine
+
+    fares = with_trip_id(trips).select(engine.request_id_column().alias(engine.REQUEST_ID), LABEL_COLUMN)
+    if append and tables.exists(name):
+        # New trips have new request ids: the labels so far, plus theirs.
+        fares = tables.read(name).unionByName(fares).localCheckpoint()
+    tables.write(fares.dropDuplicates([engine.REQUEST_ID]), name)
+    logger.info("late labels of the generated trips written to %s", tables.uri(name))

@@ -37,6 +37,14 @@ MODEL_NAME = "taxi_fares"
 SHOWN_FILES = 4
 
 
+def labels_of(spark):
+    """Where the generator writes late labels: the scoring job's labels table."""
+    from mlops.data.tables import TableStore
+
+    config = ScoringConfig()
+    return TableStore(spark, config.table_location, "delta"), config.labels_table
+
+
 def _banner(text):
     print(f"\n=== {text} ===", flush=True)
 
@@ -109,7 +117,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     spark = spark_session()
     _banner(f"Generating {args.rows} trips for January and February 2016")
-    generate(spark, args.rows, datetime.date(2016, 1, 1), datetime.date(2016, 2, 29), args.data, seed=7)
+    generate(spark, args.rows, datetime.date(2016, 1, 1), datetime.date(2016, 2, 29), args.data, seed=7,
+             labels=labels_of(spark))
     _run(TRAINING_JOB, {"taxi_fares_raw_data": args.data})
     _print_model_summary()
     with _storage() as server:
@@ -118,7 +127,7 @@ def main(argv=None):
     config = ScoringConfig.from_params(scoring.tasks["score"]["parameters"])
     _banner(f"Inference log {config.predictions_table} (mlops table history {config.predictions_table})")
     print_history(config.table_location, config.predictions_table)
-    close_the_loop(spark, args.data, args.rows, _run, _banner)
+    close_the_loop(spark, args.data, args.rows, _run, _banner, labels_of(spark))
     serve_three_trips(_banner)
     _banner("Next")
     print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {mlflow_tracking_uri()} --port 5000")

@@ -88,18 +88,25 @@ def _print_retraining(record):
         print(f"Champion is now version {deploy.get('champion_version') or 'unchanged'}")
 
 
-def close_the_loop(spark, raw_data: str, rows: int, run, banner):
-    """Monitor February, add a drifted March, score and monitor it, and let retraining run."""
+def close_the_loop(spark, raw_data: str, rows: int, run, banner, labels):
+    """Monitor February, add a drifted March, score it, merge its late labels, monitor it, and retrain.
+
+    ``labels`` is the (TableStore, table name) the generator writes late labels to.
+    """
     shared = {"taxi_fares_raw_data": raw_data}
     banner("Monitoring February 2016 (the Champion's first scored month)")
     february = _monitor(datetime.date(2016, 2, 1), datetime.date(2016, 2, 29), shared, run)
     config = MonitoringConfig.from_params(february.tasks["monitor"]["parameters"])
     banner(f"March 2016 arrives with drift: trips x{MARCH_DRIFT.distance_scale} longer, "
            f"fares x{MARCH_DRIFT.fare_scale}")
-    generate(spark, rows // 2, *MARCH, raw_data, seed=8, drift=MARCH_DRIFT, append=True)
-    run(Path("databricks_jobs/taxi_fares_batch_scoring.json"),
-        {**shared, "scoring_data_start_date": MARCH[0].isoformat(),
-         "scoring_data_end_date": MARCH[1].isoformat(), "publish_results": "false"})
+    generate(spark, rows // 2, *MARCH, raw_data, seed=8, drift=MARCH_DRIFT, append=True, labels=labels)
+    scoring = run(Path("databricks_jobs/taxi_fares_batch_scoring.json"),
+                  {**shared, "scoring_data_start_date": MARCH[0].isoformat(),
+                   "scoring_data_end_date": MARCH[1].isoformat(), "publish_results": "false",
+                   "execute_label_merge": "true"})
+    labelled = scoring.tasks["merge_labels"].get("task_values", {}).get("rows_labelled", "?")
+    print(f"late labels merged from {labels[1]} (task merge_labels): {labelled} inference log rows "
+          "have a fare")
     banner("Monitoring March 2016")
     march = _monitor(*MARCH, shared, run)
     _print_drift(spark, config, *MARCH)

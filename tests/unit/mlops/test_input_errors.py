@@ -125,3 +125,28 @@ def test_an_input_without_rows_says_so_rather_than_blaming_the_dates(spark, tmp_
     with pytest.raises(DataError, match=expected):
         build_feature_tables(run, str(folder), datetime.date(2016, 1, 1), datetime.date(2016, 1, 31),
                              TRAINING, "training_data")
+
+
+def test_the_generator_s_late_labels_match_the_request_ids_scoring_gives_the_trips(spark, tmp_path):
+    import datetime
+
+    from pyspark.sql import functions as F
+    from taxi_fares.schema import with_trip_id
+
+    from mlops.data.generator import generate
+    from mlops.data.tables import TableStore
+    from mlops.inference import engine
+
+    tables = TableStore(spark, str(tmp_path / "tables"), "delta")
+    first, second = datetime.date(2016, 1, 1), datetime.date(2016, 1, 2)
+    generate(spark, 300, first, first, str(tmp_path / "raw"), seed=1, labels=(tables, "labels"))
+    generate(spark, 200, second, second, str(tmp_path / "raw"), seed=2, append=True,
+             labels=(tables, "labels"))
+
+    trips = with_trip_id(read_raw_trips(spark, str(tmp_path / "raw")))
+    scored = trips.select(engine.request_id_column().alias(engine.REQUEST_ID),
+                          F.col("fare_amount").alias("fare"))
+    joined = scored.join(tables.read("labels"), engine.REQUEST_ID, "full_outer")
+    assert tables.read("labels").count() == scored.distinct().count() >= 495
+    assert joined.where(F.col("fare").isNull() | F.col("fare_amount").isNull()
+                        | (F.col("fare") != F.col("fare_amount"))).count() == 0
