@@ -8,19 +8,25 @@ from mlops.platform import home
 
 
 def _start(args):
-    from mlops.local.azurite import AzuriteServer
     from mlops.local.interrupts import sigterm_interrupts
+
+    # From the start: SIGTERM while Azurite starts must stop it too.
+    with sigterm_interrupts():
+        return _serve_until_stopped(args)
+
+
+def _serve_until_stopped(args):
+    from mlops.local.azurite import AzuriteServer
 
     location = Path(args.location) if args.location else home.mount_root("azurite")
     server = AzuriteServer.start(location, port=args.port)
-    print(f"Azurite blob service on {server.blob_endpoint}, data in {location}; Ctrl-C stops it.")
-    print("Jobs publish to it once this is exported in their shell:")
-    # The emulator's key is the public development key: printing it opens nothing else.
-    print(f"export AZURE_STORAGE_CONNECTION_STRING='{server.connection_string}'", flush=True)
     try:
-        with sigterm_interrupts():
-            while server.running:
-                time.sleep(0.5)
+        print(f"Azurite blob service on {server.blob_endpoint}, data in {location}; Ctrl-C stops it.")
+        print("Jobs publish to it once this is exported in their shell:")
+        # The emulator's key is the public development key: printing it opens nothing else.
+        print(f"export AZURE_STORAGE_CONNECTION_STRING='{server.connection_string}'", flush=True)
+        while server.running:
+            time.sleep(0.5)
     except KeyboardInterrupt:
         print("stopping Azurite", flush=True)
         return 0

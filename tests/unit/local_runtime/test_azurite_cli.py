@@ -43,3 +43,21 @@ def test_the_printed_connection_string_reaches_the_running_emulator_until_ctrl_c
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
     assert "stopping Azurite" in process.stdout.read()
+
+
+def test_sigterm_stops_the_emulator_too(started):
+    import socket
+    import time
+
+    process, lines = started
+    port = int(lines[-1].split("BlobEndpoint=http://127.0.0.1:")[1].split("/")[0])
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert "stopping Azurite" in process.stdout.read()
+    deadline = time.monotonic() + 15
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                break
+        assert time.monotonic() < deadline, f"Azurite still listens on {port} after SIGTERM"
+        time.sleep(0.2)
