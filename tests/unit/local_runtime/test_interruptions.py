@@ -55,16 +55,22 @@ def wait_for(path, process, seconds=240):
         time.sleep(0.2)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_sigterm_mid_task_leaves_nothing_running(mlops_home, tmp_path):
-    marker = tmp_path / "started"
+def start_slow_job(tmp_path, marker):
+    """The slow job in its own process group, once its task is inside a Spark stage."""
     job_file = slow_job(tmp_path, marker, spark_work=True)
     environment = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", MLOPS_SPARK_MASTER="local[1]")
     process = subprocess.Popen([sys.executable, "-m", "mlops", "job", "run", str(job_file)],
                                env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     wait_for(marker, process)
+    return process
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigterm_mid_task_leaves_nothing_running(mlops_home, tmp_path):
+    marker = tmp_path / "started"
+    process = start_slow_job(tmp_path, marker)
     time.sleep(3)
     # As `timeout` and CI cancellations do: the whole group, Spark's JVM included.
     os.killpg(process.pid, signal.SIGTERM)
@@ -89,12 +95,7 @@ def test_sigterm_mid_task_leaves_nothing_running(mlops_home, tmp_path):
 def test_a_run_killed_with_sigkill_is_closed_by_the_next_run_with_its_mlflow_run_and_temp_folder(
         spark, mlops_home, tmp_path):
     marker = tmp_path / "started"
-    job_file = slow_job(tmp_path, marker, spark_work=True)
-    environment = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", MLOPS_SPARK_MASTER="local[1]")
-    process = subprocess.Popen([sys.executable, "-m", "mlops", "job", "run", str(job_file)],
-                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    wait_for(marker, process)
+    process = start_slow_job(tmp_path, marker)
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate(timeout=60)
     temp_dir = marker.read_text()
