@@ -58,7 +58,7 @@ def _profile(args) -> str:
     from mlops.lifecycle import tracking
     from mlops.lifecycle.registry import RegistryClient
     from mlops.local.session import spark_session
-    from mlops.stages.validation import profile_version
+    from mlops.stages.profiles import profile_version
 
     config = TrainingConfig(registered_model_name=args.name, registry_uri=args.registry_uri,
                             table_location=args.location, predictions_table=args.predictions_table)

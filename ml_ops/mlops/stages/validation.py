@@ -28,10 +28,9 @@ from taxi_fares.schema import TRIP_ID
 from mlops.errors import ConfigError, DataError, RegistryError, ValidationFailed
 from mlops.lifecycle.registry import (CHALLENGER, CHAMPION, FAILED, PASSED, PENDING, ModelRef, RegistryClient,
                                       utc_now)
-from mlops.monitoring.monitor import stored_profile, write_baseline
-from mlops.monitoring.reference import ARTIFACT_PATH as REFERENCE_ARTIFACT
+from mlops.lifecycle.profiles import store_reference
 from mlops.monitoring.reference import ReferenceProfile, build_reference
-from mlops.stages.feature_tables import TRAINING, load_feature_set, recorded_versions
+from mlops.stages.feature_tables import TRAINING, load_feature_set
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +256,7 @@ def sanity_checks(predictions: np.ndarray) -> list[Check]:
     ]
 
 
-def _pickups(rows: pd.DataFrame):
+def pickups_of(rows: pd.DataFrame):
     """The rows' pickup times, for the reference's hour-of-day slices (None when not collected)."""
     return rows[features.PICKUP] if features.PICKUP in rows else None
 
@@ -273,7 +272,7 @@ def check_model(model: ModelRef, loaded_model, training_run_tags: dict, data: He
     reference = None
     if np.isfinite(predictions).all():
         reference = build_reference(model.name, model.version, rows, features.FEATURE_COLUMNS, predictions,
-                                    label, timestamps=_pickups(rows))
+                                    label, timestamps=pickups_of(rows))
         metrics = evaluation.regression_metrics(label, predictions)
         baseline = evaluation.rmse(label, np.full(len(label), data.train_mean_fare))
         scored = rows.assign(**{PREDICTION: predictions})
@@ -355,55 +354,3 @@ def _champion_failed(run, registry: RegistryClient, report: ValidationReport, wh
                  "Roll back with `mlops model rollback %s <earlier version> --reason ...`, or promote a "
                  "PASSED version with `mlops model promote`", model.name, model.version,
                  ", ".join(check.name for check in report.failed), model.name)
-
-
-# ---------------------------------------------------------------- reference of an existing version
-
-def profile_version(run, registry: RegistryClient, version: str, force: bool = False,
-                    by: str = "") -> ReferenceProfile:
-    """Build the reference profile of a registered ``version`` from its own held-out rows, and store it.
-
-    The rows are read at the feature tables' versions its training run recorded (Delta time
-    travel), over its recorded held-out range, so later training runs that rewrote the tables do
-    not change it. A version that has a profile keeps it unless ``force``; a forced rebuild is
-    recorded in the model's history with the old and new row counts.
-    ``run`` needs ``tables`` and ``config`` (``validation_sample_rows``, ``predictions_table``).
-    """
-    model = registry.resolve(version)
-    existing = stored_profile(run.tables, run.config.predictions_table, model.version)
-    if existing is not None and not force:
-        raise ConfigError(f"model '{model.name}' version {model.version} already has a reference profile "
-                          f"({existing.rows} held-out rows, built {existing.created_at}); monitoring judges "
-                          "against it. Pass --force to rebuild it from the same rows")
-    training_run = registry.training_run(model.version)
-    versions = recorded_versions(training_run, TRAINING)
-    missing = [name for name in (TRAINING.trips, TRAINING.pickup_features, TRAINING.dropoff_features)
-               if name not in versions]
-    if missing:
-        raise RegistryError(f"training run {training_run.info.run_id} of version {model.version} recorded no "
-                            f"Delta version of {', '.join(missing)}, so its held-out rows cannot be read as "
-                            "they were; validate a version trained with table versions recorded instead")
-    data = load_held_out(run, Split.of_training_run(training_run), run.config.validation_sample_rows,
-                         table_versions=versions)
-    predictions = predict(load_model(model), data.rows)
-    if not np.isfinite(predictions).all():
-        raise ValidationFailed(f"model '{model.name}' version {model.version} gives predictions that are "
-                               "not all finite on its held-out rows; it has no usable reference")
-    reference = build_reference(model.name, model.version, data.rows, features.FEATURE_COLUMNS, predictions,
-                                data.rows[features.LABEL_COLUMN].to_numpy(dtype=float),
-                                timestamps=_pickups(data.rows))
-    store_reference(run, reference, training_run.info.run_id)
-    if existing is not None:
-        registry.history.append("profile_rebuilt", model.version, by, old_rows=existing.rows,
-                                new_rows=reference.rows, table_versions=versions)
-    return reference
-
-
-def store_reference(run, reference: ReferenceProfile, mlflow_run_id: str) -> None:
-    """The profile as an artifact of ``mlflow_run_id`` and, on Delta, in the baseline table."""
-    mlflow.MlflowClient().log_text(mlflow_run_id, reference.to_json(), REFERENCE_ARTIFACT)
-    if run.tables.table_format == "delta":
-        write_baseline(run.tables, run.config.predictions_table, reference)
-    else:
-        logger.warning("table_format %s: the reference profile is kept as the MLflow artifact %s only; "
-                       "monitoring needs Delta tables", run.tables.table_format, REFERENCE_ARTIFACT)
