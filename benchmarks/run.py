@@ -533,12 +533,30 @@ def _profile_lines(results: dict, rows: int) -> list:
     return lines
 
 
+SECTION_TITLES = {"monitoring": "\n# Monitoring benchmark", "serving": "\n# Serving benchmark"}
+
+
+def _published_section(text: str, title: str) -> str:
+    """The section ``title`` of results.md as it stands ('' when absent), up to the next section."""
+    if title not in text:
+        return ""
+    rest = text.split(title, 1)[1]
+    ends = [rest.index(other) for other in SECTION_TITLES.values() if other in rest]
+    return title + (rest[:min(ends)] if ends else rest).rstrip("\n") + "\n"
+
+
 def write_results(scoring_text: str) -> None:
-    """results.md: the scoring report, then the last monitoring and serving runs' sections."""
+    """results.md: the scoring report, then the monitoring and serving sections.
+
+    A section comes from its benchmark's last saved run on this machine, else it stays as
+    published: running one benchmark never drops another's figures.
+    """
     from benchmarks import monitoring, serving
 
-    tail = "".join(module.section(json.loads(module.SAVED.read_text()))
-                   for module in (monitoring, serving) if module.SAVED.exists())
+    published = RESULTS.read_text() if RESULTS.exists() else ""
+    tail = "".join(module.section(json.loads(module.SAVED.read_text())) if module.SAVED.exists()
+                   else _published_section(published, SECTION_TITLES[name])
+                   for name, module in (("monitoring", monitoring), ("serving", serving)))
     RESULTS.write_text(scoring_text + tail)
 
 

@@ -23,9 +23,9 @@ import math
 import numpy as np
 from scipy import stats
 
-from mlops.monitoring.reference import ReferenceProfile, ReferenceSlice
+from mlops.monitoring.reference import QUANTILE_LEVELS, ReferenceProfile, ReferenceSlice
 from mlops.monitoring.settings import MonitoringSettings
-from mlops.monitoring.statistics import QUALITY, psi, psi_by_chance, rmse_ratio_by_chance
+from mlops.monitoring.statistics import QUALITY, binned_quantiles, psi, psi_by_chance, rmse_ratio_by_chance
 from mlops.monitoring.window_stats import BIN_COUNTS, WINDOW_START
 
 TABLE_COLUMN = ":table"
@@ -51,30 +51,30 @@ def column_metrics(sums: dict, name: str, reference: ReferenceSlice, profile: Re
     common = {"window": _window(sums, settings), "granularity": settings.granularity,
               "model_id": sums["model_id"], "model_version": profile.model_version, "column_name": name}
     out_of_range = sums[f"{name}__out_of_range"]
-    quantiles = sums[f"{name}__quantiles"]
+    counts = sums[BIN_COUNTS].get(name)
+    binned = int(counts.sum()) if counts is not None else 0
+    current_cdf = np.cumsum(counts)[:-1] / binned if binned else None
+    quantiles = binned_quantiles(current_cdf, expected.edges, sums[f"{name}__min"], sums[f"{name}__max"],
+                                 QUANTILE_LEVELS) if binned else None
     profile_row = {**common, "count": present, "num_nulls": rows - present,
                    "percent_null": 100.0 * (rows - present) / rows if rows else None,
                    "avg": sums[f"{name}__avg"], "stddev": sums[f"{name}__stddev"],
                    "min": sums[f"{name}__min"], "max": sums[f"{name}__max"],
                    "percent_out_of_range": 100.0 * out_of_range / present if present else None,
-                   "quantiles": [float(value) for value in quantiles] if quantiles else None}
+                   "quantiles": [float(value) for value in quantiles] if binned else None}
     drift_row = {**common, "drift_type": "BASELINE", "count": present, "population_stability_index": None,
                  "psi_by_chance": None, "ks_test": None, "wasserstein_distance": None,
                  "wasserstein_distance_normalized": None, "status": INSUFFICIENT}
-    counts = sums[BIN_COUNTS].get(name)
-    binned = int(counts.sum()) if counts is not None else 0
     if binned < settings.min_rows:
         return profile_row, drift_row
     edges = len(expected.edges)
     clustering = reference.dispersion.get(name, 1.0)
     population_psi = psi(counts, expected.bin_shares() * expected.count)
     by_chance = psi_by_chance(edges + 1, binned, expected.count, settings.alpha, clustering)
-    current_cdf = np.cumsum(counts)[:-1] / binned
     statistic = float(np.max(np.abs(current_cdf - np.asarray(expected.cumulative_share)))) if edges else 0.0
     effective = binned * expected.count / (binned + expected.count) / clustering
     p_value = float(stats.kstwobign.sf(statistic * math.sqrt(effective)))
-    distance = float(np.mean(np.abs(np.asarray(quantiles, dtype=float)
-                                    - np.asarray(expected.quantiles, dtype=float))))
+    distance = float(np.mean(np.abs(quantiles - expected.binned_quantiles())))
     normalized = distance / expected.std if expected.std > 0 else (0.0 if distance == 0 else math.inf)
     drift_row.update(population_stability_index=population_psi, psi_by_chance=by_chance,
                      ks_test={"statistic": statistic, "pvalue": p_value}, wasserstein_distance=distance,

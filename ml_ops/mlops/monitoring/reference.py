@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mlops.errors import DataError
-from mlops.monitoring.statistics import dispersion
+from mlops.monitoring.statistics import binned_quantiles, dispersion
 
 # Equal-mass bins of the reference: PSI and the KS statistic are read at their edges.
 BINS = 20
@@ -48,6 +48,10 @@ class ColumnReference:
     edges: list
     cumulative_share: list
     quantiles: list
+
+    def binned_quantiles(self) -> np.ndarray:
+        """Its quantiles at QUANTILE_LEVELS as a window's are read: from the shares at the edges."""
+        return binned_quantiles(self.cumulative_share, self.edges, self.min, self.max, QUANTILE_LEVELS)
 
     def bin_shares(self) -> np.ndarray:
         """The share of reference rows in each bin: (-inf, e0], (e0, e1], ..., (e_last, inf)."""

@@ -83,8 +83,9 @@ def distributions_figure(profile_rows: list[dict], drift_rows: list[dict], profi
         drift = latest[name]
         reference = profiles[drift["model_version"]].column(name)
         current = quantiles.get((drift["window"]["start"], drift["model_version"], name)) or []
-        levels = [(index + 0.5) / len(reference.quantiles) for index in range(len(reference.quantiles))]
-        panel.plot(reference.quantiles, levels, color=COLORS["reference"], label="reference")
+        shown = reference.binned_quantiles()
+        levels = [(index + 0.5) / len(shown) for index in range(len(shown))]
+        panel.plot(shown, levels, color=COLORS["reference"], label="reference")
         if current:
             panel.plot(current, [(index + 0.5) / len(current) for index in range(len(current))],
                        color=COLORS.get(drift["status"], COLORS["current"]), label=window_start_text(drift))

@@ -48,6 +48,21 @@ def rmse_ratio_by_chance(rows: float, alpha: float, squared_error_spread: float 
     return math.sqrt(max(normal, tailed))
 
 
+def binned_quantiles(cumulative_share, edges, low: float, high: float, levels) -> np.ndarray:
+    """Quantiles at ``levels`` of a distribution known by its share at or below each edge.
+
+    Rows are taken as spread evenly within each bin, the outer bins reaching ``low`` and
+    ``high`` (the observed minimum and maximum). Window and reference are read the same way,
+    so the Wasserstein distance between them compares like with like.
+    """
+    edges = np.asarray(edges, dtype=float)
+    if not len(edges):
+        return np.interp(levels, [0.0, 1.0], [low, high])
+    knots = np.concatenate([[min(low, edges[0])], edges, [max(high, edges[-1])]])
+    shares = np.maximum.accumulate(np.concatenate([[0.0], np.asarray(cumulative_share, dtype=float), [1.0]]))
+    return np.interp(levels, shares, knots)
+
+
 def bin_counts(values: np.ndarray, edges) -> np.ndarray:
     """Rows per reference bin: bin i holds (edge[i-1], edge[i]]; NaN has no bin."""
     present = values[~np.isnan(values)]

@@ -2,27 +2,26 @@
 
 The first groups the log by window start and model version and computes, in one aggregation:
 counts, nulls, moments, the range check (against the version's reference range, chosen by a
-CASE on the model version), one quantile sketch per column (for the Wasserstein distance and the
-profile's quantiles), and the error sums of the labelled rows. The second counts each window's
-rows per reference bin exactly: every value is given its bin by a binary search over the
-reference edges (a nested CASE, about five comparisons), the columns are stacked into
-(column, bin) pairs, and one grouped count gives every bin of every column. PSI and the KS
-statistic are computed from those exact counts. Both results have a few rows per window and
-version, so nothing of the data's size reaches the driver.
+CASE on the model version) and the error sums of the labelled rows. The second counts each
+window's rows per reference bin **exactly**: each Python worker bins its partition's values with
+NumPy (``searchsorted`` over the reference edges, one ``bincount`` per column) and hands back a
+few rows of partial counts, which Spark adds up. PSI and the KS statistic come from those
+counts, and so do the window's quantiles (rows spread evenly within a bin), read the same way for
+window and reference, for the Wasserstein distance and the profile rows. Spark has no exact
+small-integer histogram aggregate: conditional sums per bin, or stacking (column, bin) pairs and
+grouping them, each took longer than scoring the same rows. Both passes return a few rows per
+window and version, so nothing of the data's size reaches the driver.
 """
 import numpy as np
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mlops.errors import DataError
 from mlops.inference import engine
-from mlops.monitoring.reference import QUANTILE_LEVELS, ReferenceProfile
+from mlops.monitoring.reference import BINS, ReferenceProfile
 from mlops.monitoring.settings import MonitoringSettings
 
 WINDOW_START = "window_start"
-# percentile_approx accuracy: 1/accuracy is its relative rank error, here only in the quantiles
-# behind the Wasserstein distance (a guard against tiny but "significant" shifts) and the profile.
-QUANTILE_ACCURACY = 1000
 BIN_COUNTS = "bin_counts"
 
 
@@ -30,55 +29,72 @@ def _per_version(profiles: dict[str, ReferenceProfile], value_of):
     """A column expression taking ``value_of(profile)`` for each row's model version (null if none)."""
     if len(profiles) == 1:
         # The usual case: every monitored row has the one version, so no per-row comparison is needed.
-        only = value_of(next(iter(profiles.values())))
-        return only if isinstance(only, Column) else F.lit(only)
+        return F.lit(value_of(next(iter(profiles.values()))))
     expression = None
     for version, profile in sorted(profiles.items()):
         condition = F.col(engine.MODEL_VERSION) == F.lit(version)
-        value = value_of(profile)
-        value = value if isinstance(value, Column) else F.lit(value)
+        value = F.lit(value_of(profile))
         expression = F.when(condition, value) if expression is None else expression.when(condition, value)
     return expression
 
 
-def bin_index(value: Column, edges) -> Column:
-    """The reference bin of ``value``, the number of edges below it: bin i holds (edge[i-1], edge[i]].
-
-    Null and NaN values have no bin (they are counted as nulls).
-    """
-    edges = [float(edge) for edge in edges]
-
-    def search(low: int, high: int) -> Column:
-        if low == high:
-            return F.lit(low)
-        middle = (low + high) // 2
-        return F.when(value > F.lit(edges[middle]), search(middle + 1, high)).otherwise(search(low, middle))
-    return F.when(value.isNotNull() & ~F.isnan(value), search(0, len(edges)))
+def bin_of(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The reference bin of each value, the number of edges below it: bin i holds (edge[i-1], edge[i]]."""
+    return np.searchsorted(edges, values, side="left")
 
 
-def _windowed(log: DataFrame, settings: MonitoringSettings) -> DataFrame:
-    return log.withColumn(WINDOW_START, F.date_trunc(settings.window_unit, F.col(engine.TIMESTAMP)))
+def _partial_counts(edges_by_version: dict, columns: int):
+    """The function a Python worker runs on its Arrow batches: rows per (window, version, column, bin)."""
+    def count(batches):
+        import pyarrow
+
+        totals: dict = {}
+        for batch in batches:
+            windows = batch.column(0).cast(pyarrow.int64()).to_numpy(zero_copy_only=False)
+            versions = batch.column(1).to_numpy(zero_copy_only=False)
+            for version in np.unique(versions):
+                chosen = versions == version
+                edges = edges_by_version.get(version)
+                if edges is None:
+                    continue
+                starts, slot = np.unique(windows[chosen], return_inverse=True)
+                for index in range(columns):
+                    values = batch.column(2 + index).to_numpy(zero_copy_only=False)[chosen].astype(float)
+                    present = ~np.isnan(values)
+                    bins = len(edges[index]) + 1
+                    flat = np.bincount(slot[present] * bins + bin_of(values[present], edges[index]),
+                                       minlength=len(starts) * bins).reshape(len(starts), bins)
+                    for row, start in enumerate(starts):
+                        key = (int(start), str(version), index)
+                        totals[key] = totals.get(key, 0) + flat[row]
+        keys = list(totals)
+        yield pyarrow.RecordBatch.from_arrays([
+            pyarrow.array([key[0] for key in keys], pyarrow.int64()),
+            pyarrow.array([key[1] for key in keys], pyarrow.string()),
+            pyarrow.array([key[2] for key in keys], pyarrow.int32()),
+            pyarrow.array([totals[key].tolist() for key in keys], pyarrow.list_(pyarrow.int64()))],
+            names=["window_micros", engine.MODEL_VERSION, "column_index", "counts"])
+    return count
 
 
 def count_bins(log: DataFrame, profiles: dict[str, ReferenceProfile], columns,
                settings: MonitoringSettings) -> dict:
-    """{(window start, version): {column: exact row count per reference bin}}, from one grouped count."""
-    binned = _windowed(log, settings).select(WINDOW_START, engine.MODEL_VERSION, *[
-        _per_version(profiles, lambda profile, name=name: bin_index(F.col(name).cast("double"),
-                                                                    profile.column(name).edges))
-        .alias(f"_bin_{index}") for index, name in enumerate(columns)])
-    pairs = ", ".join(f"{index}, _bin_{index}" for index in range(len(columns)))
-    stacked = binned.selectExpr(WINDOW_START, engine.MODEL_VERSION,
-                                f"stack({len(columns)}, {pairs}) AS (column_index, bin)")
-    counted = stacked.where(F.col("bin").isNotNull()) \
-        .groupBy(WINDOW_START, engine.MODEL_VERSION, "column_index", "bin").count().collect()
+    """{(window start, version): {column: exact row count per reference bin}}."""
+    edges = {version: [np.asarray(profile.column(name).edges, dtype=float) for name in columns]
+             for version, profile in profiles.items()}
+    windowed = log.select(F.unix_micros(F.date_trunc(settings.window_unit, F.col(engine.TIMESTAMP))),
+                          F.col(engine.MODEL_VERSION).cast("string"),
+                          *[F.col(name).cast("double") for name in columns])
+    schema = f"window_micros long, {engine.MODEL_VERSION} string, column_index int, counts array<long>"
+    partial = windowed.mapInArrow(_partial_counts(edges, len(columns)), schema)
+    added = partial.groupBy("window_micros", engine.MODEL_VERSION, "column_index").agg(
+        *[F.sum(F.get("counts", position)).alias(f"bin_{position}") for position in range(BINS)])
     counts: dict = {}
-    for row in counted:
+    for row in added.withColumn(WINDOW_START, F.timestamp_micros("window_micros")).collect():
         version, name = row[engine.MODEL_VERSION], columns[row["column_index"]]
-        per_column = counts.setdefault((row[WINDOW_START], version), {})
-        if name not in per_column:
-            per_column[name] = np.zeros(len(profiles[version].column(name).edges) + 1, dtype=np.int64)
-        per_column[name][row["bin"]] += row["count"]
+        bins = len(profiles[version].column(name).edges) + 1
+        counts.setdefault((row[WINDOW_START], version), {})[name] = np.array(
+            [row[f"bin_{position}"] for position in range(bins)], dtype=np.int64)
     return counts
 
 
@@ -93,7 +109,7 @@ def aggregate_windows(log: DataFrame, profiles: dict[str, ReferenceProfile], col
     if missing:
         raise DataError(f"the inference log lacks column(s) {', '.join(missing)}; "
                         f"found {', '.join(log.columns)}")
-    windowed = _windowed(log, settings)
+    windowed = log.withColumn(WINDOW_START, F.date_trunc(settings.window_unit, F.col(engine.TIMESTAMP)))
     aggregations = [F.count(F.lit(1)).alias("rows"),
                     F.first(engine.MODEL_ID, ignorenulls=True).alias("model_id")]
     for name in columns:
@@ -107,7 +123,6 @@ def aggregate_windows(log: DataFrame, profiles: dict[str, ReferenceProfile], col
             F.min(value).alias(f"{name}__min"),
             F.max(value).alias(f"{name}__max"),
             F.sum(F.when((value < low) | (value > high), 1).otherwise(0)).alias(f"{name}__out_of_range"),
-            F.percentile_approx(value, list(QUANTILE_LEVELS), QUANTILE_ACCURACY).alias(f"{name}__quantiles"),
         ]
     label = F.col(engine.LABEL).cast("double")
     # A NaN label is as unknown as a null one.
@@ -126,7 +141,6 @@ def aggregate_windows(log: DataFrame, profiles: dict[str, ReferenceProfile], col
     ordered = grouped.orderBy(WINDOW_START, engine.MODEL_VERSION)
     sums = [row.asDict(recursive=True) for row in ordered.collect()]
     bins = count_bins(log, profiles, columns, settings)
-    empty = {}
     for window in sums:
-        window[BIN_COUNTS] = bins.get((window[WINDOW_START], window[engine.MODEL_VERSION]), empty)
+        window[BIN_COUNTS] = bins.get((window[WINDOW_START], window[engine.MODEL_VERSION]), {})
     return sums
