@@ -160,6 +160,11 @@ def readme_serve_command(port: int) -> list:
     return words
 
 
+def readme_python_example() -> str:
+    return next(block for block in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+                if "ScoringServerClient" in block)
+
+
 @pytest.mark.slow
 def test_the_readme_command_serves_from_another_folder_and_sigterm_flushes_the_queue(registry_home, tmp_path):
     home, _ = registry_home
@@ -176,8 +181,13 @@ def test_the_readme_command_serves_from_another_folder_and_sigterm_flushes_the_q
         class Address:
             url = f"http://127.0.0.1:{port}"
         wait_for(lambda: process.poll() is None and _answers(Address), timeout=60)
-        for _ in range(5):
+        for _ in range(4):
             assert call(Address, "/invocations", BODY)[0] == 200
+        # The README's Python example, as written, against this server: one more logged request.
+        *statements, last = readme_python_example().replace("5050", str(port)).strip().splitlines()
+        namespace = {}
+        exec("\n".join(statements), namespace)
+        assert len(eval(last, namespace)) == 1
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
     finally:
