@@ -34,8 +34,6 @@ from typing import Callable, Optional
 
 from mlops.deploy.jobspec import start_time_values
 from mlops.errors import JobError
-from mlops import orchestration
-from mlops.lifecycle import tracking
 from mlops.local import interrupts
 from mlops.local.job_file import _REFERENCE, JobSpec, TaskSpec, load_job, reference_problem
 from mlops.local.notebook import output_kept_in, run_notebook
@@ -206,6 +204,10 @@ def _repairable_run(job: JobSpec, run_id: str) -> RunRecord:
 
 def _close_abandoned_runs(progress: Callable[[str], None]) -> None:
     """End the records that a killed process left RUNNING, so that they can be repaired."""
+    # Imported here: MLflow is needed only when a killed run is found, and `mlops --help` stays quick.
+    from mlops import orchestration
+    from mlops.lifecycle import tracking
+
     for record in RunRecord.running():
         if record.abandoned():
             pid = record.pid
