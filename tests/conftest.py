@@ -3,6 +3,8 @@ import os
 
 import pytest
 
+# As in every mlops command: MLflow's sqlite stores keep their artifact root in MLOPS_HOME, not ./mlruns.
+import mlops.lifecycle.tracking  # noqa: F401
 from support.spark_cluster import export_worker_environment
 
 # Before any fixture starts a JVM: Python workers use this venv and import the source tree.

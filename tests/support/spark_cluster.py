@@ -271,7 +271,9 @@ def prepare_scoring_home(spark, home: Path, rows: int, start, end, model_name: s
     try:
         experiment = client.create_experiment("training", artifact_location=(home / "mlartifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment):
-            info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=model_name)
+            info = mlflow.lightgbm.log_model(
+                booster, name="model", registered_model_name=model_name,
+                pip_requirements=mlflow.lightgbm.get_default_pip_requirements())
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])

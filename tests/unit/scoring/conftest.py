@@ -59,7 +59,8 @@ def register(booster, alias=None, name=MODEL_NAME, status="PASSED"):
     from mlops.lifecycle.registry import RegistryClient
 
     with mlflow.start_run(experiment_id=_training_experiment()):
-        info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=name)
+        info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=name,
+                                         pip_requirements=mlflow.lightgbm.get_default_pip_requirements())
     version = str(info.registered_model_version)
     if status:
         RegistryClient(name).set_validation_status(version, status)

@@ -37,7 +37,8 @@ def register(rounds: int, status: str) -> str:
     booster = lightgbm.train({"objective": "regression", "verbose": -1, "num_leaves": 8},
                              lightgbm.Dataset(frame[FEATURES], frame["fare"]), num_boost_round=rounds)
     with mlflow.start_run():
-        info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=MODEL)
+        info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=MODEL,
+                                         pip_requirements=mlflow.lightgbm.get_default_pip_requirements())
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_model_version_tag(MODEL, version, VALIDATION_STATUS_TAG, status)
     return version
