@@ -63,11 +63,14 @@ def binned_quantiles(cumulative_share, edges, low: float, high: float, levels) -
     return np.interp(levels, shares, knots)
 
 
+def bin_of(values: np.ndarray, edges) -> np.ndarray:
+    """The reference bin of each value, the number of edges below it: bin i holds (edge[i-1], edge[i]]."""
+    return np.searchsorted(np.asarray(edges, dtype=float), values, side="left")
+
+
 def bin_counts(values: np.ndarray, edges) -> np.ndarray:
-    """Rows per reference bin: bin i holds (edge[i-1], edge[i]]; NaN has no bin."""
-    present = values[~np.isnan(values)]
-    return np.bincount(np.searchsorted(np.asarray(edges, dtype=float), present, side="left"),
-                       minlength=len(edges) + 1)
+    """Rows per reference bin; NaN has no bin."""
+    return np.bincount(bin_of(values[~np.isnan(values)], edges), minlength=len(edges) + 1)
 
 
 def dispersion(values, windows: np.ndarray, reference_for, squared_errors: np.ndarray) -> dict:

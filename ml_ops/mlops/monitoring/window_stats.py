@@ -20,6 +20,7 @@ from mlops.errors import DataError
 from mlops.inference import engine
 from mlops.monitoring.reference import BINS, ReferenceProfile
 from mlops.monitoring.settings import MonitoringSettings
+from mlops.monitoring.statistics import bin_of
 
 WINDOW_START = "window_start"
 BIN_COUNTS = "bin_counts"
@@ -36,11 +37,6 @@ def _per_version(profiles: dict[str, ReferenceProfile], value_of):
         value = F.lit(value_of(profile))
         expression = F.when(condition, value) if expression is None else expression.when(condition, value)
     return expression
-
-
-def bin_of(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """The reference bin of each value, the number of edges below it: bin i holds (edge[i-1], edge[i]]."""
-    return np.searchsorted(edges, values, side="left")
 
 
 def _partial_counts(edges_by_version: dict, columns: int):

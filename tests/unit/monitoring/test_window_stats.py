@@ -4,7 +4,7 @@ import pandas as pd
 
 from mlops.monitoring import monitor
 from mlops.monitoring.settings import MonitoringSettings
-from mlops.monitoring.window_stats import bin_of
+from mlops.monitoring.statistics import bin_of
 
 from .conftest import FEATURES, FIRST_DAY, LOG_TABLE, MODEL_NAME, log_rows, reference_profile
 
