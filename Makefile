@@ -10,7 +10,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 
 DEMO_ROWS ?= 200000
 
-.PHONY: venv node wheels demo test test-quick lint bench clean
+.PHONY: venv node wheels jars demo test test-quick lint bench clean
 
 $(VENV)/.installed: requirements-dev.txt constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -32,19 +32,23 @@ wheels: venv
 	$(PY) setup.py wheels
 	$(PY) -m pip install --quiet --no-deps --force-reinstall dist/*.whl
 
+# Delta Lake for local Spark: fetched once from Maven Central into ~/.cache/mlops/jars (MLOPS_JARS_DIR).
+jars: wheels
+	$(PY) -m mlops.local.delta_jars >/dev/null
+
 lint: venv
 	$(VENV)/bin/flake8
 
-test: venv node wheels lint
+test: venv node wheels jars lint
 	$(PY) -m pytest
 
-test-quick: venv wheels lint
+test-quick: venv wheels jars lint
 	$(PY) -m pytest -m "not slow"
 
-demo: venv node wheels
+demo: venv node wheels jars
 	$(PY) -m mlops.local.demo --rows $(DEMO_ROWS)
 
-bench: venv node wheels
+bench: venv node wheels jars
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.monitoring
 	$(PY) -m benchmarks.serving

@@ -56,7 +56,7 @@ def prepare_log(spark, rows: int, model_uri: str):
     from mlops.monitoring.reference import build_reference
     from mlops.stages.scoring import ResolvedModel, write_predictions
 
-    tables = TableStore(spark, str(log_location(rows)), "delta")
+    tables = TableStore(spark, str(log_location(rows)))
     if tables.exists(monitor.metric_table_names(LOG_TABLE)["baseline"]):
         return tables
     features = spark.read.parquet(str(bench.features_path(rows)))

@@ -16,8 +16,13 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 def spark():
     from pyspark.sql import SparkSession
 
+    from mlops.local import delta_jars
+
+    builder = SparkSession.builder
+    for key, value in delta_jars.spark_conf().items():
+        builder = builder.config(key, value)
     session = (
-        SparkSession.builder.master("local[2]")
+        builder.master("local[2]")
         .appName("mlops-tests")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.ui.enabled", "false")

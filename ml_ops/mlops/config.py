@@ -101,13 +101,11 @@ class JobConfig:
     registry_uri: str = ""
     experiment_name: str = "/Shared/taxi_fares/dev/experiments/taxi_fares"
     table_location: str = "dev.taxi_fares"
-    table_format: str = "auto"
     appinsights_secret_scope: str = ""
     appinsights_secret_key: str = ""
     git_commit: str = ""
 
-    CHOICES: ClassVar[dict] = {"env": ("dev", "staging", "prod"),
-                               "table_format": ("auto", "parquet", "delta")}
+    CHOICES: ClassVar[dict] = {"env": ("dev", "staging", "prod")}
     # Fields a job file deliberately does not declare: name -> why. Every other field is declared.
     NOT_IN_JOB_FILE: ClassVar[dict] = {}
 
@@ -307,12 +305,6 @@ class ScoringConfig(RawTripsConfig):
     storage_secret_scope: str = ""
     storage_secret_key: str = ""
     publish_folder: str = "dbfs:/mlops/taxi_fares/published"
-
-    def validate(self):
-        super().validate()
-        # The inference log is upserted by key and monitored from its history: Delta only.
-        _require(self, "table_format", self.table_format != "parquet",
-                 "auto or delta (the inference log is a Delta table)")
 
 
 @dataclasses.dataclass(frozen=True)

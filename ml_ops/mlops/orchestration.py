@@ -33,7 +33,6 @@ from mlops.lifecycle import tracking
 from mlops.observability.redaction import public_uri, redact_params, redact_text, redacted_exception
 from mlops.observability.telemetry import Telemetry, TelemetrySettings
 from mlops.platform.context import RunContext
-from mlops.platform.secrets import read_secret
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +56,7 @@ class TaskRun:
     telemetry: Telemetry
     temp_dir: Path
     job: RunContext
+    host: platform.Platform = field(default_factory=platform.current)
     mlflow_run_id: str | None = None
     stage_durations: dict = field(default_factory=dict)
 
@@ -93,9 +93,9 @@ class TaskRun:
         self.telemetry.set_dimensions(**dimensions)
 
 
-def _connection_string(config, dbutils):
-    return read_secret(dbutils, config.appinsights_secret_scope, config.appinsights_secret_key,
-                       CONNECTION_STRING_ENV, ("appinsights_secret_scope", "appinsights_secret_key"))
+def _connection_string(host, config, dbutils):
+    return host.read_secret(dbutils, config.appinsights_secret_scope, config.appinsights_secret_key,
+                            CONNECTION_STRING_ENV, ("appinsights_secret_scope", "appinsights_secret_key"))
 
 
 def _git_commit(config):
@@ -121,19 +121,20 @@ def remove_temp_dirs_of(pid: int) -> list[Path]:
 @contextlib.contextmanager
 def task_run(task, config, spark, dbutils, mlflow_run=True):
     """Open the run context of notebook task ``task``; see the module docstring."""
-    job = platform.run_context(dbutils, task)
+    host = platform.current()
+    job = host.run_context(dbutils, task)
     dimensions = {"job_run_id": job.job_run_id, "task": task, "env": config.env,
                   "model_name": config.registered_model_name}
-    telemetry_file = platform.telemetry_file(job.job_run_id, task)
+    telemetry_file = host.telemetry_file(job.job_run_id, task)
     telemetry_file.parent.mkdir(parents=True, exist_ok=True)
     settings = TelemetrySettings(
-        connection_string=_connection_string(config, dbutils),
+        connection_string=_connection_string(host, config, dbutils),
         role_name=f"{job.job_name}/{task}", jsonl_path=telemetry_file, dimensions=dimensions)
     temp_dir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-{task}-"))
-    tables = TableStore(spark, config.table_location, platform.table_format(config.table_format))
+    tables = TableStore(spark, config.table_location, host)
     telemetry = Telemetry.start(settings)
     run = TaskRun(task=task, config=config, spark=spark, dbutils=dbutils, tables=tables,
-                  telemetry=telemetry, temp_dir=temp_dir, job=job)
+                  telemetry=telemetry, temp_dir=temp_dir, job=job, host=host)
     try:
         with contextlib.ExitStack() as stack:
             if mlflow_run:

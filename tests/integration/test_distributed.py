@@ -1,12 +1,18 @@
-"""The scoring job on a standalone cluster and under Spark Connect gives local mode's predictions."""
+"""The scoring job on a standalone cluster and under Spark Connect gives local mode's predictions,
+and the table store's Delta operations work on both engines."""
 import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from deltalake import DeltaTable
 
 from support.spark_cluster import (SCORING_JOB, connect_server, new_scoring_home,  # noqa: F401
-                                   run_job_process, standalone_cluster)
+                                   run_job_process, standalone_cluster, worker_environment)
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +41,26 @@ def score_with(scoring_home, engine_name, engine_env):
         .reset_index(drop=True)
 
 
+ROUNDTRIP = Path(__file__).resolve().parents[1] / "support" / "delta_roundtrip.py"
+ROUNDTRIP_RESULT = {
+    "operations": ["MERGE", "MERGE", "CREATE TABLE AS SELECT"], "labelled": True,
+    "rows": [["r0", 0.0, None], ["r1", 10.0, 3.5], ["r2", 2.0, None], ["r3", 3.0, None], ["r4", 4.0, 4.5],
+             ["r5", 5.0, None]],
+    "first_version_rows": 6, "label_changes": [["r1", 3.5], ["r4", 4.5]]}
+
+
+def delta_roundtrip(scoring_home, engine_name, engine_env) -> dict:
+    """Write, merge, label, DESCRIBE HISTORY, time travel and the change feed, on one engine."""
+    home, _ = scoring_home
+    environment = dict(os.environ, **worker_environment(), MLOPS_HOME=str(home), **engine_env)
+    completed = subprocess.run([sys.executable, str(ROUNDTRIP), f"dbfs:/roundtrip/{engine_name}"],
+                               env=environment, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, f"{engine_name}:\n{completed.stderr[-6000:]}"
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert "Apache-Spark/4.1" in result.pop("engine")
+    return result
+
+
 @pytest.fixture(scope="module")
 def local_predictions(scoring_home):
     return score_with(scoring_home, "local", {"MLOPS_SPARK_MASTER": "local[2]"})
@@ -51,12 +77,15 @@ def assert_same_predictions(actual, expected):
 
 def test_standalone_cluster_gives_local_predictions(scoring_home, local_predictions,
                                                     standalone_cluster):  # noqa: F811
-    on_cluster = score_with(scoring_home, "cluster", {"MLOPS_SPARK_MASTER": standalone_cluster.master_url,
-                                                      "MLOPS_DRIVER_MEMORY": "1g"})
+    cluster = {"MLOPS_SPARK_MASTER": standalone_cluster.master_url, "MLOPS_DRIVER_MEMORY": "1g"}
+    on_cluster = score_with(scoring_home, "cluster", cluster)
     assert_same_predictions(on_cluster, local_predictions)
+    assert delta_roundtrip(scoring_home, "cluster", cluster) == ROUNDTRIP_RESULT
     assert "mlops-local" in standalone_cluster.application_names()
 
 
 def test_spark_connect_gives_local_predictions(scoring_home, local_predictions, connect_server):  # noqa: F811
-    under_connect = score_with(scoring_home, "connect", {"SPARK_REMOTE": connect_server.remote})
+    remote = {"SPARK_REMOTE": connect_server.remote}
+    under_connect = score_with(scoring_home, "connect", remote)
     assert_same_predictions(under_connect, local_predictions)
+    assert delta_roundtrip(scoring_home, "connect", remote) == ROUNDTRIP_RESULT

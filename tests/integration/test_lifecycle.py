@@ -154,7 +154,7 @@ def _profile_chapter(lifecycle) -> Chapter:
     from mlops.stages.feature_tables import TRAINING, build_feature_tables
 
     _, parameters, spark = lifecycle
-    tables = TableStore(spark, parameters["table_location"], "delta")
+    tables = TableStore(spark, parameters["table_location"])
     before = stored_profile(tables, "taxi_fares_predictions", "1")
     refused = cli("profile", MODEL, "1", "--location", parameters["table_location"])
     # A later training run rewrites the feature tables with other trips (here: only the last week).

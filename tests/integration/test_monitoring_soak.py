@@ -60,7 +60,7 @@ def soak(spark, tmp_path_factory):
     log[engine.MODEL_VERSION] = "1"
     log[engine.MODEL_ID] = f"models:/{MODEL}/1"
     log[engine.REQUEST_ID] = [f"{index:012d}" for index in range(len(log))]
-    tables = TableStore(spark, str(tmp_path_factory.mktemp("soak") / "tables"), "delta")
+    tables = TableStore(spark, str(tmp_path_factory.mktemp("soak") / "tables"))
     tables.upsert(spark.createDataFrame(log), "log", engine.LOG_KEYS, engine.PARTITION_COLUMNS)
     monitor.write_baseline(tables, "log", reference)
     return tables, len(log)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from mlops.local import delta_jars
 from support.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -183,6 +184,9 @@ def start_connect_server(stack: ExitStack, log_dir: Path, master: str = "local[2
                "--conf", "spark.sql.session.timeZone=UTC",
                "--conf", "spark.sql.shuffle.partitions=4",
                "--conf", "spark.driver.memory=1g"]
+    # Delta Lake inside the server, as in every local session: SQL and DataFrame writes reach it.
+    for key, value in delta_jars.spark_conf().items():
+        command += ["--conf", f"{key}={value}"]
     server = SparkProcess("connect-server", command, log_dir / "connect-server.log",
                           _spark_env(log_dir, SPARK_CONNECT_MODE="0"))
     stack.callback(server.stop)

@@ -24,7 +24,7 @@ def _run(args):
     if args.labels_table:
         from mlops.data.tables import TableStore
 
-        labels = (TableStore(spark, args.table_location, "delta"), args.labels_table)
+        labels = (TableStore(spark, args.table_location), args.labels_table)
     target = generate(spark, args.rows, parse_date(args.start_date), parse_date(args.end_date),
                       args.output, seed=args.seed, output_format=args.format, drift=drift, labels=labels,
                       append=args.append)

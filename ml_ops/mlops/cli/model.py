@@ -63,7 +63,7 @@ def _profile(args) -> str:
     config = TrainingConfig(registered_model_name=args.name, registry_uri=args.registry_uri,
                             table_location=args.location, predictions_table=args.predictions_table)
     tracking.configure(config)
-    run = types.SimpleNamespace(config=config, tables=TableStore(spark_session(), args.location, "delta"))
+    run = types.SimpleNamespace(config=config, tables=TableStore(spark_session(), args.location))
     reference = profile_version(run, RegistryClient(args.name, args.registry_uri), args.version,
                                 force=args.force, by=args.by)
     return (f"model {args.name} version {reference.model_version}: reference profile of {reference.rows} "

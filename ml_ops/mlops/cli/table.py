@@ -1,6 +1,4 @@
-"""``mlops table history|convert``: the versions of a local Delta table; a Parquet table made Delta."""
-import datetime
-
+"""``mlops table history|convert``: a table's DESCRIBE HISTORY; CONVERT TO DELTA of a Parquet folder."""
 from mlops.cli import command
 from mlops.config import JobConfig
 from mlops.data.tables import TableStore
@@ -11,39 +9,47 @@ def _history(args):
     return 0
 
 
-def print_history(location: str, name: str):
-    """Print every version of the local Delta table ``name``, newest first."""
-    store = TableStore(None, location, "delta")
-    rows = []
-    for entry in store.history(name):
-        when = datetime.datetime.fromtimestamp(entry["timestamp"] / 1000, datetime.timezone.utc)
-        rows.append([entry["version"], when.strftime("%Y-%m-%d %H:%M:%S"), entry["operation"],
-                     entry["mode"], entry["rows"] if entry["rows"] is not None else "-"])
-    print(f"table {name} at {store.uri(name)}")
+def print_history(location: str, name: str, spark=None):
+    """Print DESCRIBE HISTORY of table ``name``, newest first: one line per version."""
     from mlops.lifecycle.model_admin import format_table
+    from mlops.local.session import spark_session
 
-    print(format_table(["version", "time (UTC)", "operation", "mode", "rows written"], rows))
+    store = TableStore(spark or spark_session(), location)
+    rows = [[entry["version"], entry["timestamp"].strftime("%Y-%m-%d %H:%M:%S"), entry["operation"],
+             _rows_written(entry.get("operationMetrics") or {}), entry.get("engineInfo") or "-"]
+            for entry in store.history(name)]
+    print(f"table {name} at {store.target(name).shown}")
+    print(format_table(["version", "time (UTC)", "operation", "rows written", "engine"], rows))
+
+
+def _rows_written(metrics: dict) -> str:
+    """The rows a commit wrote, from Delta's operation metrics; '-' for commits that write none."""
+    if "numTargetRowsInserted" in metrics:
+        return f"{metrics['numTargetRowsInserted']} new, {metrics.get('numTargetRowsUpdated', 0)} updated"
+    return metrics.get("numOutputRows") or "-"
 
 
 def _convert(args):
     from mlops.local.session import spark_session
 
-    store = TableStore(spark_session(), args.location, "delta")
+    store = TableStore(spark_session(), args.location)
     version = store.convert(args.name)
-    print(f"table {args.name} at {store.uri(args.name)} is now a Delta table (version {version})")
+    print(f"table {args.name} at {store.target(args.name).shown} is now a Delta table (version {version})")
     return 0
 
 
 def register_cli(subparsers):
     """Add ``mlops table history`` and ``mlops table convert``."""
-    parser = subparsers.add_parser("table", help="look at local Delta tables")
+    parser = subparsers.add_parser("table", help="look at Delta tables")
     commands = parser.add_subparsers(dest="table_command", required=True)
-    history = commands.add_parser("history", help="every version of a table: operation, time, rows")
+    history = commands.add_parser(
+        "history", help="every version of a table (DESCRIBE HISTORY): time, operation, rows, engine")
     history.add_argument("name", help="the table, e.g. taxi_fares_predictions")
     history.add_argument("--location", default=JobConfig.table_location,
                          help=f"the table_location (default {JobConfig.table_location})")
     history.set_defaults(func=command(_history))
-    convert = commands.add_parser("convert", help="make a local Parquet table a Delta table, in place")
+    convert = commands.add_parser(
+        "convert", help="make a Parquet table folder a Delta table, in place (CONVERT TO DELTA)")
     convert.add_argument("name", help="the table, e.g. training_trips")
     convert.add_argument("--location", default=JobConfig.table_location,
                          help=f"the table_location (default {JobConfig.table_location})")

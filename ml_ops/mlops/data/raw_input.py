@@ -27,9 +27,9 @@ NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
 _NANOS_TYPE = "TIMESTAMP(NANOS"
 
 
-def detect_format(uri: str) -> str:
+def detect_format(spark, uri: str) -> str:
     local = platform.driver_path(uri)
-    if (local / "_delta_log").is_dir():
+    if local.is_dir() and _is_delta_table(spark, platform.spark_path(uri)):
         return "delta"
     name = local.name.lower()
     if name.endswith((".csv", ".csv.gz")) or (local.is_dir() and any(local.glob("*.csv*"))):
@@ -37,12 +37,22 @@ def detect_format(uri: str) -> str:
     return "parquet"
 
 
+def _is_delta_table(spark, path: str) -> bool:
+    from pyspark.errors import AnalysisException
+
+    try:
+        spark.read.format("delta").load(path).schema
+    except AnalysisException:
+        return False
+    return True
+
+
 def read_raw_trips(spark, uri: str, parameter: str = "taxi_fares_raw_data"):
     """Read raw trips from ``uri`` and conform them to the raw schema, or say what is wrong."""
     shown = public_uri(uri)
     if not platform.driver_path(uri).exists():
         raise DataError(f"input path {shown} (parameter '{parameter}') does not exist")
-    data_format = detect_format(uri)
+    data_format = detect_format(spark, uri)
     reader = spark.read.format(data_format)
     if data_format == "csv":
         reader = reader.option("header", "true")

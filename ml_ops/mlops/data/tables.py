@@ -1,213 +1,201 @@
-"""The table store: Delta tables (Spark's own on Databricks, committed by delta-rs locally), or Parquet.
+"""The table store: Delta tables written and read by Spark, the same code locally and on Databricks.
 
-Stages name tables; only this module knows where and in what format they live. The location
-is a folder, or a Unity Catalog schema ``catalog.schema``: then, on Databricks, tables are
-managed Delta tables written with ``saveAsTable`` and read with ``spark.table`` (their
-metadata in the table property ``mlops.metadata``), and locally they are folders under
-``$MLOPS_HOME/tables/<catalog>/<schema>/``. A folder write lands in a staging folder first
-and is swapped in at the end, so a failed write never leaves a half-written table behind.
+Stages name tables; the platform object hands over the identifier Spark SQL uses for each (a
+Unity Catalog name, or a path identifier, see :mod:`mlops.platform.platforms`). Every read,
+write, merge and history query below is Spark SQL or the DataFrame API on that identifier.
+A write is one Delta commit: readers see the previous version until it lands, and a write
+that fails or is killed leaves no version behind. Commits that lose a race with another
+writer are retried a bounded number of times (:mod:`mlops.data.conflicts`).
 """
 import contextlib
 import json
 import logging
-import shutil
 import uuid
 from pathlib import Path
 
 from mlops import platform
-from mlops.data import delta_log
+from mlops.data import conflicts
 from mlops.errors import DataError
 from mlops.platform import catalog
 
 logger = logging.getLogger(__name__)
 
-METADATA_FILE = "_mlops_metadata.json"
 METADATA_PROPERTY = "mlops.metadata"
+# Analysis errors that mean "no Delta table there": a folder without a Delta log (an old
+# Parquet table, say), nothing at the path, no such catalog table.
+NOT_DELTA_CONDITIONS = ("DELTA_TABLE_NOT_FOUND", "DELTA_MISSING_DELTA_TABLE")
+MISSING_CONDITIONS = ("PATH_NOT_FOUND", "TABLE_OR_VIEW_NOT_FOUND", *NOT_DELTA_CONDITIONS)
 
 
 class TableStore:
-    """Reads and writes named tables under one location."""
+    """Reads and writes named Delta tables under one location."""
 
-    def __init__(self, spark, location: str, table_format: str):
-        if table_format not in ("parquet", "delta"):
-            raise DataError(f"table format must be parquet or delta, got {table_format!r}")
+    def __init__(self, spark, location: str, host=None):
         self.spark = spark
         self.location = location
-        self.table_format = table_format
+        self.host = host or platform.current()
         # Checked now, so a malformed location fails before any Spark work.
         catalog.check_location(location)
 
+    def target(self, name: str) -> platform.TableTarget:
+        return self.host.table_target(self.location, name)
+
     def uri(self, name: str) -> str:
-        """The table's catalog name on Databricks under a schema, else its folder URI."""
-        target = platform.table_target(self.location, name)
-        return target.catalog_name or target.path
+        """The table's folder, or its catalog name when it has no folder of its own."""
+        target = self.target(name)
+        return target.path or target.identifier
 
-    def _local(self, name: str) -> Path:
-        return platform.driver_path(self.uri(name))
-
-    def _catalog_name(self, name: str):
-        return platform.table_target(self.location, name).catalog_name
+    def _identifier(self, name: str) -> str:
+        return self.target(name).identifier
 
     def exists(self, name: str) -> bool:
-        if self._catalog_name(name):
-            return self.spark.catalog.tableExists(self._catalog_name(name))
-        path = self._local(name)
-        marker = "_delta_log" if self.table_format == "delta" else METADATA_FILE
-        return (path / marker).exists()
+        return self._missing_reason(name) is None
+
+    def _missing_reason(self, name: str):
+        """None when table ``name`` exists, else the analysis error condition that says why not."""
+        from pyspark.errors import AnalysisException
+
+        try:
+            self.spark.read.table(self._identifier(name)).schema
+        except AnalysisException as error:
+            condition = error.getCondition()
+            if condition in MISSING_CONDITIONS:
+                return condition
+            raise
+        return None
 
     def read(self, name: str, missing_hint: str = "", version: int | None = None):
         """Table ``name``; at Delta ``version`` (time travel) when given."""
-        if version is not None:
-            return self._read_version(name, int(version))
-        local = self._commits_with_delta_rs()
-        if local and not self.exists(name) and delta_log.parquet_files(self._local(name)):
-            # A Parquet table from before: delta_log says how to convert it.
-            return delta_log.read(self.spark, self._local(name))
-        if not self.exists(name):
-            hint = f"; {missing_hint}" if missing_hint else ""
-            raise DataError(f"table '{name}' does not exist at "
-                            f"{platform.table_target(self.location, name).shown}{hint}")
-        if self._catalog_name(name):
-            return self.spark.table(self._catalog_name(name))
-        if self._commits_with_delta_rs():
-            return delta_log.read(self.spark, self._local(name))
-        return self.spark.read.format(self.table_format).load(self._spark_path(name))
-
-    def _read_version(self, name: str, version: int):
-        self._require_delta(name, "read at a version")
-        if not self.exists(name):
-            shown = platform.table_target(self.location, name).shown
-            raise DataError(f"table '{name}' does not exist at {shown}")
+        reason = self._missing_reason(name)
+        if reason is not None:
+            raise self._missing(name, reason, missing_hint)
+        if version is None:
+            return self.spark.read.table(self._identifier(name))
         latest = self.version(name)
-        if not 0 <= version <= latest:
+        if not 0 <= int(version) <= latest:
             raise DataError(f"table '{name}' has no version {version}: its versions are 0 to {latest}")
-        if self._commits_with_delta_rs():
-            return delta_log.read(self.spark, self._local(name), version)
-        reader = self.spark.read.format("delta").option("versionAsOf", version)
-        return reader.table(self._catalog_name(name)) if self._catalog_name(name) \
-            else reader.load(self._spark_path(name))
+        return self.spark.sql(f"SELECT * FROM {self._identifier(name)} VERSION AS OF {int(version)}")
+
+    def _missing(self, name: str, reason: str, missing_hint: str = "") -> DataError:
+        shown = self.target(name).shown
+        if reason in NOT_DELTA_CONDITIONS:
+            return DataError(f"table '{name}' at {shown} is a folder without a Delta log: if it holds a "
+                             "Parquet table from before, convert it in place with "
+                             f"`mlops table convert {name}`")
+        hint = f"; {missing_hint}" if missing_hint else ""
+        return DataError(f"table '{name}' does not exist at {shown}{hint}")
 
     def history(self, name: str) -> list:
-        """The versions of Delta table ``name``, newest first (see :func:`delta_log.history`)."""
-        if self._catalog_name(name) or not self._commits_with_delta_rs():
-            raise DataError(f"table history is read here for local Delta tables only; on Databricks, "
-                            f"run DESCRIBE HISTORY {self._catalog_name(name) or self.uri(name)}")
-        return delta_log.history(self._local(name))
+        """Delta's own DESCRIBE HISTORY of table ``name``, newest first, one dict per version."""
+        self._require(name)
+        rows = self.spark.sql(f"DESCRIBE HISTORY {self._identifier(name)}").collect()
+        return [row.asDict(recursive=True) for row in rows]
 
-    def version(self, name: str) -> int | None:
-        """The current Delta version of table ``name``; None for a Parquet table."""
-        if self.table_format != "delta":
-            return None
-        if self._commits_with_delta_rs():
-            return delta_log.latest_version(self._local(name))
-        return self.spark.sql(f"DESCRIBE HISTORY {self._sql_name(name)} LIMIT 1").first()["version"]
+    def version(self, name: str) -> int:
+        """The current Delta version of table ``name``."""
+        self._require(name)
+        return self.spark.sql(f"DESCRIBE HISTORY {self._identifier(name)} LIMIT 1").first()["version"]
+
+    def _require(self, name: str):
+        reason = self._missing_reason(name)
+        if reason is not None:
+            raise self._missing(name, reason)
 
     def convert(self, name: str) -> int:
-        """Make the local Parquet table ``name`` a Delta table in place; returns its version."""
-        if not self._commits_with_delta_rs():
-            raise DataError("only local tables are converted here; on Databricks, run "
-                            f"CONVERT TO DELTA parquet.`{self.uri(name)}`")
-        return delta_log.convert(self.spark, self._local(name))
-
-    def _commits_with_delta_rs(self) -> bool:
-        return self.table_format == "delta" and not platform.spark_has_delta()
+        """CONVERT TO DELTA: the Parquet folder of table ``name`` becomes a Delta table in place."""
+        target = self.target(name)
+        if self.exists(name):
+            raise DataError(f"table '{name}' at {target.shown} already is a Delta table")
+        if target.path is None:
+            raise DataError(f"table '{name}' is the catalog table {target.identifier}, not a folder: "
+                            "CONVERT TO DELTA takes a Parquet folder")
+        folder = self.host.locate(target.path).spark
+        try:
+            schema = self.spark.read.parquet(folder).schema
+        except Exception as error:
+            raise DataError(f"table '{name}' at {target.shown} holds no Parquet table to convert "
+                            f"({type(error).__name__})") from None
+        partitions = _partition_columns(self.host.locate(target.path).driver, schema)
+        spec = ", ".join(f"`{field.name}` {field.dataType.simpleString()}" for field in partitions)
+        location = folder.replace("`", "``")
+        partitioned = f" PARTITIONED BY ({spec})" if spec else ""
+        self.spark.sql(f"CONVERT TO DELTA parquet.`{location}`{partitioned}")
+        return self.version(name)
 
     def write(self, df, name: str, partition_by=None, metadata: dict | None = None):
-        """Replace table ``name`` with ``df``; the old version stays until the new one is complete."""
-        writer = df.write.format(self.table_format).mode("overwrite")
+        """Replace table ``name`` with ``df``: one commit, and the old versions stay readable."""
+        writer = df.writeTo(self._identifier(name)).using("delta").tableProperty(
+            METADATA_PROPERTY, json.dumps(metadata or {}, default=str))
         if partition_by:
-            writer = writer.partitionBy(*partition_by)
-        if self._catalog_name(name):
-            # A managed Delta table commits atomically; the catalog keeps its metadata.
-            full_name = self._catalog_name(name)
-            writer.format("delta").option("overwriteSchema", "true").saveAsTable(full_name)
-            value = _sql_string(json.dumps(metadata or {}, default=str))
-            self.spark.sql(f"ALTER TABLE {full_name} SET TBLPROPERTIES ('{METADATA_PROPERTY}' = '{value}')")
-            return
-        if self._commits_with_delta_rs():
-            delta_log.write(df, self._local(name), "overwrite", partition_by)
-            self._write_metadata(self._local(name), metadata or {})
-            return
-        if self.table_format == "delta":
-            # Delta commits atomically; overwriting in place is safe.
-            writer.option("overwriteSchema", "true").save(self._spark_path(name))
-            self._write_metadata(self._local(name), metadata or {})
-            return
-        final = self._local(name)
-        # A sibling folder, so the swap is two renames within one parent.
-        staging_uri = f"{self.uri(name).rsplit('/', 1)[0]}/.{name}.staging-{uuid.uuid4().hex[:8]}"
-        staging = platform.driver_path(staging_uri)
-        try:
-            writer.save(platform.spark_path(staging_uri))
-            self._write_metadata(staging, metadata or {})
-            self._swap_in(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        logger.info("wrote table %s to %s", name, self.uri(name))
+            writer = writer.partitionedBy(*partition_by)
+        conflicts.committed(writer.createOrReplace, self.target(name).shown)
+        logger.info("wrote table %s to %s", name, self.target(name).shown)
 
     def upsert(self, df, name: str, keys, partition_by, properties: dict | None = None):
         """Rows of ``df`` replace the rows of table ``name`` with the same ``keys`` and add the others.
 
-        One commit (MERGE INTO on Databricks); the first write creates the table, partitioned by
-        ``partition_by``, with the table ``properties``.
+        One MERGE INTO; the first write creates the table, partitioned by ``partition_by``,
+        with the table ``properties``.
         """
-        self._require_delta(name, "appended to by key")
-        properties = properties or {}
-        if self._commits_with_delta_rs():
-            delta_log.upsert(df, self._guarded_local(name), keys, partition_by, configuration=properties)
-            return
-        target = self._sql_name(name)
-        if not self.exists(name):
-            self._create(df, name, partition_by, properties)
-            return
+        self._require_columns(df, name, [*keys, *partition_by], "merge")
         condition = " AND ".join(f"target.`{column}` = source.`{column}`"
                                  for column in [*keys, *partition_by])
-        with self._view(df) as source:
-            self.spark.sql(f"MERGE INTO {target} AS target USING {source} AS source ON {condition} "
-                           "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
 
-    def fill_column(self, name: str, updates, key: str, column: str, partition_by) -> bool:
+        def merge_or_create():
+            if not self.exists(name):
+                self._create(df, name, partition_by, properties or {})
+                return
+            self._check_schema(df, name)
+            with self._view(df) as source:
+                self.spark.sql(f"MERGE INTO {self._identifier(name)} AS target USING {source} AS source "
+                               f"ON {condition} "
+                               "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
+
+        conflicts.committed(merge_or_create, self.target(name).shown)
+
+    def fill_column(self, name: str, updates, key: str, column: str) -> bool:
         """Set ``column`` of ``name`` from ``updates`` by ``key`` where it differs; False if none does."""
-        self._require_delta(name, "updated by key")
-        if self._commits_with_delta_rs():
-            version = delta_log.fill_column(updates, self._guarded_local(name), key, column, partition_by)
-            return version is not None
-        with self._view(updates) as source:
-            changed = (f"source.`{column}` IS NOT NULL "
-                       f"AND NOT (target.`{column}` <=> source.`{column}`)")
-            result = self.spark.sql(
-                f"MERGE INTO {self._sql_name(name)} AS target USING {source} AS source "
-                f"ON target.`{key}` = source.`{key}` WHEN MATCHED AND {changed} "
-                f"THEN UPDATE SET target.`{column}` = source.`{column}`").first()
+        self._require_columns(updates, name, [key, column], "merge")
+        self._require(name)
+        changed = f"source.`{column}` IS NOT NULL AND NOT (target.`{column}` <=> source.`{column}`)"
+
+        def merge():
+            with self._view(updates) as source:
+                return self.spark.sql(
+                    f"MERGE INTO {self._identifier(name)} AS target USING {source} AS source "
+                    f"ON target.`{key}` = source.`{key}` WHEN MATCHED AND {changed} "
+                    f"THEN UPDATE SET target.`{column}` = source.`{column}`").first()
+
+        result = conflicts.committed(merge, self.target(name).shown)
         return bool(result and result[0])
 
-    def _require_delta(self, name: str, action: str):
-        if self.table_format != "delta":
-            raise DataError(f"table '{name}' is {action} and needs Delta: set table_format to auto "
-                            f"or delta, not {self.table_format}")
+    @staticmethod
+    def _require_columns(df, name: str, columns, action: str):
+        missing = [column for column in columns if column not in df.columns]
+        if missing:
+            raise DataError(f"cannot {action} into table '{name}': the rows lack the key column(s) "
+                            f"{', '.join(missing)}")
 
-    def _guarded_local(self, name: str) -> Path:
-        """The local Delta folder of ``name``; an old Parquet table there is refused with how to convert."""
-        folder = self._local(name)
-        if not delta_log.is_delta_table(folder) and delta_log.parquet_files(folder):
-            delta_log.read(self.spark, folder)  # raises, saying how to convert
-        return folder
-
-    def _sql_name(self, name: str) -> str:
-        return self._catalog_name(name) or f"delta.`{self._spark_path(name)}`"
+    def _check_schema(self, df, name: str):
+        """Rows added to ``name`` must bring its columns with its types, and no others."""
+        current = {field.name: field.dataType.simpleString() for field in self.read(name).schema.fields}
+        new = {field.name: field.dataType.simpleString() for field in df.schema.fields}
+        missing = sorted(set(current) - set(new))
+        extra = sorted(set(new) - set(current))
+        changed = sorted(column for column in set(current) & set(new) if current[column] != new[column])
+        if missing or extra or changed:
+            details = [f"missing {', '.join(missing)}" if missing else "",
+                       f"not in the table {', '.join(extra)}" if extra else "",
+                       "; ".join(f"{column} is {new[column]}, the table has {current[column]}"
+                                 for column in changed)]
+            raise DataError(f"cannot add rows to table '{name}' at {self.target(name).shown}: the schema "
+                            f"does not match: {'; '.join(detail for detail in details if detail)}")
 
     def _create(self, df, name: str, partition_by, properties: dict):
-        if self._catalog_name(name):
-            writer = df.writeTo(self._catalog_name(name)).using("delta").partitionedBy(*partition_by)
-            for key, value in properties.items():
-                writer = writer.tableProperty(key, value)
-            writer.create()
-            return
-        df.write.format("delta").partitionBy(*partition_by).save(self._spark_path(name))
-        if properties:
-            assignments = ", ".join(f"'{key}' = '{_sql_string(value)}'"
-                                    for key, value in properties.items())
-            self.spark.sql(f"ALTER TABLE {self._sql_name(name)} SET TBLPROPERTIES ({assignments})")
+        writer = df.writeTo(self._identifier(name)).using("delta").partitionedBy(*partition_by)
+        for key, value in properties.items():
+            writer = writer.tableProperty(key, value)
+        writer.create()
 
     @contextlib.contextmanager
     def _view(self, df):
@@ -220,50 +208,28 @@ class TableStore:
             self.spark.catalog.dropTempView(view)
 
     def declare_primary_key(self, name: str, columns, timeseries: str):
-        """Unity Catalog tables get the primary key ``columns`` (``timeseries`` marked TIMESERIES).
+        """The primary key ``columns`` (``timeseries`` marked TIMESERIES), where the platform has them.
 
-        That makes a feature table of them. Folder tables keep their keys in the metadata only.
+        In Unity Catalog that makes a feature table; elsewhere the keys stay in the metadata.
         """
-        if not self._catalog_name(name):
-            return
-        for statement in primary_key_statements(self._catalog_name(name), columns, timeseries):
+        for statement in self.host.primary_key_statements(self.target(name), columns, timeseries):
             self.spark.sql(statement)
 
     def metadata(self, name: str) -> dict:
-        if self._catalog_name(name):
-            rows = self.spark.sql(f"SHOW TBLPROPERTIES {self._catalog_name(name)} "
-                                  f"('{METADATA_PROPERTY}')").collect()
-            value = rows[0]["value"] if rows else ""
-            return json.loads(value) if value.startswith("{") else {}
-        path = self._local(name) / METADATA_FILE
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    def _spark_path(self, name: str) -> str:
-        return platform.spark_path(self.uri(name))
-
-    @staticmethod
-    def _write_metadata(folder: Path, metadata: dict):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
-
-    @staticmethod
-    def _swap_in(staging: Path, final: Path):
-        retired = final.with_name(f".{final.name}.retired-{uuid.uuid4().hex[:8]}")
-        if final.exists():
-            final.rename(retired)
-        staging.rename(final)
-        shutil.rmtree(retired, ignore_errors=True)
+        query = f"SHOW TBLPROPERTIES {self._identifier(name)} ('{METADATA_PROPERTY}')"
+        rows = self.spark.sql(query).collect()
+        value = rows[0]["value"] if rows else ""
+        return json.loads(value) if value.startswith("{") else {}
 
 
-def primary_key_statements(full_name: str, columns, timeseries: str) -> list:
-    """The SQL that gives ``full_name`` its primary key; rerunnable after an overwrite."""
-    constraint = f"{full_name.rsplit('.', 1)[-1]}_pk"
-    keys = ", ".join(f"`{column}`" + (" TIMESERIES" if column == timeseries else "") for column in columns)
-    return [*(f"ALTER TABLE {full_name} ALTER COLUMN `{column}` SET NOT NULL" for column in columns),
-            f"ALTER TABLE {full_name} DROP CONSTRAINT IF EXISTS {constraint}",
-            f"ALTER TABLE {full_name} ADD CONSTRAINT {constraint} PRIMARY KEY ({keys})"]
-
-
-def _sql_string(text: str) -> str:
-    """``text`` for a single-quoted Spark SQL literal."""
-    return text.replace("\\", "\\\\").replace("'", "\\'")
+def _partition_columns(folder: Path | None, schema) -> list:
+    """The fields of ``schema`` that name partition folders (``column=value``) in ``folder``."""
+    if folder is None:
+        return []
+    data_files = (file for file in sorted(Path(folder).rglob("*.parquet"))
+                  if not any(part.startswith(("_", ".")) for part in file.relative_to(folder).parts))
+    data_file = next(data_files, None)
+    if data_file is None:
+        return []
+    names = [part.partition("=")[0] for part in data_file.relative_to(folder).parts[:-1] if "=" in part]
+    return [schema[column] for column in names if column in schema.fieldNames()]

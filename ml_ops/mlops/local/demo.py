@@ -42,7 +42,7 @@ def labels_of(spark):
     from mlops.data.tables import TableStore
 
     config = ScoringConfig()
-    return TableStore(spark, config.table_location, "delta"), config.labels_table
+    return TableStore(spark, config.table_location), config.labels_table
 
 
 def _banner(text):

@@ -42,7 +42,7 @@ def _monitor(start: datetime.date, end: datetime.date, shared: dict, run):
 
 def _print_drift(spark, config: MonitoringConfig, start: datetime.date, end: datetime.date):
     """Windows over threshold per column, from the drift metrics table."""
-    tables = TableStore(spark, config.table_location, "delta")
+    tables = TableStore(spark, config.table_location)
     drifted = (tables.read(metric_table_names(config.predictions_table)["drift"])
                .where(F.to_date("window.start").between(F.lit(start), F.lit(end)))
                .where(F.col("status") == "violation")
@@ -55,7 +55,7 @@ def _print_drift(spark, config: MonitoringConfig, start: datetime.date, end: dat
 
 def _print_quality(spark, config: MonitoringConfig):
     """Mean rmse and drift of the monitored months, from the metric tables."""
-    tables = TableStore(spark, config.table_location, "delta")
+    tables = TableStore(spark, config.table_location)
     names = metric_table_names(config.predictions_table)
     month = F.date_format(F.col("window.start"), "yyyy-MM").alias("month")
     quality = (tables.read(names["profile"]).where(F.col("column_name") == TABLE_COLUMN)

@@ -39,7 +39,7 @@ def example_trips(store_folder) -> list[dict]:
 def serve_three_trips(banner) -> None:
     config = ScoringConfig()
     store_folder = platform.driver_path(RawTripsConfig().online_store_path)
-    log_uri = TableStore(None, config.table_location, "delta").uri(config.predictions_table)
+    log_uri = TableStore(None, config.table_location).uri(config.predictions_table)
     log_table = platform.driver_path(log_uri)
     banner("Online serving: the Champion behind `mlops serve` for a few seconds")
     server, watcher = open_server(ServeSettings(model_name=config.registered_model_name, port=0,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from mlops.local import delta_jars
 from mlops.local.dbutils import register_local_secrets
 from mlops.platform.context import RunContext
 from mlops.platform.home import new_run_id, runs_dir
@@ -26,6 +27,7 @@ def spark_session():
 
     Local master: MLOPS_SPARK_MASTER (default ``local[*]``). Shuffle partitions:
     MLOPS_SHUFFLE_PARTITIONS (default 8). Driver memory: MLOPS_DRIVER_MEMORY (default 4g).
+    A local session loads Delta Lake (:mod:`mlops.local.delta_jars`); a Connect server has its own.
     """
     from pyspark.sql import SparkSession
 
@@ -50,6 +52,8 @@ def spark_session():
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.driver.memory", os.environ.get(DRIVER_MEMORY_ENV, "4g"))
         )
+        for key, value in delta_jars.spark_conf().items():
+            builder = builder.config(key, value)
     for key, value in runtime_conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

@@ -166,7 +166,7 @@ class RequestLog:
         rows = sum(request.rows for request in requests)
         try:
             schema = pyarrow.schema(DeltaTable(str(self.folder)).schema().to_arrow()) \
-                if (self.folder / "_delta_log").exists() else log_schema(self.feature_names)
+                if DeltaTable.is_deltatable(str(self.folder)) else log_schema(self.feature_names)
             table = self._loggable(requests, schema)
             if table.num_rows:
                 write_deltalake(str(self.folder), table, mode="append", partition_by=[engine.PICKUP_DATE],

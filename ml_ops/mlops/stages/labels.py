@@ -33,8 +33,7 @@ def merge_labels(run) -> dict:
     _require_one_label_per_request(updates, run.tables.uri(config.labels_table))
     log = run.tables.read(config.predictions_table, missing_hint="run the score task first")
     before = _labelled_rows(log)
-    changed = run.tables.fill_column(config.predictions_table, updates, engine.REQUEST_ID, engine.LABEL,
-                                     engine.PARTITION_COLUMNS)
+    changed = run.tables.fill_column(config.predictions_table, updates, engine.REQUEST_ID, engine.LABEL)
     after = _labelled_rows(run.tables.read(config.predictions_table)) if changed else before
     counts = {"rows_labelled_before": before, "rows_labelled_after": after,
               "rows_labelled_now": after - before}

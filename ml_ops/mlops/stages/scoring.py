@@ -22,7 +22,6 @@ from mlops.inference import engine
 from mlops.errors import ConfigError, DataError, RegistryError, ValidationFailed
 from mlops.publishing import make_publisher, validate_prefix
 from mlops.lifecycle.registry import PASSED, VALIDATION_STATUS_TAG, ModelRef, RegistryClient
-from mlops.platform.secrets import read_secret
 from mlops.stages.feature_tables import REBUILD_HINT, SCORING, build_feature_tables, load_feature_set
 from mlops import platform
 
@@ -123,10 +122,10 @@ def _require_validated(registry: RegistryClient, ref: ModelRef, resolved_from: s
     mlflow.set_tag("scoring.unvalidated_model", f"version {ref.version} is {status or 'not set'}")
 
 
-def storage_connection_string(config, dbutils) -> str | None:
+def storage_connection_string(host, config, dbutils) -> str | None:
     """The secret scope's value when configured, else AZURE_STORAGE_CONNECTION_STRING; never logged."""
-    return read_secret(dbutils, config.storage_secret_scope, config.storage_secret_key,
-                       CONNECTION_STRING_ENV, ("storage_secret_scope", "storage_secret_key"))
+    return host.read_secret(dbutils, config.storage_secret_scope, config.storage_secret_key,
+                            CONNECTION_STRING_ENV, ("storage_secret_scope", "storage_secret_key"))
 
 
 def open_publish_target(run) -> PublishTarget:
@@ -136,8 +135,8 @@ def open_publish_target(run) -> PublishTarget:
         logger.info("publish_results is false: results stay in table %s", config.predictions_table)
         return PublishTarget()
     validate_prefix(config.blob_prefix)
-    publisher = make_publisher(storage_connection_string(config, run.dbutils), config.blob_container,
-                               platform.driver_path(config.publish_folder))
+    secret = storage_connection_string(run.host, config, run.dbutils)
+    publisher = make_publisher(secret, config.blob_container, platform.driver_path(config.publish_folder))
     try:
         publisher.check_access()
     except BaseException:

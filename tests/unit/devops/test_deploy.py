@@ -439,7 +439,6 @@ def test_unity_catalog_environments_deploy_nothing_that_depends_on_a_table_path(
     for job_id in result.job_ids.values():
         parameters = {item["name"]: item["default"] for item in databricks_api.jobs[job_id]["parameters"]}
         assert parameters["table_location"] == f"{env}.taxi_fares"
-        assert parameters["table_format"] == "auto"
     assert databricks_api.volume_directories
     wheel_folder = f"/Volumes/{env}/taxi_fares/wheels/{WHEEL_VERSION}"
     # The wheel folder and its parents: no folder for tables.

@@ -174,7 +174,7 @@ def test_a_crashed_revalidation_keeps_a_passed_champion_passed(passed_version, r
     run = task_in_job("validate", {}, model_version=version, registered_model_name=registry.name)
     run.annotate = lambda **values: None
     # No feature tables: validation stops while reading its held-out rows.
-    run.tables = TableStore(spark, str(tmp_path / "no_tables"), "delta")
+    run.tables = TableStore(spark, str(tmp_path / "no_tables"))
 
     with pytest.raises(DataError, match="does not exist"):
         validate_model(run)

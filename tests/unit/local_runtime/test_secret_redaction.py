@@ -6,6 +6,7 @@ import json
 import uuid
 
 import pytest
+from deltalake import DeltaTable
 from taxi_fares.data import generate_trips
 
 from mlops.cli.runtime import register_cli
@@ -129,7 +130,7 @@ with task_run("task", config, spark, dbutils) as run:
                         "table_location", "experiment_name"])
     out, err = capfd.readouterr()
     assert code == 0, out[-2000:] + err[-2000:]
-    metadata_file = mlops_home / "dbfs" / "tables" / "training_trips" / "_mlops_metadata.json"
-    metadata = json.loads(metadata_file.read_text())
+    table = DeltaTable(str(mlops_home / "dbfs" / "tables" / "training_trips"))
+    metadata = json.loads(table.metadata().configuration["mlops.metadata"])
     assert metadata["source_path"] == str(tmp_path / "trips")
     assert leaks(planted, mlops_home, out + err) == []

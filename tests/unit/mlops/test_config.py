@@ -29,7 +29,6 @@ def test_unknown_parameter_lists_valid_names():
     ("training_learning_rate", "fast", "training_learning_rate' must be a number"),
     ("execute_feature_engineering", "maybe", "execute_feature_engineering' must be true or false"),
     ("env", "qa", "env' must be one of dev, staging, prod"),
-    ("table_format", "orc", "table_format' must be one of auto, parquet, delta"),
     ("test_fraction", "0.95", "test_fraction' must be between 0 and 0.9"),
     ("training_sample_rows", "5", "training_sample_rows' must be at least 100"),
     ("validation_sample_rows", "5", "validation_sample_rows' must be at least 100"),
@@ -42,15 +41,6 @@ def test_unknown_parameter_lists_valid_names():
 def test_bad_values_name_the_parameter(name, value, message):
     with pytest.raises(ConfigError, match=message):
         TrainingConfig.from_params({name: value})
-
-
-def test_scoring_refuses_parquet_tables_before_any_spark_work():
-    from mlops.config import ScoringConfig
-
-    expected = ("parameter 'table_format' must be auto or delta \\(the inference log is a Delta table\\), "
-                "got parquet")
-    with pytest.raises(ConfigError, match=expected):
-        ScoringConfig.from_params({"table_format": "parquet"})
 
 
 def test_start_after_end_is_rejected():

@@ -120,7 +120,7 @@ def test_an_input_without_rows_says_so_rather_than_blaming_the_dates(spark, tmp_
     from mlops.stages.feature_tables import TRAINING, build_feature_tables
 
     folder = pandas_export(tmp_path / "export", [])
-    run = types.SimpleNamespace(spark=spark, tables=TableStore(spark, str(tmp_path / "tables"), "delta"))
+    run = types.SimpleNamespace(spark=spark, tables=TableStore(spark, str(tmp_path / "tables")))
     expected = f"^input {folder} \\(parameter 'taxi_fares_raw_data'\\) holds no rows$"
     with pytest.raises(DataError, match=expected):
         build_feature_tables(run, str(folder), datetime.date(2016, 1, 1), datetime.date(2016, 1, 31),
@@ -137,7 +137,7 @@ def test_the_generator_s_late_labels_match_the_request_ids_scoring_gives_the_tri
     from mlops.data.tables import TableStore
     from mlops.inference import engine
 
-    tables = TableStore(spark, str(tmp_path / "tables"), "delta")
+    tables = TableStore(spark, str(tmp_path / "tables"))
     first, second = datetime.date(2016, 1, 1), datetime.date(2016, 1, 2)
     generate(spark, 300, first, first, str(tmp_path / "raw"), seed=1, labels=(tables, "labels"))
     generate(spark, 200, second, second, str(tmp_path / "raw"), seed=2, append=True,

@@ -50,7 +50,7 @@ def log_rows(day: datetime.date, rows: int, seed: int, version: str = "1", with_
 
 @pytest.fixture
 def tables(spark, tmp_path):
-    return TableStore(spark, str(tmp_path / "tables"), "delta")
+    return TableStore(spark, str(tmp_path / "tables"))
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def workspace(databricks_api, spark, mlops_home):  # noqa: F811
     Day 1 is quiet; on days 2 and 3 distance drifts and the rmse doubles; a slice row and a
     day-3 window of 40 rows are there to be ignored and judged insufficient.
     """
-    tables = TableStore(spark, SCHEMA, "delta")
+    tables = TableStore(spark, SCHEMA)
     profile = reference_profile()
     monitor.write_baseline(tables, TABLE, profile)
     reference_rmse = profile.error["rmse"]

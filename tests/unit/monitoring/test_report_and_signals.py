@@ -29,7 +29,7 @@ SETTINGS = MonitoringSettings()
 @pytest.fixture(scope="module")
 def shifted(spark, tmp_path_factory):
     """Two quiet days, then two days whose distance moved and whose fares are inflated."""
-    tables = TableStore(spark, str(tmp_path_factory.mktemp("report_tables")), "delta")
+    tables = TableStore(spark, str(tmp_path_factory.mktemp("report_tables")))
     frames = [log_rows(FIRST_DAY + datetime.timedelta(days=offset), 1000, seed=offset,
                        **({"distance_shift": 1.5, "label_scale": 1.5} if offset >= 2 else {}))
               for offset in range(4)]

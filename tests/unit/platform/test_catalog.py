@@ -32,13 +32,14 @@ def test_a_name_without_three_parts_is_refused():
 def test_on_databricks_a_schema_location_names_managed_tables(monkeypatch):
     monkeypatch.setenv(platform.RUNTIME_VERSION_ENV, "18.0")
     target = platform.table_target("prod.taxi_fares", "taxi_fares_predictions")
-    assert (target.catalog_name, target.path) == ("prod.taxi_fares.taxi_fares_predictions", None)
+    assert (target.identifier, target.path) == ("prod.taxi_fares.taxi_fares_predictions", None)
     folder = platform.table_target("/Volumes/prod/taxi_fares/tables/", "trips")
-    assert (folder.catalog_name, folder.path) == (None, "/Volumes/prod/taxi_fares/tables/trips")
+    assert (folder.identifier, folder.path) == ("delta.`/Volumes/prod/taxi_fares/tables/trips`",
+                                                "/Volumes/prod/taxi_fares/tables/trips")
 
 
 def test_locally_a_schema_location_is_a_folder_per_catalog_and_schema(spark, mlops_home):
-    store = TableStore(spark, "dev.taxi_fares", "parquet")
+    store = TableStore(spark, "dev.taxi_fares")
     store.write(spark.createDataFrame([(1, "a"), (2, "b")], "id int, label string"), "trips",
                 metadata={"source": "test"})
     assert (mlops_home / "tables" / "dev" / "taxi_fares" / "trips").is_dir()
@@ -46,17 +47,3 @@ def test_locally_a_schema_location_is_a_folder_per_catalog_and_schema(spark, mlo
     assert store.metadata("trips") == {"source": "test"}
     with pytest.raises(Exception, match=r"table 'gone' does not exist at dev\.taxi_fares\.gone \("):
         store.read("gone")
-
-
-def test_feature_tables_get_a_primary_key_with_the_timestamp_as_timeseries():
-    from mlops.data.tables import primary_key_statements
-
-    statements = primary_key_statements("prod.fares.pickup", ("pickup_zip", "feature_timestamp"),
-                                        timeseries="feature_timestamp")
-
-    assert statements == [
-        "ALTER TABLE prod.fares.pickup ALTER COLUMN `pickup_zip` SET NOT NULL",
-        "ALTER TABLE prod.fares.pickup ALTER COLUMN `feature_timestamp` SET NOT NULL",
-        "ALTER TABLE prod.fares.pickup DROP CONSTRAINT IF EXISTS pickup_pk",
-        "ALTER TABLE prod.fares.pickup ADD CONSTRAINT pickup_pk "
-        "PRIMARY KEY (`pickup_zip`, `feature_timestamp` TIMESERIES)"]

@@ -2,6 +2,7 @@
 that nothing outside the seam asks which platform it is on."""
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -87,18 +88,12 @@ def test_abfss_has_no_local_equivalent(mlops_home):
         platform.driver_path("abfss://c@a.dfs.core.windows.net/x")
 
 
-def test_defaults_differ_by_platform(monkeypatch, mlops_home):
-    assert platform.table_format("auto") == "delta" and not platform.spark_has_delta()
+def test_the_platform_object_is_chosen_by_the_runtime(monkeypatch, mlops_home):
+    assert platform.current().name == "local"
     assert platform.default_tracking_uri() == f"sqlite:///{mlops_home / 'mlflow.db'}"
     monkeypatch.setenv(platform.RUNTIME_VERSION_ENV, "18.0")
-    assert platform.table_format("auto") == "delta" and platform.spark_has_delta()
+    assert platform.current().name == "databricks"
     assert platform.default_tracking_uri() == "databricks"
-    assert platform.table_format("parquet") == "parquet"
-
-
-def test_an_unknown_table_format_names_the_parameter():
-    with pytest.raises(ConfigError, match="parameter 'table_format' must be one of auto, parquet, delta"):
-        platform.table_format("orc")
 
 
 # ---------------------------------------------------------------- run context
@@ -189,6 +184,12 @@ def _modules():
 def test_only_the_seam_reads_the_databricks_runtime_variable():
     readers = [name for name, text in _modules() if "DATABRICKS_RUNTIME_VERSION" in text]
     assert readers == ["platform/__init__.py"]
+
+
+def test_no_module_outside_the_seam_asks_which_platform_it_is_on():
+    askers = [name for name, text in _modules() if not name.startswith("platform/")
+              and re.search(r"platform\.name\(\)|on_databricks|platform\.current\(\)\.name", text)]
+    assert askers == []
 
 
 def test_no_core_module_imports_the_local_runtime():

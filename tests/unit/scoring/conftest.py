@@ -123,7 +123,7 @@ def feature_tables(spark, raw_trips_path, tmp_path_factory):
     from mlops.data.tables import TableStore
 
     location = tmp_path_factory.mktemp("tables")
-    builder = types.SimpleNamespace(spark=spark, tables=TableStore(spark, str(location), "delta"))
+    builder = types.SimpleNamespace(spark=spark, tables=TableStore(spark, str(location)))
     build_feature_tables(builder, str(raw_trips_path), SCORING_START, SCORING_END, SCORING, "scoring_data")
     return location
 

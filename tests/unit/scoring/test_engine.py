@@ -8,7 +8,6 @@ import pytest
 from pyspark.sql import functions as F
 from taxi_fares import features, training
 
-from mlops.data import delta_log
 from mlops.inference import engine as scoring
 from mlops.errors import DataError, RegistryError
 
@@ -161,9 +160,9 @@ def test_session_settings_apply_inside_and_the_session_values_return_after(spark
 def test_log_files_skip_dictionaries_only_on_near_unique_columns(feature_set, booster, spark, tmp_path):
     log = score(feature_set, booster)
     with scoring.session_settings(spark, scoring.log_write_settings(features.FEATURE_COLUMNS)):
-        delta_log.write(log.coalesce(1), tmp_path / "log", "append", partition_by=["pickup_date"])
+        log.coalesce(1).write.format("delta").partitionBy("pickup_date").save(str(tmp_path / "log"))
 
-    data_file = delta_log.parquet_files(tmp_path / "log")[0]
+    data_file = next((tmp_path / "log").glob("pickup_date=*/*.parquet"))
     row_group = pq.ParquetFile(data_file).metadata.row_group(0)
     dictionary = {row_group.column(index).path_in_schema: row_group.column(index).has_dictionary_page
                   for index in range(row_group.num_columns)}

@@ -25,8 +25,8 @@ def unlabelled_log(spark, feature_tables, booster, tmp_path):
     """An inference log scored without fares, by versions 1 and 2, in its own location."""
     import types
 
-    store = TableStore(spark, str(tmp_path / "tables"), "delta")
-    features = load_feature_set(types.SimpleNamespace(tables=TableStore(spark, str(feature_tables), "delta")),
+    store = TableStore(spark, str(tmp_path / "tables"))
+    features = load_feature_set(types.SimpleNamespace(tables=TableStore(spark, str(feature_tables))),
                                 SCORING_START, SCORING_END, SCORING)
     model = ResolvedModel(ModelRef("fares", "1"), "trained_model_version",
                           engine.ScoringModel.from_text(booster.model_to_string()))
@@ -85,7 +85,7 @@ def test_only_the_partitions_holding_labelled_trips_are_rewritten(
     store, features = unlabelled_log
     one_day = features.where(F.to_date("tpep_pickup_datetime") == F.lit(SCORING_START))
     store.write(fares_of(one_day, 1.0), "taxi_fares_labels")
-    folder = str(store._local(LOG))
+    folder = str(store.host.locate(store.uri(LOG)).driver)
     files_before = set(DeltaTable(folder).file_uris())
 
     merge(scoring_config, scoring_run, store)
@@ -126,11 +126,3 @@ def test_a_labels_table_that_does_not_exist(champion, unlabelled_log, scoring_co
 
     with pytest.raises(StageFailed, match="table 'late_fares' does not exist at .*write the known fares"):
         merge(scoring_config, scoring_run, store, labels_table="late_fares")
-
-
-def test_the_log_needs_delta(champion, unlabelled_log, spark, scoring_config, scoring_run, tmp_path):
-    store, features = unlabelled_log
-    parquet = TableStore(spark, str(tmp_path / "parquet"), "parquet")
-
-    with pytest.raises(DataError, match="is appended to by key and needs Delta: set table_format to auto"):
-        parquet.upsert(features, LOG, engine.LOG_KEYS, engine.PARTITION_COLUMNS)

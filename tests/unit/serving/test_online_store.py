@@ -133,7 +133,8 @@ def test_the_same_trips_give_the_same_predictions_online_as_from_the_batch_rows(
 
 
 def test_online_log_rows_have_the_batch_log_s_columns_and_types(spark):
-    from mlops.data import delta_log
+    from pyspark.sql.pandas.types import to_arrow_schema
+
     from mlops.inference import engine
     from mlops.serving.request_log import log_schema
 
@@ -146,6 +147,6 @@ def test_online_log_rows_have_the_batch_log_s_columns_and_types(spark):
                       F.col(features.LABEL_COLUMN).alias(engine.LABEL), F.lit(1.0).alias(engine.PREDICTION)))
     batch_log = engine.log_rows(scored, engine.Provenance("fares", "1", "job"), features.FEATURE_COLUMNS)
 
-    expected = delta_log._arrow_schema(batch_log.schema)
+    expected = to_arrow_schema(batch_log.schema)
     online = log_schema(features.FEATURE_COLUMNS)
     assert [(field.name, field.type) for field in online] == [(field.name, field.type) for field in expected]
