@@ -10,6 +10,8 @@ commit, with the table's own schema (the batch path's columns; ``job_run_id`` sa
 SIGTERM) writes whatever is queued. A request whose rows the table's schema refuses does not
 take the others down with it: its rows go, with the reason, to ``<table>.dead_letter.jsonl``
 beside the table (:attr:`RequestLog.dead_lettered` counts them), and the rest are written.
+A queued request is in the server's journal (:mod:`mlops.serving.journal`) too, so a server
+killed with SIGKILL loses none: the next one to start commits them, exactly once.
 """
 import datetime
 import json
@@ -24,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow
 from deltalake import DeltaTable, write_deltalake
+from deltalake.transaction import CommitProperties, Transaction
 from taxi_fares import features
 
 from mlops.inference import engine
+from mlops.serving import journal
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +131,12 @@ class RequestLog:
         self._queue = queue.Queue()
         # Rows queued or taken by the writer and not yet written: what the bound applies to.
         self.max_pending_rows, self._pending = max_queue_rows, 0
-        self.dropped = self.written = self.commits = self.dead_lettered = 0
+        self.dropped = self.written = self.commits = self.dead_lettered = self.recovered = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self.journal_folder = self.folder.parent / f"{self.folder.name}.journal"
+        self._recover()
+        self.journal = journal.Journal(self.journal_folder)
         self._writer = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._writer.start()
 
@@ -140,7 +147,8 @@ class RequestLog:
                 self.dropped += request.rows
                 return False
             self._pending += request.rows
-        self._queue.put_nowait(request)
+            # Under the lock: the queue keeps the journal's order, so a commit covers a prefix of it.
+            self._queue.put_nowait((self.journal.append(request), request))
         return True
 
     def _take(self) -> list[LoggedRequest]:
@@ -153,7 +161,7 @@ class RequestLog:
                 taken.append(self._queue.get(timeout=min(remaining, 0.05)))
             except queue.Empty:
                 continue
-            rows += taken[-1].rows
+            rows += taken[-1][1].rows
         return taken
 
     def _run(self):
@@ -162,17 +170,12 @@ class RequestLog:
             if requests:
                 self._write(requests)
 
-    def _write(self, requests: list[LoggedRequest]):
+    def _write(self, entries: list):
+        requests = [request for _, request in entries]
         rows = sum(request.rows for request in requests)
         try:
-            schema = pyarrow.schema(DeltaTable(str(self.folder)).schema().to_arrow()) \
-                if DeltaTable.is_deltatable(str(self.folder)) else log_schema(self.feature_names)
-            table = self._loggable(requests, schema)
-            if table.num_rows:
-                write_deltalake(str(self.folder), table, mode="append", partition_by=[engine.PICKUP_DATE],
-                                configuration=LOG_PROPERTIES)
-                self.written += table.num_rows
-                self.commits += 1
+            self._commit(requests, self.journal.app_id, entries[-1][0])
+            self.journal.mark_committed(entries[-1][0])
         except Exception as error:  # the server keeps serving; the rows are counted as not logged
             with self._lock:
                 self.dropped += rows
@@ -181,6 +184,36 @@ class RequestLog:
         finally:
             with self._lock:
                 self._pending -= rows
+
+    def _commit(self, requests: list[LoggedRequest], app_id: str, last_entry: int):
+        """One append of ``requests``, recording that ``app_id``'s journal is in up to ``last_entry``."""
+        schema = pyarrow.schema(DeltaTable(str(self.folder)).schema().to_arrow()) \
+            if DeltaTable.is_deltatable(str(self.folder)) else log_schema(self.feature_names)
+        table = self._loggable(requests, schema)
+        if table.num_rows:
+            write_deltalake(str(self.folder), table, mode="append", partition_by=[engine.PICKUP_DATE],
+                            configuration=LOG_PROPERTIES,
+                            commit_properties=CommitProperties(
+                                app_transactions=[Transaction(app_id, last_entry)]))
+            self.written += table.num_rows
+            self.commits += 1
+
+    def _recover(self):
+        """Commit what dead servers' journals hold beyond their last commit; then delete the journals."""
+        for app_id, path in journal.orphans(self.journal_folder):
+            with journal.held(path):
+                if not path.exists():
+                    continue  # another starting server recovered it
+                done = DeltaTable(str(self.folder)).transaction_version(app_id) \
+                    if DeltaTable.is_deltatable(str(self.folder)) else None
+                pending = [(seq, request) for seq, request in journal.entries(path, LoggedRequest)
+                           if done is None or seq > done]
+                if pending:
+                    self._commit([request for _, request in pending], app_id, pending[-1][0])
+                    self.recovered += sum(request.rows for _, request in pending)
+                    logger.warning("recovered %d request rows a stopped server had not logged, from %s",
+                                   self.recovered, path)
+                path.unlink()
 
     def _loggable(self, requests: list[LoggedRequest], schema: pyarrow.Schema) -> pyarrow.Table:
         """The Arrow rows of ``requests``; a request the log's schema refuses goes to the dead letters."""
@@ -220,3 +253,4 @@ class RequestLog:
         """Write everything queued, then stop."""
         self._stopping.set()
         self._writer.join(timeout)
+        self.journal.close()

@@ -206,6 +206,80 @@ def test_the_readme_command_serves_from_another_folder_and_sigterm_flushes_the_q
     assert "error: model 'no_such_model' is not registered; train and promote one" in missing.stderr
 
 
+@pytest.mark.slow
+def test_a_server_killed_with_sigkill_loses_and_duplicates_no_logged_row(registry_home, tmp_path):
+    home, _ = registry_home
+    port = free_port()
+    online_store.publish(home / "dbfs" / "mlops" / "taxi_fares" / "online_store", SNAPSHOT)
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
+    environment["MLOPS_HOME"] = str(home)
+    command = [*readme_serve_command(port), "--flush-seconds", "600", "--flush-rows", "3"]
+
+    class Address:
+        url = f"http://127.0.0.1:{port}"
+
+    def started():
+        process = subprocess.Popen(command, env=environment, cwd=tmp_path, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: process.poll() is None and _answers(Address), timeout=60)
+        return process
+
+    log = home / "tables" / "dev" / "taxi_fares" / "taxi_fares_predictions"
+
+    def rows() -> int:
+        return DeltaTable(str(log)).to_pyarrow_table().num_rows if DeltaTable.is_deltatable(str(log)) else 0
+
+    before = rows()
+    killed = started()
+    try:
+        # Three rows fill a commit; the next two wait in the queue (and the journal) when the kill comes.
+        answered = sum(call(Address, "/invocations", BODY)[0] == 200 for _ in range(5))
+        wait_for(lambda: rows() == before + 3, timeout=30)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    assert answered == 5 and rows() == before + 3
+    restarted = started()
+    restarted.send_signal(signal.SIGTERM)
+    stdout, stderr = restarted.communicate(timeout=60)
+    assert restarted.returncode == 0, stderr[-2000:]
+    request_ids = DeltaTable(str(log)).to_pyarrow_table().column("request_id").to_pylist()
+    assert len(request_ids) == before + 5 and len(set(request_ids)) == before + 5
+    assert list((log.parent / f"{log.name}.journal").iterdir()) == []
+
+
+def test_a_dead_server_s_journal_is_committed_exactly_once(tmp_path):
+    import datetime
+
+    import numpy as np
+
+    from mlops.serving import journal
+    from mlops.serving.request_log import LoggedRequest, RequestLog, new_request_ids
+
+    names = list(FEATURES)
+    when = datetime.datetime(2016, 2, 1, 12, tzinfo=datetime.timezone.utc)
+    requests = [LoggedRequest(MODEL, "1", "Champion", when, new_request_ids(2), np.ones((2, len(names))),
+                              np.full(2, 9.5), [when.replace(tzinfo=None)] * 2) for _ in range(4)]
+    folder = tmp_path / "log"
+    dead = journal.Journal(tmp_path / "log.journal")
+    for request in requests:
+        dead.append(request)
+    # Its server committed the first two requests and died before emptying its journal.
+    other = RequestLog(folder, names)
+    other._commit(requests[:2], dead.app_id, 2)
+    other.close()
+    os.close(dead._handle)
+
+    restarted = RequestLog(folder, names)
+    restarted.close()
+    request_ids = DeltaTable(str(folder)).to_pyarrow_table().column("request_id").to_pylist()
+    assert restarted.recovered == 4
+    assert sorted(request_ids) == sorted(text for request in requests for _, text in request.ids)
+    assert not dead.path.exists()
+
+
 def _answers(server) -> bool:
     try:
         return call(server, "/ping")[0] == 200

@@ -1,0 +1,108 @@
+"""The request journal: answered requests not yet in the inference log, kept in a file until committed.
+
+Each request is appended to the server's journal (one JSON line, numbered) before its response
+is sent; a killed process loses nothing the kernel has taken. Commits to the log carry a Delta
+app transaction (the journal's id and the last number written), the mechanism Spark's
+``txnAppId``/``txnVersion`` use. A server that starts finds the journals of servers that died
+(their file lock is free), appends what their log commits do not cover, and deletes them: each
+row lands exactly once. A server's own journal is emptied whenever all it holds is committed.
+"""
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+
+class Journal:
+    """One server's journal file, locked while the server lives."""
+
+    def __init__(self, folder: Path, app_id: str | None = None):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.app_id = app_id or f"mlops-serve-{uuid.uuid4().hex}"
+        self.path = folder / f"{self.app_id}.jsonl"
+        self._handle = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock = threading.Lock()
+        self.last_written = self.committed = 0
+
+    def append(self, request) -> int:
+        """Write ``request`` durably for this process; its number in the journal."""
+        with self._lock:
+            self.last_written += 1
+            line = json.dumps({"seq": self.last_written, **encode(request)}) + "\n"
+            os.write(self._handle, line.encode())
+            return self.last_written
+
+    def mark_committed(self, seq: int):
+        """Everything up to ``seq`` is in the log: the file is emptied when nothing later waits."""
+        with self._lock:
+            self.committed = max(self.committed, seq)
+            if self.committed == self.last_written:
+                os.ftruncate(self._handle, 0)
+
+    def close(self):
+        """Release the journal; the file goes when all it held is committed."""
+        with self._lock:
+            if self.committed == self.last_written:
+                self.path.unlink(missing_ok=True)
+            os.close(self._handle)
+
+
+def orphans(folder: Path) -> list:
+    """The journals in ``folder`` that no living server holds: (app id, path)."""
+    found = []
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        with open(path, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            found.append((path.stem, path))
+    return found
+
+
+@contextlib.contextmanager
+def held(path: Path):
+    """Hold ``path``'s lock while its entries are recovered, so two starting servers do not both."""
+    with open(path, "rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def entries(path: Path, request_type) -> list:
+    """(number, request) of each whole line in ``path``; a line cut short by a kill was never answered."""
+    result = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        result.append((entry.pop("seq"), decode(entry, request_type)))
+    return result
+
+
+def encode(request) -> dict:
+    return {"model_name": request.model_name, "model_version": request.model_version,
+            "alias": request.alias,
+            "scored_at": request.scored_at.isoformat(), "ids": [list(pair) for pair in request.ids],
+            "matrix": [[None if np.isnan(value) else float(value) for value in row]
+                       for row in request.matrix],
+            "predictions": [float(value) for value in request.predictions],
+            "pickups": [pickup.isoformat() if pickup else None for pickup in request.pickups]}
+
+
+def decode(entry: dict, request_type):
+    return request_type(
+        model_name=entry["model_name"], model_version=entry["model_version"], alias=entry["alias"],
+        scored_at=datetime.datetime.fromisoformat(entry["scored_at"]),
+        ids=[tuple(pair) for pair in entry["ids"]],
+        matrix=np.array([[np.nan if value is None else value for value in row] for row in entry["matrix"]],
+                        dtype=np.float64),
+        predictions=np.array(entry["predictions"], dtype=np.float64),
+        pickups=[datetime.datetime.fromisoformat(pickup) if pickup else None for pickup in entry["pickups"]])
