@@ -1,4 +1,5 @@
 """The batch scoring job end to end: job file -> notebook -> stages, publishing to a real Azurite."""
+import concurrent.futures
 import datetime
 import json
 import os
@@ -37,11 +38,11 @@ def blobs(azurite, container):  # noqa: F811
                 for blob in container_client.list_blobs()}
 
 
-def score(home, parameters, months, azurite, container):  # noqa: F811
+def score(home, parameters, months, azurite, container, job_file=SCORING_JOB):  # noqa: F811
     start, end = months
-    completed = run_job_process(SCORING_JOB, home, {**parameters, "blob_container": container,
-                                                    "scoring_data_start_date": str(start),
-                                                    "scoring_data_end_date": str(end)},
+    completed = run_job_process(job_file, home, {**parameters, "blob_container": container,
+                                                 "scoring_data_start_date": str(start),
+                                                 "scoring_data_end_date": str(end)},
                                 {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
     assert ACCOUNT_KEY not in completed.stdout + completed.stderr
@@ -57,7 +58,7 @@ def table_history(home):
 
 
 def test_each_scoring_run_appends_its_month_to_the_inference_log_and_publishes_its_rows(
-        scoring_home, azurite):  # noqa: F811
+        scoring_home, azurite, tmp_path):  # noqa: F811
     home, parameters = scoring_home
     log_folder = home / "tables" / "dev" / "taxi_fares" / LOG
 
@@ -67,7 +68,8 @@ def test_each_scoring_run_appends_its_month_to_the_inference_log_and_publishes_i
     commits = table_history(home)
     log = DeltaTable(str(log_folder)).to_pyarrow_table().to_pandas()
     months = sorted({day.month for day in log["pickup_date"]})
-    assert len(commits) == 2 and all(" MERGE " in line for line in commits)
+    assert [" MERGE " in line for line in commits] == [True, False]
+    assert "CREATE TABLE AS SELECT" in commits[1] and "Delta-Lake/" in commits[0]
     assert months == [1, 2]
     assert log.groupby("model_version")["request_id"].apply(lambda ids: ids.is_unique).all()
     published = blobs(azurite, "job-scores")
@@ -85,14 +87,25 @@ def test_each_scoring_run_appends_its_month_to_the_inference_log_and_publishes_i
          "training_run_id": registered.run_id}, sort_keys=True)}
     assert len(published) == sum(len(manifest["files"]) + 1 for manifest in manifests.values())
 
-    score(home, parameters, FEBRUARY, azurite, "job-scores-again")
+    # Two runs of February at once (the job allowing it): Delta refuses the commit that lost the
+    # race, it is merged again, and the log keeps one row per key.
+    job = json.loads(SCORING_JOB.read_text())
+    job_file = tmp_path / "scoring_twice_at_once.json"
+    job_file.write_text(json.dumps({**job, "max_concurrent_runs": 2}))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(score, home, parameters, FEBRUARY, azurite, "job-scores-again", job_file)
+                for _ in range(2)]
+        outputs = [run.result().stdout + run.result().stderr for run in runs]
     again = DeltaTable(str(log_folder)).to_pyarrow_table().to_pandas()
     assert len(again) == len(log)
-    assert len(table_history(home)) == 3
+    assert not again.duplicated(["request_id", "model_version"]).any()
+    assert sorted(again["request_id"]) == sorted(log["request_id"])
+    assert [" MERGE " in line for line in table_history(home)] == [True, True, True, False]
     february = again[again["pickup_date"].map(lambda day: day.month) == 2]
     assert february["job_run_id"].nunique() == 1 and february["job_run_id"].iloc[0] not in per_run
     states = [json.loads(path.read_text())["state"] for path in (home / "runs").glob("*.json")]
-    assert states == ["SUCCESS"] * 3
+    assert states == ["SUCCESS"] * 4
+    print("conflicts retried:", sum(output.count("commit refused") for output in outputs))
 
 
 def test_scoring_job_with_a_bad_container_fails_and_publishes_nothing(scoring_home, azurite):  # noqa: F811
