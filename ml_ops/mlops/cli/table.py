@@ -26,7 +26,8 @@ def _rows_written(metrics: dict) -> str:
     """The rows a commit wrote, from Delta's operation metrics; '-' for commits that write none."""
     if "numTargetRowsInserted" in metrics:
         return f"{metrics['numTargetRowsInserted']} new, {metrics.get('numTargetRowsUpdated', 0)} updated"
-    return metrics.get("numOutputRows") or "-"
+    # Spark's Delta writes say numOutputRows; the online server's delta-rs appends num_added_rows.
+    return metrics.get("numOutputRows") or metrics.get("num_added_rows") or "-"
 
 
 def _convert(args):

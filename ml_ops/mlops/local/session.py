@@ -57,8 +57,19 @@ def spark_session():
     for key, value in runtime_conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
+    if not remote:
+        _quiet_table_id_warnings(session)
     logger.info("Spark session ready (%s)", remote or os.environ.get(MASTER_ENV, "local[*]"))
     return session
+
+
+def _quiet_table_id_warnings(session):
+    """A replaced table (CREATE OR REPLACE) gets a new table id, which Delta reports as a WARN with
+    both snapshots dumped whole, once per table and process; errors still show."""
+    jvm = session.sparkContext._jvm
+    level = jvm.org.apache.logging.log4j.Level.ERROR
+    for name in ("org.apache.spark.sql.delta.DeltaLog", "org.apache.spark.sql.delta.OptimisticTransaction"):
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
 
 
 class LocalSession:
