@@ -43,15 +43,13 @@ def register_cli(subparsers):
     """Add ``mlops table history`` and ``mlops table convert``."""
     parser = subparsers.add_parser("table", help="look at Delta tables")
     commands = parser.add_subparsers(dest="table_command", required=True)
-    history = commands.add_parser(
-        "history", help="every version of a table (DESCRIBE HISTORY): time, operation, rows, engine")
-    history.add_argument("name", help="the table, e.g. taxi_fares_predictions")
-    history.add_argument("--location", default=JobConfig.table_location,
-                         help=f"the table_location (default {JobConfig.table_location})")
-    history.set_defaults(func=command(_history))
-    convert = commands.add_parser(
-        "convert", help="make a Parquet table folder a Delta table, in place (CONVERT TO DELTA)")
-    convert.add_argument("name", help="the table, e.g. training_trips")
-    convert.add_argument("--location", default=JobConfig.table_location,
-                         help=f"the table_location (default {JobConfig.table_location})")
-    convert.set_defaults(func=command(_convert))
+    for name, help_text, example, run in (
+            ("history", "every version of a table (DESCRIBE HISTORY): time, operation, rows, engine",
+             "taxi_fares_predictions", _history),
+            ("convert", "make a Parquet table folder a Delta table, in place (CONVERT TO DELTA)",
+             "training_trips", _convert)):
+        subcommand = commands.add_parser(name, help=help_text)
+        subcommand.add_argument("name", help=f"the table, e.g. {example}")
+        subcommand.add_argument("--location", default=JobConfig.table_location,
+                                help=f"the table_location (default {JobConfig.table_location})")
+        subcommand.set_defaults(func=command(run))
