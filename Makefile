@@ -42,7 +42,7 @@ lint: venv
 test: venv node wheels jars lint
 	$(PY) -m pytest
 
-test-quick: venv wheels jars lint
+test-quick: venv node wheels jars lint
 	$(PY) -m pytest -m "not slow"
 
 demo: venv node wheels jars
