@@ -109,17 +109,18 @@ class TableStore:
         if target.path is None:
             raise DataError(f"table '{name}' is the catalog table {target.identifier}, not a folder: "
                             "CONVERT TO DELTA takes a Parquet folder")
-        folder = self.host.locate(target.path).spark
+        location = self.host.locate(target.path)
+        folder = location.spark
         try:
             schema = self.spark.read.parquet(folder).schema
         except Exception as error:
             raise DataError(f"table '{name}' at {target.shown} holds no Parquet table to convert "
                             f"({type(error).__name__})") from None
-        partitions = _partition_columns(self.host.locate(target.path).driver, schema)
+        partitions = _partition_columns(location.driver, schema)
         spec = ", ".join(f"`{field.name}` {field.dataType.simpleString()}" for field in partitions)
-        location = folder.replace("`", "``")
+        quoted = folder.replace("`", "``")
         partitioned = f" PARTITIONED BY ({spec})" if spec else ""
-        self.spark.sql(f"CONVERT TO DELTA parquet.`{location}`{partitioned}")
+        self.spark.sql(f"CONVERT TO DELTA parquet.`{quoted}`{partitioned}")
         return self.version(name)
 
     def write(self, df, name: str, partition_by=None, metadata: dict | None = None):
@@ -178,7 +179,9 @@ class TableStore:
 
     def _check_schema(self, df, name: str):
         """Rows added to ``name`` must bring its columns with its types, and no others."""
-        current = {field.name: field.dataType.simpleString() for field in self.read(name).schema.fields}
+        # The caller has just found the table: no second existence check.
+        schema = self.spark.read.table(self._identifier(name)).schema
+        current = {field.name: field.dataType.simpleString() for field in schema.fields}
         new = {field.name: field.dataType.simpleString() for field in df.schema.fields}
         missing = sorted(set(current) - set(new))
         extra = sorted(set(new) - set(current))
