@@ -110,7 +110,7 @@ class RegistryClient:
         tracking.validate_model_name(model_name, registry_uri)
         self.name = model_name
         self.tracking_uri = tracking_uri or tracking.tracking_uri()
-        self.registry_uri = registry_uri or self.tracking_uri
+        self.registry_uri = platform.current().registry_store(registry_uri, self.tracking_uri)
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         self.history = ModelHistory(MlflowClient(tracking_uri=self.tracking_uri), model_name)
 
@@ -367,7 +367,8 @@ def _version_number(version) -> int:
 def registered_models(registry_uri: str = "", tracking_uri: str | None = None) -> list:
     """Every registered model of the registry, by name."""
     tracking_uri = tracking_uri or tracking.tracking_uri()
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri,
+                          registry_uri=platform.current().registry_store(registry_uri, tracking_uri))
     try:
         models = list(client.search_registered_models(max_results=1000))
     except MlflowException as error:

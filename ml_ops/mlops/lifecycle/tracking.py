@@ -89,7 +89,7 @@ def configure(config):
     uri = tracking_uri()
     bound_http_retries()
     mlflow.set_tracking_uri(uri)
-    registry = config.registry_uri or uri
+    registry = platform.current().registry_store(config.registry_uri, uri)
     mlflow.set_registry_uri(registry)
     validate_model_name(config.registered_model_name, config.registry_uri)
     with tracking_server(uri):

@@ -37,6 +37,8 @@ class Platform(Protocol):
 
     def default_tracking_uri(self) -> str: ...
 
+    def registry_store(self, registry_uri: str, tracking_uri: str) -> str: ...
+
     def table_target(self, location: str, table: str) -> TableTarget: ...
 
     def primary_key_statements(self, target: TableTarget, columns, timeseries: str) -> list: ...
@@ -46,6 +48,9 @@ class Platform(Protocol):
     def named_lock(self, name: str): ...
 
     def read_secret(self, dbutils, scope: str, key: str, env_var: str, parameters: tuple): ...
+
+
+UNITY_CATALOG_REGISTRY = "databricks-uc"
 
 
 def path_identifier(spark_path: str) -> str:
@@ -75,6 +80,9 @@ class DatabricksPlatform(_Shared):
 
     def default_tracking_uri(self) -> str:
         return "databricks"
+
+    def registry_store(self, registry_uri: str, tracking_uri: str) -> str:
+        return registry_uri or tracking_uri
 
     def table_target(self, location: str, table: str) -> TableTarget:
         location = catalog.check_location(location)
@@ -112,6 +120,11 @@ class LocalPlatform(_Shared):
 
     def default_tracking_uri(self) -> str:
         return home.mlflow_tracking_uri()
+
+    def registry_store(self, registry_uri: str, tracking_uri: str) -> str:
+        """The tracking store, for ``databricks-uc`` too: Unity Catalog's three-level model names
+        live in the local store, as its tables live under ``$MLOPS_HOME/tables``."""
+        return tracking_uri if registry_uri in ("", UNITY_CATALOG_REGISTRY) else registry_uri
 
     def table_target(self, location: str, table: str) -> TableTarget:
         location = catalog.check_location(location)

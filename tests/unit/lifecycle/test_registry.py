@@ -200,9 +200,10 @@ def test_unity_catalog_needs_three_level_names():
         RegistryClient("main..taxi_fares", "databricks-uc")
 
 
-def test_unity_catalog_name_is_accepted_without_a_workspace(registry_store):
+def test_a_unity_catalog_model_lives_in_the_local_store_on_a_laptop(registry_store):
     client = RegistryClient("main.ml.taxi_fares", "databricks-uc")
-    assert (client.name, client.registry_uri) == ("main.ml.taxi_fares", "databricks-uc")
+    assert (client.name, client.registry_uri) == ("main.ml.taxi_fares", client.tracking_uri)
+    assert client.tracking_uri.startswith("sqlite:")
     assert ModelRef(client.name, "3").uri == "models:/main.ml.taxi_fares/3"
 
 

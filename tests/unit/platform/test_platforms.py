@@ -42,7 +42,8 @@ def databricks_dbutils():
 @pytest.mark.parametrize("host", PLATFORMS, ids=lambda host: host.name)
 def test_each_platform_implements_the_whole_protocol(host):
     assert PROTOCOL_METHODS == ["default_tracking_uri", "locate", "named_lock", "primary_key_statements",
-                                "read_secret", "run_context", "table_target", "telemetry_file"]
+                                "read_secret", "registry_store", "run_context", "table_target",
+                                "telemetry_file"]
     assert all(callable(getattr(host, method)) for method in PROTOCOL_METHODS)
 
 
@@ -128,3 +129,11 @@ def test_paths_stores_and_locks_differ_as_the_platforms_do(mlops_home):
     with databricks.named_lock("champion") as held:
         assert held is True
     assert not (Path("/dbfs") / "locks").exists()
+
+
+def test_unity_catalog_models_live_in_the_local_store_and_in_unity_catalog_on_databricks():
+    local, databricks = LocalPlatform(), DatabricksPlatform()
+    assert local.registry_store("databricks-uc", "sqlite:///m.db") == "sqlite:///m.db"
+    assert local.registry_store("", "sqlite:///m.db") == "sqlite:///m.db"
+    assert databricks.registry_store("databricks-uc", "databricks") == "databricks-uc"
+    assert databricks.registry_store("", "databricks") == "databricks"
