@@ -34,6 +34,8 @@ RUNTIME_PROVIDED = {
     "scipy": "scipy>=1.10",
     "matplotlib": "matplotlib>=3.7",
     "databricks-sdk": "databricks-sdk>=0.50,<1",
+    # The local runner reads the bundle's YAML.
+    "pyyaml": "PyYAML>=6",
 }
 
 
@@ -68,8 +70,7 @@ def distribution(target, version):
                       [f"taxi_fares=={version}", "opencensus-ext-azure>=1.1.9,<2",
                        "azure-storage-blob>=12.19,<13", "prometheus-client>=0.20,<1"],
                       ("pyspark", "pandas", "numpy", "lightgbm", "mlflow", "scikit-learn", "scipy",
-                       "matplotlib",
-                       "databricks-sdk"),
+                       "matplotlib", "databricks-sdk", "pyyaml"),
                       entry_points={"console_scripts": ["mlops=mlops.cli:main"]})
     raise SystemExit(f"{TARGET_ENV} must be 'ml' or 'ops', got {target!r}")
 

@@ -24,12 +24,12 @@ from mlops.data import generator as datagen
 from mlops.cli import model as model_cli
 from mlops.lifecycle.registry import APPROVAL_TAG, CHALLENGER, CHAMPION, VALIDATION_STATUS_TAG, RegistryClient
 from mlops.local.jobs import EXCLUDED, FAILED, SUCCESS, UPSTREAM_FAILED, run_job
-from support.jobs import in_process_home
+from support.jobs import bundle_job, in_process_home
 from support.spark_cluster import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-JOB = REPO_ROOT / "databricks_jobs" / "taxi_fares_training.json"
+JOB = bundle_job("taxi_fares_training")
 MODEL = "taxi_fares"
 START, END = datetime.date(2016, 1, 1), datetime.date(2016, 1, 31)
 
@@ -42,7 +42,7 @@ def lifecycle(spark, tmp_path_factory):
         parameters = {
             "wheel_path": str(REPO_ROOT / "dist"), "taxi_fares_raw_data": "dbfs:/raw/trips",
             "table_location": "dbfs:/tables", "experiment_name": "/Shared/taxi_fares_lifecycle",
-            "registered_model_name": MODEL, "training_data_start_date": str(START),
+            "registered_model_name": MODEL, "registry_uri": "", "training_data_start_date": str(START),
             "training_data_end_date": str(END), "execute_feature_engineering": "false",
             # Trips over 10 miles are rare in the synthetic data; their rmse is several times the
             # overall one, so the default factor of 2 would fail every small model.

@@ -14,17 +14,17 @@ from taxi_fares.data import DriftSettings, generate_trips
 from mlops.lifecycle.registry import VALIDATION_STATUS_TAG, RegistryClient
 from mlops.local.jobs import EXCLUDED, SUCCESS, run_job
 from mlops.platform import driver_path
-from support.jobs import in_process_home
+from support.jobs import bundle_job, in_process_home
 from support.spark_cluster import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-JOBS = REPO_ROOT / "databricks_jobs"
-TRAINING = JOBS / "taxi_fares_training.json"
-SCORING = JOBS / "taxi_fares_batch_scoring.json"
-MONITORING = JOBS / "taxi_fares_monitoring.json"
+TRAINING = bundle_job("taxi_fares_training")
+SCORING = bundle_job("taxi_fares_batch_scoring")
+MONITORING = bundle_job("taxi_fares_monitoring")
 RAW = "dbfs:/raw/trips"
-MODEL = "taxi_fares"
+# The dev target's Unity Catalog model, which the local platform keeps in its own store.
+MODEL = "dev.taxi_fares.taxi_fares_model"
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_inflated_fares_within_the_cooldown_do_not_retrain(loop):
 
 def test_inflated_fares_retrain_and_the_new_version_is_judged(loop):
     home, _, _ = loop
-    registry = RegistryClient(MODEL, "")
+    registry = RegistryClient(MODEL, "databricks-uc")
     versions_before = {str(version.version) for version in registry.list_versions()}
 
     record = monitor(loop, "2016-03-01", "2016-03-07", retrain_cooldown_days="0")

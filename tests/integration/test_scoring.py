@@ -13,7 +13,7 @@ from deltalake import DeltaTable
 
 from mlops.local.azurite import ACCOUNT_KEY
 from support.azurite import azurite  # noqa: F401
-from support.jobs import home_tracking_uri
+from support.jobs import home_tracking_uri, job_settings_with_absolute_paths
 from support.spark_cluster import SCORING_JOB, new_scoring_home, run_job_process
 
 pytestmark = pytest.mark.slow
@@ -89,9 +89,9 @@ def test_each_scoring_run_appends_its_month_to_the_inference_log_and_publishes_i
 
     # Two runs of February at once (the job allowing it): Delta refuses the commit that lost the
     # race, it is merged again, and the log keeps one row per key.
-    job = json.loads(SCORING_JOB.read_text())
     job_file = tmp_path / "scoring_twice_at_once.json"
-    job_file.write_text(json.dumps({**job, "max_concurrent_runs": 2}))
+    settings = job_settings_with_absolute_paths(SCORING_JOB)
+    job_file.write_text(json.dumps({**settings, "max_concurrent_runs": 2}))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         runs = [pool.submit(score, home, parameters, FEBRUARY, azurite, "job-scores-again", job_file)
                 for _ in range(2)]

@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from mlops.local.jobs import EXCLUDED, SUCCESS, load_job, run_job
+from mlops.local.jobs import EXCLUDED, SUCCESS, run_job
 from support.appinsights import AppInsightsCapture, closed_loopback_port
-from support.jobs import (TRAINING_JOB, home_tracking_uri, new_home, only_run_record, run_job_process,
-                          task_mlflow_run, task_states, telemetry_items, training_parameters)
+from support.jobs import (TRAINING_JOB, bundle_job, home_tracking_uri, new_home, only_run_record,
+                          run_job_process, task_mlflow_run, task_states, telemetry_items, training_parameters)
 from support.jobs import training_trips  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ MODEL_NAME = "taxi_fares"
 def notebook_stages() -> dict:
     """task -> the stage names its notebook passes to ``run.stage``, read from the notebooks."""
     stages = {task.task_key: re.findall(r"""run\.stage\(\s*["'](\w+)["']""", task.notebook_path.read_text())
-              for task in load_job(TRAINING_JOB).tasks if task.task_key in TASKS}
+              for task in bundle_job(TRAINING_JOB).tasks if task.task_key in TASKS}
     assert all(stages.values()), f"a notebook calls no stage: {stages}"
     return stages
 
@@ -37,7 +37,7 @@ def run_in_process(spark, home, connection_string, **parameters):
         patch.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING", connection_string)
         patch.setenv("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "true")
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        return run_job(TRAINING_JOB, training_parameters(**parameters), spark=spark)
+        return run_job(bundle_job(TRAINING_JOB), training_parameters(**parameters), spark=spark)
 
 
 def base(envelope) -> dict:

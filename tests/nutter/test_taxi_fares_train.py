@@ -5,13 +5,14 @@
 # MAGIC Runs the orchestrator notebook `taxi_fares_train` on a one-week slice with few boosting
 # MAGIC rounds, then checks the model URI it returns and the version it registered.
 # MAGIC
-# MAGIC Parameters passed to this notebook are forwarded to the training notebook. The CD
-# MAGIC pipeline passes the environment's rendered job parameters
-# MAGIC (`mlops deploy render ... --parameters-only`), so the test trains with the deployed wheels,
-# MAGIC registry and tables; run without parameters, the training notebook's defaults apply.
+# MAGIC Parameters passed to this notebook are forwarded to the training notebook. The bundle's
+# MAGIC job `taxi_fares_integration_tests` passes the target's parameters, so the test trains with
+# MAGIC the deployed wheels, registry and tables; run without parameters, the training notebook's
+# MAGIC defaults apply.
 # MAGIC
-# MAGIC On Databricks the cluster needs the `nutter` PyPI library; `nutter run` collects the
-# MAGIC results this notebook exits with.
+# MAGIC The job's cluster gets the `nutter` PyPI library. A failed assertion fails the task, so
+# MAGIC `databricks bundle run taxi_fares_integration_tests` fails; `nutter run` also collects the
+# MAGIC results from a cluster.
 
 # COMMAND ----------
 
@@ -101,4 +102,8 @@ class TaxiFaresTrainingFixture(NutterFixture):
 
 result = TaxiFaresTrainingFixture(parameters).execute_tests()
 print(result.to_string())
+failed = [item.test_name for item in result.test_results.results if not item.passed]
+if failed:
+    # A job run must end FAILED when a test fails; `exit` alone would end it SUCCESS.
+    raise AssertionError(f"integration tests failed: {', '.join(failed)}\n{result.to_string()}")
 result.exit(dbutils)

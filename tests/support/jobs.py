@@ -12,14 +12,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from support.spark_cluster import REPO_ROOT, ensure_wheels, worker_environment
+from support.spark_cluster import REPO_ROOT, ensure_wheels, job_command, worker_environment
 
-TRAINING_JOB = REPO_ROOT / "databricks_jobs" / "taxi_fares_training.json"
+# The bundle's jobs run in the dev target, with the parameters below over its values.
+TRAINING_JOB = "taxi_fares_training"
+TARGET = "dev"
 TRAINING_START, TRAINING_END = datetime.date(2016, 1, 1), datetime.date(2016, 1, 31)
 RAW_TRIPS_URI = "dbfs:/raw/trips"
 # Variables that would point a job away from its own MLOPS_HOME, Spark or telemetry sink.
@@ -73,7 +74,8 @@ def training_parameters(**overrides) -> dict:
     parameters = {
         "wheel_path": str(REPO_ROOT / "dist"), "taxi_fares_raw_data": RAW_TRIPS_URI,
         "table_location": "dbfs:/tables", "experiment_name": "/Shared/taxi_fares_tests",
-        "registered_model_name": "taxi_fares", "training_data_start_date": str(TRAINING_START),
+        "registered_model_name": "taxi_fares", "registry_uri": "",
+        "training_data_start_date": str(TRAINING_START),
         "training_data_end_date": str(TRAINING_END), "training_num_rounds": "15",
         # Long trips are rare in the synthetic data, so their rmse is several times the overall
         # one; the default factor of 2 would fail every small model.
@@ -91,14 +93,14 @@ def job_environment(home: Path, extra_env: dict | None = None) -> dict:
     return env
 
 
-def job_command(job_file: Path, parameters: dict) -> list:
-    command = [sys.executable, "-m", "mlops", "job", "run", str(job_file)]
-    for name, value in parameters.items():
-        command += ["-p", f"{name}={value}"]
-    return command
+def bundle_job(key: str):
+    """Job ``key`` of the repository's bundle in the dev target, for ``run_job`` in this process."""
+    from mlops.local.job_file import bundle_job as load
+
+    return load(key, TARGET, root=REPO_ROOT)
 
 
-def run_job_process(job_file: Path, home: Path, parameters: dict, extra_env: dict | None = None,
+def run_job_process(job_file, home: Path, parameters: dict, extra_env: dict | None = None,
                     timeout_seconds: float = 900) -> subprocess.CompletedProcess:
     """``mlops job run`` in a new interpreter with MLOPS_HOME ``home`` (and its sqlite MLflow store)."""
     return subprocess.run(job_command(job_file, parameters), cwd=REPO_ROOT,
@@ -106,7 +108,7 @@ def run_job_process(job_file: Path, home: Path, parameters: dict, extra_env: dic
                           timeout=timeout_seconds)
 
 
-def start_job_process(job_file: Path, home: Path, parameters: dict, stdout, stderr,
+def start_job_process(job_file, home: Path, parameters: dict, stdout, stderr,
                       extra_env: dict | None = None) -> subprocess.Popen:
     """:func:`run_job_process` without waiting; output goes to the given files.
 
@@ -169,3 +171,17 @@ def task_mlflow_run(tracking_uri: str, task: str):
     runs = [run for run in mlflow_runs(tracking_uri) if run.data.tags.get("task") == task]
     assert len(runs) == 1, f"expected one MLflow run of task {task}, found {len(runs)}"
     return runs[0]
+
+
+def job_settings_with_absolute_paths(key: str) -> dict:
+    """Job ``key`` of the bundle (dev target) as JSON job settings that can live in any folder."""
+    from mlops.local.bundle import load_bundle
+
+    bundle = load_bundle(REPO_ROOT, TARGET)
+    settings = {"name": key, **bundle.job_settings(key)}
+    folder = bundle.source("jobs", key).parent
+    for task in settings["tasks"]:
+        if "notebook_task" in task:
+            notebook = folder / task["notebook_task"]["notebook_path"]
+            task["notebook_task"]["notebook_path"] = str(notebook.resolve())
+    return settings

@@ -210,7 +210,7 @@ def connect_server(tmp_path_factory):
 
 # ---------------------------------------------------------------- running the scoring job in its own process
 
-SCORING_JOB = REPO_ROOT / "databricks_jobs" / "taxi_fares_batch_scoring.json"
+SCORING_JOB = "taxi_fares_batch_scoring"
 WHEEL_NAMES = ("taxi_fares-", "taxi_fares_mlops-")
 
 
@@ -228,18 +228,25 @@ def ensure_wheels() -> Path:
     return dist
 
 
-def run_job_process(job_file: Path, home: Path, parameters: dict, extra_env: dict | None = None,
+def run_job_process(job_file, home: Path, parameters: dict, extra_env: dict | None = None,
                     timeout_seconds: float = 900) -> subprocess.CompletedProcess:
     """``mlops job run`` in a new interpreter with MLOPS_HOME ``home`` (and its sqlite MLflow store)."""
     env = dict(os.environ, **worker_environment(), MLOPS_HOME=str(home), **(extra_env or {}))
     for variable in ("MLFLOW_TRACKING_URI", "SPARK_REMOTE", "MLOPS_SPARK_MASTER"):
         if variable not in (extra_env or {}):
             env.pop(variable, None)
-    command = [sys.executable, "-m", "mlops", "job", "run", str(job_file)]
+    return subprocess.run(job_command(job_file, parameters), cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout_seconds)
+
+
+def job_command(job, parameters: dict) -> list:
+    """``mlops job run`` of a bundle job in the dev target (run from the repository) or of a JSON job file."""
+    command = [sys.executable, "-m", "mlops", "job", "run", str(job)]
+    if not str(job).endswith(".json"):
+        command += ["--target", "dev"]
     for name, value in parameters.items():
         command += ["-p", f"{name}={value}"]
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout_seconds)
+    return command
 
 
 def new_scoring_home(spark, tmp_path_factory, folder: str, rows: int, start, end, model_name: str):
@@ -284,6 +291,6 @@ def prepare_scoring_home(spark, home: Path, rows: int, start, end, model_name: s
     client.set_model_version_tag(model_name, str(info.registered_model_version), "model_validation_status",
                                  "PASSED")
     client.set_registered_model_alias(model_name, "Champion", str(info.registered_model_version))
-    return {"taxi_fares_raw_data": raw_uri, "registered_model_name": model_name,
+    return {"taxi_fares_raw_data": raw_uri, "registered_model_name": model_name, "registry_uri": "",
             "scoring_data_start_date": str(start), "scoring_data_end_date": str(end),
             "experiment_name": "scoring"}

@@ -1,4 +1,4 @@
-"""The ``mlops`` command line: data, notebooks, jobs, models and deploys.
+"""The ``mlops`` command line: data, notebooks, jobs, models, serving and the bundle check.
 
 This package is the shell: it parses arguments, calls one function, and prints. An error the
 command can foresee (a bad parameter, a missing file, an unusable ``MLOPS_HOME``) ends as one
@@ -23,9 +23,9 @@ NOISY_LOGGERS = ("py4j", "urllib3", "azure", "alembic", "mlflow.store", "opencen
 
 
 def _register_all(subparsers):
-    from mlops.cli import azurite, data, deploy, model, runtime, serve, table
+    from mlops.cli import azurite, bundle, data, model, runtime, serve, table
 
-    for module in (data, runtime, model, deploy, azurite, table, serve):
+    for module in (data, runtime, model, bundle, azurite, table, serve):
         module.register_cli(subparsers)
 
 

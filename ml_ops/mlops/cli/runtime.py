@@ -6,6 +6,7 @@ from pathlib import Path
 from mlops.cli import command
 from mlops.config import parse_assignments
 from mlops.errors import JobError
+from mlops.local.job_file import bundle_job, load_job
 from mlops.local.jobs import SUCCESS, RunRecord, run_job, run_notebook_as_job
 
 
@@ -19,10 +20,15 @@ def register_cli(subparsers) -> None:
     _add_parameter_option(notebook_run, "widget value")
     notebook_run.set_defaults(func=command(run_notebook_command))
 
-    job = subparsers.add_parser("job", help="run Jobs API 2.1 job files locally")
+    job = subparsers.add_parser("job", help="run the bundle's jobs locally")
     job_commands = job.add_subparsers(dest="job_command", required=True)
-    job_run = job_commands.add_parser("run", help="run every task of a job file in dependency order")
-    job_run.add_argument("job_file", help="the job settings JSON file")
+    job_run = job_commands.add_parser("run", help="run every task of a job in dependency order")
+    job_run.add_argument("job", help="a job of the bundle (databricks.yml here or above), e.g. "
+                                     "taxi_fares_training; or a JSON job settings file")
+    job_run.add_argument("-t", "--target", help="the bundle target whose values apply (default: the "
+                                                "bundle's default target)")
+    job_run.add_argument("--var", dest="variables", action="append", default=[], metavar="NAME=VALUE",
+                         help="a bundle variable's value, as `databricks bundle --var`; repeat for several")
     _add_parameter_option(job_run, "job or task parameter override")
     job_run.add_argument("--repair", metavar="RUN_ID", dest="repair_run_id",
                          help="re-run the failed and skipped tasks of an earlier run, in that run; "
@@ -64,7 +70,13 @@ def run_notebook_command(args: argparse.Namespace) -> int:
 
 def run_job_command(args: argparse.Namespace) -> int:
     """Run or repair a job; 0 when every task succeeded, 1 otherwise."""
-    record = run_job(args.job_file, parse_assignments(args.params), repair_run_id=args.repair_run_id,
+    if args.job.endswith(".json"):
+        if args.target or args.variables:
+            raise JobError(f"{args.job} is a job file: --target and --var apply to the bundle's jobs only")
+        job = load_job(Path(args.job))
+    else:
+        job = bundle_job(args.job, args.target, variables=parse_assignments(args.variables))
+    record = run_job(job, parse_assignments(args.params), repair_run_id=args.repair_run_id,
                      if_busy=args.if_busy)
     return 0 if record.state == SUCCESS else 1
 
@@ -74,7 +86,7 @@ def list_runs_command(args: argparse.Namespace) -> int:
         raise JobError(f"--limit must be at least 1, got {args.limit}")
     records = RunRecord.recent(args.limit)
     if not records:
-        print("no runs yet: start one with `mlops job run databricks_jobs/<job>.json`")
+        print("no runs yet: start one with `mlops job run taxi_fares_training --target dev`")
         return 0
     rows = [[record.run_id, record.job_name, record.state, record.start_time[:19].replace("T", " "),
              str(len(record.repairs))] for record in records]

@@ -1,4 +1,4 @@
-"""``make demo``: generate trips, then run the real job files through the local runtime.
+"""``make demo``: generate trips, then run the bundle's jobs (target dev) through the local runtime.
 
 Trains, validates and promotes on January 2016, then scores February 2016 with the
 Champion and publishes the results to a local Azurite (or a folder when Node is absent).
@@ -12,8 +12,6 @@ import datetime
 import json
 import os
 import sys
-from pathlib import Path
-
 import mlflow
 
 from mlops.cli.table import print_history
@@ -22,6 +20,7 @@ from mlops.data.generator import generate
 from mlops.platform.home import mlflow_tracking_uri, mlops_home
 from mlops.local.demo_loop import close_the_loop
 from mlops.local.demo_serving import serve_three_trips
+from mlops.local.job_file import bundle_job
 from mlops.local.jobs import run_job
 from mlops.local.session import spark_session
 from mlops.config import ScoringConfig
@@ -29,19 +28,23 @@ from mlops.publishing import make_publisher
 from mlops.stages.scoring import publish_prefix
 from mlops import platform
 
-RAW_DATA = "dbfs:/mlops/taxi_fares/raw/trips"
-TRAINING_JOB = Path("databricks_jobs/taxi_fares_training.json")
-SCORING_JOB = Path("databricks_jobs/taxi_fares_batch_scoring.json")
+TARGET = "dev"
+TRAINING_JOB = "taxi_fares_training"
+SCORING_JOB = "taxi_fares_batch_scoring"
 STORAGE_ENV = "AZURE_STORAGE_CONNECTION_STRING"
-MODEL_NAME = "taxi_fares"
 SHOWN_FILES = 4
+
+
+def scoring_config() -> ScoringConfig:
+    """The batch scoring job's parameters in the demo's target, as its notebook parses them."""
+    return ScoringConfig.from_params(bundle_job(SCORING_JOB, TARGET).parameters)
 
 
 def labels_of(spark):
     """Where the generator writes late labels: the scoring job's labels table."""
     from mlops.data.tables import TableStore
 
-    config = ScoringConfig()
+    config = scoring_config()
     return TableStore(spark, config.table_location), config.labels_table
 
 
@@ -49,22 +52,24 @@ def _banner(text):
     print(f"\n=== {text} ===", flush=True)
 
 
-def _run(job_file, overrides):
-    _banner(f"Running {job_file}")
-    record = run_job(job_file, overrides)
+def _run(job_key, overrides):
+    _banner(f"Running {job_key} (mlops job run {job_key} --target {TARGET})")
+    record = run_job(bundle_job(job_key, TARGET), overrides)
     if record.state != "SUCCESS":
-        raise SystemExit(f"{job_file.name} ended {record.state}; run record: {record.path}")
+        raise SystemExit(f"{job_key} ended {record.state}; run record: {record.path}")
     return record
 
 
-def _print_model_summary():
-    client = mlflow.MlflowClient(tracking_uri=mlflow_tracking_uri(), registry_uri=mlflow_tracking_uri())
-    versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+def _print_model_summary(model_name):
+    client = mlflow.MlflowClient(tracking_uri=mlflow_tracking_uri(),
+                                 registry_uri=platform.current().registry_store("databricks-uc",
+                                                                                mlflow_tracking_uri()))
+    versions = client.search_model_versions(f"name='{model_name}'")
     latest = max(versions, key=lambda version: int(version.version))
     metrics = client.get_run(latest.run_id).data.metrics
-    champion = client.get_registered_model(MODEL_NAME).aliases.get("Champion", "none")
+    champion = client.get_registered_model(model_name).aliases.get("Champion", "none")
     _banner("Model")
-    print(f"registered model: {MODEL_NAME} version {latest.version} "
+    print(f"registered model: {model_name} version {latest.version} "
           f"(validation {latest.tags.get('model_validation_status', 'n/a')}); Champion is version {champion}")
     print("held-out metrics: " + ", ".join(
         f"{name} {metrics[name]:.3f}" for name in ("rmse", "mae", "r2", "baseline_rmse") if name in metrics))
@@ -113,22 +118,23 @@ def _print_published(server, scoring_record):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--data", default=RAW_DATA)
+    parser.add_argument("--data", default=scoring_config().taxi_fares_raw_data,
+                        help="where the trips go (default: the dev target's raw volume)")
     args = parser.parse_args(argv)
     spark = spark_session()
-    _banner(f"Generating {args.rows} trips for January and February 2016")
+    _banner(f"Generating {args.rows} trips for January and February 2016 into {args.data}")
     generate(spark, args.rows, datetime.date(2016, 1, 1), datetime.date(2016, 2, 29), args.data, seed=7,
              labels=labels_of(spark))
     _run(TRAINING_JOB, {"taxi_fares_raw_data": args.data})
-    _print_model_summary()
+    config = scoring_config()
+    _print_model_summary(config.registered_model_name)
     with _storage() as server:
         scoring = _run(SCORING_JOB, {"taxi_fares_raw_data": args.data})
         _print_published(server, scoring)
-    config = ScoringConfig.from_params(scoring.tasks["score"]["parameters"])
     _banner(f"Inference log {config.predictions_table} (mlops table history {config.predictions_table})")
     print_history(config.table_location, config.predictions_table)
     close_the_loop(spark, args.data, args.rows, _run, _banner, labels_of(spark))
-    serve_three_trips(_banner)
+    serve_three_trips(_banner, config)
     _banner("Next")
     print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {mlflow_tracking_uri()} --port 5000")
     print(f"run records and telemetry: {mlops_home() / 'runs'}")

@@ -7,7 +7,6 @@ training job, whose new version is validated and judged against the Champion.
 """
 import datetime
 import json
-from pathlib import Path
 
 from pyspark.sql import functions as F
 from taxi_fares.data import DriftSettings
@@ -21,7 +20,8 @@ from mlops.monitoring.drift import TABLE_COLUMN
 from mlops.monitoring.monitor import metric_table_names
 from mlops.platform.home import mlops_home
 
-MONITORING_JOB = Path("databricks_jobs/taxi_fares_monitoring.json")
+MONITORING_JOB = "taxi_fares_monitoring"
+SCORING_JOB = "taxi_fares_batch_scoring"
 MARCH = (datetime.date(2016, 3, 1), datetime.date(2016, 3, 31))
 MARCH_DRIFT = DriftSettings(distance_scale=1.5, fare_scale=1.5)
 
@@ -82,7 +82,9 @@ def _print_retraining(record):
           f"validation {validate.get('validation_status', '?')}")
     if deploy:
         print(f"promotion: {deploy.get('promotion_decision')}: {deploy.get('promotion_reason')}")
-        version = RegistryClient(deploy["model_name"]).get_version(deploy["model_version"])
+        registry_uri = child["tasks"]["deploy"]["parameters"]["registry_uri"]
+        registry = RegistryClient(deploy["model_name"], registry_uri)
+        version = registry.get_version(deploy["model_version"])
         print(f"compared on pickups {version.tags.get('promotion_compared_on', '?')}: the new version's "
               "out-of-time held-out rows, none of them in the Champion's training range")
         print(f"Champion is now version {deploy.get('champion_version') or 'unchanged'}")
@@ -100,7 +102,7 @@ def close_the_loop(spark, raw_data: str, rows: int, run, banner, labels):
     banner(f"March 2016 arrives with drift: trips x{MARCH_DRIFT.distance_scale} longer, "
            f"fares x{MARCH_DRIFT.fare_scale}")
     generate(spark, rows // 2, *MARCH, raw_data, seed=8, drift=MARCH_DRIFT, append=True, labels=labels)
-    scoring = run(Path("databricks_jobs/taxi_fares_batch_scoring.json"),
+    scoring = run(SCORING_JOB,
                   {**shared, "scoring_data_start_date": MARCH[0].isoformat(),
                    "scoring_data_end_date": MARCH[1].isoformat(), "publish_results": "false",
                    "execute_label_merge": "true"})

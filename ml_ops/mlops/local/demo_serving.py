@@ -9,7 +9,7 @@ import json
 import urllib.request
 
 from mlops import platform
-from mlops.config import RawTripsConfig, ScoringConfig
+from mlops.config import ScoringConfig
 from mlops.data.tables import TableStore
 from mlops.serving import online_store
 from mlops.serving.start import ServeSettings, close_server, open_server
@@ -36,13 +36,13 @@ def example_trips(store_folder) -> list[dict]:
             for index, (miles, minutes) in enumerate(EXAMPLES)]
 
 
-def serve_three_trips(banner) -> None:
-    config = ScoringConfig()
-    store_folder = platform.driver_path(RawTripsConfig().online_store_path)
+def serve_three_trips(banner, config: ScoringConfig) -> None:
+    store_folder = platform.driver_path(config.online_store_path)
     log_uri = TableStore(None, config.table_location).uri(config.predictions_table)
     log_table = platform.driver_path(log_uri)
     banner("Online serving: the Champion behind `mlops serve` for a few seconds")
-    server, watcher = open_server(ServeSettings(model_name=config.registered_model_name, port=0,
+    server, watcher = open_server(ServeSettings(model_name=config.registered_model_name,
+                                                registry_uri=config.registry_uri, port=0,
                                                 online_store=store_folder, log_table=log_table,
                                                 flush_seconds=0.5, poll_seconds=1.0))
     try:

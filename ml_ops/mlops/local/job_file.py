@@ -1,25 +1,29 @@
-"""A Jobs API 2.1 job file, validated for the local runtime: tasks in the order they run.
+"""Job settings (Jobs API 2.1), validated for the local runtime: tasks in the order they run.
 
+A job comes from a bundle (:mod:`mlops.local.bundle`, the usual way) or from a JSON job file.
 ``notebook_task``, ``condition_task`` and ``run_job_task`` tasks run locally; a ``depends_on``
 entry may name the ``outcome`` of a condition, and ``run_if`` says which upstream states let a
-task run, as on Databricks. A ``run_job_task`` names the job it starts by the placeholder
-``${resources.jobs.<job name>.id}`` (the Databricks Asset Bundles form), since a job file cannot
-know another job's numeric id: locally it is the job file of that ``name`` in the same folder,
-and a deploy writes the created job's id in its place. Cluster, library, retry, timeout and
-notification settings are ignored. A task's ``notebook_path`` is looked up, in order: as an absolute
-path; relative to the repository root (the parent of the job file's folder); relative to the
-job file's folder; relative to the current directory. ``.py`` is added when the path has no
-suffix, as Databricks paths have none.
+task run, as on Databricks. A ``run_job_task`` names the job it starts as
+``${resources.jobs.<job key>.id}``: in a bundle, that job of the same bundle and target; for a
+JSON job file, the job file of that ``name`` in the same folder. Cluster, library, retry,
+timeout and notification settings are ignored.
+
+A bundle job's ``notebook_path`` is relative to the file that defines the job, as the bundle
+has it. A JSON job file's is looked up, in order: as an absolute path; relative to the parent
+of the job file's folder; relative to the job file's folder; relative to the current
+directory. ``.py`` is added when the path has no suffix, as Databricks paths have none.
 """
+import datetime
 import json
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from mlops.deploy.jobspec import JOB_ID_PLACEHOLDER, read_job_file
 from mlops.errors import JobError
+from mlops.local.bundle import JOB_ID_REFERENCE, Bundle, load_bundle
+from mlops.local.notebook_source import shown_path
 
 logger = logging.getLogger(__name__)
 
@@ -50,19 +54,24 @@ class TaskSpec:
     # Upstream condition task -> the outcome this task needs from it.
     outcomes: dict[str, str] = field(default_factory=dict)
     run_if: str = "ALL_SUCCESS"
-    # A run_job_task: the job file it starts and the job parameters it passes.
-    run_job: Optional[tuple[Path, dict]] = None
+    # A run_job_task: the key of the job it starts and the job parameters it passes.
+    run_job: Optional[tuple[str, dict]] = None
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A validated job file; ``tasks`` are in the order they run."""
+    """A validated job; ``tasks`` are in the order they run."""
 
     name: str
+    # The file that defines the job.
     path: Path
     parameters: dict[str, str]
     tasks: tuple[TaskSpec, ...]
     max_concurrent_runs: int = 1
+    # How a person starts this job again, e.g. to repair a run.
+    run_command: str = ""
+    # The job a run_job_task starts, by its key.
+    other_job: Callable[[str], "JobSpec"] = field(default=None, compare=False, repr=False)
 
     def parameter_names(self) -> set[str]:
         names = set(self.parameters)
@@ -71,16 +80,65 @@ class JobSpec:
         return names
 
 
+def read_job_file(path) -> dict:
+    """The job settings in a JSON job file, or in a ``jobs/get`` answer (settings under ``"settings"``)."""
+    path = Path(path)
+    try:
+        job = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
+        raise JobError(f"job file {path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise JobError(f"job file {path} is not valid JSON: {error}") from error
+    if isinstance(job, dict) and "settings" in job and "tasks" not in job:
+        job = job["settings"]
+    if not isinstance(job, dict):
+        raise JobError(f"job file {path} must hold a JSON object of job settings")
+    return job
+
+
+def start_time_values(start: datetime.datetime) -> dict:
+    """The ``{{job.start_time.*}}`` dynamic values of a run that started at ``start``."""
+    return {"job.start_time.iso_date": start.date().isoformat(),
+            "job.start_time.iso_datetime": start.isoformat(),
+            "job.start_time.timestamp": str(int(start.timestamp() * 1000))}
+
+
 def load_job(job_file: Path) -> JobSpec:
-    """Read and validate a job file; JobError says what is wrong and where."""
+    """Read and validate a JSON job file; JobError says what is wrong and where."""
     job_file = Path(job_file)
-    settings = read_job_file(job_file)
+    folder = job_file.resolve().parent
+
+    def other_job(name: str) -> JobSpec:
+        return load_job(find_job_file(folder, name, job_file))
+
+    return job_from_settings(read_job_file(job_file), job_file, other_job,
+                             notebook_bases=[folder.parent, folder, Path.cwd()],
+                             run_command=f"mlops job run {shown_path(job_file)}",
+                             check_job=lambda name: find_job_file(folder, name, job_file))
+
+
+def bundle_job(key: str, target: Optional[str] = None, root: Optional[Path] = None,
+               variables: Optional[dict] = None, bundle: Optional[Bundle] = None) -> JobSpec:
+    """Job ``key`` of the bundle at ``root`` (default: found from here), resolved for ``target``."""
+    bundle = bundle or load_bundle(root, target, variables)
+    settings = bundle.job_settings(key)
+    source = bundle.source("jobs", key)
+    return job_from_settings({"name": key, **settings}, source,
+                             lambda other: bundle_job(other, bundle=bundle), notebook_bases=[source.parent],
+                             run_command=f"mlops job run {key} --target {bundle.target}",
+                             check_job=bundle.job_settings)
+
+
+def job_from_settings(settings: dict, job_file: Path, other_job: Callable[[str], JobSpec],
+                      notebook_bases: list, run_command: str, check_job: Callable[[str], Any]) -> JobSpec:
+    """Validate job settings read from ``job_file``; JobError says what is wrong and where."""
+    job_file = Path(job_file)
     name = settings.get("name") or job_file.stem
     parameters = _job_parameters(job_file, settings.get("parameters", []))
     raw_tasks = settings.get("tasks")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise JobError(f"job file {job_file} has no tasks")
-    tasks = [_task(job_file, index, raw) for index, raw in enumerate(raw_tasks, start=1)]
+    tasks = [_task(job_file, index, raw, notebook_bases) for index, raw in enumerate(raw_tasks, start=1)]
     keys = [task.task_key for task in tasks]
     duplicates = sorted({key for key in keys if keys.count(key) > 1})
     if duplicates:
@@ -96,8 +154,15 @@ def load_job(job_file: Path) -> JobSpec:
     limit = settings.get("max_concurrent_runs", 1)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise JobError(f"job file {job_file}: max_concurrent_runs must be a whole number >= 1, got {limit!r}")
+    for task in ordered:
+        if task.run_job:
+            try:
+                check_job(task.run_job[0])
+            except JobError as error:
+                raise JobError(f"job file {job_file}: task '{task.task_key}' starts a job that does not "
+                               f"exist: {error}") from None
     return JobSpec(name=name, path=job_file, parameters=parameters, tasks=tuple(ordered),
-                   max_concurrent_runs=limit)
+                   max_concurrent_runs=limit, run_command=run_command, other_job=other_job)
 
 
 def _job_parameters(job_file: Path, raw: Any) -> dict[str, str]:
@@ -114,7 +179,7 @@ def _job_parameters(job_file: Path, raw: Any) -> dict[str, str]:
     return parameters
 
 
-def _task(job_file: Path, index: int, raw: Any) -> TaskSpec:
+def _task(job_file: Path, index: int, raw: Any, notebook_bases: list) -> TaskSpec:
     if not isinstance(raw, dict) or not isinstance(raw.get("task_key"), str) or not raw["task_key"]:
         raise JobError(f"job file {job_file}: task #{index} has no task_key")
     key = raw["task_key"]
@@ -157,23 +222,24 @@ def _task(job_file: Path, index: int, raw: Any) -> TaskSpec:
     ignored = sorted(name for name in raw if name in _IGNORED_TASK_FIELDS)
     if ignored:
         logger.debug("task %s: ignoring %s locally", key, ", ".join(ignored))
-    return TaskSpec(task_key=key, notebook_path=_resolve_notebook_path(job_file, key, declared_path),
+    return TaskSpec(task_key=key, notebook_path=_resolve_notebook_path(job_file, key, declared_path,
+                                                                       notebook_bases),
                     depends_on=upstream, base_parameters=dict(base_parameters), outcomes=outcomes,
                     run_if=run_if)
 
 
-def _run_job(job_file: Path, key: str, raw: Any) -> tuple[Path, dict]:
-    """The job file a run_job_task starts, found by the name in its job id placeholder."""
+def _run_job(job_file: Path, key: str, raw: Any) -> tuple[str, dict]:
+    """The key of the job a run_job_task starts, from its job id reference, and its job parameters."""
     job_id = raw.get("job_id") if isinstance(raw, dict) else None
-    match = JOB_ID_PLACEHOLDER.match(job_id) if isinstance(job_id, str) else None
+    match = JOB_ID_REFERENCE.match(job_id) if isinstance(job_id, str) else None
     if match is None:
-        raise JobError(f"job file {job_file}: task '{key}' run_job_task job_id must be the placeholder "
-                       f"${{resources.jobs.<job name>.id}}, got {job_id!r}")
+        raise JobError(f"job file {job_file}: task '{key}' run_job_task job_id must be the reference "
+                       f"${{resources.jobs.<job key>.id}}, got {job_id!r}")
     parameters = raw.get("job_parameters", {})
     if not isinstance(parameters, dict) or not all(isinstance(value, str) for value in parameters.values()):
         raise JobError(f"job file {job_file}: task '{key}' run_job_task job_parameters must map names "
                        "to strings")
-    return find_job_file(job_file.resolve().parent, match.group(1), job_file), dict(parameters)
+    return match.group(1), dict(parameters)
 
 
 def find_job_file(folder: Path, job_name: str, referring: Path) -> Path:
@@ -200,10 +266,9 @@ def _condition(job_file: Path, key: str, raw: Any) -> tuple[str, str, str]:
     return raw["op"], raw["left"], raw["right"]
 
 
-def _resolve_notebook_path(job_file: Path, task_key: str, declared: str) -> Path:
-    job_folder = job_file.resolve().parent
+def _resolve_notebook_path(job_file: Path, task_key: str, declared: str, notebook_bases: list) -> Path:
     given = Path(declared)
-    bases = [None] if given.is_absolute() else [job_folder.parent, job_folder, Path.cwd()]
+    bases = [None] if given.is_absolute() else notebook_bases
     tried = []
     for base in bases:
         candidate = given if base is None else base / given

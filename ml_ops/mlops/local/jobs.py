@@ -1,6 +1,7 @@
 """Run a Jobs API 2.1 job file locally, task by task, like a Databricks job run.
 
-The job file is read by :mod:`mlops.local.job_file`.
+A job comes from the bundle (:mod:`mlops.local.bundle`) or a JSON job file, read and checked
+by :mod:`mlops.local.job_file`.
 
 Parameters
     A task gets its ``base_parameters`` and the job ``parameters`` (defaults), the job
@@ -32,10 +33,10 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
-from mlops.deploy.jobspec import start_time_values
 from mlops.errors import JobError
 from mlops.local import interrupts
-from mlops.local.job_file import _REFERENCE, JobSpec, TaskSpec, load_job, reference_problem
+from mlops.local.job_file import (_REFERENCE, JobSpec, TaskSpec, load_job, reference_problem,
+                                  start_time_values)
 from mlops.local.notebook import output_kept_in, run_notebook
 from mlops.local.notebook_source import shown_path
 from mlops.local.run_record import (EXCLUDED, FAILED, PENDING, RUNNING, SUCCESS, UPSTREAM_FAILED,
@@ -71,15 +72,16 @@ def task_parameters(job: JobSpec, task: TaskSpec, overrides: dict[str, str]) -> 
     return parameters
 
 
-def run_job(job_file: Path, overrides: Optional[dict[str, str]] = None, repair_run_id: Optional[str] = None,
-            progress: Callable[[str], None] = print, spark=None, if_busy: str = FAIL_WHEN_BUSY) -> RunRecord:
-    """Run a job file, or repair an earlier run of it in place, and return its run record.
+def run_job(job: JobSpec | Path, overrides: Optional[dict[str, str]] = None,
+            repair_run_id: Optional[str] = None, progress: Callable[[str], None] = print, spark=None,
+            if_busy: str = FAIL_WHEN_BUSY) -> RunRecord:
+    """Run a job (a bundle job, or a JSON job file), or repair an earlier run of it, and return its record.
 
     ``spark`` lets a caller share an existing SparkSession; otherwise one is created and
     kept for the rest of the process, as later jobs reuse it. When the job already has
     ``max_concurrent_runs`` runs in progress, ``if_busy`` says whether to fail or wait.
     """
-    job = load_job(Path(job_file))
+    job = job if isinstance(job, JobSpec) else load_job(Path(job))
     if if_busy not in (FAIL_WHEN_BUSY, WAIT_WHEN_BUSY):
         raise JobError(f"if_busy must be {FAIL_WHEN_BUSY} or {WAIT_WHEN_BUSY}, got {if_busy!r}")
     overrides = dict(overrides or {})
@@ -149,7 +151,7 @@ def _prepare_record(job: JobSpec, overrides: dict, earlier: Optional[RunRecord])
     for task in job.tasks:
         if record.tasks.get(task.task_key, {}).get("state") not in DONE:
             what = {"condition": list(task.condition)} if task.condition else \
-                {"run_job": str(task.run_job[0])} if task.run_job else \
+                {"run_job": task.run_job[0]} if task.run_job else \
                 {"notebook_path": str(task.notebook_path)}
             record.tasks[task.task_key] = {"state": PENDING, **what,
                                            "parameters": task_parameters(job, task, overrides)}
@@ -182,7 +184,7 @@ def _run_tasks(job: JobSpec, record: RunRecord, spark, progress: Callable[[str],
     for line in record.summary():
         progress(_redacted(line))
     if record.state == FAILED:
-        progress(f"repair it (failed and skipped tasks only) with: mlops job run {shown_path(job.path)} "
+        progress(f"repair it (failed and skipped tasks only) with: {job.run_command} "
                  f"--repair {record.run_id}")
     return record
 
@@ -335,17 +337,19 @@ def _blocked_by_upstream(task: TaskSpec, record: RunRecord) -> tuple[str, str]:
 
 def _run_child_job(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSession, counter: str,
                    progress: Callable[[str], None]) -> None:
-    """A run_job_task: run the other job file with its job parameters; this task ends as that run does."""
+    """A run_job_task: run the other job with its job parameters; this task ends as that run does."""
     entry = record.tasks[task.task_key]
-    child_file, parameters = task.run_job
-    entry.update(state=RUNNING, start_time=now(), job_file=str(child_file))
+    child_key, parameters = task.run_job
+    entry.update(state=RUNNING, start_time=now(), job=child_key)
     record.save()
     started = time.monotonic()
     try:
         parameters = _substitute(parameters, job, task, record, session, job_values=entry["parameters"])
         entry["job_parameters"] = parameters
-        progress(f"{counter} {task.task_key} ... started job {child_file.name}")
-        child = run_job(child_file, parameters, progress=lambda line: progress(f"    {line}"),
+        child_job = job.other_job(child_key)
+        entry["job_file"] = str(child_job.path)
+        progress(f"{counter} {task.task_key} ... started job {child_key}")
+        child = run_job(child_job, parameters, progress=lambda line: progress(f"    {line}"),
                         spark=session.spark)
         entry.update(state=child.state, child_run_id=child.run_id, child_run_record=str(child.path))
         if child.state != SUCCESS:

@@ -14,7 +14,7 @@ from mlops.serving.server import ServingApp, ServingOptions, ServingServer, requ
 
 logger = logging.getLogger(__name__)
 
-CREATE_HINT = ("train and promote one with `mlops job run databricks_jobs/taxi_fares_training.json` "
+CREATE_HINT = ("train and promote one with `mlops job run taxi_fares_training --target dev` "
                "(or `make demo`)")
 
 

@@ -80,7 +80,7 @@ def resolve_model(run) -> ResolvedModel:
     if not registry.exists():
         raise RegistryError(
             f"model '{config.registered_model_name}' does not exist in the registry yet: run the training "
-            "job first (locally: mlops job run databricks_jobs/taxi_fares_training.json)")
+            "job first (locally: mlops job run taxi_fares_training --target dev)")
     if config.trained_model_version:
         if not config.trained_model_version.isdigit():
             raise ConfigError(f"parameter 'trained_model_version' must be a version number such as 3, "

@@ -92,6 +92,8 @@ def test_nutter_notebook_is_discoverable_and_reports_its_results(path):
     assert path.stem.startswith("test_") or path.stem.endswith("_test")
     assert "from runtime.nutterfixture import NutterFixture" in text
     assert text.rstrip().endswith("result.exit(dbutils)")
+    # As a job task (the bundle's integration test job), a failed assertion must fail the run.
+    assert "raise AssertionError" in text
 
 
 # A stand-in for orchestrator/taxi_fares_train: it logs metrics and registers a version in the
@@ -157,11 +159,14 @@ def test_training_notebook_test_passes_when_a_version_is_registered(tmp_path, mo
 
 
 @pytest.mark.slow
-def test_training_notebook_test_fails_with_a_reason_when_no_model_comes_back(tmp_path, monkeypatch, spark,
-                                                                             mlflow_tracking, mlops_home):
-    results = run_nutter_notebook(tmp_path, monkeypatch, spark, '""', {})
-    assert not results.passed()
-    for case in results.results:
-        assert not case.passed
-        expected = "expected the training notebook to exit with models:/<name>/<version>, got ''"
-        assert expected in case.stack_trace
+def test_training_notebook_test_fails_the_task_with_a_reason_when_no_model_comes_back(
+        tmp_path, monkeypatch, spark, mlflow_tracking, mlops_home):
+    from mlops.errors import NotebookError
+
+    with pytest.raises(NotebookError) as raised:
+        run_nutter_notebook(tmp_path, monkeypatch, spark, '""', {})
+    reason = str(raised.value.__cause__)
+    failed = reason.split("integration tests failed: ", 1)[1].splitlines()[0].split(", ")
+    assert sorted(failed) == ["registered_version_has_finite_metrics", "registered_version_is_ready",
+                              "training_returns_model_uri"]
+    assert "expected the training notebook to exit with models:/<name>/<version>, got ''" in reason

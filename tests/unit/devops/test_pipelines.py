@@ -97,49 +97,57 @@ def test_ci_tests_builds_labelled_wheels_and_publishes_results_and_the_artifact(
     assert found["PublishTestResults@2"]["inputs"]["testResultsFormat"] == "JUnit"
     assert found["PublishTestResults@2"]["condition"] == "succeededOrFailed()"
     contents = found["CopyFiles@2"]["inputs"]["Contents"]
-    for needed in ("dist/*.whl", "orchestrator/**", "databricks_jobs/**", "tests/nutter/**"):
+    for needed in ("dist/*.whl", "databricks.yml", "orchestrator/**", "databricks_jobs/**",
+                   "tests/nutter/**"):
         assert needed in contents
     assert found["PublishPipelineArtifact@1"]["inputs"]["artifact"] == "drop"
 
 
-def test_cd_deploys_dev_then_staging_then_prod_from_the_ci_artifact():
+def test_cd_deploys_staging_then_prod_after_ci_with_the_same_wheel_version():
     cd = load(REPO_ROOT / "devops" / "cd.yml")
     assert cd["trigger"] == "none" and cd["pr"] == "none"
     (resource,) = cd["resources"]["pipelines"]
     assert resource["pipeline"] == "ci" and resource["trigger"]
+    variables = {variable["name"]: variable["value"] for variable in cd["variables"]}
+    assert variables["WHEEL_BUILD_LABEL"] == "b$(resources.pipeline.ci.runID)"
+    ci_variables = {variable["name"]: variable["value"] for variable in load(REPO_ROOT / "devops" / "ci.yml")
+                    ["variables"]}
+    assert ci_variables["WHEEL_BUILD_LABEL"] == "b$(Build.BuildId)"
     stages = cd["stages"]
-    assert [stage["stage"] for stage in stages] == ["dev", "staging", "prod"]
-    assert [stage.get("dependsOn") for stage in stages] == [None, "dev", "staging"]
+    assert [stage["stage"] for stage in stages] == ["staging", "prod"]
+    assert [stage.get("dependsOn") for stage in stages] == [None, "staging"]
     for stage in stages:
         assert stage["variables"] == [{"group": f"taxi-fares-{stage['stage']}"}]
         (job,) = stage["jobs"]
-        assert job["template"] == "templates/deploy-environment.yml"
-        assert job["parameters"]["environment"] == stage["stage"]
+        assert job["template"] == "templates/bundle-deploy.yml"
+        assert job["parameters"]["target"] == stage["stage"]
         assert job["parameters"]["azureDevOpsEnvironment"] == f"taxi-fares-{stage['stage']}"
         assert job["parameters"]["serviceConnection"] == f"taxi-fares-{stage['stage']}"
         assert (REPO_ROOT / "devops" / job["template"]).exists()
     tests_run = {stage["stage"]: stage["jobs"][0]["parameters"]["runIntegrationTests"] for stage in stages}
-    assert tests_run == {"dev": True, "staging": True, "prod": False}
+    assert tests_run == {"staging": True, "prod": False}
 
 
 def script_of(step):
     return step.get("script") or step.get("inputs", {}).get("inlineScript", "")
 
 
-def test_the_deployment_template_deploys_tests_and_trains():
-    template = load(REPO_ROOT / "devops" / "templates" / "deploy-environment.yml")
+def test_the_deployment_template_installs_the_cli_then_validates_deploys_and_runs_the_tests():
+    template = load(REPO_ROOT / "devops" / "templates" / "bundle-deploy.yml")
     (job,) = template["jobs"]
+    # A deployment job: the Azure DevOps environment's approvals gate it.
     assert job["environment"] == "${{ parameters.azureDevOpsEnvironment }}"
     scripts = [script_of(step) for step in steps_of(template)]
-    assert any("mlops deploy run --env ${{ parameters.environment }}" in script and "--dry-run" in script
-               for script in scripts)
-    nutter = next(script for script in scripts if "nutter run" in script)
-    for option in ('"${release}/tests/nutter/"', "--release-folder", "--resolve-dates",
-                   "--cluster_id \"$(cluster_id)\"", "--recursive", "--junit_report", "--notebook_params"):
-        assert option in nutter
-    assert any("mlops deploy trigger" in script and "--wait" in script for script in scripts)
-    published = tasks(template)["PublishTestResults@2"]["inputs"]
-    assert published["testResultsFiles"] == "test-nutter-result.*.xml"
+    install = next(script for script in scripts if "setup-cli" in script)
+    release = "https://raw.githubusercontent.com/databricks/setup-cli/v$(DATABRICKS_CLI_VERSION)/install.sh"
+    assert release in install
+    deploy = next(script for script in scripts if "bundle deploy" in script)
+    assert deploy.index("databricks bundle validate -t ${{ parameters.target }}") < \
+        deploy.index("databricks bundle deploy -t ${{ parameters.target }}")
+    run = next(step for step in steps_of(template) if "bundle run" in script_of(step))
+    assert script_of(run) == "databricks bundle run taxi_fares_integration_tests -t ${{ parameters.target }}"
+    assert "parameters.runIntegrationTests" in run["condition"]
+    assert scripts.index(install) < scripts.index(deploy) < scripts.index(script_of(run))
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda path: path.relative_to(REPO_ROOT).as_posix())
@@ -148,10 +156,10 @@ def test_databricks_steps_sign_in_through_the_service_connection_and_no_token_is
     assert "DATABRICKS_TOKEN" not in json.dumps(document.get("variables", [])), "a stored token variable"
     for step in steps_of(document):
         script = script_of(step)
-        if "mlops deploy" in script or "nutter run" in script:
+        if re.search(r"databricks (bundle|registered-models)", script):
+            # Workload identity federation: the service connection signs the Azure CLI in.
             assert step["task"] == "AzureCLI@2"
             assert step["inputs"]["azureSubscription"] == "${{ parameters.serviceConnection }}"
-            assert step["env"] == {"DATABRICKS_HOST": "$(DATABRICKS_HOST)",
-                                   "DATABRICKS_AUTH_TYPE": "azure-cli"}
-        if "DATABRICKS_TOKEN" in script:
-            assert 'DATABRICKS_TOKEN="$(az account get-access-token' in script, "a token not from the CLI"
+            assert step["env"]["DATABRICKS_HOST"] == "$(DATABRICKS_HOST)"
+            assert step["env"]["DATABRICKS_AUTH_TYPE"] == "azure-cli"
+        assert "DATABRICKS_TOKEN" not in script and "DATABRICKS_CLIENT_SECRET" not in script

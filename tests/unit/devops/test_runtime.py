@@ -3,25 +3,19 @@ from importlib import metadata
 
 import pytest
 
-from mlops.deploy import jobspec, runtime
+from mlops.deploy import runtime
+from mlops.local.bundle import load_bundle
 
-from .conftest import ENVIRONMENTS, JOBS_DIR, REPO_ROOT
-
-JOB_FILES = jobspec.job_files(JOBS_DIR)
-
-
-def spark_versions(settings):
-    clusters = [cluster["new_cluster"] for cluster in settings.get("job_clusters", [])]
-    return {cluster["spark_version"] for cluster in clusters}
+from .conftest import REPO_ROOT, TARGETS
 
 
-@pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_every_rendered_job_runs_on_the_lts_ml_runtime(env):
-    environment = jobspec.load_environment(env, JOBS_DIR)
-    for path in JOB_FILES:
-        assert spark_versions(jobspec.load_job(path)) == {runtime.SPARK_VERSION_KEY}
-        assert spark_versions(jobspec.render_job(jobspec.load_job(path), environment)) == \
-            {runtime.SPARK_VERSION_KEY}
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_job_of_every_target_runs_on_the_lts_ml_runtime(target):
+    bundle = load_bundle(REPO_ROOT, target)
+    versions = {job_key: {cluster["new_cluster"]["spark_version"] for cluster in job["job_clusters"]}
+                for job_key, job in bundle.resources("jobs").items()}
+    assert len(versions) == 4 and all(value == {runtime.SPARK_VERSION_KEY} for value in versions.values()), \
+        versions
 
 
 def test_the_runtime_is_an_lts_ml_runtime_for_cpu():

@@ -160,3 +160,38 @@ def test_help_describes_each_option_with_its_default(argv, expected, capsys):
         main(argv)
     shown = " ".join(capsys.readouterr().out.split())
     assert all(text in shown for text in expected), shown
+
+
+def test_job_run_names_the_bundle_s_targets_and_jobs_when_one_is_wrong(cli_env, capsys, monkeypatch):
+    from support.spark_cluster import REPO_ROOT
+
+    monkeypatch.chdir(REPO_ROOT / "orchestrator")
+    assert _main(["job", "run", "taxi_fares_training", "--target", "qa"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {REPO_ROOT / 'databricks.yml'}: no target 'qa' (targets: dev, staging, prod); "
+        "pass one of them with --target")
+    assert _main(["job", "run", "taxi_fares_trainer", "--target", "dev"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: the bundle in {REPO_ROOT} has no job 'taxi_fares_trainer' (jobs: taxi_fares_batch_scoring, "
+        "taxi_fares_integration_tests, taxi_fares_monitoring, taxi_fares_training)")
+    assert _main(["job", "run", str(JOBS / "diamond.json"), "--target", "dev"]) == 1
+    assert "--target and --var apply to the bundle's jobs only" in capsys.readouterr().err
+
+
+def test_job_run_outside_a_bundle_says_where_it_looked(cli_env, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert _main(["job", "run", "taxi_fares_training"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: no databricks.yml in {tmp_path.resolve()} or a folder above it: "
+        "run from the bundle's folder")
+
+
+def test_bundle_check_reports_no_problem_in_the_repository(capsys, monkeypatch):
+    from mlops.cli import main
+    from support.spark_cluster import REPO_ROOT, ensure_wheels
+
+    ensure_wheels()
+    monkeypatch.chdir(REPO_ROOT)
+    assert main(["bundle", "check"]) == 0
+    assert capsys.readouterr().out.strip().startswith(f"bundle taxi_fares in {REPO_ROOT}: no problems "
+                                                      "(every target; 4 jobs, 1 schemas, 4 volumes")

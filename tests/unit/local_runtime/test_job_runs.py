@@ -171,7 +171,7 @@ def test_a_false_condition_skips_the_child_job_and_the_run_succeeds(spark, mlops
 
 @pytest.mark.parametrize("task, message", [
     ({"run_job_task": {"job_id": 12}},
-     r"run_job_task job_id must be the placeholder \$\{resources.jobs.<job name>.id\}"),
+     r"run_job_task job_id must be the reference \$\{resources.jobs.<job key>.id\}"),
     ({"run_job_task": {"job_id": "${resources.jobs.ghost.id}"}},
      r"no job named 'ghost' in .* \(jobs there: bad\)"),
     ({"run_if": "SOMETIMES", "run_job_task": {}}, r"run_if 'SOMETIMES' is not one of ALL_SUCCESS, ALL_DONE"),

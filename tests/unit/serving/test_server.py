@@ -190,7 +190,7 @@ def test_a_token_is_required_off_loopback_and_wrong_tokens_are_refused(serve):
 
 def test_a_missing_model_or_alias_names_the_command_that_creates_it(serve):
     with pytest.raises(ConfigError, match="model 'no_such_model' is not registered; train and promote one "
-                                          "with `mlops job run databricks_jobs/taxi_fares_training.json`"):
+                                          "with `mlops job run taxi_fares_training --target dev`"):
         serve(model_name="no_such_model")
     with pytest.raises(ConfigError, match="has no alias 'Gold'"):
         serve(alias="Gold")
