@@ -68,7 +68,11 @@ def distribution(target, version):
         return _wheel("taxi_fares_mlops",
                       "Stage logic, job config, registry lifecycle and local Databricks runtime", "ml_ops",
                       [f"taxi_fares=={version}", "opencensus-ext-azure>=1.1.9,<2",
-                       "azure-storage-blob>=12.19,<13", "prometheus-client>=0.20,<1"],
+                       "azure-storage-blob>=12.19,<13", "prometheus-client>=0.20,<1",
+                       # The serving request log's writer; the runtime ships no delta-rs.
+                       "deltalake>=1.6,<2",
+                       # Local and serving locks (flock on POSIX, msvcrt on Windows).
+                       "filelock>=4.2,<5"],
                       ("pyspark", "pandas", "numpy", "lightgbm", "mlflow", "scikit-learn", "scipy",
                        "matplotlib", "databricks-sdk", "pyyaml"),
                       entry_points={"console_scripts": ["mlops=mlops.cli:main"]})
@@ -101,7 +105,7 @@ _target = os.environ.get(TARGET_ENV, "")
 _version = os.environ.get("WHEEL_VERSION") or build_version()
 setup(
     version=_version,
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     options={
         "build": {"build_base": f"build/{_target}"},
         "egg_info": {"egg_base": f"build/{_target}" if _target else None},

@@ -1,15 +1,14 @@
 """Named locks that several local processes share, as files under ``$MLOPS_HOME/locks``.
 
-``fcntl.flock`` locks are released by the kernel when their process ends, so a killed
-process never leaves a lock behind.
+``filelock`` takes an OS lock on the file (``flock`` on POSIX, ``msvcrt`` on Windows), which
+the kernel releases when the process ends, so a killed process never leaves a lock behind.
 """
 import contextlib
-import fcntl
-import os
 import re
-import time
 from pathlib import Path
 from typing import Iterator, Optional
+
+import filelock
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -25,23 +24,14 @@ def file_lock(path: Path, wait_seconds: Optional[float] = None, poll_seconds: fl
     ``wait_seconds`` None waits as long as it takes; 0 tries once.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = filelock.FileLock(path, timeout=-1 if wait_seconds is None else wait_seconds,
+                             poll_interval=poll_seconds, preserve_lock_file=True)
     try:
-        deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(poll_seconds)
-        os.ftruncate(handle, 0)
-        os.write(handle, f"{os.getpid()}\n".encode())
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        lock.acquire()
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
     finally:
-        os.close(handle)
+        lock.release()

@@ -4,19 +4,25 @@ Each request is appended to the server's journal (one JSON line, numbered) befor
 is sent; a killed process loses nothing the kernel has taken. Commits to the log carry a Delta
 app transaction (the journal's id and the last number written), the mechanism Spark's
 ``txnAppId``/``txnVersion`` use. A server that starts finds the journals of servers that died
-(their file lock is free), appends what their log commits do not cover, and deletes them: each
-row lands exactly once. A server's own journal is emptied whenever all it holds is committed.
+(the lock file beside each, ``<journal>.lock``, is free), appends what their log commits do not
+cover, and deletes them: each row lands exactly once. A server's own journal is emptied whenever
+all it holds is committed.
 """
 import contextlib
 import datetime
-import fcntl
 import json
 import os
 import threading
 import uuid
 from pathlib import Path
 
+import filelock
 import numpy as np
+
+
+def _liveness_lock(journal: Path) -> filelock.FileLock:
+    """The lock a living server holds on its journal; the OS frees it when the server dies."""
+    return filelock.FileLock(journal.with_suffix(".lock"), thread_local=False, preserve_lock_file=True)
 
 
 class Journal:
@@ -26,8 +32,9 @@ class Journal:
         folder.mkdir(parents=True, exist_ok=True)
         self.app_id = app_id or f"mlops-serve-{uuid.uuid4().hex}"
         self.path = folder / f"{self.app_id}.jsonl"
+        self._alive = _liveness_lock(self.path)
+        self._alive.acquire(blocking=False)
         self._handle = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._lock = threading.Lock()
         self.last_written = self.committed = 0
 
@@ -49,30 +56,36 @@ class Journal:
     def close(self):
         """Release the journal; the file goes when all it held is committed."""
         with self._lock:
-            if self.committed == self.last_written:
+            emptied = self.committed == self.last_written
+            if emptied:
                 self.path.unlink(missing_ok=True)
             os.close(self._handle)
+            self._alive.release()
+            if emptied:
+                Path(self._alive.lock_file).unlink(missing_ok=True)
 
 
 def orphans(folder: Path) -> list:
     """The journals in ``folder`` that no living server holds: (app id, path)."""
     found = []
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        with open(path, "rb") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            found.append((path.stem, path))
+        lock = _liveness_lock(path)
+        try:
+            lock.acquire(blocking=False)
+        except filelock.Timeout:
+            continue
+        lock.release()
+        found.append((path.stem, path))
     return found
 
 
 @contextlib.contextmanager
 def held(path: Path):
     """Hold ``path``'s lock while its entries are recovered, so two starting servers do not both."""
-    with open(path, "rb") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with _liveness_lock(path) as lock:
         yield
+    if not path.exists():
+        Path(lock.lock_file).unlink(missing_ok=True)
 
 
 def entries(path: Path, request_type) -> list:
