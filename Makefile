@@ -46,7 +46,7 @@ test-quick: venv node wheels jars lint
 	$(PY) -m pytest -m "not slow"
 
 demo: venv node wheels jars
-	$(PY) -m mlops.local.demo --rows $(DEMO_ROWS)
+	$(PY) -m mlops.demo --rows $(DEMO_ROWS)
 
 bench: venv node wheels jars
 	$(PY) -m benchmarks.run

@@ -17,20 +17,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import run as bench
+from benchmarks import common
 
 SIZES = "1000000,4000000"
 MONITORED_DAY = datetime.date(2016, 2, 1)
 LOG_TABLE = "predictions"
 REFERENCE_ROWS = 50_000
-SAVED = bench.DATA_DIR / "monitoring.json"
 ROUTES = {"A": "scoring the window's rows into the inference log (route A of the scoring benchmark)",
           "M": "monitoring the window: versions present, one aggregation and one exact binning per window "
                "and version, the judgement, and the two metric tables' upserts"}
 
 
 def log_location(rows: int) -> Path:
-    return bench.DATA_DIR / f"monitoring_log_{rows}"
+    return common.DATA_DIR / f"monitoring_log_{rows}"
 
 
 def one_day(features):
@@ -59,15 +58,15 @@ def prepare_log(spark, rows: int, model_uri: str):
     tables = TableStore(spark, str(log_location(rows)))
     if tables.exists(monitor.metric_table_names(LOG_TABLE)["baseline"]):
         return tables
-    features = spark.read.parquet(str(bench.features_path(rows)))
-    model = ResolvedModel(ModelRef(bench.MODEL_NAME, "1"), "alias Champion",
+    features = spark.read.parquet(str(common.features_path(rows)))
+    model = ResolvedModel(ModelRef(common.MODEL_NAME, "1"), "alias Champion",
                           engine.load_scoring_model(model_uri))
-    write_predictions(tables, LOG_TABLE, one_day(features), model, bench._provenance())
+    write_predictions(tables, LOG_TABLE, one_day(features), model, common.provenance())
     sample = features.limit(REFERENCE_ROWS).toPandas()
     booster = mlflow.lightgbm.load_model(model_uri)
-    names = bench.feature_names()
+    names = common.feature_names()
     predictions = training.predict(booster, sample[names])
-    reference = build_reference(bench.MODEL_NAME, "1", sample, names, predictions,
+    reference = build_reference(common.MODEL_NAME, "1", sample, names, predictions,
                                 sample[LABEL_COLUMN].to_numpy(dtype=float))
     monitor.write_baseline(tables, LOG_TABLE, reference)
     return tables
@@ -84,7 +83,7 @@ def route_m(spark, features, model_uri, output: Path):
     rows = tables.read(LOG_TABLE).count()
 
     def run(rep):
-        result = monitor_range(tables, LOG_TABLE, bench.MODEL_NAME, bench.feature_names(), settings,
+        result = monitor_range(tables, LOG_TABLE, common.MODEL_NAME, common.feature_names(), settings,
                                MONITORED_DAY, MONITORED_DAY)
         counted = {row["count"] for row in result.profile_rows if row["column_name"] == ":table"}
         if counted != {rows}:
@@ -109,9 +108,9 @@ def section(saved: dict) -> str:
         runs = [", ".join(f"{value:.2f}" for value in result["seconds"]) for result in (score, watch)]
         lines.append(f"| {rows:,} | {score['median_seconds']:.2f} | {watch['median_seconds']:.2f} | "
                      f"{watch['median_seconds'] / score['median_seconds']:.2f} | {runs[0]} | {runs[1]} | "
-                     f"{bench._mib(score['python_peak_rss'])} | {bench._mib(watch['python_peak_rss'])} | "
-                     f"{bench._mib(watch['jvm_peak_rss'])} |")
-    judged = bench.judged_size(saved["sizes"])
+                     f"{common.mib(score['python_peak_rss'])} | {common.mib(watch['python_peak_rss'])} | "
+                     f"{common.mib(watch['jvm_peak_rss'])} |")
+    judged = common.judged_size(saved["sizes"])
     ratio = results[("M", judged)]["median_seconds"] / results[("A", judged)]["median_seconds"]
     peaks = [results[("M", rows)]["python_peak_rss"] for rows in saved["sizes"]]
     growth = max(peaks) / min(peaks)
@@ -119,7 +118,7 @@ def section(saved: dict) -> str:
               f"- monitoring a window of {judged:,} rows takes no longer than scoring them (M/A <= 1): "
               f"{ratio:.2f}, {'met' if ratio <= 1 else '**missed**'}",
               f"- the driver's Python memory does not grow with the window's rows: peak "
-              f"{', '.join(bench._mib(peak) for peak in peaks)} MiB across the sizes (largest / smallest "
+              f"{', '.join(common.mib(peak) for peak in peaks)} MiB across the sizes (largest / smallest "
               f"{growth:.2f}), {'met' if growth <= 1.15 else '**missed**'}",
               "", "M carries fixed costs that A does not: the pass that finds the versions present, loading "
               "their reference profiles, and two MERGE commits into the metric tables (about 2 s together), "
@@ -131,21 +130,20 @@ def section(saved: dict) -> str:
 
 
 def main():
-    sys.path[:0] = [path for path in bench.SOURCE_PATHS if path not in sys.path]
-    os.environ["PYTHONPATH"] = os.pathsep.join([*bench.SOURCE_PATHS, str(bench.ROOT)])
+    common.use_working_tree()
     sizes = [int(size) for size in os.environ.get("BENCH_MONITORING_SIZES", SIZES).split(",") if size]
     reps = int(os.environ.get("BENCH_REPS", "3"))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    bench.DATA_DIR.mkdir(parents=True, exist_ok=True)
+    common.DATA_DIR.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     store = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
     tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
     try:
-        spark = bench.spark_session()
+        spark = common.spark_session()
         for rows in sizes:
-            bench.prepare_data(spark, rows)
-        model_uri = bench.train_and_register(spark, sizes[0], tracking_uri, store / "artifacts")
+            common.prepare_data(spark, rows)
+        model_uri = common.train_and_register(spark, sizes[0], tracking_uri, store / "artifacts")
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
         for rows in sizes:
             # A new model means new predictions: the cached log is rebuilt with it.
@@ -155,9 +153,9 @@ def main():
         results = []
         for rows in sizes:
             print(f"{rows:,} rows in one day-window", flush=True)
-            results += [bench.run_child(route, rows, model_uri, tracking_uri, reps) for route in ("A", "M")]
+            results += [common.run_child(route, rows, model_uri, tracking_uri, reps) for route in ("A", "M")]
         saved = {"started": started, "reps": reps, "sizes": sizes, "results": results}
-        bench.save_section(SAVED, saved)
+        common.save_section("monitoring", saved, section)
         print(section(saved))
     finally:
         shutil.rmtree(store, ignore_errors=True)

@@ -25,9 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks import run as bench
+from benchmarks import common
 
-SAVED = bench.DATA_DIR / "serving.json"
 FEATURE_ROWS = 1_000_000
 CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = 1_000
@@ -40,7 +39,7 @@ def trips_and_snapshot(spark):
     from pyspark.sql import functions as F
     from taxi_fares import features
 
-    frame = spark.read.parquet(str(bench.features_path(FEATURE_ROWS)))
+    frame = spark.read.parquet(str(common.features_path(FEATURE_ROWS)))
     slot = frame.select(F.max(features.PICKUP)).first()[0].replace(minute=0, second=0, microsecond=0) \
         - datetime.timedelta(hours=6)
     rows = (frame.where((F.col(features.PICKUP) >= F.lit(slot))
@@ -242,22 +241,21 @@ def section(saved: dict) -> str:
 
 
 def main():
-    sys.path[:0] = [path for path in bench.SOURCE_PATHS if path not in sys.path]
-    os.environ["PYTHONPATH"] = os.pathsep.join([*bench.SOURCE_PATHS, str(bench.ROOT)])
+    common.use_working_tree()
     seconds = float(os.environ.get("BENCH_SERVING_SECONDS", "8"))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as folder:
         store = Path(folder)
         tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
-        spark = bench.spark_session()
-        bench.prepare_data(spark, FEATURE_ROWS)
-        bench.train_and_register(spark, FEATURE_ROWS, tracking_uri, store / "artifacts")
+        spark = common.spark_session()
+        common.prepare_data(spark, FEATURE_ROWS)
+        common.train_and_register(spark, FEATURE_ROWS, tracking_uri, store / "artifacts")
         raw, feature_rows, snapshot = trips_and_snapshot(spark)
         spark.stop()
         import mlflow
 
         mlflow.MlflowClient(tracking_uri, tracking_uri).set_model_version_tag(
-            bench.MODEL_NAME, "1", "model_validation_status", "PASSED")
+            common.MODEL_NAME, "1", "model_validation_status", "PASSED")
         from mlops.serving import online_store
 
         online_store.publish(store / "online_store", snapshot)
@@ -266,7 +264,7 @@ def main():
         environment = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, MLOPS_HOME=str(store / "home"),
                            PATH=path)
         port = free_port()
-        ours_command = [sys.executable, "-m", "mlops", "serve", "--model", bench.MODEL_NAME,
+        ours_command = [sys.executable, "-m", "mlops", "serve", "--model", common.MODEL_NAME,
                         "--port", str(port), "--online-store", str(store / "online_store"),
                         "--max-feature-age-minutes", "1e9"]
         single = [body([trip]) for trip in raw]
@@ -287,12 +285,12 @@ def main():
             stop(process)
         print("mlflow models serve", flush=True)
         peer_command = [sys.executable, "-m", "mlflow", "models", "serve",
-                        "-m", f"models:/{bench.MODEL_NAME}/1", "-p", str(port), "-h", "127.0.0.1",
+                        "-m", f"models:/{common.MODEL_NAME}/1", "-p", str(port), "-h", "127.0.0.1",
                         "--env-manager", "local"]
         peer = measure_server(peer_command, port, environment, [body([row]) for row in feature_rows],
                               [body(batch_of(feature_rows))], seconds)
         saved = {"started": started, "seconds": seconds, "ours": ours, "mlflow": peer}
-        bench.save_section(SAVED, saved)
+        common.save_section("serving", saved, section)
         print(section(saved))
     return 0
 

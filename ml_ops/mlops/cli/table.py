@@ -11,23 +11,13 @@ def _history(args):
 
 def print_history(location: str, name: str, spark=None):
     """Print DESCRIBE HISTORY of table ``name``, newest first: one line per version."""
+    from mlops.data.table_history import COLUMNS, history_rows
     from mlops.lifecycle.model_admin import format_table
     from mlops.local.session import spark_session
 
     store = TableStore(spark or spark_session(), location)
-    rows = [[entry["version"], entry["timestamp"].strftime("%Y-%m-%d %H:%M:%S"), entry["operation"],
-             _rows_written(entry.get("operationMetrics") or {}), entry.get("engineInfo") or "-"]
-            for entry in store.history(name)]
     print(f"table {name} at {store.target(name).shown}")
-    print(format_table(["version", "time (UTC)", "operation", "rows written", "engine"], rows))
-
-
-def _rows_written(metrics: dict) -> str:
-    """The rows a commit wrote, from Delta's operation metrics; '-' for commits that write none."""
-    if "numTargetRowsInserted" in metrics:
-        return f"{metrics['numTargetRowsInserted']} new, {metrics.get('numTargetRowsUpdated', 0)} updated"
-    # Spark's Delta writes say numOutputRows; the online server's delta-rs appends num_added_rows.
-    return metrics.get("numOutputRows") or metrics.get("num_added_rows") or "-"
+    print(format_table(COLUMNS, history_rows(store, name)))
 
 
 def _convert(args):

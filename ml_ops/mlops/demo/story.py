@@ -2,9 +2,9 @@
 
 Trains, validates and promotes on January 2016, then scores February 2016 with the
 Champion and publishes the results to a local Azurite (or a folder when Node is absent).
-Then the loop closes (:mod:`mlops.local.demo_loop`): February is monitored, a drifted March
+Then the loop closes (:mod:`mlops.demo.loop`): February is monitored, a drifted March
 is scored and monitored, and the monitoring job retrains. Last, the Champion answers three
-trips online (:mod:`mlops.local.demo_serving`).
+trips online (:mod:`mlops.demo.online`).
 """
 import argparse
 import contextlib
@@ -14,12 +14,14 @@ import os
 import sys
 import mlflow
 
-from mlops.cli.table import print_history
+from mlops.data.table_history import COLUMNS, history_rows
+from mlops.data.tables import TableStore
+from mlops.lifecycle.model_admin import format_table
 from mlops.local import azurite
 from mlops.data.generator import generate
 from mlops.platform.home import mlflow_tracking_uri, mlops_home
-from mlops.local.demo_loop import close_the_loop
-from mlops.local.demo_serving import serve_three_trips
+from mlops.demo.loop import close_the_loop
+from mlops.demo.online import serve_three_trips
 from mlops.local.job_file import bundle_job
 from mlops.local.jobs import run_job
 from mlops.local.session import spark_session
@@ -42,8 +44,6 @@ def scoring_config() -> ScoringConfig:
 
 def labels_of(spark):
     """Where the generator writes late labels: the scoring job's labels table."""
-    from mlops.data.tables import TableStore
-
     config = scoring_config()
     return TableStore(spark, config.table_location), config.labels_table
 
@@ -116,7 +116,7 @@ def _print_published(server, scoring_record):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mlops.demo", description=__doc__)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--data", default=scoring_config().taxi_fares_raw_data,
                         help="where the trips go (default: the dev target's raw volume)")
@@ -132,7 +132,8 @@ def main(argv=None):
         scoring = _run(SCORING_JOB, {"taxi_fares_raw_data": args.data})
         _print_published(server, scoring)
     _banner(f"Inference log {config.predictions_table} (mlops table history {config.predictions_table})")
-    print_history(config.table_location, config.predictions_table)
+    log = TableStore(spark, config.table_location)
+    print(format_table(COLUMNS, history_rows(log, config.predictions_table)))
     close_the_loop(spark, args.data, args.rows, _run, _banner, labels_of(spark))
     serve_three_trips(_banner, config)
     _banner("Next")

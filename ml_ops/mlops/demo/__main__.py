@@ -1,0 +1,5 @@
+import sys
+
+from mlops.demo.story import main
+
+sys.exit(main())
