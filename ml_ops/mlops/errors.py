@@ -36,10 +36,6 @@ class PublishError(MlopsError):
     """Publishing results to blob storage failed."""
 
 
-class TransientError(MlopsError):
-    """A retryable failure: throttling, 5xx, or a dropped connection."""
-
-
 class StageFailed(MlopsError):
     """A pipeline stage failed; names the stage and keeps the cause."""
 

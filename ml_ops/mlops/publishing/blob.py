@@ -24,13 +24,13 @@ from mlops.errors import ConfigError, PublishError
 from mlops.observability.redaction import parse_connection_string, register_secret
 from mlops.publishing.names import validate_container_name
 from mlops.publishing.publisher import MANIFEST_NAME, Publisher, content_type, md5_and_size
-from mlops.publishing.retry import call_with_retry
 
 logger = logging.getLogger(__name__)
 
-# Short backoffs (about 1.75 s, 2.5 s, 3.6 s for three retries); the SDK default starts at
-# 15 s. A connection that cannot be opened is retried only once, so a wrong or dead
-# endpoint fails in about two seconds instead of after every retry.
+# azure-core's retry policy retries throttling, 5xx and dropped connections, rewinding a file
+# upload's stream. Short backoffs (about 1.75 s, 2.5 s, 3.6 s for three retries); the SDK
+# default starts at 15 s. A connection that cannot be opened is retried only once, so a wrong
+# or dead endpoint fails in about two seconds instead of after every retry.
 _RETRY_INITIAL_BACKOFF_SECONDS = 0.25
 _RETRY_INCREMENT_BASE = 1.5
 _RETRY_JITTER_SECONDS = 0.25
@@ -62,7 +62,6 @@ class BlobPublisher(Publisher):
         fields = parse_connection_string(connection_string, "blob connection string")
         for key in ("accountkey", "sharedaccesssignature"):
             register_secret(fields.get(key))
-        self._upload_attempts = retries + 1
         retry_policy = ExponentialRetry(
             initial_backoff=_RETRY_INITIAL_BACKOFF_SECONDS, increment_base=_RETRY_INCREMENT_BASE,
             retry_total=retries, retry_connect=min(retries, _CONNECT_RETRIES),
@@ -142,13 +141,9 @@ class BlobPublisher(Publisher):
         settings = ContentSettings(content_type=content_type(name),
                                    content_md5=bytearray(base64.b64decode(md5)))
 
-        def upload_once() -> None:
-            with open(path, "rb") as stream:
-                # The whole file is retried below, so the SDK must not retry inside the call too.
-                self._container.upload_blob(name, stream, length=size, overwrite=True,
-                                            content_settings=settings, max_concurrency=1, retry_total=0)
-
-        call_with_retry(upload_once, attempts=self._upload_attempts)
+        with open(path, "rb") as stream:
+            self._container.upload_blob(name, stream, length=size, overwrite=True,
+                                        content_settings=settings, max_concurrency=1)
         return md5, size
 
     def _write_manifest(self, name: str, payload: bytes) -> str:
