@@ -56,10 +56,15 @@ _boosters = {}
 
 @dataclass(frozen=True)
 class ScoringModel:
-    """A LightGBM model as the driver ships it: its text, digest and the feature order it expects."""
+    """A LightGBM model as the driver ships it: its text, digest and the feature order it expects.
+
+    With ``load_marker_dir`` set, each worker writes one marker file per load of the model, so
+    that a check can count loads per worker process.
+    """
 
     text: str
     feature_names: tuple
+    load_marker_dir: str | None = None
 
     @property
     def digest(self) -> str:
@@ -103,13 +108,13 @@ def load_scoring_model(model_uri_or_path: str, download_dir: Path | None = None)
     return ScoringModel.from_text(model_file(local).read_text())
 
 
-def _booster(model: ScoringModel, digest: str, load_marker_dir: str | None):
+def _booster(model: ScoringModel, digest: str):
     """This worker's booster for ``digest``, built on first use."""
     booster = _boosters.get(digest)
     if booster is None:
         booster = _boosters[digest] = lightgbm.Booster(model_str=model.text)
-        if load_marker_dir:
-            _write_load_marker(Path(load_marker_dir), digest)
+        if model.load_marker_dir:
+            _write_load_marker(Path(model.load_marker_dir), digest)
     return booster
 
 
@@ -121,14 +126,14 @@ def _write_load_marker(folder: Path, digest: str):
     (folder / f"load-{os.getpid()}-{uuid.uuid4().hex[:8]}.json").write_text(json.dumps(marker))
 
 
-def _prediction_udf(model: ScoringModel, load_marker_dir: str | None):
+def _prediction_udf(model: ScoringModel):
     """A scalar Arrow UDF: the feature columns in, in model order; the prediction out."""
     import pyarrow
 
     digest = model.digest
 
     def predict(*features: pyarrow.Array) -> pyarrow.Array:
-        booster = _booster(model, digest, load_marker_dir)
+        booster = _booster(model, digest)
         # Arrow columns straight into one float64 matrix, with no pandas in between.
         matrix = np.empty((len(features[0]), len(features)), dtype=np.float64)
         for position, column in enumerate(features):
@@ -192,14 +197,12 @@ def request_id_column():
     return F.lpad(F.lower(F.hex(F.col(TRIP_ID))), 16, "0")
 
 
-def score_features(features_df: DataFrame, model_uri_or_path, provenance: Provenance, *,
-                   load_marker_dir: str | None = None) -> DataFrame:
+def score_features(features_df: DataFrame, model_uri_or_path, provenance: Provenance) -> DataFrame:
     """Inference log rows for every row of ``features_df``, predicted on the executors.
 
     ``model_uri_or_path`` is an MLflow model URI, a local model folder or LightGBM file, or
     a :class:`ScoringModel` already read on the driver. Output: :func:`log_columns`, with
-    ``label`` null when the input has no ``fare_amount``. ``load_marker_dir`` makes each
-    worker write one marker file per model load, to check that models load once per worker.
+    ``label`` null when the input has no ``fare_amount``.
     """
     model = model_uri_or_path if isinstance(model_uri_or_path, ScoringModel) \
         else load_scoring_model(str(model_uri_or_path))
@@ -212,7 +215,7 @@ def score_features(features_df: DataFrame, model_uri_or_path, provenance: Proven
     # pickup_zip and dropoff_zip are keys and features: select each column once.
     inputs = features_df.select(*dict.fromkeys([TRIP_ID, *model.feature_names]),
                                 F.col(PICKUP).alias(TIMESTAMP), label.alias(LABEL))
-    predict = _prediction_udf(model, load_marker_dir)
+    predict = _prediction_udf(model)
     scored = inputs.withColumn(PREDICTION, predict(*[F.col(name) for name in model.feature_names]))
     return log_rows(scored, provenance, model.feature_names)
 

@@ -76,6 +76,9 @@ class Publisher:
     """The publish protocol shared by the blob and folder publishers; subclasses do the storage I/O."""
 
     max_concurrency: int
+    # Called with each file's name before its upload; what it raises counts as that upload
+    # failing, which lets a check simulate a crash part-way.
+    before_upload: Callable[[str], None] | None = None
 
     def check_access(self) -> None:
         raise NotImplementedError
@@ -96,14 +99,12 @@ class Publisher:
         self.close()
 
     def publish(self, files: Sequence[tuple[str | os.PathLike, int]], prefix: str, run_id: str,
-                manifest: dict, before_upload: Callable[[str], None] | None = None) -> PublishResult:
+                manifest: dict) -> PublishResult:
         """Publish ``files`` (pairs of local path and row count) as run ``run_id`` under ``prefix``.
 
         Old blobs of the same run are removed first (manifest first), the files are
         uploaded in parallel, and the manifest (the caller's ``manifest`` entries plus
         run id, time, prefix, files and total rows) is written only after all succeeded.
-        ``before_upload(name)`` is called before each file's upload; an exception it
-        raises is treated as that upload failing, which lets tests simulate a crash.
         Raises ConfigError for bad arguments and PublishError naming the failed file.
         """
         run_prefix = self._run_prefix(prefix, run_id)
@@ -111,7 +112,7 @@ class Publisher:
         extra = self._check_manifest_entries(manifest)
 
         self._delete_run(run_prefix)
-        published = self._upload_all(local_files, run_prefix, run_id, before_upload)
+        published = self._upload_all(local_files, run_prefix, run_id)
         document = {
             "run_id": run_id,
             "created_at": datetime.now(timezone.utc).isoformat(),
@@ -174,8 +175,7 @@ class Publisher:
             raise ConfigError(f"manifest is not JSON-serialisable: {err}") from err
         return dict(manifest)
 
-    def _upload_all(self, local_files: list[_LocalFile], run_prefix: str, run_id: str,
-                    before_upload: Callable[[str], None] | None) -> list[PublishedFile]:
+    def _upload_all(self, local_files: list[_LocalFile], run_prefix: str, run_id: str) -> list[PublishedFile]:
         failed = threading.Event()
 
         def upload(local: _LocalFile) -> PublishedFile | None:
@@ -183,8 +183,8 @@ class Publisher:
             if failed.is_set():
                 return None
             try:
-                if before_upload is not None:
-                    before_upload(local.name)
+                if self.before_upload is not None:
+                    self.before_upload(local.name)
                 md5, size = self._upload_file(local.path, run_prefix + local.name)
             except BaseException:
                 failed.set()

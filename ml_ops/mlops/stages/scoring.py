@@ -153,7 +153,7 @@ def engineer_features(run):
                                 config.online_store_path)
 
 
-def score_and_write(run, model: ResolvedModel, load_marker_dir: str | None = None) -> ScoredPredictions:
+def score_and_write(run, model: ResolvedModel) -> ScoredPredictions:
     """Score the scoring range's feature set on the executors; append the rows to the inference log."""
     config = run.config
     features = load_feature_set(run, config.scoring_data_start_date, config.scoring_data_end_date, SCORING)
@@ -165,8 +165,7 @@ def score_and_write(run, model: ResolvedModel, load_marker_dir: str | None = Non
         model_name=model.ref.name, model_version=model.ref.version, job_run_id=run.job.job_run_id,
         mlflow_run_id=run.mlflow_run_id or "", scored_at=datetime.datetime.now(datetime.timezone.utc),
         model_alias=config.model_alias if model.resolved_from.startswith("alias") else "")
-    write_predictions(run.tables, config.predictions_table, features, model, provenance,
-                      load_marker_dir=load_marker_dir)
+    write_predictions(run.tables, config.predictions_table, features, model, provenance)
     scored = ScoredPredictions(table=config.predictions_table, rows=0, model=model.ref,
                                scoring_run_id=provenance.job_run_id, scored_at=provenance.scored_at,
                                has_actuals=engine.LABEL_COLUMN in features.columns,
@@ -180,15 +179,13 @@ def score_and_write(run, model: ResolvedModel, load_marker_dir: str | None = Non
     return scored
 
 
-def write_predictions(tables, table: str, features, model: ResolvedModel, provenance: engine.Provenance,
-                      load_marker_dir=None):
+def write_predictions(tables, table: str, features, model: ResolvedModel, provenance: engine.Provenance):
     """Score ``features`` on the executors and append them to the inference log ``table``, in one commit.
 
     Keyed by request id and model version: a trip scored again by the same version replaces its
     row, a trip scored by another version gets a row of its own.
     """
-    predictions = engine.score_features(features, model.scoring_model, provenance,
-                                        load_marker_dir=load_marker_dir)
+    predictions = engine.score_features(features, model.scoring_model, provenance)
     with engine.session_settings(features.sparkSession,
                                  engine.log_write_settings(model.scoring_model.feature_names)):
         tables.upsert(predictions, table, engine.LOG_KEYS, engine.PARTITION_COLUMNS,
@@ -256,15 +253,15 @@ def staged_rows_of_this_run(run, scored: ScoredPredictions):
         shutil.rmtree(platform.driver_path(uri), ignore_errors=True)
 
 
-def publish_predictions(run, scored: ScoredPredictions, target: PublishTarget, before_upload=None):
+def publish_predictions(run, scored: ScoredPredictions, target: PublishTarget):
     """Publish the part files under <prefix>/<scoring range>/<run id>/, manifest last."""
     if target.publisher is None:
         return None
     with staged_rows_of_this_run(run, scored) as folder:
-        return _publish_files(run, scored, target, prediction_files(folder), before_upload)
+        return _publish_files(run, scored, target, prediction_files(folder))
 
 
-def _publish_files(run, scored: ScoredPredictions, target: PublishTarget, files, before_upload):
+def _publish_files(run, scored: ScoredPredictions, target: PublishTarget, files):
     config = run.config
     total = sum(rows for _, _, rows in files)
     if total != scored.rows:
@@ -294,8 +291,7 @@ def _publish_files(run, scored: ScoredPredictions, target: PublishTarget, files,
         "parameters": config.as_params(),
     }
     result = target.publisher.publish(named, prefix=publish_prefix(config),
-                                      run_id=scored.scoring_run_id, manifest=manifest,
-                                      before_upload=before_upload)
+                                      run_id=scored.scoring_run_id, manifest=manifest)
     mlflow.set_tags({"scoring.blob_url": result.url, "scoring.manifest_url": result.manifest_url})
     run.set_task_value("blob_url", result.url)
     logger.info("published %d files (%d rows) to %s", len(result.files), total, result.url)

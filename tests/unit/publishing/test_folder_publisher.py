@@ -26,8 +26,9 @@ def test_source_file_vanishing_mid_publish_leaves_no_partial_files(tmp_path, mak
         if name == "part-1.csv":
             files[1][0].unlink()
 
+    publisher.before_upload = delete_second_source
     with pytest.raises(PublishError, match="failed at file 'part-1.csv': FileNotFoundError"):
-        publisher.publish(files, "scores", "run-1", {}, before_upload=delete_second_source)
+        publisher.publish(files, "scores", "run-1", {})
 
     run_dir = tmp_path / "out" / "results" / "scores" / "run-1"
     # No manifest, and no temporary copy of the failed file.

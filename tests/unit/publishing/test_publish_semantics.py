@@ -55,8 +55,9 @@ def test_manifest_is_absent_while_files_upload(target, make_files):
         old_file = reader.read("scores/run-1/old.csv")
         seen_during_upload.append((name, reader.manifest("scores/run-1/"), old_file))
 
-    publisher.publish(make_files("a.csv", "b.csv", tag="v2-"), "scores", "run-1", MODEL_INFO,
-                      before_upload=observe)
+    publisher.before_upload = observe
+    publisher.publish(make_files("a.csv", "b.csv", tag="v2-"), "scores", "run-1", MODEL_INFO)
+    publisher.before_upload = None
 
     assert sorted(name for name, _, _ in seen_during_upload) == ["a.csv", "b.csv"]
     # Neither the old manifest nor the old run's files are visible once uploads start.
@@ -96,8 +97,10 @@ def test_failed_upload_leaves_no_manifest_and_a_rerun_completes(target, make_fil
         if name == "part-1.csv":
             raise OSError("simulated crash while writing part-1.csv")
 
+    publisher.before_upload = crash_on_second_file
     with pytest.raises(PublishError) as caught:
-        publisher.publish(files, "scores", "run-1", MODEL_INFO, before_upload=crash_on_second_file)
+        publisher.publish(files, "scores", "run-1", MODEL_INFO)
+    publisher.before_upload = None
 
     message = str(caught.value)
     assert "run 'run-1'" in message
@@ -124,8 +127,9 @@ def test_parallel_failure_stops_queued_uploads(target, make_files):
         if name == "part-0.csv":
             raise RuntimeError("disk vanished")
 
+    publisher.before_upload = crash_on_first_file
     with pytest.raises(PublishError, match="failed at file 'part-0.csv': RuntimeError: disk vanished"):
-        publisher.publish(files, "scores", "run-1", MODEL_INFO, before_upload=crash_on_first_file)
+        publisher.publish(files, "scores", "run-1", MODEL_INFO)
 
     assert len(started) < len(files)
     assert reader.manifest("scores/run-1/") is None

@@ -173,9 +173,11 @@ def run_scoring_stages(run, before_upload=None):
 
     model = run.stage("resolve_model", scoring.resolve_model)
     with run.stage("check_publish_target", scoring.open_publish_target) as target:
+        if target.publisher is not None:
+            target.publisher.before_upload = before_upload
         if run.config.execute_feature_engineering:
             run.stage("feature_engineering", scoring.engineer_features)
         scored = run.stage("score", scoring.score_and_write, model)
-        published = run.stage("publish", scoring.publish_predictions, scored, target, before_upload)
+        published = run.stage("publish", scoring.publish_predictions, scored, target)
         run.stage("summary", scoring.log_summary, scored, published)
     return scored, published

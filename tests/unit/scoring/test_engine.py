@@ -1,4 +1,5 @@
 """The scoring engine on a local Spark: output columns, exact predictions, one model load per worker."""
+import dataclasses
 import datetime
 import json
 
@@ -20,9 +21,10 @@ PROVENANCE = scoring.Provenance(model_name="fares", model_version="7", job_run_i
                                 mlflow_run_id="run-9", model_alias="Champion", scored_at=SCORED_AT)
 
 
-def score(feature_df, booster, **options):
+def score(feature_df, booster, load_marker_dir=None):
     model = scoring.ScoringModel.from_text(booster.model_to_string())
-    return scoring.score_features(feature_df, model, PROVENANCE, **options)
+    model = dataclasses.replace(model, load_marker_dir=load_marker_dir)
+    return scoring.score_features(feature_df, model, PROVENANCE)
 
 
 def test_output_is_the_inference_log_row_of_each_trip(feature_set, booster):
