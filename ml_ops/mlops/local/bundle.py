@@ -159,7 +159,6 @@ def _apply_target(config: dict, target: dict) -> None:
     for key in ("resources", "workspace", "run_as", "artifacts", "sync", "presets", "permissions"):
         if key in target:
             config[key] = _merge(config.get(key) or {}, copy.deepcopy(target[key]))
-    config["mode"] = target.get("mode", "")
 
 
 def _merge(base: Any, override: Any) -> Any:
