@@ -318,12 +318,14 @@ def prediction_summary(run, scored: ScoredPredictions) -> dict:
 
 
 def histograms(run, scored: ScoredPredictions, bins: int = HISTOGRAM_BINS):
-    """Bin edges and per-bin counts of predictions (and actual fares), counted by Spark."""
+    """Bin edges and per-bin counts of predictions (and actual fares), counted by Spark; None with no rows."""
     table = rows_of_this_run(run, scored)
     columns = [engine.PREDICTION] + ([engine.LABEL] if scored.has_actuals else [])
     # Clip at the 0.5th and 99.5th percentiles so a few extreme fares do not flatten the plot.
     bounds = table.select(F.explode(F.array(*columns)).alias("value")).agg(
         F.percentile_approx("value", [0.005, 0.995]).alias("bounds")).first()["bounds"]
+    if bounds is None:
+        return None
     low, high = bounds
     width = (high - low) / bins if high > low else 1.0
     counts = {}
@@ -352,17 +354,26 @@ def _histogram_figure(edges, counts_by_label):
     return figure
 
 
-def log_summary(run, scored: ScoredPredictions, published=None) -> dict:
-    """Log row counts, prediction statistics, the histogram plot and the blob URL to the MLflow run."""
-    summary = prediction_summary(run, scored)
-    mlflow.log_metrics({name: float(value) for name, value in summary.items()
-                        if isinstance(value, (int, float)) and math.isfinite(value)})
-    edges, counts = histograms(run, scored)
+def _log_histogram(scored: ScoredPredictions, edges, counts) -> None:
     labels = {engine.PREDICTION: f"predicted fare (v{scored.model.version})",
               engine.LABEL: "actual fare"}
     figure = _histogram_figure(edges, {labels[name]: values for name, values in counts.items()})
     mlflow.log_figure(figure, "prediction_histogram.png")
     plots.close(figure)
+
+
+def log_summary(run, scored: ScoredPredictions, published=None) -> dict:
+    """Log row counts, prediction statistics, the histogram plot and the blob URL to the MLflow run."""
+    summary = prediction_summary(run, scored)
+    mlflow.log_metrics({name: float(value) for name, value in summary.items()
+                        if isinstance(value, (int, float)) and math.isfinite(value)})
+    binned = histograms(run, scored)
+    if binned is None:
+        # A concurrent run over the same dates merged after this one and now owns every row.
+        logger.warning("no inference log rows of this run remain: a later run over %s replaced them",
+                       "..".join(map(str, scored.scoring_range)))
+    else:
+        _log_histogram(scored, *binned)
     if published is not None:
         summary["blob_url"] = published.url
         summary["files_published"] = len(published.files)

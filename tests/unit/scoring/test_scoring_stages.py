@@ -118,6 +118,21 @@ def test_rerun_of_the_same_run_id_replaces_only_its_own_prefix(
     assert len(other) == len(first)
 
 
+def test_summary_of_a_run_whose_rows_a_concurrent_run_replaced_logs_counts_without_a_histogram(
+        champion, scoring_config, scoring_run, caplog):
+    config = scoring_config(blob_container="scores-replaced")
+    with scoring_run(config) as run:
+        scored, _ = run_scoring_stages(run)
+        replaced = dataclasses.replace(scored, scoring_run_id="a-run-that-merged-later")
+        with caplog.at_level(logging.WARNING, logger="mlops.stages.scoring"):
+            summary = scoring.log_summary(run, replaced)
+        binned = scoring.histograms(run, replaced)
+
+    assert binned is None
+    assert summary["rows_scored"] == 0 and "prediction_mean" not in summary
+    assert "no inference log rows of this run remain" in caplog.text
+
+
 def test_failure_mid_upload_leaves_no_manifest_and_a_rerun_completes(
         champion, blob_storage, scoring_config, scoring_run):
     config = scoring_config(blob_container="scores-crash")
