@@ -67,7 +67,9 @@ def distribution(target, version):
     if target == "ops":
         return _wheel("taxi_fares_mlops",
                       "Stage logic, job config, registry lifecycle and local Databricks runtime", "ml_ops",
-                      [f"taxi_fares=={version}", "opencensus-ext-azure>=1.1.9,<2",
+                      [f"taxi_fares=={version}", "azure-monitor-opentelemetry>=1.8,<2",
+                       # The second telemetry backend (telemetry_backend=opencensus).
+                       "opencensus-ext-azure>=1.1.9,<2",
                        "azure-storage-blob>=12.19,<13", "prometheus-client>=0.20,<1",
                        # The serving request log's writer; the runtime ships no delta-rs.
                        "deltalake>=1.6,<2",

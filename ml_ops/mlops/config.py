@@ -103,11 +103,15 @@ class JobConfig:
     table_location: str = "dev.taxi_fares"
     appinsights_secret_scope: str = ""
     appinsights_secret_key: str = ""
+    telemetry_backend: str = "opentelemetry"
     git_commit: str = ""
 
-    CHOICES: ClassVar[dict] = {"env": ("dev", "staging", "prod")}
+    CHOICES: ClassVar[dict] = {"env": ("dev", "staging", "prod"),
+                               "telemetry_backend": ("opentelemetry", "opencensus")}
     # Fields a job file deliberately does not declare: name -> why. Every other field is declared.
-    NOT_IN_JOB_FILE: ClassVar[dict] = {}
+    NOT_IN_JOB_FILE: ClassVar[dict] = {
+        "telemetry_backend": "the default exporter suits every target; a run that must ingest through "
+                             "OpenCensus passes it"}
 
     @classmethod
     def parameter_names(cls):

@@ -129,7 +129,8 @@ def task_run(task, config, spark, dbutils, mlflow_run=True):
     telemetry_file.parent.mkdir(parents=True, exist_ok=True)
     settings = TelemetrySettings(
         connection_string=_connection_string(host, config, dbutils),
-        role_name=f"{job.job_name}/{task}", jsonl_path=telemetry_file, dimensions=dimensions)
+        role_name=f"{job.job_name}/{task}", jsonl_path=telemetry_file, dimensions=dimensions,
+        backend=config.telemetry_backend)
     temp_dir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-{task}-"))
     tables = TableStore(spark, config.table_location, host)
     telemetry = Telemetry.start(settings)

@@ -154,7 +154,7 @@ def test_a_failed_stage_sends_its_exception_and_a_failed_dependency_and_request(
     (exception,) = of_task(capture.items("exceptions"), "train")
     (detail,) = base(exception)["exceptions"][:1]
     assert "DataError: table 'training_trips' does not exist" in detail["message"]
-    assert detail["parsedStack"], "the exception item has no stack"
+    assert detail["hasFullStack"] and "Traceback" in detail["stack"], "the exception item has no stack"
     run = task_mlflow_run(home_tracking_uri(home), "train")
     expected = {"stage": "training", "task": "train", "job_run_id": record.run_id,
                 "mlflow_run_id": run.info.run_id}

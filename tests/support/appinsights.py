@@ -1,8 +1,8 @@
 """A loopback stand-in for the Application Insights ingestion endpoint.
 
 :class:`AppInsightsCapture` is a real HTTP server on 127.0.0.1 that accepts what the
-opencensus-ext-azure exporter POSTs to ``/v2.1/track`` (and the older ``/v2/track``),
-stores the envelopes and answers like the service does. Tests import the ``appinsights``
+Azure Monitor exporters (OpenTelemetry's and OpenCensus') POST to ``/v2.1/track`` (and the
+older ``/v2/track``), stores the envelopes and answers like the service does. Tests import the ``appinsights``
 fixture with ``from support.appinsights import appinsights  # noqa: F401``.
 """
 import gzip
@@ -25,6 +25,33 @@ BASE_TYPES = {
     "customMetrics": "MetricData",
     "customEvents": "EventData",
 }
+
+
+TABLES_BY_BASE_TYPE = {base_type: table for table, base_type in BASE_TYPES.items()}
+TABLES_BY_ITEM_TYPE = {"trace": "traces", "dependency": "dependencies", "request": "requests",
+                       "exception": "exceptions", "customMetric": "customMetrics",
+                       "customEvent": "customEvents"}
+
+
+def envelope_summary(envelope) -> tuple:
+    """What every backend must agree on: table, name, success flag, stage and job run id."""
+    base = envelope["data"]["baseData"]
+    table = TABLES_BY_BASE_TYPE[envelope["data"]["baseType"]]
+    if table == "exceptions":
+        name = base["exceptions"][0]["typeName"]
+    elif table == "customMetrics":
+        name = base["metrics"][0]["name"]
+    else:
+        name = base.get("name") or base.get("message")
+    properties = base.get("properties") or {}
+    return table, name, base.get("success"), properties.get("stage"), properties.get("job_run_id")
+
+
+def jsonl_summary(item) -> tuple:
+    """:func:`envelope_summary` of an item the JSON-lines exporter wrote."""
+    dimensions = item["customDimensions"]
+    return (TABLES_BY_ITEM_TYPE[item["itemType"]], item["name"] or item["message"], item["success"],
+            dimensions.get("stage"), dimensions.get("job_run_id"))
 
 
 def decode_envelopes(body: bytes, content_encoding: str = "") -> list:

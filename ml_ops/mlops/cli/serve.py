@@ -52,12 +52,11 @@ def _serve(args) -> int:
         log_table=_log_table_path(args.log_table),
         poll_seconds=args.poll_seconds, max_feature_age_minutes=args.max_feature_age_minutes,
         token=_token(args.token_secret), flush_rows=args.flush_rows, flush_seconds=args.flush_seconds,
-        queue_rows=args.queue_rows, max_body_bytes=args.max_body_bytes, registry_uri=args.registry_uri,
-        telemetry_sample_rate=args.telemetry_sample_rate)
+        queue_rows=args.queue_rows, max_body_bytes=args.max_body_bytes, registry_uri=args.registry_uri)
     telemetry = Telemetry.start(TelemetrySettings(
         connection_string=os.environ.get(CONNECTION_STRING_ENV) or None, role_name=f"serving/{args.model}",
         jsonl_path=mlops_home() / "runs" / f"serving-{args.model}-telemetry.jsonl",
-        dimensions={"model_name": args.model, "alias": args.alias}))
+        dimensions={"model_name": args.model, "alias": args.alias}, sample_rate=args.telemetry_sample_rate))
     try:
         server, watcher = open_server(settings, telemetry)
     except BaseException:

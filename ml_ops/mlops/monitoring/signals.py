@@ -5,6 +5,8 @@ violation is a ``customEvents`` item named ``monitoring.violation``; the decisio
 ``monitoring.decision`` event. All carry the model name and version, the column and the
 window in customDimensions, so a log alert can filter and group on them.
 """
+import math
+
 from mlops.monitoring.drift import INSUFFICIENT, TABLE_COLUMN, window_start_text
 
 METRIC_PREFIX = "monitoring."
@@ -38,7 +40,9 @@ def metric_items(profile_rows: list[dict], drift_rows: list[dict], model_name: s
         dimensions = _dimensions(row, model_name, "quality_status")
         items += [(METRIC_PREFIX + name, row.get(name), dimensions)
                   for name in (QUALITY_METRICS if table else COLUMN_METRICS)]
-    return [(name, float(value), dimensions) for name, value, dimensions in items if value is not None]
+    # An undefined value (NaN: no labels, one row) has no place in a metric; the table keeps it.
+    return [(name, float(value), dimensions) for name, value, dimensions in items
+            if value is not None and math.isfinite(value)]
 
 
 def send(telemetry, profile_rows: list[dict], drift_rows: list[dict], decision, model_name: str) -> int:

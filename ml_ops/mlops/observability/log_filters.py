@@ -36,7 +36,7 @@ class AddContext(logging.Filter):
 
 
 class ExportProblemsOnce(logging.Filter):
-    """Lets the first OpenCensus warning through (redacted) and drops the rest."""
+    """Lets the first exporter warning through (redacted) and drops the rest."""
 
     _redactor = SecretRedactingFilter()
 

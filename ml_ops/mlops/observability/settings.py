@@ -11,6 +11,9 @@ DEFAULT_LOGGER_NAMES = ("mlops", "taxi_fares", "__main__")
 SINK_APPINSIGHTS = "appinsights"
 SINK_JSONL = "jsonl"
 SINK_DISABLED = "disabled"
+BACKEND_OPENTELEMETRY = "opentelemetry"
+BACKEND_OPENCENSUS = "opencensus"
+BACKENDS = (BACKEND_OPENTELEMETRY, BACKEND_OPENCENSUS)
 
 _GUID = re.compile(r"^[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}$", re.IGNORECASE)
 
@@ -23,7 +26,9 @@ class TelemetrySettings:
     ``jsonl_path`` is used when there is no valid connection string; with neither,
     telemetry is disabled. ``role_name`` becomes ``cloud_RoleName`` ("<job name>/<task>").
     ``logger_names`` selects the loggers (and their children) whose records become traces;
-    ``""`` selects every logger.
+    ``""`` selects every logger. ``backend`` picks the Application Insights exporter
+    (OpenTelemetry, or OpenCensus for teams that ingest through it); ``sample_rate`` is the share
+    of served requests sent.
     """
 
     connection_string: Optional[str]
@@ -33,6 +38,8 @@ class TelemetrySettings:
     export_interval: float = 2.0
     logger_names: tuple = DEFAULT_LOGGER_NAMES
     flush_timeout: float = 5.0
+    backend: str = BACKEND_OPENTELEMETRY
+    sample_rate: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.role_name, str) or not self.role_name.strip():
@@ -54,13 +61,19 @@ class TelemetrySettings:
             raise ConfigError("logger_names must be a sequence of logger names, "
                               f"got {self.logger_names!r}")
         self.logger_names = tuple(self.logger_names)
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"telemetry backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, (int, float)) \
+                or not 0 <= self.sample_rate <= 1:
+            raise ConfigError(f"sample_rate must be a number between 0 and 1, got {self.sample_rate!r}")
 
     def __repr__(self):
         hidden = None if self.connection_string is None else REDACTED
         return (f"TelemetrySettings(connection_string={hidden!r}, role_name={self.role_name!r}, "
                 f"jsonl_path={self.jsonl_path!r}, dimensions={self.dimensions!r}, "
                 f"export_interval={self.export_interval!r}, logger_names={self.logger_names!r}, "
-                f"flush_timeout={self.flush_timeout!r})")
+                f"flush_timeout={self.flush_timeout!r}, backend={self.backend!r}, "
+                f"sample_rate={self.sample_rate!r})")
 
 
 def check_connection_string(connection_string):

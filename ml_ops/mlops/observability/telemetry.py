@@ -1,6 +1,6 @@
 """Telemetry to Azure Monitor (Application Insights), or to a JSON-lines file.
 
-One :class:`Telemetry` per task run sends three kinds of items:
+One :class:`Telemetry` per task run sends these items:
 
 * ``traces``: log records at INFO and above from the configured loggers;
 * ``dependencies``: one item per stage, from :meth:`Telemetry.span`, plus one ``requests``
@@ -8,53 +8,42 @@ One :class:`Telemetry` per task run sends three kinds of items:
 * ``exceptions``: from :meth:`Telemetry.record_exception`, from a stage that raises, and
   from ``logger.exception``;
 * ``customMetrics`` and ``customEvents``: from :meth:`Telemetry.track_metric` and
-  :meth:`Telemetry.track_event` (monitoring sends each metric and each violation).
+  :meth:`Telemetry.track_event` (monitoring sends each metric and each violation);
+* ``requests`` for served HTTP requests, from :meth:`Telemetry.track_request`, sampled by an
+  OpenTelemetry sampler at the settings' ``sample_rate``.
 
-Every item carries the cloud role name (``<job>/<task>``), one operation id per task run,
-a parent id, and customDimensions (the settings' dimensions, :meth:`Telemetry.set_dimensions`,
-and ``stage`` inside a span). All text passes through :func:`mlops.observability.redaction.redact_text`.
+Every item carries the cloud role name (``<job>/<task>``) and customDimensions (the settings'
+dimensions, :meth:`Telemetry.set_dimensions`, and ``stage`` inside a span); every span and log
+of a task run shares one operation id and names its parent. All text is redacted.
 
-Without a valid connection string, the same envelopes are written as JSON lines to
-``settings.jsonl_path``: both sinks share the envelope-building code and the processor, and
-differ only in the final transmit step.
-
-This module and :mod:`mlops.observability.exporters` are the only ones that import OpenCensus
-(opencensus-ext-azure). The OpenCensus SDK was retired upstream in September 2024. Keep every
-OpenCensus detail inside them, so that moving to OpenTelemetry (azure-monitor-opentelemetry)
-changes these two files only; the public API (:class:`TelemetrySettings`, :class:`Telemetry`)
-names no OpenCensus type.
+Spans come from OpenTelemetry's SDK. Where they go is the backend's business:
+:mod:`mlops.observability.otel_backend` (``azure-monitor-opentelemetry``'s exporters, the
+default, or JSON lines without a connection string) or
+:mod:`mlops.observability.opencensus_backend` (``telemetry_backend=opencensus``).
 
 Telemetry never breaks the job: export failures, an unreachable endpoint or a malformed
 connection string are logged once at WARNING on the ``mlops.observability.telemetry`` logger (which the
-telemetry handler itself ignores) and otherwise ignored. SDK usage statistics ("statsbeat"),
-which would be sent to Microsoft hosts, are never started, and nothing is written to local
-retry storage.
+telemetry handler itself ignores) and otherwise ignored. SDK usage statistics ("statsbeat")
+are off unless switched on, and nothing is written to local retry storage.
 """
 import contextlib
 import logging
 import threading
 import time
 import traceback
-import uuid
 
-from opencensus.trace import status as span_status
-from opencensus.trace.samplers import AlwaysOnSampler
-from opencensus.trace.span import Span, SpanKind
-from opencensus.trace.span_context import SpanContext
-from opencensus.trace.tracer import Tracer
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from mlops.errors import exception_chain
+from mlops.observability import opencensus_backend, otel_backend
 from mlops.observability.log_filters import AddContext, ExportProblemsOnce, SelectLoggers
-from mlops.observability.exporters import (OFFLINE_CONNECTION_STRING, DiscardSink, JsonlSink, LogExporter,
-                                           MeasurementExporter, SpanExporter, redact_tree, sync_queue)
-from mlops.observability.redaction import (
-    REDACTED,
-    SecretRedactingFilter,
-    install_redaction,
-    is_secret_name,
-    redact_text,
-)
+from mlops.observability.stage_spans import StageFrame, StageSpan, as_dimensions, merge_dimensions
+from mlops.observability.redaction import SecretRedactingFilter, install_redaction, redact_text
 from mlops.observability.settings import (  # noqa: F401 (the public vocabulary of telemetry)
+    BACKEND_OPENCENSUS,
+    BACKEND_OPENTELEMETRY,
     DEFAULT_LOGGER_NAMES,
     SINK_APPINSIGHTS,
     SINK_DISABLED,
@@ -68,14 +57,9 @@ INTERNAL_LOGGER_NAME = __name__
 internal_logger = logging.getLogger(INTERNAL_LOGGER_NAME)
 
 # Records from these loggers never become telemetry: they report on telemetry itself.
-_IGNORED_LOGGER_PREFIXES = (INTERNAL_LOGGER_NAME, "opencensus", "urllib3", "requests")
-_OPENCENSUS_LOGGER_NAMES = (
-    "opencensus.common.schedule",
-    "opencensus.ext.azure.common.processor",
-    "opencensus.ext.azure.common.transport",
-    "opencensus.ext.azure.log_exporter",
-    "opencensus.ext.azure.trace_exporter",
-)
+_IGNORED_LOGGER_PREFIXES = (INTERNAL_LOGGER_NAME, "opencensus", "opentelemetry", "azure", "urllib3",
+                            "requests")
+_EXPORT_PROBLEM_LOGGERS = otel_backend.EXPORT_PROBLEM_LOGGERS + opencensus_backend.EXPORT_PROBLEM_LOGGERS
 _RECORDED_MARK = "_mlops_telemetry_recorded"
 _HANDLER_MARK = "_mlops_telemetry_owner"
 
@@ -83,46 +67,15 @@ _active_lock = threading.Lock()
 _active = None
 
 
-class _StageFrame:
-    def __init__(self, name, span, dimensions):
-        self.name = name
-        self.span = span
-        self.dimensions = dimensions
+class TelemetryHandler(logging.Handler):
+    """The root logger's handler: hands selected, redacted, annotated records to the backend."""
 
+    def __init__(self, telemetry):
+        super().__init__(logging.INFO)
+        self._telemetry = telemetry
 
-class StageSpan:
-    """What :meth:`Telemetry.span` yields: the stage's name and id, and extra dimensions."""
-
-    def __init__(self, frame):
-        self._frame = frame
-
-    @property
-    def name(self):
-        return self._frame.name
-
-    @property
-    def span_id(self):
-        return self._frame.span.span_id
-
-    def set_dimensions(self, **dimensions):
-        """Add dimensions to this stage's dependency item and to later logs inside it."""
-        _merge_dimensions(self._frame.dimensions, dimensions)
-
-
-def _merge_dimensions(target, updates):
-    for key, value in updates.items():
-        if value is None:
-            target.pop(key, None)
-        else:
-            target[key] = value
-
-
-def _as_dimensions(values):
-    """customDimensions are strings; secret names and values are redacted."""
-    return {
-        str(key): REDACTED if is_secret_name(str(key)) else redact_text(value)
-        for key, value in values.items() if value is not None
-    }
+    def emit(self, record):
+        self._telemetry._emit(record)
 
 
 class Telemetry:
@@ -142,9 +95,8 @@ class Telemetry:
         self._warned = False
         self._root_failed = False
         self._raised_levels = {}
-        self._log_exporter = None
-        self._span_exporter = None
-        self._measurement_exporter = None
+        self._backend = None
+        self._log_handler = None
         self._problem_filter = ExportProblemsOnce(self)
         self.sink = SINK_DISABLED
 
@@ -168,19 +120,18 @@ class Telemetry:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _open(self):
-        for name in _OPENCENSUS_LOGGER_NAMES:
+        for name in _EXPORT_PROBLEM_LOGGERS:
             logging.getLogger(name).addFilter(self._problem_filter)
-        self._build_exporters()
-        self._tracer = Tracer(span_context=SpanContext(), sampler=AlwaysOnSampler(),
-                              exporter=self._span_exporter)
-        self.operation_id = self._tracer.span_context.trace_id
-        self._root = Span(self.settings.role_name, context_tracer=self._tracer.tracer,
-                          span_kind=SpanKind.SERVER)
-        self._root.start()
+        self._backend = self._build_backend()
+        self._root = self._backend.tracer.start_span(self.settings.role_name, context=Context(),
+                                                     kind=SpanKind.SERVER)
+        self.operation_id = f"{self._root.get_span_context().trace_id:032x}"
         self._attach_log_handler()
 
-    def _build_exporters(self):
+    def _build_backend(self):
+        from azure.monitor.opentelemetry.exporter import ApplicationInsightsSampler
         settings = self.settings
+        sampler = ApplicationInsightsSampler(settings.sample_rate)
         connection_string = None
         if settings.connection_string is not None:
             connection_string, problem = check_connection_string(settings.connection_string)
@@ -191,42 +142,23 @@ class Telemetry:
                                 problem, fallback)
         if connection_string is not None:
             try:
-                self._create_exporters(None, connection_string)
+                backend = (opencensus_backend.OpenCensusBackend(settings, connection_string, sampler)
+                           if settings.backend == BACKEND_OPENCENSUS else
+                           otel_backend.OpenTelemetryBackend.to_azure_monitor(
+                               settings, connection_string, sampler, self._warn_once))
                 self.sink = SINK_APPINSIGHTS
-                return
+                return backend
             except Exception as exc:
-                self._close_exporters(0.1)
                 self._warn_once("Cannot start the Application Insights exporter (%s); falling back.",
                                 type(exc).__name__)
         if settings.jsonl_path is not None:
-            self._create_exporters(JsonlSink(settings.jsonl_path, self._warn_once),
-                                   OFFLINE_CONNECTION_STRING)
             self.sink = SINK_JSONL
-        else:
-            self._create_exporters(DiscardSink(), OFFLINE_CONNECTION_STRING)
-            self.sink = SINK_DISABLED
-
-    def _create_exporters(self, sink, connection_string):
-        options = dict(
-            connection_string=connection_string,
-            export_interval=self.settings.export_interval,
-            enable_local_storage=False,
-            grace_period=self.settings.flush_timeout,
-            timeout=self.settings.flush_timeout,
-        )
-        self._log_exporter = LogExporter(sink, **options)
-        self._span_exporter = SpanExporter(sink, **options)
-        self._measurement_exporter = MeasurementExporter(sink, **options)
-        for exporter in self._exporters():
-            exporter.add_telemetry_processor(self._process_envelope)
-
-    def _exporters(self):
-        return [exporter for exporter in (self._log_exporter, self._span_exporter, self._measurement_exporter)
-                if exporter is not None]
+            return otel_backend.OpenTelemetryBackend.to_jsonl(settings, sampler, self._warn_once)
+        self.sink = SINK_DISABLED
+        return otel_backend.NoBackend()
 
     def _attach_log_handler(self):
-        handler = self._log_exporter
-        handler.setLevel(logging.INFO)
+        handler = self._log_handler = TelemetryHandler(self)
         selected = SelectLoggers(self.settings.logger_names, _IGNORED_LOGGER_PREFIXES)
         for log_filter in (selected, SecretRedactingFilter(), AddContext(self)):
             handler.addFilter(log_filter)
@@ -245,19 +177,15 @@ class Telemetry:
                 logger.setLevel(logging.INFO)
 
     def flush(self) -> bool:
-        """Push everything recorded so far through the sink, waiting at most ``flush_timeout``.
+        """Push everything recorded so far to the exporters, waiting at most ``flush_timeout``.
 
         Returns False when the time ran out. A failed delivery is logged (once), not raised.
         """
-        deadline = time.monotonic() + self.settings.flush_timeout
-        delivered = True
-        for exporter in self._exporters():
-            try:
-                delivered = sync_queue(exporter, deadline - time.monotonic()) and delivered
-            except Exception as exc:
-                delivered = False
-                self._warn_once("Telemetry flush failed: %s", type(exc).__name__)
-        return delivered
+        try:
+            return self._backend.flush(self.settings.flush_timeout)
+        except Exception as exc:
+            self._warn_once("Telemetry flush failed: %s", type(exc).__name__)
+            return False
 
     def close(self) -> None:
         """End the task's root span, flush, detach the log handler and stop the exporters."""
@@ -271,28 +199,21 @@ class Telemetry:
         except Exception as exc:
             self._warn_once("Cannot end the telemetry root span: %s", type(exc).__name__)
         root = logging.getLogger()
-        if self._log_exporter in root.handlers:
-            root.removeHandler(self._log_exporter)
+        if self._log_handler in root.handlers:
+            root.removeHandler(self._log_handler)
         for name, level in self._raised_levels.items():
             logging.getLogger(name).setLevel(level)
         started = time.monotonic()
         self.flush()
-        self._close_exporters(max(self.settings.flush_timeout - (time.monotonic() - started), 0.1))
-        for name in _OPENCENSUS_LOGGER_NAMES:
+        try:
+            self._backend.close(max(self.settings.flush_timeout - (time.monotonic() - started), 0.1))
+        except Exception as exc:
+            self._warn_once("Cannot stop the telemetry exporters: %s", type(exc).__name__)
+        for name in _EXPORT_PROBLEM_LOGGERS:
             logging.getLogger(name).removeFilter(self._problem_filter)
         with _active_lock:
             if _active is self:
                 _active = None
-
-    def _close_exporters(self, timeout):
-        try:
-            for handler in (self._log_exporter, self._measurement_exporter):
-                if handler is not None:
-                    handler.close(timeout=timeout)
-            if self._span_exporter is not None:
-                self._span_exporter._stop(timeout)
-        except Exception as exc:
-            self._warn_once("Cannot stop the telemetry exporters: %s", type(exc).__name__)
 
     def __enter__(self):
         return self
@@ -309,11 +230,11 @@ class Telemetry:
     def set_dimensions(self, **dimensions) -> None:
         """Add or replace customDimensions on every later item; a None value removes the key."""
         with self._lock:
-            _merge_dimensions(self._dimensions, dimensions)
+            merge_dimensions(self._dimensions, dimensions)
 
     def _root_dimensions(self):
         with self._lock:
-            return _as_dimensions(self._dimensions)
+            return as_dimensions(self._dimensions)
 
     def _current_dimensions(self, extra=None):
         with self._lock:
@@ -322,11 +243,11 @@ class Telemetry:
                 merged.update(frame.dimensions)
                 merged["stage"] = frame.name
         merged.update(extra or {})
-        return _as_dimensions(merged)
+        return as_dimensions(merged)
 
-    def _current_span_id(self):
+    def _current_span(self):
         with self._lock:
-            return self._stack[-1].span.span_id if self._stack else self._root.span_id
+            return self._stack[-1].span if self._stack else self._root
 
     # -- spans -------------------------------------------------------------------------------
 
@@ -338,11 +259,11 @@ class Telemetry:
         is recorded as an ``exceptions`` item, and is re-raised unchanged.
         """
         with self._lock:
-            parent = self._stack[-1].span if self._stack else self._root
-            frame = _StageFrame(str(name), Span(str(name), parent_span=parent,
-                                                context_tracer=self._tracer.tracer,
-                                                span_kind=SpanKind.CLIENT), dict(dimensions))
-            frame.span.start()
+            parent = self._current_span()
+            started = self._backend.tracer.start_span(redact_text(str(name)),
+                                                      context=trace.set_span_in_context(parent),
+                                                      kind=SpanKind.INTERNAL)
+            frame = StageFrame(str(name), started, dict(dimensions))
             self._stack.append(frame)
         failed = False
         try:
@@ -363,15 +284,13 @@ class Telemetry:
                 self._warn_once("Cannot record the telemetry span %s: %s", frame.name,
                                 type(exc).__name__)
 
-    def _finish_span(self, span, dimensions, failed):
-        span.finish()
-        for key, value in dimensions.items():
-            span.add_attribute(key, value)
-        if failed:
-            span.set_status(span_status.Status(code=2, message="failed"))
-        self._span_exporter.export(self._tracer.tracer.get_span_datas(span))
+    @staticmethod
+    def _finish_span(span, dimensions, failed, end_time=None):
+        span.set_attributes(dimensions)
+        span.set_status(Status(StatusCode.ERROR, "failed") if failed else Status(StatusCode.OK))
+        span.end(end_time=end_time)
 
-    # -- exceptions and logs -----------------------------------------------------------------
+    # -- exceptions, logs and measurements ---------------------------------------------------
 
     def record_exception(self, exc: BaseException, **dimensions) -> None:
         """Send an ``exceptions`` item with ``exc``'s stack and the current dimensions.
@@ -399,64 +318,57 @@ class Telemetry:
             record.custom_dimensions = dict(dimensions)
             SecretRedactingFilter().filter(record)
             self._annotate(record)
-            self._log_exporter.emit(record)
+            self._backend.emit_log(record, self._current_span())
         except Exception as failure:
             self._warn_once("Cannot record an exception in telemetry: %s", type(failure).__name__)
 
     def track_metric(self, name: str, value: float, **dimensions) -> None:
-        """One ``customMetrics`` item: ``name`` = ``value``, with the current dimensions."""
-        self._measure(name, dimensions, metric_value=float(value))
+        """A ``customMetrics`` value: ``name`` = ``value``, with the current dimensions."""
+        if self._closed:
+            return
+        try:
+            self._backend.record_metric(str(name), float(value), self._current_dimensions(dimensions))
+        except Exception as failure:
+            self._warn_once("Cannot record a metric in telemetry: %s", type(failure).__name__)
 
     def track_event(self, name: str, **dimensions) -> None:
         """One ``customEvents`` item named ``name``, with the current dimensions."""
-        self._measure(name, dimensions)
-
-    def track_request(self, name: str, seconds: float, code: int, url: str, sample_rate: float = 1.0,
-                      **dimensions) -> None:
-        """One ``requests`` item for a served HTTP request, sampled at ``sample_rate``."""
-        request = {"id": uuid.uuid4().hex[:16], "seconds": seconds, "code": code, "url": url,
-                   "sample_rate": sample_rate}
-        self._measure(name, dimensions, request=request)
-
-    def _measure(self, name, dimensions, **attributes):
         if self._closed:
             # A server thread still answering after close: its exporter no longer sends anything.
             return
         try:
             record = logging.LogRecord(INTERNAL_LOGGER_NAME, logging.INFO, "", 0, "%s", (str(name),), None)
             record.custom_dimensions = dict(dimensions)
-            record.__dict__.update(attributes)
             self._annotate(record)
-            self._measurement_exporter.emit(record)
+            self._backend.emit_log(record, self._current_span(), event_name=str(name))
         except Exception as failure:
-            self._warn_once("Cannot record a measurement in telemetry: %s", type(failure).__name__)
+            self._warn_once("Cannot record an event in telemetry: %s", type(failure).__name__)
+
+    def track_request(self, name: str, seconds: float, code: int, url: str, method: str = "POST",
+                      **dimensions) -> None:
+        """One ``requests`` item for a served HTTP request; the sampler decides whether it is sent."""
+        if self._closed:
+            return
+        try:
+            end = time.time_ns()
+            request = self._backend.tracer.start_span(
+                f"{method} {name}", context=Context(), kind=SpanKind.SERVER,
+                start_time=end - int(seconds * 1e9),
+                attributes={"http.request.method": method, "url.full": redact_text(url), "http.route": name,
+                            otel_backend.jsonl_exporters.STATUS_CODE: int(code)})
+            self._finish_span(request, self._current_dimensions(dimensions), failed=code >= 500, end_time=end)
+        except Exception as failure:
+            self._warn_once("Cannot record a request in telemetry: %s", type(failure).__name__)
+
+    def _emit(self, record):
+        try:
+            self._backend.emit_log(record, self._current_span())
+        except Exception as failure:
+            self._warn_once("Cannot send a log record to telemetry: %s", type(failure).__name__)
 
     def _annotate(self, record):
         extra = getattr(record, "custom_dimensions", None)
         record.custom_dimensions = self._current_dimensions(extra if isinstance(extra, dict) else None)
-        record.traceId = self.operation_id
-        record.spanId = self._current_span_id()
-
-    # -- envelopes ---------------------------------------------------------------------------
-
-    def _process_envelope(self, envelope):
-        """The one processor both sinks share: role, operation, parent ids, redaction."""
-        tags = envelope.tags
-        tags["ai.cloud.role"] = self.settings.role_name
-        tags["ai.operation.name"] = self.settings.role_name
-        parent = tags.get("ai.operation.parentId")
-        # Log envelopes use the legacy "|<trace>.<span>." form; spans use the bare span id.
-        if parent and parent.startswith("|"):
-            tags["ai.operation.parentId"] = parent.strip("|.").rpartition(".")[2]
-        data = envelope.data
-        if data.baseType == "RemoteDependencyData":
-            data.baseData.type = "InProc"
-        elif data.baseType == "RequestData":
-            data.baseData.name = self.settings.role_name
-            tags.pop("ai.operation.parentId", None)
-        envelope.tags = redact_tree(dict(tags))
-        data.baseData = redact_tree(data.baseData)
-        return True
 
     # -- failures ----------------------------------------------------------------------------
 

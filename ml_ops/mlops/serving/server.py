@@ -12,7 +12,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -38,8 +37,6 @@ class ServingOptions:
     alias: str = "Champion"
     max_body_bytes: int = 1 << 20
     token: str = ""
-    # Share of requests sent to Application Insights as ``requests`` items.
-    telemetry_sample_rate: float = 0.1
 
 
 def is_loopback(host: str) -> bool:
@@ -64,16 +61,14 @@ class ServingApp:
                  telemetry=None):
         self.slot, self.store, self.request_log = slot, store, request_log
         self.options, self.metrics, self.telemetry = options, metrics, telemetry
-        self._sampler = random.Random()
 
     def answered(self, route: str, code: int, seconds: float) -> None:
-        """Count the request, and send it to telemetry at the sampling rate."""
+        """Count the request, and hand it to telemetry, whose sampler keeps its share."""
         self.metrics.observe(route, code, seconds)
-        rate = self.options.telemetry_sample_rate
-        if self.telemetry is not None and rate > 0 and self._sampler.random() < rate:
+        if self.telemetry is not None:
             model = self.slot.current
-            self.telemetry.track_request(route, seconds, code, route, rate, model_name=model.name,
-                                         model_version=model.version, route=route)
+            self.telemetry.track_request(route, seconds, code, route, ROUTES.get(route, "GET"),
+                                         model_name=model.name, model_version=model.version, route=route)
 
     def authorized(self, path: str, header: str) -> bool:
         if not self.options.token or path in OPEN_ROUTES:

@@ -34,7 +34,6 @@ class ServeSettings:
     queue_rows: int = 100_000
     max_body_bytes: int = 1 << 20
     registry_uri: str = ""
-    telemetry_sample_rate: float = 0.1
 
 
 def first_model(registry: RegistryClient, alias: str):
@@ -55,9 +54,6 @@ def first_model(registry: RegistryClient, alias: str):
 def open_server(settings: ServeSettings, telemetry=None) -> tuple[ServingServer, AliasWatcher]:
     """A started server and alias watcher; stop both with :func:`close_server`."""
     require_token_off_loopback(settings.host, settings.token)
-    if not 0 <= settings.telemetry_sample_rate <= 1:
-        raise ConfigError("the telemetry sample rate must be between 0 and 1, "
-                          f"got {settings.telemetry_sample_rate}")
     registry = RegistryClient(settings.model_name, settings.registry_uri)
     slot = ModelSlot(first_model(registry, settings.alias))
     max_age = datetime.timedelta(minutes=settings.max_feature_age_minutes)
@@ -75,8 +71,7 @@ def open_server(settings: ServeSettings, telemetry=None) -> tuple[ServingServer,
             telemetry.track_event("serving.model_switch", model_name=model.name, alias=settings.alias,
                                   from_version=previous.version, to_version=model.version)
 
-    options = ServingOptions(settings.alias, settings.max_body_bytes, settings.token,
-                             settings.telemetry_sample_rate)
+    options = ServingOptions(settings.alias, settings.max_body_bytes, settings.token)
     app = ServingApp(slot, store, request_log, options, metrics, telemetry)
     server = ServingServer(app, settings.host, settings.port)
     watcher = AliasWatcher(registry, settings.alias, slot, settings.poll_seconds, on_switch=switched,

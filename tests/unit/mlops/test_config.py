@@ -29,6 +29,7 @@ def test_unknown_parameter_lists_valid_names():
     ("training_learning_rate", "fast", "training_learning_rate' must be a number"),
     ("execute_feature_engineering", "maybe", "execute_feature_engineering' must be true or false"),
     ("env", "qa", "env' must be one of dev, staging, prod"),
+    ("telemetry_backend", "statsd", "telemetry_backend' must be one of opentelemetry, opencensus"),
     ("test_fraction", "0.95", "test_fraction' must be between 0 and 0.9"),
     ("training_sample_rows", "5", "training_sample_rows' must be at least 100"),
     ("validation_sample_rows", "5", "validation_sample_rows' must be at least 100"),

@@ -39,6 +39,12 @@ def start_telemetry(monkeypatch):
         telemetry.close()
 
 
+@pytest.fixture(params=["opentelemetry", "opencensus"])
+def backend(request):
+    """Each Application Insights backend in turn."""
+    return request.param
+
+
 @pytest.fixture
 def mlops_logger():
     return logging.getLogger("mlops.stages.test")

@@ -1,11 +1,11 @@
-"""Telemetry through the real opencensus-ext-azure exporter to a loopback ingestion endpoint."""
+"""Telemetry through each real Azure Monitor exporter (OpenTelemetry, OpenCensus) to a loopback endpoint."""
 import json
 import logging
+import os
 
 import pytest
-from opencensus.ext.azure.statsbeat import statsbeat
-
 from mlops.errors import StageFailed
+from mlops.observability.otel_backend import SDK_SWITCHES
 from mlops.observability.telemetry import SINK_APPINSIGHTS
 from support.appinsights import appinsights  # noqa: F401
 from support.appinsights import closed_loopback_port
@@ -38,10 +38,10 @@ def _trace(capture, message):
 
 
 @pytest.fixture
-def finished_task(appinsights, start_telemetry, mlops_logger):  # noqa: F811
-    """The reference task run to completion against the capture server."""
+def finished_task(appinsights, start_telemetry, mlops_logger, backend):  # noqa: F811
+    """The reference task run to completion against the capture server, by each backend."""
     telemetry = start_telemetry(appinsights.connection_string, role_name=ROLE,
-                                dimensions=dict(BASE_DIMENSIONS))
+                                dimensions=dict(BASE_DIMENSIONS), backend=backend)
     assert telemetry.sink == SINK_APPINSIGHTS
     run_reference_task(telemetry, mlops_logger)
     telemetry.close()
@@ -82,7 +82,7 @@ def test_the_failed_stage_sends_one_exception_item_with_its_stack(finished_task)
     assert detail["typeName"] == "ValueError"
     assert "training_num_leaves must be > 1" in detail["message"]
     assert detail["hasFullStack"] is True
-    assert any(frame["method"] == "run_reference_task" for frame in detail["parsedStack"])
+    assert "run_reference_task" in (detail.get("stack") or json.dumps(detail.get("parsedStack")))
     properties = _properties(exceptions[0])
     assert properties["stage"] == "train" and properties["job_run_id"] == "42"
 
@@ -93,10 +93,10 @@ def test_every_item_has_the_role_name_one_operation_id_and_a_parent(finished_tas
     root_id = request["data"]["baseData"]["id"]
     assert request["data"]["baseData"]["name"] == ROLE
     assert "ai.operation.parentId" not in request["tags"]
+    assert request["tags"]["ai.operation.name"] == ROLE
     for envelope in capture.envelopes:
         assert envelope["tags"]["ai.cloud.role"] == ROLE
         assert envelope["tags"]["ai.operation.id"] == telemetry.operation_id
-        assert envelope["tags"]["ai.operation.name"] == ROLE
     dependencies = _by_name(capture.items("dependencies"))
     assert {dep["tags"]["ai.operation.parentId"] for dep in dependencies.values()} == {root_id}
     assert _trace(capture, "task started")["tags"]["ai.operation.parentId"] == root_id
@@ -113,8 +113,8 @@ def test_a_task_that_ends_normally_is_a_successful_request(finished_task):
     assert _properties(request)["job_run_id"] == "42"
 
 
-def test_nested_spans_are_children_of_the_enclosing_span(appinsights, start_telemetry):  # noqa: F811
-    telemetry = start_telemetry(appinsights.connection_string)
+def test_nested_spans_are_children_of_the_enclosing_span(appinsights, start_telemetry, backend):  # noqa: F811
+    telemetry = start_telemetry(appinsights.connection_string, backend=backend)
     with telemetry.span("score") as outer:
         with telemetry.span("score_partition"):
             pass
@@ -201,7 +201,7 @@ def test_a_second_start_replaces_the_first_handler(appinsights, start_telemetry,
     first = start_telemetry(appinsights.connection_string, role_name="job/first")
     second = start_telemetry(appinsights.connection_string, role_name="job/second")
     root = logging.getLogger()
-    assert second._log_exporter in root.handlers and first._log_exporter not in root.handlers
+    assert second._log_handler in root.handlers and first._log_handler not in root.handlers
     mlops_logger.info("after the second start")
     second.flush()
     assert _trace(appinsights, "after the second start")["tags"]["ai.cloud.role"] == "job/second"
@@ -221,54 +221,56 @@ def test_close_detaches_the_handler_and_restores_logger_levels(appinsights, star
     assert logger.level == logging.NOTSET
 
 
-def test_no_statsbeat_and_no_local_storage(appinsights, start_telemetry, tmp_path, monkeypatch):  # noqa: F811
+def test_no_sdk_statistics_no_remote_configuration_and_no_local_storage(
+        appinsights, start_telemetry, tmp_path, monkeypatch, backend):  # noqa: F811
     monkeypatch.chdir(tmp_path)
-    telemetry = start_telemetry(appinsights.connection_string)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    for name in SDK_SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+    telemetry = start_telemetry(appinsights.connection_string, backend=backend)
     with telemetry.span("train"):
         pass
-    monkeypatch.delenv("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL")
-    assert telemetry._log_exporter._check_stats_collection() is False
-    assert telemetry._span_exporter._check_stats_collection() is False
-    assert statsbeat._STATSBEAT_EXPORTER is None
-    assert telemetry._log_exporter.storage is None and telemetry._span_exporter.storage is None
     telemetry.close()
+    assert {name: os.environ.get(name) for name in SDK_SWITCHES} == SDK_SWITCHES
     assert list(tmp_path.iterdir()) == []
     assert {path for _, path in appinsights.requests} == {"/v2.1/track"}
 
 
 @pytest.mark.timeout(60)
-def test_an_unreachable_endpoint_never_raises_nor_hangs_and_warns_once(start_telemetry, mlops_logger, caplog):
+def test_an_unreachable_endpoint_never_raises_nor_hangs_and_warns_once(
+        start_telemetry, mlops_logger, caplog, backend):
     port = closed_loopback_port()
     connection_string = f"InstrumentationKey=11111111-2222-3333-4444-555555555555;" \
                         f"IngestionEndpoint=http://127.0.0.1:{port}"
     with caplog.at_level(logging.WARNING):
-        with start_telemetry(connection_string) as telemetry:
+        with start_telemetry(connection_string, backend=backend) as telemetry:
             for index in range(3):
                 mlops_logger.info("message %d", index)
                 with telemetry.span(f"stage_{index}"):
                     pass
                 telemetry.flush()
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING
-                and r.name.startswith(("opencensus", "mlops.observability.telemetry"))]
+                and r.name.startswith(("opencensus", "opentelemetry", "azure", "mlops.observability"))]
     assert len(warnings) == 1
     assert "Application Insights export problem" in warnings[0].getMessage()
     assert "11111111-2222-3333-4444-555555555555" not in caplog.text
 
 
 def test_an_endpoint_answering_503_never_raises(
-        appinsights, start_telemetry, mlops_logger, caplog):  # noqa: F811
+        appinsights, start_telemetry, mlops_logger, caplog, backend):  # noqa: F811
     appinsights.status_code = 503
     with caplog.at_level(logging.WARNING):
-        telemetry = start_telemetry(appinsights.connection_string)
+        telemetry = start_telemetry(appinsights.connection_string, backend=backend)
         mlops_logger.info("dropped")
         telemetry.close()
-    assert appinsights.envelopes == []
-    assert [r for r in caplog.records if "Transient server side error 503" in r.getMessage()]
+    assert appinsights.envelopes == [] and appinsights.requests
+    (warning,) = [r.getMessage() for r in caplog.records if "export problem" in r.getMessage()]
+    assert "503" in warning or "did not deliver" in warning
 
 
 def test_planted_secrets_appear_nowhere_in_the_envelopes(
-        appinsights, start_telemetry, mlops_logger):  # noqa: F811
-    telemetry = start_telemetry(appinsights.connection_string,
+        appinsights, start_telemetry, mlops_logger, backend):  # noqa: F811
+    telemetry = start_telemetry(appinsights.connection_string, backend=backend,
                                 dimensions={"storage": STORAGE_CONNECTION_STRING})
     telemetry.set_dimensions(databricks_token=DATABRICKS_TOKEN, output=SAS_URL)
     mlops_logger.info("connecting with %s", STORAGE_CONNECTION_STRING)
@@ -325,20 +327,28 @@ def test_field_names_the_exporter_sends_for_kusto_queries(finished_task):
         items = capture.items(table)
         assert items, f"no {table} captured"
         for envelope in items:
-            assert set(envelope) == {"iKey", "tags", "time", "name", "data"}
+            assert {"iKey", "tags", "time", "name", "data"} <= set(envelope) <= {
+                "iKey", "tags", "time", "name", "data", "sampleRate"}
             for column, path in KUSTO_COLUMNS.items():
                 if table == "requests" and column == "operation_ParentId":
+                    continue
+                # OpenTelemetry names the operation on spans; logs carry only its id.
+                if table in ("traces", "exceptions") and column == "operation_Name":
                     continue
                 _path(envelope, path)
             base = envelope["data"]["baseData"]
             missing = {field for field in columns.values() if field not in base}
             assert not missing, f"{table}: {missing} not sent"
     trace_keys = set(_properties(_trace(capture, "features built")))
-    assert trace_keys == {"process", "module", "fileName", "lineNumber", "level", "job_run_id", "task",
-                          "env", "mlflow_run_id", "mlflow_experiment_id", "rows", "stage"}
+    own_keys = {"job_run_id", "task", "env", "mlflow_run_id", "mlflow_experiment_id", "rows", "stage"}
+    # Each exporter adds where the record came from: the logger, or the module, file and line.
+    origin = trace_keys - own_keys
+    assert origin in ({"logger_name"}, {"process", "module", "fileName", "lineNumber", "level"})
+    assert own_keys <= trace_keys
     dependency = _by_name(capture.items("dependencies"))["feature_engineering"]
     assert set(_properties(dependency)) == {"job_run_id", "task", "env", "mlflow_run_id",
                                             "mlflow_experiment_id", "rows", "feature_table", "stage"}
     exception_detail = capture.items("exceptions")[0]["data"]["baseData"]["exceptions"][0]
-    assert {"typeName", "message", "hasFullStack", "parsedStack"} <= set(exception_detail)
-    assert {"level", "method", "fileName", "line"} == set(exception_detail["parsedStack"][0])
+    assert {"typeName", "message", "hasFullStack"} <= set(exception_detail)
+    assert "stack" in exception_detail or {"level", "method", "fileName", "line"} == set(
+        exception_detail["parsedStack"][0])

@@ -295,7 +295,7 @@ def test_requests_and_switches_reach_application_insights(serve, registry_home, 
     telemetry = Telemetry.start(TelemetrySettings(connection_string=appinsights.connection_string,
                                                   role_name=f"serving/{MODEL}"))
     try:
-        server = serve(telemetry=telemetry, telemetry_sample_rate=1.0, poll_seconds=0.05)
+        server = serve(telemetry=telemetry, poll_seconds=0.05)
         for _ in range(3):
             assert call(server, "/invocations", BODY)[0] == 200
         assert call(server, "/invocations", raw=b"{", method="POST")[0] == 400
