@@ -36,6 +36,8 @@ RUNTIME_PROVIDED = {
     "databricks-sdk": "databricks-sdk>=0.50,<1",
     # The local runner reads the bundle's YAML.
     "pyyaml": "PyYAML>=6",
+    # Job configuration (MLflow depends on it too).
+    "pydantic": "pydantic>=2.5,<3",
 }
 
 
@@ -71,12 +73,14 @@ def distribution(target, version):
                        # The second telemetry backend (telemetry_backend=opencensus).
                        "opencensus-ext-azure>=1.1.9,<2",
                        "azure-storage-blob>=12.19,<13", "prometheus-client>=0.20,<1",
+                       # `mlops serve`: a Starlette app on uvicorn.
+                       "starlette>=0.40,<1", "uvicorn>=0.30,<1",
                        # The serving request log's writer; the runtime ships no delta-rs.
                        "deltalake>=1.6,<2",
                        # Local and serving locks (flock on POSIX, msvcrt on Windows).
                        "filelock>=4.2,<5"],
                       ("pyspark", "pandas", "numpy", "lightgbm", "mlflow", "scikit-learn", "scipy",
-                       "matplotlib", "databricks-sdk", "pyyaml"),
+                       "matplotlib", "databricks-sdk", "pyyaml", "pydantic"),
                       entry_points={"console_scripts": ["mlops=mlops.cli:main"]})
     raise SystemExit(f"{TARGET_ENV} must be 'ml' or 'ops', got {target!r}")
 

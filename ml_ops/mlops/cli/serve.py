@@ -52,7 +52,8 @@ def _serve(args) -> int:
         log_table=_log_table_path(args.log_table),
         poll_seconds=args.poll_seconds, max_feature_age_minutes=args.max_feature_age_minutes,
         token=_token(args.token_secret), flush_rows=args.flush_rows, flush_seconds=args.flush_seconds,
-        queue_rows=args.queue_rows, max_body_bytes=args.max_body_bytes, registry_uri=args.registry_uri)
+        queue_rows=args.queue_rows, max_body_bytes=args.max_body_bytes, registry_uri=args.registry_uri,
+        read_timeout=args.read_timeout, request_timeout=args.request_timeout)
     telemetry = Telemetry.start(TelemetrySettings(
         connection_string=os.environ.get(CONNECTION_STRING_ENV) or None, role_name=f"serving/{args.model}",
         jsonl_path=mlops_home() / "runs" / f"serving-{args.model}-telemetry.jsonl",
@@ -102,6 +103,10 @@ def register_cli(subparsers):
     parser.add_argument("--queue-rows", type=int, default=100_000,
                         help="rows the log queue holds; more are counted as not logged")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get a 413")
+    parser.add_argument("--read-timeout", type=float, default=5.0,
+                        help="seconds a request body may take to arrive; then 408")
+    parser.add_argument("--request-timeout", type=float, default=10.0,
+                        help="seconds an answer may take; then 504")
     parser.add_argument("--token-secret", default="", metavar="SCOPE/KEY",
                         help="read the bearer token from this secret (locally MLOPS_SECRET_<SCOPE>_<KEY>); "
                              "empty: MLOPS_SERVING_TOKEN")

@@ -1,14 +1,11 @@
 """The server's Prometheus metrics (prometheus_client), in a registry of its own."""
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class ServingMetrics:
     """Requests, latencies, errors, feature fallbacks, the version served and rows not logged."""
-
-    content_type = CONTENT_TYPE_LATEST
 
     def __init__(self):
         self.registry = CollectorRegistry()
@@ -40,12 +37,13 @@ class ServingMetrics:
         if code >= 400:
             self.errors.labels(str(code)).inc()
 
-    def render(self, app) -> bytes:
-        model = app.slot.current
+    def serving(self, model) -> None:
+        """Name the version now served."""
         self.version.clear()
         self.version.labels(model.name, model.version).set(1)
-        if app.request_log is not None:
-            self.not_logged.set(app.request_log.dropped)
-            self.logged.set(app.request_log.written)
-            self.dead_lettered.set(app.request_log.dead_lettered)
-        return generate_latest(self.registry)
+
+    def read_log_counts_from(self, request_log) -> None:
+        """The log gauges read ``request_log``'s counters at each scrape."""
+        self.not_logged.set_function(lambda: request_log.dropped)
+        self.logged.set_function(lambda: request_log.written)
+        self.dead_lettered.set_function(lambda: request_log.dead_lettered)

@@ -5,25 +5,23 @@ Routes: ``POST /invocations`` (see :mod:`mlops.serving.payload`), ``GET /ping``,
 produced it in ``X-Model-Version`` (and the model in ``X-Model-Name``), the request's ids in
 ``X-Request-Id``, and how many rows fell back to default window features in
 ``X-Feature-Fallbacks``. Bound to an address other than loopback, every route but ``/ping``
-needs ``Authorization: Bearer <token>``, compared in constant time.
+needs ``Authorization: Bearer <token>``, compared in constant time. The HTTP layer is
+:mod:`mlops.serving.asgi` on uvicorn; this module routes and scores.
 """
 import datetime
-import hmac
 import ipaddress
 import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
 from mlops.errors import ConfigError
-from mlops.observability.redaction import redact_text
 from mlops.serving import request_log as logs
 from mlops.serving.metrics import ServingMetrics
-from mlops.serving.payload import RequestError, feature_row, records_of
+from mlops.serving.payload import feature_row, records_of
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +35,10 @@ class ServingOptions:
     alias: str = "Champion"
     max_body_bytes: int = 1 << 20
     token: str = ""
+    # A body that has not arrived in time is refused (408), an answer that takes longer is 504.
+    read_timeout: float = 5.0
+    request_timeout: float = 10.0
+    keep_alive_seconds: int = 5
 
 
 def is_loopback(host: str) -> bool:
@@ -70,12 +72,6 @@ class ServingApp:
             self.telemetry.track_request(route, seconds, code, route, ROUTES.get(route, "GET"),
                                          model_name=model.name, model_version=model.version, route=route)
 
-    def authorized(self, path: str, header: str) -> bool:
-        if not self.options.token or path in OPEN_ROUTES:
-            return True
-        expected = f"Bearer {self.options.token}".encode()
-        return hmac.compare_digest((header or "").encode(), expected)
-
     def route(self, method: str, path: str, body: bytes,
               content_type: str = "application/json") -> tuple[int, dict, bytes]:
         if path not in ROUTES:
@@ -89,8 +85,6 @@ class ServingApp:
             return self.invocations(body, content_type)
         if path == "/ping":
             return 200, {"Content-Type": "text/plain"}, b"\n"
-        if path == "/metrics":
-            return 200, {"Content-Type": self.metrics.content_type}, self.metrics.render(self)
         model = self.slot.current
         if path == "/version":
             return _json(200, {"model_name": model.name, "model_version": model.version,
@@ -125,91 +119,49 @@ def _json(status: int, payload: dict) -> tuple[int, dict, bytes]:
     return status, {"Content-Type": "application/json"}, json.dumps(payload).encode()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    app: ServingApp = None
-    protocol_version = "HTTP/1.1"
-    # Headers and body in one packet; without it delayed ACKs add tens of milliseconds.
-    disable_nagle_algorithm, wbufsize = True, 1 << 16
-
-    def _serve(self):
-        started = time.perf_counter()
-        path = self.path.split("?", 1)[0]
-        status, headers, payload = self._answer(path)
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-        # Unknown paths share one label: a scanner must not grow the metrics without bound.
-        self.app.answered(path if path in ROUTES else "other", status, time.perf_counter() - started)
-
-    def _answer(self, path):
-        app = self.app
-        if not app.authorized(path, self.headers.get("Authorization")):
-            status, headers, payload = _json(401, {"error_code": "UNAUTHENTICATED",
-                                                   "message": "a valid bearer token is required"})
-            return status, {**headers, "WWW-Authenticate": "Bearer"}, payload
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self.close_connection = True
-            return _json(400, {"error_code": "BAD_REQUEST", "message": "Content-Length is not a number"})
-        if length > app.options.max_body_bytes:
-            self.close_connection = True
-            limit = app.options.max_body_bytes
-            return _json(413, {"error_code": "REQUEST_TOO_LARGE",
-                               "message": f"the body has {length} bytes; the limit is {limit}"})
-        body = self.rfile.read(length) if length else b""
-        try:
-            return app.route(self.command, path, body, self.headers.get("Content-Type") or "application/json")
-        except RequestError as error:
-            return _json(error.status, {"error_code": "BAD_REQUEST", "message": str(error)})
-        except Exception as error:  # no input may crash the server; the client learns it was ours
-            logger.exception("request to %s failed", path)
-            if app.telemetry is not None:
-                app.telemetry.record_exception(error, route=path)
-            return _json(500, {"error_code": "INTERNAL_ERROR",
-                               "message": redact_text(f"{type(error).__name__}: {error}")})
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
-
-    def log_message(self, format, *args):
-        # Requests are counted in /metrics; one log line per request would drown the server's own.
-        pass
-
-
-class _Listener(ThreadingHTTPServer):
-    # The default backlog of 5 resets connections when dozens of clients connect at once.
-    request_queue_size = 256
-
-
 class ServingServer:
-    """The HTTP server around a :class:`ServingApp`, on ``host``:``port`` (0: a free port).
+    """A :class:`ServingApp` behind uvicorn on ``host``:``port`` (0: a free port), in a thread.
 
     :func:`mlops.serving.start.open_server` checks the token rule before anything is loaded.
     """
 
     def __init__(self, app: ServingApp, host: str, port: int):
-        handler = type("BoundHandler", (_Handler,), {"app": app})
+        import uvicorn
+
+        from mlops.serving.asgi import create_app
+
         self.app = app
-        self.httpd = _Listener((host, port), handler)
-        self.httpd.daemon_threads = True
-        self.host, self.port = host, self.httpd.server_address[1]
+        # log_config=None: the process keeps its own logging; requests are counted in /metrics.
+        self._config = uvicorn.Config(create_app(app), host=host, port=port, log_config=None,
+                                      access_log=False, lifespan="off", backlog=2048,
+                                      timeout_keep_alive=app.options.keep_alive_seconds)
+        # Bound now, so a taken port or an unusable host fails here, and port 0 is resolved.
+        self._socket = self._config.bind_socket()
+        self._server = uvicorn.Server(self._config)
+        self.host, self.port = host, self._socket.getsockname()[1]
         self._thread = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def start(self) -> "ServingServer":
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="serving", daemon=True)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+                                        name="serving", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError(f"the server did not start on {self.url}")
+            time.sleep(0.01)
         return self
 
     def stop(self):
-        """Stop accepting requests, then write every queued log row."""
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        """Stop accepting requests, finish those in flight, then write every queued log row."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._socket.close()
         if self.app.request_log is not None:
             self.app.request_log.close()

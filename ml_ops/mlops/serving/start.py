@@ -34,6 +34,8 @@ class ServeSettings:
     queue_rows: int = 100_000
     max_body_bytes: int = 1 << 20
     registry_uri: str = ""
+    read_timeout: float = 5.0
+    request_timeout: float = 10.0
 
 
 def first_model(registry: RegistryClient, alias: str):
@@ -64,14 +66,19 @@ def open_server(settings: ServeSettings, telemetry=None) -> tuple[ServingServer,
     request_log = RequestLog(settings.log_table, slot.current.feature_names, settings.queue_rows,
                              settings.flush_rows, settings.flush_seconds) if settings.log_table else None
     metrics = ServingMetrics()
+    metrics.serving(slot.current)
+    if request_log is not None:
+        metrics.read_log_counts_from(request_log)
 
     def switched(previous, model):
         metrics.switches.inc()
+        metrics.serving(model)
         if telemetry is not None:
             telemetry.track_event("serving.model_switch", model_name=model.name, alias=settings.alias,
                                   from_version=previous.version, to_version=model.version)
 
-    options = ServingOptions(settings.alias, settings.max_body_bytes, settings.token)
+    options = ServingOptions(settings.alias, settings.max_body_bytes, settings.token,
+                             read_timeout=settings.read_timeout, request_timeout=settings.request_timeout)
     app = ServingApp(slot, store, request_log, options, metrics, telemetry)
     server = ServingServer(app, settings.host, settings.port)
     watcher = AliasWatcher(registry, settings.alias, slot, settings.poll_seconds, on_switch=switched,

@@ -82,15 +82,15 @@ def serve(registry_home):
 
 
 def call(server, path, body=None, method=None, headers=None, raw: bytes | None = None):
-    """(status, headers, parsed JSON or text) of one request to ``server``."""
+    """(status, headers, parsed JSON or text) of one request to ``server``; header names ignore case."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(server.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            status, answer_headers, text = response.status, dict(response.headers), response.read().decode()
+            status, answer_headers, text = response.status, response.headers, response.read().decode()
     except urllib.error.HTTPError as error:
-        status, answer_headers, text = error.code, dict(error.headers), error.read().decode()
+        status, answer_headers, text = error.code, error.headers, error.read().decode()
     try:
         return status, answer_headers, json.loads(text)
     except ValueError:
