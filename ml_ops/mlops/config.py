@@ -1,16 +1,18 @@
 """Typed job configuration, parsed once from job or widget parameters.
 
-Each job has one frozen dataclass. Field names are the parameter names
-(the Azure sample's names where it has them); the field type says how the
-string value is parsed. Unknown names, malformed values and missing
-required values fail here, before any Spark work starts.
+Each job has one frozen pydantic model. Field names are the parameter names (the Azure
+sample's names where it has them); the field's type, ``Literal`` choices and ``Field`` bounds
+say how the string value is parsed and checked. Unknown names, malformed values and missing
+required values fail here, before any Spark work starts, with a message that names the
+parameter (taken from the validation error's location) and never shows a secret.
 """
-import dataclasses
 import datetime
 import re
 import typing
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Annotated, Any, ClassVar, Iterable, Literal, Mapping, Optional
 
+import annotated_types
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from taxi_fares import features
 from taxi_fares.training import TrainingParams
 
@@ -19,66 +21,100 @@ from mlops.monitoring.settings import MonitoringSettings
 from mlops.platform import catalog
 from mlops.observability.redaction import REDACTED, redact_params, redact_text
 
-_TRUE = {"true", "1", "yes", "y"}
-_FALSE = {"false", "0", "no", "n"}
-
-REQUIRED = "<required>"
-
 
 def _shown(raw) -> str:
     """A raw value for an error message: quoted, or hidden when it holds a secret."""
-    return repr(raw) if redact_text(raw) == raw else REDACTED
-
-
-def _parse_bool(name, raw):
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"parameter '{name}' must be true or false, got {_shown(raw)}")
+    return repr(raw) if redact_text(str(raw)) == str(raw) else REDACTED
 
 
 # A date, optionally shifted by whole days: a job passes "{{job.start_time.iso_date}}-28d",
 # which Databricks (or the local runner) turns into e.g. "2026-11-30-28d" for a rolling range.
 _DATE = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})(?:(?P<sign>[+-])(?P<days>\d{1,5})d)?$")
+_DATE_RULE = ("must be a date as YYYY-MM-DD, optionally shifted by whole days as YYYY-MM-DD-Nd or "
+              "YYYY-MM-DD+Nd")
 
 
-def _parse_date(name, raw):
+def _shifted_date(raw):
+    """``YYYY-MM-DD`` or ``YYYY-MM-DD±Nd`` as a date; dates pass through."""
+    if not isinstance(raw, str):
+        return raw
     text = raw.strip()
     if "{{" in text:
-        raise ConfigError(f"parameter '{name}' holds the unresolved reference {_shown(raw)}: only a job run "
-                          f"resolves {{{{...}}}} references (on Databricks, or with `mlops job run`)")
+        raise ValueError("holds an unresolved reference: only a job run resolves {{...}} references "
+                         "(on Databricks, or with `mlops job run`)")
     match = _DATE.match(text)
     try:
         date = datetime.date.fromisoformat(match["date"]) if match else None
     except ValueError:
         date = None
     if date is None:
-        raise ConfigError(f"parameter '{name}' must be a date as YYYY-MM-DD, optionally shifted by whole "
-                          f"days as YYYY-MM-DD-Nd or YYYY-MM-DD+Nd, got {_shown(raw)}")
+        raise ValueError(_DATE_RULE)
     days = int(match["days"] or 0) * (-1 if match["sign"] == "-" else 1)
     return date + datetime.timedelta(days=days)
 
 
-def _parse_number(kind):
-    def parse(name, raw):
-        try:
-            return kind(raw.strip())
-        except ValueError:
-            raise ConfigError(
-                f"parameter '{name}' must be {'an integer' if kind is int else 'a number'}, "
-                f"got {_shown(raw)}") from None
-    return parse
+def _empty_is_none(raw):
+    return None if isinstance(raw, str) and not raw.strip() else raw
 
 
-_PARSERS = {
-    str: lambda name, raw: raw.strip(),
-    bool: _parse_bool,
-    int: _parse_number(int),
-    float: _parse_number(float),
-    datetime.date: _parse_date,
-}
+ShiftedDate = Annotated[datetime.date, BeforeValidator(_shifted_date)]
+# Validators run last to first: an empty value becomes None before the date is read.
+OptionalDate = Annotated[Optional[datetime.date], BeforeValidator(_shifted_date),
+                         BeforeValidator(_empty_is_none)]
+
+# What each kind of validation error says, after "parameter 'name' ".
+_TYPE_RULES = {"bool_parsing": "must be true or false", "bool_type": "must be true or false",
+               "int_parsing": "must be an integer", "int_type": "must be an integer",
+               "int_from_float": "must be an integer", "float_parsing": "must be a number",
+               "float_type": "must be a number", "finite_number": "must be a finite number",
+               "date_parsing": _DATE_RULE, "date_from_datetime_parsing": _DATE_RULE,
+               "date_type": _DATE_RULE, "string_type": "must be text"}
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _bounds_rule(field) -> str:
+    """"must be between L and U", "at least L", "above L"... from the field's declared bounds."""
+    low = high = None
+    for bound in field.metadata:
+        if isinstance(bound, (annotated_types.Gt, annotated_types.Ge)):
+            low = bound
+        elif isinstance(bound, (annotated_types.Lt, annotated_types.Le)):
+            high = bound
+    if low is not None and high is not None:
+        return f"must be between {_number(getattr(low, 'gt', getattr(low, 'ge', None)))} and " \
+               f"{_number(getattr(high, 'lt', getattr(high, 'le', None)))}"
+    if low is not None:
+        rule = f"must be above {_number(low.gt)}" if isinstance(low, annotated_types.Gt) \
+            else f"must be at least {_number(low.ge)}"
+    else:
+        rule = f"must be below {_number(high.lt)}" if isinstance(high, annotated_types.Lt) \
+            else f"must be at most {_number(high.le)}"
+    return rule + (f" ({field.description})" if field.description else "")
+
+
+def _message(model, error: dict) -> str:
+    """One validation error as a ConfigError message naming the job parameter."""
+    kind, location = error["type"], error["loc"]
+    if not location:  # a check across parameters: its message already names them
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    name = str(location[0])
+    field = model.model_fields[name]
+    shown = _shown(error.get("input"))
+    if kind == "missing":
+        return f"parameter '{name}' is required"
+    if kind == "literal_error":
+        choices = ", ".join(typing.get_args(field.annotation))
+        return f"parameter '{name}' must be one of {choices}, got {shown}"
+    if kind in _BOUND_ERRORS:
+        return f"parameter '{name}' {_bounds_rule(field)}, got {field.annotation(error['input'])}"
+    if kind in _TYPE_RULES:
+        return f"parameter '{name}' {_TYPE_RULES[kind]}, got {shown}"
+    cause = error.get("ctx", {}).get("error", error["msg"])
+    return f"parameter '{name}' {cause}, got {shown}"
 
 
 def _format(value):
@@ -89,12 +125,13 @@ def _format(value):
     return str(value)
 
 
-@dataclasses.dataclass(frozen=True)
-class JobConfig:
+class JobConfig(BaseModel):
     """Base class: parsing, validation and widget declaration for one job's parameters."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     # Parameters every job takes.
-    env: str = "dev"
+    env: Literal["dev", "staging", "prod"] = "dev"
     wheel_path: str = "dist"
     wheel_version: str = "*"
     registered_model_name: str = "taxi_fares"
@@ -103,47 +140,38 @@ class JobConfig:
     table_location: str = "dev.taxi_fares"
     appinsights_secret_scope: str = ""
     appinsights_secret_key: str = ""
-    telemetry_backend: str = "opentelemetry"
+    telemetry_backend: Literal["opentelemetry", "opencensus"] = "opentelemetry"
     git_commit: str = ""
 
-    CHOICES: ClassVar[dict] = {"env": ("dev", "staging", "prod"),
-                               "telemetry_backend": ("opentelemetry", "opencensus")}
     # Fields a job file deliberately does not declare: name -> why. Every other field is declared.
     NOT_IN_JOB_FILE: ClassVar[dict] = {
         "telemetry_backend": "the default exporter suits every target; a run that must ingest through "
                              "OpenCensus passes it"}
 
+    def __init__(self, **values):
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise _config_error(type(self), error) from None
+
     @classmethod
     def parameter_names(cls):
-        return [field.name for field in dataclasses.fields(cls)]
+        return list(cls.model_fields)
+
+    @classmethod
+    def default_of(cls, name: str):
+        return cls.model_fields[name].default
 
     @classmethod
     def defaults(cls) -> dict:
         """Parameter defaults as the strings a widget or job file holds."""
-        return {field.name: ("" if field.default == REQUIRED else _format(field.default))
-                for field in dataclasses.fields(cls)}
+        return {name: _format(field.default) for name, field in cls.model_fields.items()}
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]):
-        """Parse string parameters; reject unknown names and bad values."""
-        valid = cls.parameter_names()
-        unknown = sorted(set(params) - set(valid))
-        if unknown:
-            raise ConfigError(
-                f"unknown parameter(s) {', '.join(unknown)} for {cls.__name__}; "
-                f"valid names are: {', '.join(sorted(valid))}")
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for field in dataclasses.fields(cls):
-            raw = params.get(field.name)
-            if raw is None or (isinstance(raw, str) and raw.strip() == ""):
-                if field.default == REQUIRED:
-                    raise ConfigError(f"parameter '{field.name}' is required")
-                continue
-            values[field.name] = _PARSERS[hints[field.name]](field.name, str(raw))
-        config = cls(**values)
-        config.validate()
-        return config
+        """Parse string parameters; an empty value keeps the default."""
+        values = {name: raw.strip() if isinstance(raw, str) else raw for name, raw in params.items()}
+        return cls(**{name: value for name, value in values.items() if value is not None and value != ""})
 
     @classmethod
     def from_widgets(cls, dbutils):
@@ -167,37 +195,34 @@ class JobConfig:
         for name, default in cls.defaults().items():
             dbutils.widgets.text(name, default, name)
 
-    def validate(self):
-        for name, choices in self.CHOICES.items():
-            value = getattr(self, name)
-            if value not in choices:
-                raise ConfigError(
-                    f"parameter '{name}' must be one of {', '.join(choices)}, got {value!r}")
-        _check_date_range(self)
+    @model_validator(mode="after")
+    def _check_location(self):
         catalog.check_location(self.table_location)
+        return self
 
     def as_params(self) -> dict:
         """All parameters as strings, secrets redacted: safe to log anywhere."""
-        return redact_params({field.name: _format(getattr(self, field.name))
-                              for field in dataclasses.fields(self)})
+        return redact_params({name: _format(getattr(self, name)) for name in type(self).model_fields})
 
     def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
+        return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
 
 
-def _check_date_range(config):
-    for prefix in ("training_data", "scoring_data"):
-        start = getattr(config, f"{prefix}_start_date", None)
-        end = getattr(config, f"{prefix}_end_date", None)
-        if start and end and start > end:
-            raise ConfigError(
-                f"parameter '{prefix}_start_date' ({start}) is after "
-                f"'{prefix}_end_date' ({end}); swap them or fix the range")
+def _config_error(model, error: ValidationError) -> ConfigError:
+    errors = error.errors()
+    unknown = sorted(str(item["loc"][0]) for item in errors if item["type"] == "extra_forbidden")
+    if unknown:
+        return ConfigError(f"unknown parameter(s) {', '.join(unknown)} for {model.__name__}; "
+                           f"valid names are: {', '.join(sorted(model.model_fields))}")
+    return ConfigError(_message(model, errors[0]))
 
 
-def _require(config, name, holds, rule):
-    if not holds:
-        raise ConfigError(f"parameter '{name}' must be {rule}, got {getattr(config, name)}")
+def _check_date_range(config, prefix):
+    start = getattr(config, f"{prefix}_start_date")
+    end = getattr(config, f"{prefix}_end_date")
+    if start and end and start > end:
+        raise ConfigError(f"parameter '{prefix}_start_date' ({start}) is after "
+                          f"'{prefix}_end_date' ({end}); swap them or fix the range")
 
 
 def parse_assignments(pairs: Iterable[str]) -> dict:
@@ -214,7 +239,6 @@ def parse_assignments(pairs: Iterable[str]) -> dict:
     return assignments
 
 
-@dataclasses.dataclass(frozen=True)
 class RawTripsConfig(JobConfig):
     """Parameters of the jobs that read raw trips and build feature tables."""
 
@@ -224,12 +248,11 @@ class RawTripsConfig(JobConfig):
     online_store_path: str = "dbfs:/mlops/taxi_fares/online_store"
 
 
-@dataclasses.dataclass(frozen=True)
 class TrainingConfig(RawTripsConfig):
     """Parameters of the training job: train, validate and deploy tasks share them."""
 
-    training_data_start_date: datetime.date = datetime.date(2016, 1, 1)
-    training_data_end_date: datetime.date = datetime.date(2016, 1, 31)
+    training_data_start_date: ShiftedDate = datetime.date(2016, 1, 1)
+    training_data_end_date: ShiftedDate = datetime.date(2016, 1, 31)
     execute_training: bool = True
     # LightGBM settings default to the ML wheel's own defaults.
     training_num_leaves: int = TrainingParams.num_leaves
@@ -237,48 +260,38 @@ class TrainingConfig(RawTripsConfig):
     training_metric: str = TrainingParams.metric
     training_num_rounds: int = TrainingParams.num_rounds
     training_learning_rate: float = TrainingParams.learning_rate
-    training_sample_rows: int = 2_000_000
+    training_sample_rows: int = Field(2_000_000, ge=100)
     # The held-out set: the latest test_fraction of the range by pickup time, after a gap.
-    test_fraction: float = 0.2
-    held_out_gap_minutes: int = 60
+    test_fraction: float = Field(0.2, gt=0, lt=0.9)
+    held_out_gap_minutes: int = Field(60, ge=features.LONGEST_WINDOW_MINUTES,
+                                      description="the longest feature window")
     seed: int = 42
     # Validation and promotion (tasks `validate` and `deploy`).
     model_version: str = ""
     execute_validation: bool = True
     execute_deployment: bool = True
-    validation_max_rmse: float = 10.0
-    validation_min_r2: float = 0.5
-    validation_slice_factor: float = 5.0
-    validation_sample_rows: int = 200_000
-    promotion_tolerance: float = 0.0
+    validation_max_rmse: float = Field(10.0, gt=0)
+    # r2 is at most 1; below -1 a model is worse than twice the mean's error, no gate at all.
+    validation_min_r2: float = Field(0.5, ge=-1, le=1)
+    validation_slice_factor: float = Field(5.0, ge=1)
+    validation_sample_rows: int = Field(200_000, ge=100)
+    promotion_tolerance: float = Field(0.0, gt=-1)
     require_approval: bool = False
     # The inference log whose <name>_baseline table receives each validated version's reference profile.
     predictions_table: str = "taxi_fares_predictions"
 
-    def validate(self):
-        super().validate()
-        if self.training_sample_rows < 100:
-            raise ConfigError("parameter 'training_sample_rows' must be at least 100, "
-                              f"got {self.training_sample_rows}")
-        if not 0.0 < self.test_fraction < 0.9:
-            raise ConfigError("parameter 'test_fraction' must be between 0 and 0.9, "
-                              f"got {self.test_fraction}")
-        _require(self, "held_out_gap_minutes", self.held_out_gap_minutes >= features.LONGEST_WINDOW_MINUTES,
-                 f"at least {features.LONGEST_WINDOW_MINUTES} (the longest feature window)")
+    @model_validator(mode="after")
+    def _check_ranges_and_training_params(self):
+        _check_date_range(self, "training_data")
         try:
             self.time_split()
         except ValueError as error:
             raise ConfigError(f"parameters 'test_fraction' and 'held_out_gap_minutes': {error}") from None
-        _require(self, "validation_sample_rows", self.validation_sample_rows >= 100, "at least 100")
-        _require(self, "validation_slice_factor", self.validation_slice_factor >= 1.0, "at least 1")
-        _require(self, "validation_max_rmse", self.validation_max_rmse > 0, "above 0")
-        # r2 is at most 1; below -1 a model is worse than twice the mean's error, no gate at all.
-        _require(self, "validation_min_r2", -1.0 <= self.validation_min_r2 <= 1.0, "between -1 and 1")
-        _require(self, "promotion_tolerance", self.promotion_tolerance > -1.0, "above -1")
         try:
             self.training_params().validate(label=lambda field: f"parameter '{_TRAINING_PARAMETERS[field]}'")
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        return self
 
     def time_split(self) -> "features.TimeSplit":
         """The out-of-time split of the training range (see :class:`taxi_fares.features.TimeSplit`)."""
@@ -291,12 +304,11 @@ class TrainingConfig(RawTripsConfig):
                                  for field, parameter in _TRAINING_PARAMETERS.items()})
 
 
-@dataclasses.dataclass(frozen=True)
 class ScoringConfig(RawTripsConfig):
     """Parameters of the batch scoring job."""
 
-    scoring_data_start_date: datetime.date = datetime.date(2016, 2, 1)
-    scoring_data_end_date: datetime.date = datetime.date(2016, 2, 29)
+    scoring_data_start_date: ShiftedDate = datetime.date(2016, 2, 1)
+    scoring_data_end_date: ShiftedDate = datetime.date(2016, 2, 29)
     trained_model_version: str = ""
     model_alias: str = "Champion"
     allow_unvalidated_model: bool = False
@@ -310,8 +322,12 @@ class ScoringConfig(RawTripsConfig):
     storage_secret_key: str = ""
     publish_folder: str = "dbfs:/mlops/taxi_fares/published"
 
+    @model_validator(mode="after")
+    def _check_range(self):
+        _check_date_range(self, "scoring_data")
+        return self
 
-@dataclasses.dataclass(frozen=True)
+
 class MonitoringConfig(JobConfig):
     """Parameters of the monitoring job: the windows to watch, the thresholds, and the retraining rule."""
 
@@ -319,20 +335,20 @@ class MonitoringConfig(JobConfig):
     # Passed on to the training job when monitoring starts a retraining.
     taxi_fares_raw_data: str = "dbfs:/mlops/taxi_fares/raw/trips"
     # Empty: the last monitoring_windows windows up to monitoring_end_date; empty end: today (UTC).
-    monitoring_start_date: str = ""
-    monitoring_end_date: str = ""
-    monitoring_windows: int = 7
+    monitoring_start_date: OptionalDate = None
+    monitoring_end_date: OptionalDate = None
+    monitoring_windows: int = Field(7, ge=1)
     # Calendar features: a daily window holds one weekday, so these always differ from the reference.
     drift_exempt_columns: str = "pickup_day_of_week,is_weekend"
-    retrain_on: str = "drift_or_quality"
-    retraining_range_days: int = 30
+    retrain_on: Literal["drift", "quality", "drift_or_quality"] = "drift_or_quality"
+    retraining_range_days: int = Field(30, ge=1)
     # No retraining while a run of this job is in progress (its task runs in the experiment say RUNNING).
     training_job_name: str = "taxi_fares_training"
     # "spark" runs everywhere; "lakehouse" has Databricks Lakehouse Monitoring compute the tables.
-    monitoring_backend: str = "spark"
+    monitoring_backend: Literal["spark", "lakehouse"] = "spark"
     lakehouse_assets_dir: str = "/Shared/taxi_fares/dev/monitoring"
-    lakehouse_refresh_timeout_minutes: int = 60
-    # Thresholds and the rule default to the monitor's own defaults.
+    lakehouse_refresh_timeout_minutes: int = Field(60, ge=1)
+    # Thresholds and the rule default to the monitor's own defaults, which check them.
     monitoring_granularity: str = MonitoringSettings.granularity
     monitoring_min_rows: int = MonitoringSettings.min_rows
     psi_threshold: float = MonitoringSettings.psi_threshold
@@ -343,23 +359,17 @@ class MonitoringConfig(JobConfig):
     retrain_min_violations: int = MonitoringSettings.retrain_min_violations
     retrain_cooldown_days: int = MonitoringSettings.cooldown_days
 
-    CHOICES: ClassVar[dict] = {**JobConfig.CHOICES, "retrain_on": ("drift", "quality", "drift_or_quality"),
-                               "monitoring_backend": ("spark", "lakehouse")}
-
-    def validate(self):
-        super().validate()
-        _require(self, "monitoring_windows", self.monitoring_windows >= 1, "at least 1")
-        _require(self, "retraining_range_days", self.retraining_range_days >= 1, "at least 1")
-        _require(self, "lakehouse_refresh_timeout_minutes", self.lakehouse_refresh_timeout_minutes >= 1,
-                 "at least 1")
+    @model_validator(mode="after")
+    def _check_settings_and_range(self):
         self.settings()
         start, end = self.monitoring_range()
         if start > end:
             raise ConfigError(f"parameter 'monitoring_start_date' ({start}) is after 'monitoring_end_date' "
                               f"({end}); swap them or fix the range")
+        return self
 
     def settings(self):
-        """The monitor's thresholds and rule; ConfigError when one is out of range."""
+        """The monitor's thresholds and rule; ConfigError naming the parameter when one is out of range."""
         values = {field: getattr(self, parameter) for field, parameter in _MONITORING_PARAMETERS.items()}
         exempt = tuple(name.strip() for name in self.drift_exempt_columns.split(",") if name.strip())
         unknown = sorted(set(exempt) - set(features.FEATURE_COLUMNS) - {"prediction"})
@@ -370,16 +380,14 @@ class MonitoringConfig(JobConfig):
         try:
             return MonitoringSettings(**values, exempt_columns=exempt)
         except ConfigError as error:
-            field = str(error).split(" ", 1)[0].strip("'")
-            parameter = _MONITORING_PARAMETERS.get(field)
+            parameter = _MONITORING_PARAMETERS.get(error.field)
             raise ConfigError(f"parameter '{parameter}': {error}" if parameter else str(error)) from None
 
     def monitoring_range(self, today: datetime.date | None = None) -> tuple[datetime.date, datetime.date]:
         """The event dates monitored (inclusive): explicit, or the last windows up to the end date."""
-        end = _parse_date("monitoring_end_date", self.monitoring_end_date) if self.monitoring_end_date \
-            else (today or datetime.datetime.now(datetime.timezone.utc).date())
+        end = self.monitoring_end_date or today or datetime.datetime.now(datetime.timezone.utc).date()
         if self.monitoring_start_date:
-            return _parse_date("monitoring_start_date", self.monitoring_start_date), end
+            return self.monitoring_start_date, end
         length = self.settings().window_length * self.monitoring_windows
         return end - datetime.timedelta(days=max(length.days, 1) - 1), end
 

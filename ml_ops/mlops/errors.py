@@ -9,7 +9,11 @@ class MlopsError(Exception):
 
 
 class ConfigError(MlopsError, ValueError):
-    """A parameter is unknown, malformed or missing."""
+    """A parameter is unknown, malformed or missing; ``field`` names it when known."""
+
+    def __init__(self, message: str = "", field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class DataError(MlopsError):

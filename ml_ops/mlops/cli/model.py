@@ -19,7 +19,7 @@ else ``$MLOPS_HOME/mlflow.db``); ``--registry-uri databricks-uc`` targets Unity 
 Every action that happens logs an MLflow run, so the audit trail has who and why; a refused
 action logs nothing. A rollback pins the Champion (``--no-pin`` to leave automatic promotion on).
 """
-DEFAULT_EXPERIMENT = JobConfig.experiment_name
+DEFAULT_EXPERIMENT = JobConfig.default_of("experiment_name")
 
 
 def _current_user() -> str:

@@ -40,6 +40,7 @@ def register_cli(subparsers):
              "training_trips", _convert)):
         subcommand = commands.add_parser(name, help=help_text)
         subcommand.add_argument("name", help=f"the table, e.g. {example}")
-        subcommand.add_argument("--location", default=JobConfig.table_location,
-                                help=f"the table_location (default {JobConfig.table_location})")
+        location = JobConfig.default_of("table_location")
+        subcommand.add_argument("--location", default=location,
+                                help=f"the table_location (default {location})")
         subcommand.set_defaults(func=command(run))

@@ -15,7 +15,7 @@ from mlops.lifecycle.registry import (APPROVAL_TAG, CHALLENGER, CHAMPION, VALIDA
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = JobConfig.experiment_name
+DEFAULT_EXPERIMENT = JobConfig.default_of("experiment_name")
 VERSION_COLUMNS = ("version", "aliases", "validation", "approval", "rmse", "created (UTC)", "run id")
 
 

@@ -41,7 +41,8 @@ class MonitoringSettings:
     def __post_init__(self):
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"granularity {self.granularity!r} is not supported; "
-                              f"use one of {', '.join(repr(name) for name in GRANULARITIES)}")
+                              f"use one of {', '.join(repr(name) for name in GRANULARITIES)}",
+                              field="granularity")
         _check_range("psi_threshold", self.psi_threshold, 0.0, 10.0)
         _check_range("wasserstein_threshold", self.wasserstein_threshold, 0.0, 10.0)
         _check_range("rmse_ratio_threshold", self.rmse_ratio_threshold, 1.0, 100.0)
@@ -52,7 +53,8 @@ class MonitoringSettings:
         _check_whole("cooldown_days", self.cooldown_days, 0)
         if self.retrain_min_violations > self.retrain_windows:
             raise ConfigError(f"retrain_min_violations ({self.retrain_min_violations}) cannot exceed "
-                              f"retrain_windows ({self.retrain_windows}): the rule could never hold")
+                              f"retrain_windows ({self.retrain_windows}): the rule could never hold",
+                              field="retrain_min_violations")
 
     @property
     def window_unit(self) -> str:
@@ -67,9 +69,10 @@ def _check_range(name: str, value, low: float, high: float) -> None:
     """``value`` must be a number with low < value <= high."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not low < value <= high:
-        raise ConfigError(f"{name} must be a number above {low:g} and at most {high:g}, got {value!r}")
+        raise ConfigError(f"{name} must be a number above {low:g} and at most {high:g}, got {value!r}",
+                          field=name)
 
 
 def _check_whole(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}", field=name)

@@ -57,7 +57,7 @@ def test_invalid_training_params_are_config_errors():
 
 def test_empty_value_keeps_default():
     config = TrainingConfig.from_params({"training_num_rounds": ""})
-    assert config.training_num_rounds == TrainingConfig.training_num_rounds
+    assert config.training_num_rounds == TrainingConfig.default_of("training_num_rounds")
 
 
 def test_as_params_redacts_secret_looking_values():
