@@ -22,12 +22,10 @@ Runs
     A repair run re-runs the tasks of an earlier run that did not succeed.
 """
 import contextlib
-import datetime
 import hashlib
 import json
 import logging
 import os
-import re
 import time
 import traceback
 from pathlib import Path
@@ -35,13 +33,13 @@ from typing import Callable, Optional
 
 from mlops.errors import JobError
 from mlops.local import interrupts
-from mlops.local.job_file import (_REFERENCE, JobSpec, TaskSpec, load_job, reference_problem,
-                                  start_time_values)
+from mlops.local.job_file import JobSpec, TaskSpec, load_job, reference_problem
 from mlops.local.notebook import output_kept_in, run_notebook
 from mlops.local.notebook_source import shown_path
 from mlops.local.run_record import (EXCLUDED, FAILED, PENDING, RUNNING, SUCCESS, UPSTREAM_FAILED,
                                     RunRecord, now)
 from mlops.local.session import LocalSession
+from mlops.local.task_flow import COMPARISONS, blocked_by_upstream, substitute
 from mlops.observability.redaction import REDACTED, SECRET_VALUE_MARKER, redact_text
 from mlops.platform import home, locks
 from mlops.platform.home import new_run_id, runs_dir
@@ -253,7 +251,7 @@ def _run_slot(job: JobSpec, if_busy: str, progress: Callable[[str], None]):
 def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSession, counter: str,
               progress: Callable[[str], None]) -> None:
     entry = record.tasks[task.task_key]
-    blocked, why = _blocked_by_upstream(task, record)
+    blocked, why = blocked_by_upstream(task, record)
     if blocked:
         entry.update(state=blocked, error=f"not run: {why}")
         record.save()
@@ -278,7 +276,7 @@ def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSes
     session.output_dir = output_dir
     session.task_values.pop(task.task_key, None)
     try:
-        parameters = _substitute(entry["parameters"], job, task, record, session)
+        parameters = substitute(entry["parameters"], job, task, record, session)
         entry["parameters"] = parameters
         with output_kept_in(output_dir / OUTPUT_FILE):
             result = run_notebook(task.notebook_path, parameters, session)
@@ -302,39 +300,6 @@ def _run_task(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSes
              + (f": {entry['error']}" if entry["state"] == FAILED else ""))
 
 
-_FAILED_STATES = (FAILED, UPSTREAM_FAILED)
-
-
-def _blocked_by_upstream(task: TaskSpec, record: RunRecord) -> tuple[str, str]:
-    """(state, why) when ``task`` must not run, by its ``run_if`` and its upstream states; else ('', '').
-
-    As in the Jobs API: a condition with the other outcome excludes its dependants; under the
-    default ALL_SUCCESS, an excluded upstream excludes and a failed one blocks with UPSTREAM_FAILED.
-    """
-    states = {key: record.tasks[key]["state"] for key in task.depends_on}
-    for key in task.depends_on:
-        wanted = task.outcomes.get(key)
-        if wanted is not None and states[key] == SUCCESS and record.tasks[key].get("outcome") != wanted:
-            return EXCLUDED, f"condition {key} was {record.tasks[key].get('outcome')}"
-    failed = [key for key, state in states.items() if state in _FAILED_STATES]
-    succeeded = [key for key, state in states.items() if state == SUCCESS]
-    if task.run_if == "ALL_DONE" or not states:
-        return "", ""
-    if task.run_if in ("ALL_SUCCESS", "NONE_FAILED") and failed:
-        return UPSTREAM_FAILED, f"upstream task {', '.join(failed)} did not succeed"
-    if task.run_if == "ALL_SUCCESS" and len(succeeded) < len(states):
-        excluded = [key for key in states if key not in succeeded]
-        return EXCLUDED, f"upstream task {', '.join(excluded)} was excluded"
-    if task.run_if == "AT_LEAST_ONE_SUCCESS" and not succeeded:
-        return (UPSTREAM_FAILED if failed else EXCLUDED), \
-            "run_if AT_LEAST_ONE_SUCCESS: no upstream task succeeded"
-    if task.run_if == "ALL_FAILED" and len(failed) < len(states):
-        return EXCLUDED, "run_if ALL_FAILED: not every upstream task failed"
-    if task.run_if == "AT_LEAST_ONE_FAILED" and not failed:
-        return EXCLUDED, "run_if AT_LEAST_ONE_FAILED: no upstream task failed"
-    return "", ""
-
-
 def _run_child_job(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSession, counter: str,
                    progress: Callable[[str], None]) -> None:
     """A run_job_task: run the other job with its job parameters; this task ends as that run does."""
@@ -344,7 +309,7 @@ def _run_child_job(job: JobSpec, task: TaskSpec, record: RunRecord, session: Loc
     record.save()
     started = time.monotonic()
     try:
-        parameters = _substitute(parameters, job, task, record, session, job_values=entry["parameters"])
+        parameters = substitute(parameters, job, task, record, session, job_values=entry["parameters"])
         entry["job_parameters"] = parameters
         child_job = job.other_job(child_key)
         entry["job_file"] = str(child_job.path)
@@ -363,18 +328,13 @@ def _run_child_job(job: JobSpec, task: TaskSpec, record: RunRecord, session: Loc
     progress(f"{counter} {task.task_key} ... {entry['state']} in {entry['duration_seconds']:.1f}s{detail}")
 
 
-_COMPARISONS = {"EQUAL_TO": lambda a, b: a == b, "NOT_EQUAL": lambda a, b: a != b,
-                "GREATER_THAN": lambda a, b: a > b, "GREATER_THAN_OR_EQUAL": lambda a, b: a >= b,
-                "LESS_THAN": lambda a, b: a < b, "LESS_THAN_OR_EQUAL": lambda a, b: a <= b}
-
-
 def _evaluate_condition(job: JobSpec, task: TaskSpec, record: RunRecord, session: LocalSession, counter: str,
                         progress: Callable[[str], None]) -> None:
     """A condition task: compare its operands as numbers when both are, else as strings."""
     entry = record.tasks[task.task_key]
     op, left, right = task.condition
     try:
-        operands = _substitute({"left": left, "right": right}, job, task, record, session)
+        operands = substitute({"left": left, "right": right}, job, task, record, session)
     except JobError as error:
         entry.update(state=FAILED, error=str(error))
         record.save()
@@ -385,44 +345,11 @@ def _evaluate_condition(job: JobSpec, task: TaskSpec, record: RunRecord, session
         values = [float(value) for value in values]
     except ValueError:
         pass
-    outcome = "true" if _COMPARISONS[op](*values) else "false"
+    outcome = "true" if COMPARISONS[op](*values) else "false"
     entry.update(state=SUCCESS, outcome=outcome, operands=operands)
     record.save()
     progress(f"{counter} {task.task_key} ... condition {operands['left']!r} {op} {operands['right']!r} "
              f"is {outcome}")
-
-
-def _substitute(parameters: dict[str, str], job: JobSpec, task: TaskSpec, record: RunRecord,
-                session: LocalSession, job_values: Optional[dict[str, str]] = None) -> dict[str, str]:
-    """Replace ``{{...}}`` dynamic value references with this run's values.
-
-    ``{{job.parameters.<name>}}`` is looked up in ``job_values``, by default ``parameters`` itself
-    (a notebook task's parameters hold every job parameter).
-    """
-    job_values = parameters if job_values is None else job_values
-    start = datetime.datetime.fromisoformat(record.start_time)
-    static = {
-        "job.id": f"local-{job.name}", "job.name": job.name, "job.run_id": record.run_id,
-        "job.repair_count": str(len(record.repairs)), "task.name": task.task_key,
-        "task.run_id": f"{record.run_id}-{task.task_key}",
-        **start_time_values(start),
-    }
-
-    def value_of(match: re.Match) -> str:
-        reference = match.group(1)
-        if reference in static:
-            return static[reference]
-        if reference.startswith("job.parameters."):
-            return job_values[reference[len("job.parameters."):]]
-        upstream, _, key = reference[len("tasks."):].partition(".values.")
-        values = session.task_values.get(upstream, {})
-        if key not in values:
-            raise JobError(f"task '{task.task_key}' refers to '{{{{{reference}}}}}', "
-                           f"but task '{upstream}' set no task value '{key}'")
-        value = values[key]
-        return value if isinstance(value, str) else json.dumps(value)
-
-    return {name: _REFERENCE.sub(value_of, value) for name, value in parameters.items()}
 
 
 def _redacted(text: str) -> str:

@@ -17,7 +17,7 @@ import html
 import io
 import math
 
-from mlops.lifecycle import plots
+from mlops.observability import plots
 from mlops.monitoring.drift import EXEMPT, INSUFFICIENT, OK, TABLE_COLUMN, VIOLATION, window_start_text
 
 plt = plots.plt

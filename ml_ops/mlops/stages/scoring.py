@@ -17,7 +17,7 @@ import mlflow
 from pyspark.sql import functions as F
 from taxi_fares.features import filter_date_range
 
-from mlops.lifecycle import plots
+from mlops.observability import plots
 from mlops.inference import engine
 from mlops.errors import ConfigError, DataError, RegistryError, ValidationFailed
 from mlops.publishing import make_publisher, validate_prefix

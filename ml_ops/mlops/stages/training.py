@@ -6,7 +6,7 @@ from mlflow.models import infer_signature
 from pyspark.sql import functions as F
 from taxi_fares import evaluation, features, training
 
-from mlops.lifecycle import plots
+from mlops.observability import plots
 from mlops.errors import DataError
 from mlops.lifecycle.registry import PENDING, ModelRef, RegistryClient
 from mlops.stages.feature_tables import TRAINING, build_feature_tables, lineage, load_feature_set, log_inputs

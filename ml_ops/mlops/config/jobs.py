@@ -8,10 +8,8 @@ parameter (taken from the validation error's location) and never shows a secret.
 """
 import datetime
 import re
-import typing
 from typing import Annotated, Any, ClassVar, Iterable, Literal, Mapping, Optional
 
-import annotated_types
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from taxi_fares import features
 from taxi_fares.training import TrainingParams
@@ -19,19 +17,13 @@ from taxi_fares.training import TrainingParams
 from mlops.errors import ConfigError
 from mlops.monitoring.settings import MonitoringSettings
 from mlops.platform import catalog
-from mlops.observability.redaction import REDACTED, redact_params, redact_text
-
-
-def _shown(raw) -> str:
-    """A raw value for an error message: quoted, or hidden when it holds a secret."""
-    return repr(raw) if redact_text(str(raw)) == str(raw) else REDACTED
+from mlops.observability.redaction import redact_params
+from mlops.config.messages import DATE_RULE, config_error, shown
 
 
 # A date, optionally shifted by whole days: a job passes "{{job.start_time.iso_date}}-28d",
 # which Databricks (or the local runner) turns into e.g. "2026-11-30-28d" for a rolling range.
 _DATE = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})(?:(?P<sign>[+-])(?P<days>\d{1,5})d)?$")
-_DATE_RULE = ("must be a date as YYYY-MM-DD, optionally shifted by whole days as YYYY-MM-DD-Nd or "
-              "YYYY-MM-DD+Nd")
 
 
 def _shifted_date(raw):
@@ -48,7 +40,7 @@ def _shifted_date(raw):
     except ValueError:
         date = None
     if date is None:
-        raise ValueError(_DATE_RULE)
+        raise ValueError(DATE_RULE)
     days = int(match["days"] or 0) * (-1 if match["sign"] == "-" else 1)
     return date + datetime.timedelta(days=days)
 
@@ -61,60 +53,6 @@ ShiftedDate = Annotated[datetime.date, BeforeValidator(_shifted_date)]
 # Validators run last to first: an empty value becomes None before the date is read.
 OptionalDate = Annotated[Optional[datetime.date], BeforeValidator(_shifted_date),
                          BeforeValidator(_empty_is_none)]
-
-# What each kind of validation error says, after "parameter 'name' ".
-_TYPE_RULES = {"bool_parsing": "must be true or false", "bool_type": "must be true or false",
-               "int_parsing": "must be an integer", "int_type": "must be an integer",
-               "int_from_float": "must be an integer", "float_parsing": "must be a number",
-               "float_type": "must be a number", "finite_number": "must be a finite number",
-               "date_parsing": _DATE_RULE, "date_from_datetime_parsing": _DATE_RULE,
-               "date_type": _DATE_RULE, "string_type": "must be text"}
-_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
-
-
-def _number(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _bounds_rule(field) -> str:
-    """"must be between L and U", "at least L", "above L"... from the field's declared bounds."""
-    low = high = None
-    for bound in field.metadata:
-        if isinstance(bound, (annotated_types.Gt, annotated_types.Ge)):
-            low = bound
-        elif isinstance(bound, (annotated_types.Lt, annotated_types.Le)):
-            high = bound
-    if low is not None and high is not None:
-        return f"must be between {_number(getattr(low, 'gt', getattr(low, 'ge', None)))} and " \
-               f"{_number(getattr(high, 'lt', getattr(high, 'le', None)))}"
-    if low is not None:
-        rule = f"must be above {_number(low.gt)}" if isinstance(low, annotated_types.Gt) \
-            else f"must be at least {_number(low.ge)}"
-    else:
-        rule = f"must be below {_number(high.lt)}" if isinstance(high, annotated_types.Lt) \
-            else f"must be at most {_number(high.le)}"
-    return rule + (f" ({field.description})" if field.description else "")
-
-
-def _message(model, error: dict) -> str:
-    """One validation error as a ConfigError message naming the job parameter."""
-    kind, location = error["type"], error["loc"]
-    if not location:  # a check across parameters: its message already names them
-        return str(error.get("ctx", {}).get("error", error["msg"]))
-    name = str(location[0])
-    field = model.model_fields[name]
-    shown = _shown(error.get("input"))
-    if kind == "missing":
-        return f"parameter '{name}' is required"
-    if kind == "literal_error":
-        choices = ", ".join(typing.get_args(field.annotation))
-        return f"parameter '{name}' must be one of {choices}, got {shown}"
-    if kind in _BOUND_ERRORS:
-        return f"parameter '{name}' {_bounds_rule(field)}, got {field.annotation(error['input'])}"
-    if kind in _TYPE_RULES:
-        return f"parameter '{name}' {_TYPE_RULES[kind]}, got {shown}"
-    cause = error.get("ctx", {}).get("error", error["msg"])
-    return f"parameter '{name}' {cause}, got {shown}"
 
 
 def _format(value):
@@ -152,7 +90,7 @@ class JobConfig(BaseModel):
         try:
             super().__init__(**values)
         except ValidationError as error:
-            raise _config_error(type(self), error) from None
+            raise config_error(type(self), error) from None
 
     @classmethod
     def parameter_names(cls):
@@ -208,15 +146,6 @@ class JobConfig(BaseModel):
         return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
 
 
-def _config_error(model, error: ValidationError) -> ConfigError:
-    errors = error.errors()
-    unknown = sorted(str(item["loc"][0]) for item in errors if item["type"] == "extra_forbidden")
-    if unknown:
-        return ConfigError(f"unknown parameter(s) {', '.join(unknown)} for {model.__name__}; "
-                           f"valid names are: {', '.join(sorted(model.model_fields))}")
-    return ConfigError(_message(model, errors[0]))
-
-
 def _check_date_range(config, prefix):
     start = getattr(config, f"{prefix}_start_date")
     end = getattr(config, f"{prefix}_end_date")
@@ -232,7 +161,7 @@ def parse_assignments(pairs: Iterable[str]) -> dict:
         name, separator, value = pair.partition("=")
         name = name.strip()
         if not separator or not name:
-            raise ConfigError(f"parameter {_shown(pair)} must be written name=value")
+            raise ConfigError(f"parameter {shown(pair)} must be written name=value")
         if name in assignments:
             raise ConfigError(f"parameter '{name}' given more than once")
         assignments[name] = value
