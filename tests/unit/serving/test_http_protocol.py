@@ -8,6 +8,8 @@ import time
 import lightgbm
 import numpy as np
 
+from mlops.serving.asgi import INLINE_BODY_BYTES
+
 from .conftest import call
 from .test_server import RAW_TRIP
 
@@ -130,7 +132,9 @@ def test_idle_connections_and_a_client_stalled_mid_body_do_not_delay_a_normal_re
 
 def test_an_answer_slower_than_the_request_timeout_is_a_504(serve):
     server = serve(request_timeout=1e-6)
-    status, _, answer = call(server, "/invocations", raw=BODY, method="POST")
+    many = json.dumps({"dataframe_records": [RAW_TRIP] * 500}).encode()
+    assert len(many) > INLINE_BODY_BYTES
+    status, _, answer = call(server, "/invocations", raw=many, method="POST")
     assert (status, answer["error_code"]) == (504, "REQUEST_TIMEOUT")
     assert answer["message"] == "no answer within 1e-06 s"
     assert 'mlops_serving_errors_total{code="504"} 1.0' in call(server, "/metrics")[2]
