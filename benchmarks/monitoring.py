@@ -85,7 +85,7 @@ def route_m(spark, features, model_uri, output: Path):
     def run(rep):
         result = monitor_range(tables, LOG_TABLE, common.MODEL_NAME, common.feature_names(), settings,
                                MONITORED_DAY, MONITORED_DAY)
-        counted = {row["count"] for row in result.profile_rows if row["column_name"] == ":table"}
+        counted = {row.count for row in result.profile_rows if row.is_table}
         if counted != {rows}:
             raise RuntimeError(f"the monitored window held {counted} rows, not {rows}")
     return run

@@ -17,7 +17,7 @@ from mlops.data.tables import TableStore
 from mlops.inference import engine
 from mlops.monitoring import monitor
 from mlops.monitoring.decision import decide
-from mlops.monitoring.drift import OK, TABLE_COLUMN, VIOLATION
+from mlops.monitoring.rows import Status, TABLE_COLUMN
 from mlops.monitoring.reference import build_reference
 from mlops.monitoring.settings import MonitoringSettings
 
@@ -75,13 +75,13 @@ def test_four_weeks_of_unchanged_data_raise_no_retraining_and_few_false_alarms(s
     for granularity in ("1 hour", "1 day", "1 week"):
         settings = MonitoringSettings(granularity=granularity, min_rows=30, exempt_columns=exempt)
         result = monitor.monitor_range(tables, "log", MODEL, features.FEATURE_COLUMNS, settings, *MONITORED)
-        statuses = [row["status"] for row in result.drift_rows] + [
-            row["quality_status"] for row in result.profile_rows if row["column_name"] == TABLE_COLUMN]
-        judged = sum(status in (OK, VIOLATION) for status in statuses)
-        false = statuses.count(VIOLATION)
+        statuses = [row.status for row in result.drift_rows] + [
+            row.quality_status for row in result.profile_rows if row.column_name == TABLE_COLUMN]
+        judged = sum(status in (Status.OK, Status.VIOLATION) for status in statuses)
+        false = statuses.count(Status.VIOLATION)
         decision = decide(result.profile_rows, result.drift_rows, settings, None,
                           datetime.datetime(2016, 3, 1), serving_versions=["1"])
-        windows = len({row["window"]["start"] for row in result.profile_rows})
+        windows = len({row.window.start for row in result.profile_rows})
         figures.append((granularity, windows, judged, false, decision))
     with capsys.disabled():  # the figures belong in every run's output
         print(f"\nsoak: {rows} unchanged trips over {MONITORED[0]}..{MONITORED[1]}")

@@ -11,7 +11,7 @@ threshold, the latest of them included, and no cooldown applies.
 import datetime
 from dataclasses import dataclass, field
 
-from mlops.monitoring.drift import EXEMPT, INSUFFICIENT, OK, TABLE_COLUMN, VIOLATION, window_start_text
+from mlops.monitoring.rows import DriftRow, ProfileRow, Status
 from mlops.monitoring.settings import MonitoringSettings
 
 
@@ -24,7 +24,7 @@ class Decision:
 
     def task_values(self) -> dict:
         return {"retrain_required": "true" if self.retrain_required else "false", "reason": self.reason,
-                "violated_windows": [window for window, state in self.windows if state == VIOLATION],
+                "violated_windows": [window for window, state in self.windows if state == Status.VIOLATION],
                 "violations": [violation.line() for violation in self.violations[:50]]}
 
 
@@ -44,34 +44,35 @@ class Violation:
         return f"{where}: {self.metric} {self.value:.4g} > {self.limit:.4g}"
 
 
-def violations_of(profile_rows: list[dict], drift_rows: list[dict], settings: MonitoringSettings) -> list:
+def violations_of(profile_rows: list[ProfileRow], drift_rows: list[DriftRow],
+                  settings: MonitoringSettings) -> list:
     """Every drifted column and degraded quality, as :class:`Violation`.
 
     The limit is the larger of the configured threshold and what chance gives at the window's size.
     """
-    found = [(row, "population_stability_index", max(settings.psi_threshold, row["psi_by_chance"]))
-             for row in drift_rows if row["status"] == VIOLATION]
-    found += [(row, "rmse_ratio", max(settings.rmse_ratio_threshold, row["rmse_ratio_by_chance"]))
+    found = [(row, "population_stability_index", max(settings.psi_threshold, row.psi_by_chance))
+             for row in drift_rows if row.status == Status.VIOLATION]
+    found += [(row, "rmse_ratio", max(settings.rmse_ratio_threshold, row.rmse_ratio_by_chance))
               for row in profile_rows
-              if row["column_name"] == TABLE_COLUMN and row.get("quality_status") == VIOLATION]
-    return [Violation(window_start_text(row), row["model_version"], row["column_name"], metric, row[metric],
+              if row.is_table and row.quality_status == Status.VIOLATION]
+    return [Violation(row.window_start_text, row.model_version, row.column_name, metric, getattr(row, metric),
                       limit)
             for row, metric, limit in found]
 
 
-def window_states(profile_rows: list[dict], drift_rows: list[dict]) -> list[tuple[str, str]]:
+def window_states(profile_rows: list[ProfileRow], drift_rows: list[DriftRow]) -> list[tuple[str, str]]:
     """(window start, ok | violation | insufficient_data) for each window, in time order."""
     statuses: dict[str, set] = {}
-    for row in drift_rows + [row for row in profile_rows if row["column_name"] == TABLE_COLUMN]:
-        statuses.setdefault(window_start_text(row), set()).add(row.get("status") or row.get("quality_status"))
+    for row in drift_rows + [row for row in profile_rows if row.is_table]:
+        statuses.setdefault(row.window_start_text, set()).add(row.verdict)
     # An exempt column has data but is not judged: it counts as within thresholds.
-    states = {start: next(state for state in (VIOLATION, OK, INSUFFICIENT)
-                          if state in found or (state == OK and EXEMPT in found))
+    states = {start: next(state for state in (Status.VIOLATION, Status.OK, Status.INSUFFICIENT)
+                          if state in found or (state == Status.OK and Status.EXEMPT in found))
               for start, found in statuses.items()}
     return sorted(states.items())
 
 
-def decide(profile_rows: list[dict], drift_rows: list[dict], settings: MonitoringSettings,
+def decide(profile_rows: list[ProfileRow], drift_rows: list[DriftRow], settings: MonitoringSettings,
            last_trained_at: datetime.datetime | None, now: datetime.datetime,
            training_in_progress: str = "", serving_versions=None) -> Decision:
     """Apply the retraining rule, then the cooldown; ``training_in_progress`` names a running training.
@@ -84,23 +85,24 @@ def decide(profile_rows: list[dict], drift_rows: list[dict], settings: Monitorin
         return Decision(False, "no rows: the inference log has no rows in the monitored range", [], [])
     others = ""
     if serving_versions:
-        scored = {row["model_version"] for row in profile_rows + drift_rows}
+        scored = {row.model_version for row in profile_rows + drift_rows}
         ignored = sorted(scored - set(serving_versions), key=lambda version: (len(version), version))
-        profile_rows = [row for row in profile_rows if row["model_version"] in serving_versions]
-        drift_rows = [row for row in drift_rows if row["model_version"] in serving_versions]
+        profile_rows = [row for row in profile_rows if row.model_version in serving_versions]
+        drift_rows = [row for row in drift_rows if row.model_version in serving_versions]
         if ignored:
             others = (f"; version(s) {', '.join(ignored)} do not serve: reported, not judged")
     windows = window_states(profile_rows, drift_rows)
-    judged = [(start, state) for start, state in windows if state != INSUFFICIENT][-settings.retrain_windows:]
+    judged = [(start, state) for start, state in windows
+              if state != Status.INSUFFICIENT][-settings.retrain_windows:]
     if not judged:
         reason = "insufficient data: no monitored window has enough rows" if windows else \
             "no rows of a serving version in the monitored range"
         return Decision(False, reason + others, windows, violations)
-    over = sum(state == VIOLATION for _, state in judged)
+    over = sum(state == Status.VIOLATION for _, state in judged)
     rule = (f"{over} of the last {len(judged)} windows with data over threshold "
             f"(rule: {settings.retrain_min_violations} of {settings.retrain_windows}, the latest included)"
             + others)
-    if judged[-1][1] != VIOLATION:
+    if judged[-1][1] != Status.VIOLATION:
         return Decision(False, f"the latest window {judged[-1][0]} is within thresholds; {rule}", windows,
                         violations)
     if over < settings.retrain_min_violations:

@@ -1,9 +1,7 @@
 """From one window's sums to its metric rows: profile, drift against the reference, model quality.
 
-The rows use Lakehouse Monitoring's column names where the concept is the same (``window``,
-``granularity``, ``model_id``, ``column_name``, ``count``, ``avg``, ``quantiles``,
-``population_stability_index``, ``ks_test``, ``wasserstein_distance``,
-``root_mean_squared_error``...), and model quality sits on the ``:table`` rows, as there.
+The rows are :mod:`mlops.monitoring.rows`; the drift measures are the registry of
+:mod:`mlops.monitoring.drift_methods`.
 
 Each window is judged against the reference slice its granularity calls for (an hourly window
 against the reference rows of its hour of day; see :meth:`ReferenceProfile.slice_for`), from the
@@ -18,95 +16,78 @@ asymptotic two-sample one. A column drifts only when the change is both large (P
 normalised Wasserstein distance over their thresholds) and unlikely by chance (PSI over its
 chance level, and the KS p-value under ``alpha``).
 """
+import dataclasses
 import math
 
 import numpy as np
-from scipy import stats
 
+from mlops.monitoring.drift_methods import DRIFT_METHODS, ColumnWindow
 from mlops.monitoring.reference import QUANTILE_LEVELS, ReferenceProfile, ReferenceSlice
+from mlops.monitoring.rows import TABLE_COLUMN, DriftRow, ProfileRow, Status, Window  # noqa: F401
 from mlops.monitoring.settings import MonitoringSettings
-from mlops.monitoring.statistics import QUALITY, binned_quantiles, psi, psi_by_chance, rmse_ratio_by_chance
+from mlops.monitoring.statistics import QUALITY, binned_quantiles, rmse_ratio_by_chance
 from mlops.monitoring.window_stats import BIN_COUNTS, WINDOW_START
 
-TABLE_COLUMN = ":table"
-OK, VIOLATION, INSUFFICIENT, EXEMPT = "ok", "violation", "insufficient_data", "exempt"
 
-
-def window_start_text(row: dict) -> str:
-    """A metric row's window start as ISO text, for decisions, reports and telemetry."""
-    start = row["window"]["start"]
-    return start.isoformat() if hasattr(start, "isoformat") else str(start)
-
-
-def _window(sums: dict, settings: MonitoringSettings) -> dict:
+def _key(sums: dict, name: str, profile: ReferenceProfile, settings: MonitoringSettings) -> dict:
     start = sums[WINDOW_START]
-    return {"start": start, "end": start + settings.window_length}
+    return {"window": Window(start, start + settings.window_length), "granularity": settings.granularity,
+            "model_id": sums["model_id"], "model_version": profile.model_version, "column_name": name}
 
 
 def column_metrics(sums: dict, name: str, reference: ReferenceSlice, profile: ReferenceProfile,
-                   settings: MonitoringSettings):
+                   settings: MonitoringSettings) -> tuple[ProfileRow, DriftRow]:
     """(profile row, drift row) of column ``name`` in one window, judged against ``reference``."""
     expected = reference.column(name)
     rows, present = sums["rows"], sums[f"{name}__count"]
-    common = {"window": _window(sums, settings), "granularity": settings.granularity,
-              "model_id": sums["model_id"], "model_version": profile.model_version, "column_name": name}
+    key = _key(sums, name, profile, settings)
     out_of_range = sums[f"{name}__out_of_range"]
     counts = sums[BIN_COUNTS].get(name)
     binned = int(counts.sum()) if counts is not None else 0
-    current_cdf = np.cumsum(counts)[:-1] / binned if binned else None
-    quantiles = binned_quantiles(current_cdf, expected.edges, sums[f"{name}__min"], sums[f"{name}__max"],
-                                 QUANTILE_LEVELS) if binned else None
-    profile_row = {**common, "count": present, "num_nulls": rows - present,
-                   "percent_null": 100.0 * (rows - present) / rows if rows else None,
-                   "avg": sums[f"{name}__avg"], "stddev": sums[f"{name}__stddev"],
-                   "min": sums[f"{name}__min"], "max": sums[f"{name}__max"],
-                   "percent_out_of_range": 100.0 * out_of_range / present if present else None,
-                   "quantiles": [float(value) for value in quantiles] if binned else None}
-    drift_row = {**common, "drift_type": "BASELINE", "count": present, "population_stability_index": None,
-                 "psi_by_chance": None, "ks_test": None, "wasserstein_distance": None,
-                 "wasserstein_distance_normalized": None, "status": INSUFFICIENT}
+    quantiles = binned_quantiles(np.cumsum(counts)[:-1] / binned, expected.edges, sums[f"{name}__min"],
+                                 sums[f"{name}__max"], QUANTILE_LEVELS) if binned else None
+    profile_row = ProfileRow(**key, count=present, num_nulls=rows - present,
+                             percent_null=100.0 * (rows - present) / rows if rows else None,
+                             avg=sums[f"{name}__avg"], stddev=sums[f"{name}__stddev"],
+                             min=sums[f"{name}__min"], max=sums[f"{name}__max"],
+                             percent_out_of_range=100.0 * out_of_range / present if present else None,
+                             quantiles=[float(value) for value in quantiles] if binned else None)
+    drift_row = DriftRow(**key, count=present)
     if binned < settings.min_rows:
         return profile_row, drift_row
-    edges = len(expected.edges)
-    clustering = reference.dispersion.get(name, 1.0)
-    population_psi = psi(counts, expected.bin_shares() * expected.count)
-    by_chance = psi_by_chance(edges + 1, binned, expected.count, settings.alpha, clustering)
-    statistic = float(np.max(np.abs(current_cdf - np.asarray(expected.cumulative_share)))) if edges else 0.0
-    effective = binned * expected.count / (binned + expected.count) / clustering
-    p_value = float(stats.kstwobign.sf(statistic * math.sqrt(effective)))
-    distance = float(np.mean(np.abs(quantiles - expected.binned_quantiles())))
-    normalized = distance / expected.std if expected.std > 0 else (0.0 if distance == 0 else math.inf)
-    drift_row.update(population_stability_index=population_psi, psi_by_chance=by_chance,
-                     ks_test={"statistic": statistic, "pvalue": p_value}, wasserstein_distance=distance,
-                     wasserstein_distance_normalized=normalized,
-                     status=drift_status(name, population_psi, by_chance, p_value, normalized, settings))
-    return profile_row, drift_row
+    window = ColumnWindow(counts, quantiles, expected, reference.dispersion.get(name, 1.0), settings)
+    measured = {}
+    for measure in DRIFT_METHODS.values():
+        measured.update(measure(window))
+    status = drift_status(name, measured["population_stability_index"], measured["psi_by_chance"],
+                          measured["ks_test"].pvalue, measured["wasserstein_distance_normalized"], settings)
+    return profile_row, dataclasses.replace(drift_row, **measured, status=status)
 
 
 def drift_status(name: str, population_psi: float, by_chance: float, p_value: float, normalized: float,
-                 settings: MonitoringSettings) -> str:
+                 settings: MonitoringSettings) -> Status:
     """Violation only when the change is large and unlikely by chance; exempt columns are never judged."""
     if name in settings.exempt_columns:
-        return EXEMPT
+        return Status.EXEMPT
     drifted = population_psi > max(settings.psi_threshold, by_chance) and p_value < settings.alpha \
         and normalized >= settings.wasserstein_threshold
-    return VIOLATION if drifted else OK
+    return Status.VIOLATION if drifted else Status.OK
 
 
 def quality_status(ratio: float, rows: float, settings: MonitoringSettings,
-                   squared_error_spread: float = 2.0) -> tuple[str, float]:
+                   squared_error_spread: float = 2.0) -> tuple[Status, float]:
     """(status, chance level) of an rmse ratio measured on ``rows`` labelled rows (or effective rows)."""
     by_chance = rmse_ratio_by_chance(rows, settings.alpha, squared_error_spread)
-    return (VIOLATION if ratio > max(settings.rmse_ratio_threshold, by_chance) else OK), by_chance
+    over = ratio > max(settings.rmse_ratio_threshold, by_chance)
+    return (Status.VIOLATION if over else Status.OK), by_chance
 
 
 def quality_metrics(sums: dict, reference: ReferenceSlice, profile: ReferenceProfile,
-                    settings: MonitoringSettings) -> dict:
+                    settings: MonitoringSettings) -> ProfileRow:
     """The window's ``:table`` profile row: row count and, where labels exist, model quality."""
     labelled = sums["labelled"]
-    row = {"window": _window(sums, settings), "granularity": settings.granularity,
-           "model_id": sums["model_id"], "model_version": profile.model_version, "column_name": TABLE_COLUMN,
-           "count": sums["rows"], "labelled_count": labelled, "quality_status": INSUFFICIENT}
+    row = ProfileRow(**_key(sums, TABLE_COLUMN, profile, settings), count=sums["rows"],
+                     labelled_count=labelled, quality_status=Status.INSUFFICIENT)
     if labelled < settings.min_rows:
         return row
     squared = sums["squared_error_sum"] / labelled
@@ -116,14 +97,14 @@ def quality_metrics(sums: dict, reference: ReferenceSlice, profile: ReferencePro
     ratio = rmse / error["rmse"] if error.get("rmse") else math.inf
     effective = labelled / reference.dispersion.get(QUALITY, 1.0)
     status, by_chance = quality_status(ratio, effective, settings, error.get("squared_error_spread", 2.0))
-    row.update(mean_squared_error=squared, root_mean_squared_error=rmse,
-               mean_absolute_error=sums["absolute_error_sum"] / labelled,
-               mean_absolute_percentage_error=(100.0 * sums["percentage_error_sum"] / sums["percentage_rows"]
-                                               if sums["percentage_rows"] else None),
-               r2_score=1 - sums["squared_error_sum"] / total if total > 0 else None,
-               mean_error=sums["error_sum"] / labelled, rmse_ratio=ratio, rmse_ratio_by_chance=by_chance,
-               quality_status=status)
-    return row
+    return dataclasses.replace(
+        row, mean_squared_error=squared, root_mean_squared_error=rmse,
+        mean_absolute_error=sums["absolute_error_sum"] / labelled,
+        mean_absolute_percentage_error=(100.0 * sums["percentage_error_sum"] / sums["percentage_rows"]
+                                        if sums["percentage_rows"] else None),
+        r2_score=1 - sums["squared_error_sum"] / total if total > 0 else None,
+        mean_error=sums["error_sum"] / labelled, rmse_ratio=ratio, rmse_ratio_by_chance=by_chance,
+        quality_status=status)
 
 
 def window_metrics(sums: dict, profile: ReferenceProfile, columns, settings: MonitoringSettings):

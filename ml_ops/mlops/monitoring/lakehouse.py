@@ -8,6 +8,7 @@ ours: each drift row is held to the thresholds and to the chance level at its wi
 and the rmse is compared with the version's reference profile. Drift is read against the
 baseline when the monitor has one, else window against previous window (``CONSECUTIVE``).
 """
+import dataclasses
 import datetime
 import logging
 import math
@@ -23,6 +24,13 @@ from mlops.inference import engine
 from mlops.monitoring import drift
 from mlops.monitoring.monitor import MonitoringResult, load_profiles, metric_table_names
 from mlops.monitoring.reference import BINS
+from mlops.monitoring.rows import TABLE_COLUMN, DriftRow, KsTest, ProfileRow, Status, Window
+from mlops.monitoring.statistics import psi_by_chance
+
+# The profile fields the monitor's table and ours share, by name.
+_PROFILE_FIELDS = ("count", "num_nulls", "quantiles", "percent_null", "avg", "stddev", "min", "max",
+                   "mean_squared_error", "root_mean_squared_error", "mean_absolute_error",
+                   "mean_absolute_percentage_error", "r2_score", "mean_error")
 
 logger = logging.getLogger(__name__)
 
@@ -102,41 +110,55 @@ def _model_id(profiles: dict, version: str) -> str:
     return f"models:/{profiles[version].model_name}/{version}"
 
 
+def _metric_key(row: dict, profiles: dict) -> dict:
+    version = str(row["model_id"])
+    window = row["window"]
+    return {"window": Window(window["start"], window["end"]), "granularity": row["granularity"],
+            "model_id": _model_id(profiles, version), "model_version": version,
+            "column_name": row["column_name"]}
+
+
+def _profile_row(row: dict, profiles: dict, settings) -> ProfileRow:
+    """Our profile row from the monitor's; on the ``:table`` row, its rmse judged by our rule."""
+    shared = {name: row.get(name) for name in _PROFILE_FIELDS}
+    ours = ProfileRow(**_metric_key(row, profiles), **shared)
+    if not ours.is_table:
+        return ours
+    rmse, reference = row.get("root_mean_squared_error"), profiles[ours.model_version].error.get("rmse")
+    labelled = row.get("count") or 0
+    ours = dataclasses.replace(ours, labelled_count=labelled, quality_status=Status.INSUFFICIENT)
+    if rmse is None or not reference or labelled < settings.min_rows:
+        return ours
+    ratio = rmse / reference
+    status, by_chance = drift.quality_status(ratio, labelled, settings)
+    return dataclasses.replace(ours, rmse_ratio=ratio, rmse_ratio_by_chance=by_chance, quality_status=status)
+
+
+def _drift_row(row: dict, present: int, profiles: dict, settings) -> DriftRow:
+    """Our drift row from the monitor's, held to the thresholds and the chance level at its size."""
+    key = _metric_key(row, profiles)
+    reference = profiles[key["model_version"]].column(key["column_name"])
+    psi, ks = row.get("population_stability_index"), row.get("ks_test") or {}
+    ours = DriftRow(**key, drift_type=row.get("drift_type") or "BASELINE", count=present,
+                    population_stability_index=psi, wasserstein_distance=row.get("wasserstein_distance"),
+                    ks_test=KsTest(ks["statistic"], ks["pvalue"]) if ks.get("pvalue") is not None else None)
+    if present < settings.min_rows or psi is None or ours.ks_test is None:
+        return ours
+    by_chance = psi_by_chance(BINS, present, reference.count, settings.alpha)
+    distance = ours.wasserstein_distance or 0.0
+    normalized = distance / reference.std if reference.std > 0 else (0.0 if distance == 0 else math.inf)
+    status = drift.drift_status(key["column_name"], psi, by_chance, ours.ks_test.pvalue, normalized, settings)
+    return dataclasses.replace(ours, psi_by_chance=by_chance, wasserstein_distance_normalized=normalized,
+                               status=status)
+
+
 def judged_rows(profile_table: list[dict], drift_table: list[dict], profiles: dict, settings):
-    """Our profile and drift rows from the monitor's rows, judged by our rules."""
+    """Our typed profile and drift rows from the monitor's rows, judged by our rules."""
     counts = {_key(row): row.get("count") or 0 for row in profile_table}
-    profile_rows, drift_rows = [], []
-    for row in profile_table:
-        version = str(row["model_id"])
-        ours = {**row, "model_version": version, "model_id": _model_id(profiles, version),
-                "quality_status": None}
-        if row["column_name"] == drift.TABLE_COLUMN:
-            rmse, reference = row.get("root_mean_squared_error"), profiles[version].error.get("rmse")
-            labelled = row.get("count") or 0
-            ours.update(labelled_count=labelled, quality_status=drift.INSUFFICIENT)
-            if rmse is not None and reference and labelled >= settings.min_rows:
-                ratio = rmse / reference
-                status, by_chance = drift.quality_status(ratio, labelled, settings)
-                ours.update(rmse_ratio=ratio, rmse_ratio_by_chance=by_chance, quality_status=status)
-        profile_rows.append(ours)
-    for row in drift_table:
-        version, name = str(row["model_id"]), row["column_name"]
-        if name == drift.TABLE_COLUMN or name not in profiles[version].columns:
-            continue
-        reference = profiles[version].column(name)
-        present = counts.get(_key(row), 0)
-        ours = {**row, "model_version": version, "model_id": _model_id(profiles, version), "count": present,
-                "psi_by_chance": None,
-                "wasserstein_distance_normalized": None, "status": drift.INSUFFICIENT}
-        psi, ks = row.get("population_stability_index"), row.get("ks_test") or {}
-        if present >= settings.min_rows and psi is not None and ks.get("pvalue") is not None:
-            by_chance = drift.psi_by_chance(BINS, present, reference.count, settings.alpha)
-            distance = row.get("wasserstein_distance") or 0.0
-            normalized = distance / reference.std if reference.std > 0 \
-                else (0.0 if distance == 0 else math.inf)
-            ours.update(psi_by_chance=by_chance, wasserstein_distance_normalized=normalized,
-                        status=drift.drift_status(name, psi, by_chance, ks["pvalue"], normalized, settings))
-        drift_rows.append(ours)
+    profile_rows = [_profile_row(row, profiles, settings) for row in profile_table]
+    drift_rows = [_drift_row(row, counts.get(_key(row), 0), profiles, settings) for row in drift_table
+                  if row["column_name"] != TABLE_COLUMN
+                  and row["column_name"] in profiles[str(row["model_id"])].columns]
     return profile_rows, drift_rows
 
 

@@ -15,12 +15,13 @@ from mlops.errors import DataError
 from mlops.inference import engine
 from mlops.monitoring import drift
 from mlops.monitoring.reference import PREDICTION_COLUMN, ReferenceProfile
+from mlops.monitoring.rows import DRIFT_SCHEMA, PROFILE_SCHEMA, DriftRow, ProfileRow, to_record
 from mlops.monitoring.settings import MonitoringSettings
 from mlops.monitoring.window_stats import aggregate_windows
 
 logger = logging.getLogger(__name__)
 
-DOUBLE, LONG, STRING, TIMESTAMP = T.DoubleType(), T.LongType(), T.StringType(), T.TimestampType()
+DOUBLE, LONG, STRING = T.DoubleType(), T.LongType(), T.StringType()
 DOUBLES = T.ArrayType(DOUBLE)
 
 
@@ -28,21 +29,6 @@ def _schema(*fields) -> T.StructType:
     return T.StructType([T.StructField(name, data_type) for name, data_type in fields])
 
 
-WINDOW = _schema(("start", TIMESTAMP), ("end", TIMESTAMP))
-_KEYS = (("window", WINDOW), ("window_start", TIMESTAMP), ("granularity", STRING), ("model_id", STRING),
-         ("model_version", STRING), ("column_name", STRING))
-_PROFILE_DOUBLES = ("percent_null", "avg", "stddev", "min", "max", "percent_out_of_range",
-                    "mean_squared_error", "root_mean_squared_error", "mean_absolute_error",
-                    "mean_absolute_percentage_error", "r2_score", "mean_error", "rmse_ratio",
-                    "rmse_ratio_by_chance")
-PROFILE_SCHEMA = _schema(*_KEYS, ("count", LONG), ("num_nulls", LONG), ("labelled_count", LONG),
-                         ("quantiles", DOUBLES), *[(name, DOUBLE) for name in _PROFILE_DOUBLES],
-                         ("quality_status", STRING))
-DRIFT_SCHEMA = _schema(*_KEYS, ("drift_type", STRING), ("count", LONG),
-                       ("population_stability_index", DOUBLE), ("psi_by_chance", DOUBLE),
-                       ("ks_test", _schema(("statistic", DOUBLE), ("pvalue", DOUBLE))),
-                       ("wasserstein_distance", DOUBLE), ("wasserstein_distance_normalized", DOUBLE),
-                       ("status", STRING))
 BASELINE_SCHEMA = _schema(("model_name", STRING), ("model_version", STRING), ("model_id", STRING),
                           ("created_at", STRING), ("column_name", STRING), ("count", LONG),
                           *[(name, DOUBLE) for name in ("null_rate", "avg", "stddev", "min", "max")],
@@ -59,8 +45,8 @@ def metric_table_names(predictions_table: str) -> dict:
 
 @dataclass
 class MonitoringResult:
-    profile_rows: list
-    drift_rows: list
+    profile_rows: list[ProfileRow]
+    drift_rows: list[DriftRow]
     profiles: dict
 
     @property
@@ -134,20 +120,16 @@ def monitor_range(tables, predictions_table: str, model_name: str, feature_names
         check_labels(profile_rows, predictions_table, start, end)
     _write_metrics(tables, predictions_table, profile_rows, drift_rows)
     logger.info("monitored %d window(s) of version(s) %s between %s and %s",
-                len({row["window"]["start"] for row in profile_rows}), ", ".join(versions), start, end)
+                len({row.window.start for row in profile_rows}), ", ".join(versions), start, end)
     return MonitoringResult(profile_rows, drift_rows, profiles)
 
 
 def check_labels(profile_rows: list, predictions_table: str, start, end) -> None:
     """DataError naming the label merge when no monitored window has labels."""
-    if not any(row.get("labelled_count") for row in profile_rows):
+    if not any(row.labelled_count for row in profile_rows):
         raise DataError(f"the inference log {predictions_table} has no labels between {start} and {end}, "
                         "and the retraining rule needs model quality; fill them with the scoring job's "
                         "merge_labels task (execute_label_merge=true) first")
-
-
-def _with_window_start(rows: list[dict]) -> list[dict]:
-    return [{**row, "window_start": row["window"]["start"]} for row in rows]
 
 
 def _write_metrics(tables, predictions_table: str, profile_rows: list, drift_rows: list) -> None:
@@ -155,5 +137,5 @@ def _write_metrics(tables, predictions_table: str, profile_rows: list, drift_row
     spark = tables.spark
     for name, rows, schema in ((names["profile"], profile_rows, PROFILE_SCHEMA),
                                (names["drift"], drift_rows, DRIFT_SCHEMA)):
-        frame = spark.createDataFrame(_with_window_start(rows), schema)
+        frame = spark.createDataFrame([to_record(row) for row in rows], schema)
         tables.upsert(frame, name, METRIC_KEYS, METRIC_PARTITIONS)

@@ -18,30 +18,30 @@ import io
 import math
 
 from mlops.observability import plots
-from mlops.monitoring.drift import EXEMPT, INSUFFICIENT, OK, TABLE_COLUMN, VIOLATION, window_start_text
+from mlops.monitoring.rows import Status
 
 plt = plots.plt
 FIGURE_NAMES = ("status", "distributions", "psi", "rmse")
 ARTIFACT_FOLDER = "monitoring"
 REPORT_NAME = "report.html"
-COLORS = {"reference": "#718096", "current": "#2b6cb0", VIOLATION: "#c53030", "ok": "#2f855a",
-          "exempt": "#cbd5e0"}
+COLORS = {"reference": "#718096", "current": "#2b6cb0", Status.VIOLATION: "#c53030", Status.OK: "#2f855a",
+          Status.EXEMPT: "#cbd5e0"}
 # Heat map cells: status -> (colour, position in the colour scale)
-STATUS_CELLS = {INSUFFICIENT: ("#f7fafc", 0), EXEMPT: ("#cbd5e0", 1), OK: ("#9ae6b4", 2),
-                VIOLATION: ("#c53030", 3)}
+STATUS_CELLS = {Status.INSUFFICIENT: ("#f7fafc", 0), Status.EXEMPT: ("#cbd5e0", 1), Status.OK: ("#9ae6b4", 2),
+                Status.VIOLATION: ("#c53030", 3)}
 QUALITY_ROW = "model quality (rmse)"
 
 
-def status_figure(profile_rows: list[dict], drift_rows: list[dict]):
+def status_figure(profile_rows: list, drift_rows: list):
     """Windows across, columns down, each cell coloured by its worst status over the versions."""
     from matplotlib.colors import ListedColormap
 
     cells = {}
-    rows = [(row["column_name"], row["window"]["start"], row.get("status")) for row in drift_rows]
-    rows += [(QUALITY_ROW, row["window"]["start"], row.get("quality_status"))
-             for row in profile_rows if row["column_name"] == TABLE_COLUMN]
+    rows = [(row.column_name, row.window.start, row.status) for row in drift_rows]
+    rows += [(QUALITY_ROW, row.window.start, row.quality_status)
+             for row in profile_rows if row.is_table]
     for name, start, status in rows:
-        rank = STATUS_CELLS.get(status, STATUS_CELLS[INSUFFICIENT])[1]
+        rank = STATUS_CELLS.get(status, STATUS_CELLS[Status.INSUFFICIENT])[1]
         cells[(name, start)] = max(cells.get((name, start), 0), rank)
     starts = sorted({start for _, start in cells})
     names = [QUALITY_ROW, *sorted({name for name, _ in cells} - {QUALITY_ROW})]
@@ -64,32 +64,32 @@ def status_figure(profile_rows: list[dict], drift_rows: list[dict]):
     return figure
 
 
-def _judged(rows: list[dict], status_key: str) -> list[dict]:
-    return [row for row in rows if row.get(status_key) not in (None, INSUFFICIENT)]
+def _judged(rows: list) -> list:
+    return [row for row in rows if row.verdict not in (None, Status.INSUFFICIENT)]
 
 
-def distributions_figure(profile_rows: list[dict], drift_rows: list[dict], profiles: dict):
+def distributions_figure(profile_rows: list, drift_rows: list, profiles: dict):
     """Reference against the latest judged window, one panel per column."""
     latest = {}
-    for row in sorted(_judged(drift_rows, "status"), key=lambda row: row["window"]["start"]):
-        latest[row["column_name"]] = row
-    quantiles = {(row["window"]["start"], row["model_version"], row["column_name"]): row["quantiles"]
-                 for row in profile_rows if row["column_name"] != TABLE_COLUMN}
+    for row in sorted(_judged(drift_rows), key=lambda row: row.window.start):
+        latest[row.column_name] = row
+    quantiles = {(row.window.start, row.model_version, row.column_name): row.quantiles
+                 for row in profile_rows if not row.is_table}
     names = sorted(latest)
     columns = 4
     rows = max(1, math.ceil(len(names) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
     for panel, name in zip(axes.flat, names):
         drift = latest[name]
-        reference = profiles[drift["model_version"]].column(name)
-        current = quantiles.get((drift["window"]["start"], drift["model_version"], name)) or []
+        reference = profiles[drift.model_version].column(name)
+        current = quantiles.get((drift.window.start, drift.model_version, name)) or []
         shown = reference.binned_quantiles()
         levels = [(index + 0.5) / len(shown) for index in range(len(shown))]
         panel.plot(shown, levels, color=COLORS["reference"], label="reference")
         if current:
             panel.plot(current, [(index + 0.5) / len(current) for index in range(len(current))],
-                       color=COLORS.get(drift["status"], COLORS["current"]), label=window_start_text(drift))
-        panel.set_title(f"{name}\nPSI {drift['population_stability_index']:.3f} ({drift['status']})",
+                       color=COLORS.get(drift.status, COLORS["current"]), label=drift.window_start_text)
+        panel.set_title(f"{name}\nPSI {drift.population_stability_index:.3f} ({drift.status})",
                         fontsize=9)
         panel.set_ylabel("share of rows at or below", fontsize=7)
         panel.tick_params(labelsize=7)
@@ -101,27 +101,27 @@ def distributions_figure(profile_rows: list[dict], drift_rows: list[dict], profi
     return figure
 
 
-def psi_figure(drift_rows: list[dict], psi_threshold: float):
+def psi_figure(drift_rows: list, psi_threshold: float):
     """The largest PSI of each judged column over the windows, with the threshold and the chance level.
 
     Exempt columns are left out: a calendar column's PSI in a short window is large by design and
     would set the scale.
     """
     worst = {}
-    for row in _judged(drift_rows, "status"):
-        if row["status"] == EXEMPT:
+    for row in _judged(drift_rows):
+        if row.status == Status.EXEMPT:
             continue
-        if row["population_stability_index"] >= worst.get(row["column_name"], {}).get(
-                "population_stability_index", -1):
-            worst[row["column_name"]] = row
-    exempt = sorted({row["column_name"] for row in drift_rows if row.get("status") == EXEMPT})
-    names = sorted(worst, key=lambda name: worst[name]["population_stability_index"])
+        if row.column_name not in worst or \
+                row.population_stability_index >= worst[row.column_name].population_stability_index:
+            worst[row.column_name] = row
+    exempt = sorted({row.column_name for row in drift_rows if row.status == Status.EXEMPT})
+    names = sorted(worst, key=lambda name: worst[name].population_stability_index)
     figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) + 2.2))
-    values = [worst[name]["population_stability_index"] for name in names]
-    axes.barh(names, values, color=[COLORS.get(worst[name]["status"], COLORS["current"]) for name in names])
-    axes.scatter([worst[name]["psi_by_chance"] for name in names], names, marker="|", s=200, color="black",
+    values = [worst[name].population_stability_index for name in names]
+    axes.barh(names, values, color=[COLORS.get(worst[name].status, COLORS["current"]) for name in names])
+    axes.scatter([worst[name].psi_by_chance for name in names], names, marker="|", s=200, color="black",
                  label="chance level at the window's size", zorder=3)
-    axes.axvline(psi_threshold, color=COLORS[VIOLATION], linestyle="--",
+    axes.axvline(psi_threshold, color=COLORS[Status.VIOLATION], linestyle="--",
                  label=f"psi_threshold {psi_threshold}")
     axes.set_xlabel("largest PSI over the windows (red: violation, green: ok)", fontsize=8)
     axes.set_title("Not judged (exempt): " + (", ".join(exempt) or "none"), fontsize=8, wrap=True)
@@ -130,22 +130,22 @@ def psi_figure(drift_rows: list[dict], psi_threshold: float):
     return figure
 
 
-def rmse_figure(profile_rows: list[dict], profiles: dict, rmse_ratio_threshold: float, decision):
+def rmse_figure(profile_rows: list, profiles: dict, rmse_ratio_threshold: float, decision):
     """rmse per window and version, with the limit and the retraining decision."""
     figure, axes = plt.subplots(figsize=(9, 4))
-    quality = [row for row in _judged(profile_rows, "quality_status") if row["column_name"] == TABLE_COLUMN]
-    for version in sorted({row["model_version"] for row in quality}):
-        own = sorted((row for row in quality if row["model_version"] == version),
-                     key=lambda row: row["window"]["start"])
-        starts = [row["window"]["start"] for row in own]
-        axes.plot(starts, [row["root_mean_squared_error"] for row in own], marker="o",
+    quality = [row for row in _judged(profile_rows) if row.is_table]
+    for version in sorted({row.model_version for row in quality}):
+        own = sorted((row for row in quality if row.model_version == version),
+                     key=lambda row: row.window.start)
+        starts = [row.window.start for row in own]
+        axes.plot(starts, [row.root_mean_squared_error for row in own], marker="o",
                   label=f"version {version} rmse")
         limit = profiles[version].error.get("rmse", math.nan) * rmse_ratio_threshold
-        axes.axhline(limit, color=COLORS[VIOLATION], linestyle="--",
+        axes.axhline(limit, color=COLORS[Status.VIOLATION], linestyle="--",
                      label=f"version {version} limit {limit:.2f} (reference x {rmse_ratio_threshold})")
-        axes.scatter([row["window"]["start"] for row in own if row["quality_status"] == VIOLATION],
-                     [row["root_mean_squared_error"] for row in own if row["quality_status"] == VIOLATION],
-                     color=COLORS[VIOLATION], zorder=3, s=60)
+        axes.scatter([row.window.start for row in own if row.quality_status == Status.VIOLATION],
+                     [row.root_mean_squared_error for row in own if row.quality_status == Status.VIOLATION],
+                     color=COLORS[Status.VIOLATION], zorder=3, s=60)
     if not quality:
         axes.text(0.5, 0.5, "no labelled window with enough rows", ha="center", transform=axes.transAxes)
     axes.set_ylabel("rmse")
@@ -172,7 +172,7 @@ def png_bytes(figure) -> bytes:
     return buffer.getvalue()
 
 
-def render_html(title: str, images: dict, decision, profile_rows: list[dict]) -> str:
+def render_html(title: str, images: dict, decision, profile_rows: list) -> str:
     """One page: the decision, the heat map and figures, then the window table and the violations."""
     escape = html.escape
     figures = "".join(f'<h2>{escape(name)}</h2><img alt="{escape(name)}" '
@@ -183,16 +183,16 @@ def render_html(title: str, images: dict, decision, profile_rows: list[dict]) ->
         f"<td>{escape(violation.column_name)}</td><td>{escape(violation.metric)}</td>"
         f"<td>{violation.value:.4g}</td><td>{violation.limit:.4g}</td></tr>"
         for violation in decision.violations)
-    table_rows = sorted((row for row in profile_rows if row["column_name"] == TABLE_COLUMN),
-                        key=lambda row: (row["window"]["start"], row["model_version"]))
+    table_rows = sorted((row for row in profile_rows if row.is_table),
+                        key=lambda row: (row.window.start, row.model_version))
     windows = "".join(
-        f"<tr><td>{escape(window_start_text(row))}</td><td>{escape(row['model_version'])}</td>"
-        f"<td>{row['count']}</td>"
-        f"<td>{row.get('labelled_count') or 0}</td><td>{_number(row.get('root_mean_squared_error'))}</td>"
-        f"<td>{_number(row.get('rmse_ratio'))}</td>"
-        f"<td>{escape(row.get('quality_status') or '')}</td></tr>"
+        f"<tr><td>{escape(row.window_start_text)}</td><td>{escape(row.model_version)}</td>"
+        f"<td>{row.count}</td>"
+        f"<td>{row.labelled_count or 0}</td><td>{_number(row.root_mean_squared_error)}</td>"
+        f"<td>{_number(row.rmse_ratio)}</td>"
+        f"<td>{escape(str(row.quality_status or ''))}</td></tr>"
         for row in table_rows)
-    over = sum(state == VIOLATION for _, state in decision.windows)
+    over = sum(state == Status.VIOLATION for _, state in decision.windows)
     verdict = "retraining required" if decision.retrain_required else "no retraining"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>

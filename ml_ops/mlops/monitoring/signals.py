@@ -7,7 +7,7 @@ window in customDimensions, so a log alert can filter and group on them.
 """
 import math
 
-from mlops.monitoring.drift import INSUFFICIENT, TABLE_COLUMN, window_start_text
+from mlops.monitoring.rows import DriftRow, MetricRow, ProfileRow, Status
 
 METRIC_PREFIX = "monitoring."
 VIOLATION_EVENT = "monitoring.violation"
@@ -18,34 +18,34 @@ QUALITY_METRICS = ("count", "labelled_count", "root_mean_squared_error", "mean_a
                    "mean_absolute_percentage_error", "r2_score", "mean_error", "rmse_ratio")
 
 
-def _dimensions(row: dict, model_name: str, status_key: str) -> dict:
-    return {"model_name": model_name, "model_version": row["model_version"],
-            "column_name": row["column_name"],
-            "window_start": window_start_text(row),
-            "granularity": row["granularity"], "status": row.get(status_key) or ""}
+def _dimensions(row: MetricRow, model_name: str) -> dict:
+    return {"model_name": model_name, "model_version": row.model_version, "column_name": row.column_name,
+            "window_start": row.window_start_text, "granularity": row.granularity,
+            "status": str(row.verdict or "")}
 
 
-def metric_items(profile_rows: list[dict], drift_rows: list[dict], model_name: str) -> list:
+def metric_items(profile_rows: list[ProfileRow], drift_rows: list[DriftRow], model_name: str) -> list:
     """(metric name, value, dimensions) for every measured value of the windows."""
     items = []
     for row in drift_rows:
-        if row["status"] == INSUFFICIENT:
+        if row.status == Status.INSUFFICIENT:
             continue
-        dimensions = _dimensions(row, model_name, "status")
-        values = {name: row[name] for name in DRIFT_METRICS}
-        values |= {"ks_statistic": row["ks_test"]["statistic"], "ks_pvalue": row["ks_test"]["pvalue"]}
+        dimensions = _dimensions(row, model_name)
+        values = {name: getattr(row, name) for name in DRIFT_METRICS}
+        values |= {"ks_statistic": row.ks_test.statistic, "ks_pvalue": row.ks_test.pvalue}
         items += [(METRIC_PREFIX + name, value, dimensions) for name, value in values.items()]
     for row in profile_rows:
-        table = row["column_name"] == TABLE_COLUMN
-        dimensions = _dimensions(row, model_name, "quality_status")
-        items += [(METRIC_PREFIX + name, row.get(name), dimensions)
+        table = row.is_table
+        dimensions = _dimensions(row, model_name)
+        items += [(METRIC_PREFIX + name, getattr(row, name), dimensions)
                   for name in (QUALITY_METRICS if table else COLUMN_METRICS)]
     # An undefined value (NaN: no labels, one row) has no place in a metric; the table keeps it.
     return [(name, float(value), dimensions) for name, value, dimensions in items
             if value is not None and math.isfinite(value)]
 
 
-def send(telemetry, profile_rows: list[dict], drift_rows: list[dict], decision, model_name: str) -> int:
+def send(telemetry, profile_rows: list[ProfileRow], drift_rows: list[DriftRow], decision,
+         model_name: str) -> int:
     """Send every metric, violation and the decision; returns the number of items sent."""
     items = metric_items(profile_rows, drift_rows, model_name)
     for name, value, dimensions in items:

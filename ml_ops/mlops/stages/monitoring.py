@@ -16,7 +16,6 @@ from taxi_fares import features
 from mlops.lifecycle.registry import CHAMPION, RegistryClient
 from mlops.monitoring.decision import Decision, decide
 from mlops.monitoring import report, signals
-from mlops.monitoring.drift import TABLE_COLUMN
 from mlops.monitoring.lakehouse import monitor_with_lakehouse
 from mlops.monitoring.monitor import check_labels, monitor_range
 
@@ -57,7 +56,7 @@ def training_in_progress(config, now: datetime.datetime) -> str:
 
 
 def _rows_the_rule_uses(result, retrain_on: str) -> tuple[list, list]:
-    profile_rows = [row for row in result.profile_rows if row["column_name"] == TABLE_COLUMN] \
+    profile_rows = [row for row in result.profile_rows if row.is_table] \
         if retrain_on in ("quality", "drift_or_quality") else []
     drift_rows = result.drift_rows if retrain_on in ("drift", "drift_or_quality") else []
     return profile_rows, drift_rows

@@ -6,17 +6,20 @@ import pytest
 from mlops.config import MonitoringConfig
 from mlops.errors import ConfigError
 from mlops.monitoring.decision import decide
-from mlops.monitoring.drift import INSUFFICIENT, OK, VIOLATION, psi_by_chance
+from mlops.monitoring.rows import DriftRow, Status, Window
+from mlops.monitoring.statistics import psi_by_chance
 from mlops.monitoring.settings import MonitoringSettings
 
 NOW = datetime.datetime(2016, 4, 1)
+OK, VIOLATION, INSUFFICIENT = Status.OK, Status.VIOLATION, Status.INSUFFICIENT
 
 
-def drift_rows(states: list[str]) -> list[dict]:
+def drift_rows(states: list[Status], version: str = "1") -> list[DriftRow]:
     """One drift row per daily window, in order, with the given status."""
-    return [{"window": {"start": datetime.datetime(2016, 3, 1) + datetime.timedelta(days=index)},
-             "model_version": "1", "column_name": "distance", "status": state,
-             "population_stability_index": 0.5 if state == VIOLATION else 0.01, "psi_by_chance": 0.05}
+    day, start = datetime.timedelta(days=1), datetime.datetime(2016, 3, 1)
+    return [DriftRow(Window(start + index * day, start + (index + 1) * day), "1 day",
+                     f"models:/fares/{version}", version, "distance", status=state,
+                     population_stability_index=0.5 if state == VIOLATION else 0.01, psi_by_chance=0.05)
             for index, state in enumerate(states)]
 
 
@@ -33,8 +36,8 @@ def test_two_of_the_last_five_windows_and_the_latest_trigger_retraining():
 
 
 def test_a_version_that_does_not_serve_is_reported_but_not_acted_on():
-    by_hand = [{**row, "model_version": "1"} for row in drift_rows([VIOLATION] * 5)]
-    champion = [{**row, "model_version": "2"} for row in drift_rows([OK] * 5)]
+    by_hand = drift_rows([VIOLATION] * 5, version="1")
+    champion = drift_rows([OK] * 5, version="2")
 
     decision = decide([], by_hand + champion, MonitoringSettings(), None, NOW, serving_versions=["2"])
 

@@ -14,7 +14,7 @@ from mlops.config import MonitoringConfig
 from mlops.data.tables import TableStore
 from mlops.errors import ConfigError, DataError
 from mlops.monitoring import monitor
-from mlops.monitoring.drift import INSUFFICIENT, OK, TABLE_COLUMN, VIOLATION
+from mlops.monitoring.rows import Status, TABLE_COLUMN
 from mlops.monitoring.lakehouse import monitor_with_lakehouse
 from support.databricks_api import databricks_api  # noqa: F401
 
@@ -104,16 +104,16 @@ def test_the_monitor_is_created_refreshed_and_its_rows_judged(workspace):
                                      "model_id_col": "model_version", "label_col": "label"}
     assert len(api.calls("/monitor/refreshes", "POST")) == 1
     assert api.refreshes[FULL_NAME][0]["state"] == "SUCCESS"
-    statuses = {(row["window"]["start"].date(), row["column_name"]): row["status"]
+    statuses = {(row.window.start.date(), row.column_name): row.status
                 for row in result.drift_rows}
-    assert statuses == {(DAYS[0], "distance"): OK, (DAYS[0], "hour"): OK, (DAYS[1], "distance"): VIOLATION,
-                        (DAYS[1], "hour"): OK, (DAYS[2], "distance"): INSUFFICIENT,
-                        (DAYS[2], "hour"): INSUFFICIENT}
-    quality = {row["window"]["start"].date(): row for row in result.profile_rows
-               if row["column_name"] == TABLE_COLUMN}
-    assert [quality[day]["quality_status"] for day in DAYS] == [OK, VIOLATION, INSUFFICIENT]
-    assert quality[DAYS[1]]["rmse_ratio"] == pytest.approx(2.0)
-    assert {row["model_id"] for row in result.drift_rows} == {"models:/fares/1"}
+    assert statuses == {(DAYS[0], "distance"): Status.OK, (DAYS[0], "hour"): Status.OK,
+                        (DAYS[1], "distance"): Status.VIOLATION, (DAYS[1], "hour"): Status.OK,
+                        (DAYS[2], "distance"): Status.INSUFFICIENT, (DAYS[2], "hour"): Status.INSUFFICIENT}
+    quality = {row.window.start.date(): row for row in result.profile_rows
+               if row.column_name == TABLE_COLUMN}
+    assert [quality[day].quality_status for day in DAYS] == [Status.OK, Status.VIOLATION, Status.INSUFFICIENT]
+    assert quality[DAYS[1]].rmse_ratio == pytest.approx(2.0)
+    assert {row.model_id for row in result.drift_rows} == {"models:/fares/1"}
 
 
 def test_a_second_run_updates_only_a_monitor_whose_settings_differ(workspace):

@@ -7,7 +7,7 @@ from deltalake import DeltaTable
 from mlops.errors import DataError
 from mlops.monitoring import monitor
 from mlops.monitoring.decision import decide
-from mlops.monitoring.drift import EXEMPT, INSUFFICIENT, OK, TABLE_COLUMN, VIOLATION
+from mlops.monitoring.rows import Status, TABLE_COLUMN
 from mlops.monitoring.settings import MonitoringSettings
 from mlops.platform import driver_path
 
@@ -32,17 +32,17 @@ def test_twenty_windows_of_identical_data_raise_no_violation(tables, write_log):
 
     result = run_monitor(tables, len(sizes))
 
-    statuses = [row["status"] for row in result.drift_rows]
-    quality = [row["quality_status"] for row in result.profile_rows
-               if row["column_name"] == TABLE_COLUMN]
+    statuses = [row.status for row in result.drift_rows]
+    quality = [row.quality_status for row in result.profile_rows
+               if row.column_name == TABLE_COLUMN]
     assert len(statuses) == len(sizes) * (len(FEATURES) + 1)
-    violations = [(row["window"]["start"], row["column_name"], row["count"],
-                   row["population_stability_index"], row["psi_by_chance"])
-                  for row in result.drift_rows if row["status"] != OK]
-    assert not violations and set(quality) == {OK}
-    small = [row for row in result.drift_rows if row["count"] == 100]
+    violations = [(row.window.start, row.column_name, row.count,
+                   row.population_stability_index, row.psi_by_chance)
+                  for row in result.drift_rows if row.status != Status.OK]
+    assert not violations and set(quality) == {Status.OK}
+    small = [row for row in result.drift_rows if row.count == 100]
     # A fixed PSI threshold of 0.1 would fire on most of these; chance alone is allowed for.
-    assert all(row["psi_by_chance"] > 0.1 for row in small)
+    assert all(row.psi_by_chance > 0.1 for row in small)
     decision = decide(result.profile_rows, result.drift_rows, MonitoringSettings(), None, NOW)
     assert not decision.retrain_required
 
@@ -53,12 +53,12 @@ def test_a_shift_in_one_feature_flags_that_feature_and_no_other(tables, write_lo
 
     result = run_monitor(tables, 3)
 
-    flagged = {(row["window"]["start"].date(), row["column_name"])
-               for row in result.drift_rows if row["status"] == VIOLATION}
+    flagged = {(row.window.start.date(), row.column_name)
+               for row in result.drift_rows if row.status == Status.VIOLATION}
     # distance moved; the prediction is computed from it, so it moves too.
     assert flagged == {(day(offset), column) for offset in range(3) for column in ("distance", "prediction")}
-    distance = [row for row in result.drift_rows if row["column_name"] == "distance"]
-    assert all(row["ks_test"]["pvalue"] < 1e-6 and row["wasserstein_distance_normalized"] > 0.5
+    distance = [row for row in result.drift_rows if row.column_name == "distance"]
+    assert all(row.ks_test.pvalue < 1e-6 and row.wasserstein_distance_normalized > 0.5
                for row in distance)
 
 
@@ -68,10 +68,11 @@ def test_an_exempt_column_is_measured_but_never_a_violation(tables, write_log):
 
     result = run_monitor(tables, 1, MonitoringSettings(exempt_columns=("distance",)))
 
-    statuses = {row["column_name"]: row["status"] for row in result.drift_rows}
-    assert statuses == {"distance": EXEMPT, "hour": OK, "duration": OK, "prediction": VIOLATION}
-    distance = next(row for row in result.drift_rows if row["column_name"] == "distance")
-    assert distance["population_stability_index"] > 0.2
+    statuses = {row.column_name: row.status for row in result.drift_rows}
+    assert statuses == {"distance": Status.EXEMPT, "hour": Status.OK, "duration": Status.OK,
+                        "prediction": Status.VIOLATION}
+    distance = next(row for row in result.drift_rows if row.column_name == "distance")
+    assert distance.population_stability_index > 0.2
 
 
 def test_fare_inflation_with_labels_degrades_quality_and_requires_retraining(tables, write_log):
@@ -81,10 +82,11 @@ def test_fare_inflation_with_labels_degrades_quality_and_requires_retraining(tab
 
     result = run_monitor(tables, 6, require_labels=True)
 
-    quality = {row["window"]["start"].date(): row for row in result.profile_rows
-               if row["column_name"] == TABLE_COLUMN}
-    assert [quality[day(offset)]["quality_status"] for offset in range(6)] == [OK] * 3 + [VIOLATION] * 3
-    assert all(quality[day(offset)]["rmse_ratio"] > 3 for offset in range(3, 6))
+    quality = {row.window.start.date(): row for row in result.profile_rows
+               if row.column_name == TABLE_COLUMN}
+    assert [quality[day(offset)].quality_status for offset in range(6)] == \
+        [Status.OK] * 3 + [Status.VIOLATION] * 3
+    assert all(quality[day(offset)].rmse_ratio > 3 for offset in range(3, 6))
     decision = decide(result.profile_rows, result.drift_rows, MonitoringSettings(), None, NOW)
     assert decision.retrain_required, decision.reason
     assert decision.task_values()["violated_windows"] == [f"{day(offset)}T00:00:00" for offset in range(3, 6)]
@@ -96,7 +98,7 @@ def test_small_windows_are_insufficient_data_never_violations(tables, write_log)
 
     result = run_monitor(tables, 4)
 
-    assert {row["status"] for row in result.drift_rows} == {INSUFFICIENT}
+    assert {row.status for row in result.drift_rows} == {Status.INSUFFICIENT}
     decision = decide(result.profile_rows, result.drift_rows, MonitoringSettings(), None, NOW)
     assert not decision.retrain_required and decision.reason.startswith("insufficient data")
 

@@ -1,5 +1,6 @@
 """What a monitoring run shows people (the HTML report and its figures) and alert rules (telemetry)."""
 import base64
+import dataclasses
 import datetime
 import html
 import json
@@ -16,6 +17,7 @@ from mlops.data.tables import TableStore
 from mlops.inference import engine
 from mlops.monitoring import monitor, report, signals
 from mlops.monitoring.decision import decide
+from mlops.monitoring.rows import Status
 from mlops.monitoring.settings import MonitoringSettings
 from mlops.observability.telemetry import Telemetry, TelemetrySettings
 from support.appinsights import appinsights  # noqa: F401
@@ -56,9 +58,9 @@ def test_the_psi_chart_marks_exactly_the_violated_columns_red(shifted):
 
 def test_exempt_columns_stay_out_of_the_psi_chart_and_the_caption_names_them(shifted):
     result, _ = shifted
-    exempted = [{**row, "status": "exempt", "population_stability_index": 50.0}
-                for row in result.drift_rows if row["column_name"] == "hour"]
-    others = [row for row in result.drift_rows if row["column_name"] != "hour"]
+    exempted = [dataclasses.replace(row, status=Status.EXEMPT, population_stability_index=50.0)
+                for row in result.drift_rows if row.column_name == "hour"]
+    others = [row for row in result.drift_rows if row.column_name != "hour"]
     figure = report.psi_figure(others + exempted, SETTINGS.psi_threshold)
     axes = figure.axes[0]
     labels = [label.get_text() for label in axes.get_yticklabels()]
@@ -122,7 +124,7 @@ def test_each_metric_is_a_custom_metric_and_each_violation_a_custom_event(shifte
             item["data"]["baseData"]["properties"]["window_start"]): item["data"]["baseData"]["metrics"][0]
            for item in metrics
            if item["data"]["baseData"]["metrics"][0]["name"] == "monitoring.population_stability_index"}
-    expected = {(row["column_name"], row["window"]["start"].isoformat()): row["population_stability_index"]
+    expected = {(row.column_name, row.window.start.isoformat()): row.population_stability_index
                 for row in result.drift_rows}
     assert {key: point["value"] for key, point in psi.items()} == pytest.approx(expected)
     violations = [item["data"]["baseData"] for item in events

@@ -40,14 +40,14 @@ def test_psi_from_exact_bin_counts_matches_numpy_to_1e_9(tables, write_log, caps
                                    FIRST_DAY, FIRST_DAY + pd.Timedelta(days=2))
 
     worst = 0.0
-    for frame, window in zip(days, sorted({row["window"]["start"] for row in result.drift_rows})):
+    for frame, window in zip(days, sorted({row.window.start for row in result.drift_rows})):
         for name in (*FEATURES, "prediction"):
             column = reference.column(name)
             expected = numpy_psi(frame[name].to_numpy(dtype=float), column.edges, column.bin_shares(),
                                  column.count)
             [row] = [row for row in result.drift_rows
-                     if row["window"]["start"] == window and row["column_name"] == name]
-            worst = max(worst, abs(row["population_stability_index"] - expected))
+                     if row.window.start == window and row.column_name == name]
+            worst = max(worst, abs(row.population_stability_index - expected))
     with capsys.disabled():  # the figure belongs in every run's output
         print(f"\nPSI agreement with NumPy over {len(days)} windows x {len(FEATURES) + 1} columns: "
               f"largest difference {worst:.3g}")
