@@ -234,6 +234,8 @@ def section(saved: dict) -> str:
               f"{'met' if ratio >= 2 else '**missed**'}",
               f"- S p99 under 20 ms at {FIXED_RATE} requests/s: {ours['fixed']['p99_ms']:.2f} ms, "
               f"{'met' if ours['fixed']['p99_ms'] < 20 else '**missed**'}",
+              f"- S p99 under 20 ms at concurrency 32: {ours['c32']['p99_ms']:.2f} ms, "
+              f"{'met' if ours['c32']['p99_ms'] < 20 else '**missed**'}",
               f"- request logging costs at most 10% of throughput: {100 * logging_cost:.1f}%, "
               f"{'met' if logging_cost <= 0.10 else '**missed**'}",
               f"- failed requests: {failures}"]

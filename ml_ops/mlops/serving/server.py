@@ -12,6 +12,7 @@ import datetime
 import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -119,6 +120,21 @@ def _json(status: int, payload: dict) -> tuple[int, dict, bytes]:
     return status, {"Content-Type": "application/json"}, json.dumps(payload).encode()
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port``; ConfigError naming the address when it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off only on sockets that say TCP, and with
+    # it on, a response's body waits for the client's delayed ACK of its headers (40 ms).
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return listener
+
+
 class ServingServer:
     """A :class:`ServingApp` behind uvicorn on ``host``:``port`` (0: a free port), in a thread.
 
@@ -136,7 +152,7 @@ class ServingServer:
                                       access_log=False, lifespan="off", backlog=2048,
                                       timeout_keep_alive=app.options.keep_alive_seconds)
         # Bound now, so a taken port or an unusable host fails here, and port 0 is resolved.
-        self._socket = self._config.bind_socket()
+        self._socket = listening_socket(host, port)
         self._server = uvicorn.Server(self._config)
         self.host, self.port = host, self._socket.getsockname()[1]
         self._thread = None

@@ -7,7 +7,9 @@ import time
 
 import lightgbm
 import numpy as np
+import pytest
 
+from mlops.errors import ConfigError
 from mlops.serving.asgi import INLINE_BODY_BYTES
 
 from .conftest import call
@@ -158,3 +160,10 @@ def test_a_server_failure_answers_a_generic_body_with_the_request_id_and_logs_th
     assert "LightGBM" not in json.dumps(answer) and "features" not in json.dumps(answer)
     (record,) = [record for record in caplog.records if request_id in record.getMessage()]
     assert "LightGBMError" in record.getMessage()
+
+
+def test_a_taken_port_is_refused_with_the_address_in_the_message(serve):
+    server = serve()
+    message = f"cannot listen on 127.0.0.1:{server.port}: Address already in use"
+    with pytest.raises(ConfigError, match=message):
+        serve(port=server.port)
