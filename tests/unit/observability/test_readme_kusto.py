@@ -10,6 +10,7 @@ from mlops.config import TrainingConfig
 from mlops.errors import StageFailed
 from mlops.monitoring import signals
 from mlops.monitoring.decision import Decision, Violation
+from mlops.monitoring.rows import DriftRow, KsTest, Status, Window
 from mlops.local.dbutils import LocalDbutils
 from mlops.orchestration import CONNECTION_STRING_ENV, task_run
 from support.appinsights import appinsights  # noqa: F401
@@ -113,10 +114,10 @@ def captured(appinsights, mlflow_tracking, mlops_home, monkeypatch, backend):  #
 
 # One monitored column that drifted, as the monitoring job sends it.
 WINDOW_START = datetime.datetime(2016, 3, 1)
-DRIFTED_COLUMN = {"window": {"start": WINDOW_START, "end": WINDOW_START + datetime.timedelta(days=1)},
-                  "granularity": "1 day", "model_version": "3", "column_name": "trip_distance",
-                  "status": "violation", "population_stability_index": 0.6,
-                  "wasserstein_distance_normalized": 0.4, "ks_test": {"statistic": 0.3, "pvalue": 1e-9}}
+DRIFTED_COLUMN = DriftRow(Window(WINDOW_START, WINDOW_START + datetime.timedelta(days=1)), "1 day",
+                          "models:/taxi_fares/3", "3", "trip_distance", status=Status.VIOLATION,
+                          population_stability_index=0.6, wasserstein_distance_normalized=0.4,
+                          ks_test=KsTest(0.3, 1e-9))
 MONITORING_DECISION = Decision(True, "retrain: 2 of the last 5 windows with data over threshold", [], [
     Violation("2016-03-01T00:00:00", "3", "trip_distance", "population_stability_index", 0.6, 0.2)])
 
