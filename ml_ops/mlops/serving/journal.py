@@ -101,12 +101,11 @@ def entries(path: Path, request_type) -> list:
 
 
 def encode(request) -> dict:
+    # A missing feature is written as NaN, which Python's json reads back; older journals say null.
     return {"model_name": request.model_name, "model_version": request.model_version,
             "alias": request.alias,
-            "scored_at": request.scored_at.isoformat(), "ids": [list(pair) for pair in request.ids],
-            "matrix": [[None if np.isnan(value) else float(value) for value in row]
-                       for row in request.matrix],
-            "predictions": [float(value) for value in request.predictions],
+            "scored_at": request.scored_at.isoformat(), "ids": request.ids,
+            "matrix": request.matrix.tolist(), "predictions": request.predictions.tolist(),
             "pickups": [pickup.isoformat() if pickup else None for pickup in request.pickups]}
 
 
@@ -115,7 +114,6 @@ def decode(entry: dict, request_type):
         model_name=entry["model_name"], model_version=entry["model_version"], alias=entry["alias"],
         scored_at=datetime.datetime.fromisoformat(entry["scored_at"]),
         ids=[tuple(pair) for pair in entry["ids"]],
-        matrix=np.array([[np.nan if value is None else value for value in row] for row in entry["matrix"]],
-                        dtype=np.float64),
+        matrix=np.array(entry["matrix"], dtype=np.float64),
         predictions=np.array(entry["predictions"], dtype=np.float64),
         pickups=[datetime.datetime.fromisoformat(pickup) if pickup else None for pickup in entry["pickups"]])

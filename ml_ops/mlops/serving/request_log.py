@@ -16,7 +16,6 @@ killed with SIGKILL loses none: the next one to start commits them, exactly once
 import datetime
 import json
 import logging
-import queue
 import random
 import threading
 import time
@@ -128,12 +127,15 @@ class RequestLog:
                  flush_rows: int = 5_000, flush_seconds: float = 5.0):
         self.folder, self.feature_names = Path(folder), tuple(feature_names)
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
-        self._queue = queue.Queue()
+        # Requests wait in a list the writer swaps out whole: one lock per request, no per-item wake-up.
+        self._queued, self._queued_rows = [], 0
         # Rows queued or taken by the writer and not yet written: what the bound applies to.
         self.max_pending_rows, self._pending = max_queue_rows, 0
         self.dropped = self.written = self.commits = self.dead_lettered = self.recovered = 0
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self._enough = threading.Condition(self._lock)
+        self._stopping = False
+        self._schema = None
         self.journal_folder = self.folder.parent / f"{self.folder.name}.journal"
         self._recover()
         self.journal = journal.Journal(self.journal_folder)
@@ -147,28 +149,32 @@ class RequestLog:
                 self.dropped += request.rows
                 return False
             self._pending += request.rows
-            # Under the lock: the queue keeps the journal's order, so a commit covers a prefix of it.
-            self._queue.put_nowait((self.journal.append(request), request))
+            # Under the lock: the list keeps the journal's order, so a commit covers a prefix of it.
+            self._queued.append((self.journal.append(request), request))
+            self._queued_rows += request.rows
+            if self._queued_rows >= self.flush_rows:
+                self._enough.notify()
         return True
 
-    def _take(self) -> list[LoggedRequest]:
-        taken, rows, deadline = [], 0, time.monotonic() + self.flush_seconds
-        while rows < self.flush_rows:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (self._stopping.is_set() and self._queue.empty()):
-                break
-            try:
-                taken.append(self._queue.get(timeout=min(remaining, 0.05)))
-            except queue.Empty:
-                continue
-            rows += taken[-1][1].rows
-        return taken
+    def _take(self) -> list:
+        """What is queued, once ``flush_rows`` rows wait or ``flush_seconds`` have passed."""
+        deadline = time.monotonic() + self.flush_seconds
+        with self._lock:
+            while self._queued_rows < self.flush_rows and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._enough.wait(remaining)
+            taken, self._queued, self._queued_rows = self._queued, [], 0
+            return taken
 
     def _run(self):
-        while not (self._stopping.is_set() and self._queue.empty()):
-            requests = self._take()
-            if requests:
-                self._write(requests)
+        while True:
+            entries = self._take()
+            if entries:
+                self._write(entries)
+            elif self._stopping:
+                return
 
     def _write(self, entries: list):
         requests = [request for _, request in entries]
@@ -187,9 +193,7 @@ class RequestLog:
 
     def _commit(self, requests: list[LoggedRequest], app_id: str, last_entry: int):
         """One append of ``requests``, recording that ``app_id``'s journal is in up to ``last_entry``."""
-        schema = pyarrow.schema(DeltaTable(str(self.folder)).schema().to_arrow()) \
-            if DeltaTable.is_deltatable(str(self.folder)) else log_schema(self.feature_names)
-        table = self._loggable(requests, schema)
+        table = self._loggable(requests, self._table_schema())
         if table.num_rows:
             write_deltalake(str(self.folder), table, mode="append", partition_by=[engine.PICKUP_DATE],
                             configuration=LOG_PROPERTIES,
@@ -197,6 +201,14 @@ class RequestLog:
                                 app_transactions=[Transaction(app_id, last_entry)]))
             self.written += table.num_rows
             self.commits += 1
+
+    def _table_schema(self) -> pyarrow.Schema:
+        """The log table's schema, read once it exists; the batch path's if nothing created it yet."""
+        if self._schema is None:
+            if not DeltaTable.is_deltatable(str(self.folder)):
+                return log_schema(self.feature_names)
+            self._schema = pyarrow.schema(DeltaTable(str(self.folder)).schema().to_arrow())
+        return self._schema
 
     def _recover(self):
         """Commit what dead servers' journals hold beyond their last commit; then delete the journals."""
@@ -251,6 +263,8 @@ class RequestLog:
 
     def close(self, timeout: float = 30.0):
         """Write everything queued, then stop."""
-        self._stopping.set()
+        with self._lock:
+            self._stopping = True
+            self._enough.notify()
         self._writer.join(timeout)
         self.journal.close()
