@@ -19,9 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -30,67 +28,17 @@ from mlops import platform
 from mlops.data.tables import TableStore
 from mlops.errors import StageFailed
 from mlops.lifecycle import tracking
-from mlops.observability.redaction import public_uri, redact_params, redact_text, redacted_exception
-from mlops.observability.telemetry import Telemetry, TelemetrySettings
-from mlops.platform.context import RunContext
+from mlops.observability.redaction import public_uri, redact_params, redact_text
+from mlops.observability.telemetry import CONNECTION_STRING_ENV, Telemetry, TelemetrySettings
+from mlops.stages.run import TaskRun
 
 logger = logging.getLogger(__name__)
 
-CONNECTION_STRING_ENV = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 MAX_FAILURE_LINE = 1000
 # MLflow limits tag values to 5000 characters.
 MAX_ERROR_TAG = 4900
 # Task temp folders are named after their process, so those of a killed process can be found.
 TEMP_PREFIX = "mlops-task-"
-
-
-@dataclass
-class TaskRun:
-    """What a stage function may use: Spark, config, tables, MLflow run and a temp folder."""
-
-    task: str
-    config: object
-    spark: object
-    dbutils: object
-    tables: TableStore
-    telemetry: Telemetry
-    temp_dir: Path
-    job: RunContext
-    host: platform.Platform = field(default_factory=platform.current)
-    mlflow_run_id: str | None = None
-    stage_durations: dict = field(default_factory=dict)
-
-    def stage(self, name, function, *args, **kwargs):
-        """Run one stage inside a telemetry span; wrap its failure once, naming the stage.
-
-        The failure is raised from a redacted copy of the error's chain, outside the
-        ``except`` block, so the raw chain (which may hold a secret) is not attached.
-        """
-        logger.info("stage %s started", name)
-        started = time.monotonic()
-        self.telemetry.set_dimensions(stage=name)
-        failure = None
-        try:
-            with self.telemetry.span(name), tracking.tracking_server():
-                result = function(self, *args, **kwargs)
-        except StageFailed:
-            raise
-        except Exception as error:
-            failure = StageFailed(name, redacted_exception(error))
-        finally:
-            self.stage_durations[name] = round(time.monotonic() - started, 3)
-            self.telemetry.set_dimensions(stage=None)
-        if failure is not None:
-            raise failure from failure.cause
-        logger.info("stage %s finished in %.1fs", name, self.stage_durations[name])
-        return result
-
-    def set_task_value(self, key, value):
-        self.dbutils.jobs.taskValues.set(key=key, value=value)
-
-    def annotate(self, **dimensions):
-        """Add dimensions (model name, version...) to every later telemetry item."""
-        self.telemetry.set_dimensions(**dimensions)
 
 
 def _connection_string(host, config, dbutils):

@@ -51,7 +51,6 @@ def _admin(function_name: str, *argument_names, **keyword_names):
 
 def _profile(args) -> str:
     """Build and store the reference profile of an existing version (for monitoring)."""
-    import types
 
     from mlops.config import TrainingConfig
     from mlops.data.tables import TableStore
@@ -63,8 +62,8 @@ def _profile(args) -> str:
     config = TrainingConfig(registered_model_name=args.name, registry_uri=args.registry_uri,
                             table_location=args.location, predictions_table=args.predictions_table)
     tracking.configure(config)
-    run = types.SimpleNamespace(config=config, tables=TableStore(spark_session(), args.location))
-    reference = profile_version(run, RegistryClient(args.name, args.registry_uri), args.version,
+    reference = profile_version(config, TableStore(spark_session(), args.location),
+                                RegistryClient(args.name, args.registry_uri), args.version,
                                 force=args.force, by=args.by)
     return (f"model {args.name} version {reference.model_version}: reference profile of {reference.rows} "
             f"held-out rows (rmse {reference.error['rmse']:.4f}) stored in "

@@ -1,12 +1,14 @@
 """Where a version's reference profile is kept: an artifact of its MLflow run, and the baseline table."""
 import mlflow
 
+from mlops.data.tables import TableStore
 from mlops.monitoring.monitor import write_baseline
 from mlops.monitoring.reference import ARTIFACT_PATH as REFERENCE_ARTIFACT
 from mlops.monitoring.reference import ReferenceProfile
 
 
-def store_reference(run, reference: ReferenceProfile, mlflow_run_id: str) -> None:
-    """The profile as an artifact of ``mlflow_run_id`` and in the baseline table."""
+def store_reference(tables: TableStore, predictions_table: str, reference: ReferenceProfile,
+                    mlflow_run_id: str) -> None:
+    """The profile as an artifact of ``mlflow_run_id`` and in ``predictions_table``'s baseline table."""
     mlflow.MlflowClient().log_text(mlflow_run_id, reference.to_json(), REFERENCE_ARTIFACT)
-    write_baseline(run.tables, run.config.predictions_table, reference)
+    write_baseline(tables, predictions_table, reference)

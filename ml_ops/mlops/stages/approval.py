@@ -5,13 +5,16 @@ training job decides). On Databricks the task's ``email_notifications.on_start``
 approvers a link to this run, whose output is the request: the version, the evidence the deploy
 task recorded, and the command that approves it. The request is also a model history event.
 """
+from mlops.config import TrainingConfig
 from mlops.lifecycle.registry import APPROVAL_PENDING, APPROVAL_TAG, RegistryClient
 from mlops.stages.promotion import DECISION_TAG
+from mlops.stages.run import TaskRun
+
 
 DEPLOY_TASK = "deploy"
 
 
-def request_approval(run) -> str:
+def request_approval(run: TaskRun[TrainingConfig]) -> str:
     """The approval request for the version waiting; '' when none waits."""
     config = run.config
     registry = RegistryClient(config.registered_model_name, config.registry_uri)
@@ -31,7 +34,7 @@ def request_approval(run) -> str:
     return request
 
 
-def _waiting_version(run, registry: RegistryClient):
+def _waiting_version(run: TaskRun[TrainingConfig], registry: RegistryClient):
     """The version the deploy task of this run left pending, else the newest pending version."""
     version = run.config.model_version or run.dbutils.jobs.taskValues.get(
         taskKey=DEPLOY_TASK, key="model_version", default="", debugValue="")

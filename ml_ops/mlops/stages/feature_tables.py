@@ -5,10 +5,14 @@ from dataclasses import dataclass
 from taxi_fares import features
 
 from mlops import platform
+from mlops.config import RawTripsConfig
 from mlops.data.raw_input import read_raw_trips
+from mlops.data.tables import TableStore
 from mlops.errors import DataError
 from mlops.observability.redaction import public_uri
 from mlops.serving import online_store
+from mlops.stages.run import TaskRun
+
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +42,8 @@ TRAINING = FeatureTables("training")
 SCORING = FeatureTables("scoring")
 
 
-def build_feature_tables(run, raw_uri, start, end, tables: FeatureTables, parameter_prefix,
-                         online_store_path: str = ""):
+def build_feature_tables(run: TaskRun[RawTripsConfig], raw_uri, start, end, tables: FeatureTables,
+                         parameter_prefix, online_store_path: str = ""):
     """Read raw trips in [start, end], clean them, and write the trip and zip feature tables.
 
     With ``online_store_path``, each zip's newest window is also published there for serving.
@@ -76,26 +80,27 @@ def build_feature_tables(run, raw_uri, start, end, tables: FeatureTables, parame
     return lineage
 
 
-def publish_online_snapshot(run, tables: FeatureTables, online_store_path: str, source: str) -> int:
+def publish_online_snapshot(run: TaskRun[RawTripsConfig], tables: FeatureTables, online_store_path: str,
+                            source: str) -> int:
     """Each zip's newest window from the zip feature tables, published to the online store."""
     content = online_store.build_snapshot(run.tables.read(tables.pickup_features),
                                           run.tables.read(tables.dropoff_features))
     return online_store.publish(platform.driver_path(online_store_path), content, source)
 
 
-def load_feature_set(run, start, end, tables: FeatureTables, versions: dict | None = None):
+def load_feature_set(store: TableStore, start, end, tables: FeatureTables, versions: dict | None = None):
     """The point-in-time feature set (with labels) for trips picked up in [start, end].
 
     ``versions`` (table name -> Delta version) reads the tables as they were then.
     """
     versions = versions or {}
-    trips, pickup, dropoff = (run.tables.read(name, missing_hint=REBUILD_HINT, version=versions.get(name))
+    trips, pickup, dropoff = (store.read(name, missing_hint=REBUILD_HINT, version=versions.get(name))
                               for name in (tables.trips, tables.pickup_features, tables.dropoff_features))
     trips = features.filter_date_range(trips, start, end)
     return features.build_training_set(trips, pickup, dropoff)
 
 
-def log_inputs(run, tables: FeatureTables, context: str):
+def log_inputs(run: TaskRun[RawTripsConfig], tables: FeatureTables, context: str):
     """Record each feature table in the MLflow run as a dataset input: its name and Delta version."""
     import hashlib
 
@@ -128,5 +133,5 @@ def recorded_versions(mlflow_run, tables: FeatureTables) -> dict:
     return found
 
 
-def lineage(run, tables: FeatureTables) -> dict:
+def lineage(run: TaskRun[RawTripsConfig], tables: FeatureTables) -> dict:
     return run.tables.metadata(tables.trips)

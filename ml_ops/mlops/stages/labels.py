@@ -11,8 +11,11 @@ import mlflow
 from pyspark.sql import functions as F
 from taxi_fares.features import LABEL_COLUMN
 
+from mlops.config import ScoringConfig
 from mlops.errors import DataError
 from mlops.inference import engine
+from mlops.stages.run import TaskRun
+
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +23,7 @@ LABELS_HINT = "write the known fares there, one row per request_id"
 DUPLICATES_SHOWN = 5
 
 
-def merge_labels(run) -> dict:
+def merge_labels(run: TaskRun[ScoringConfig]) -> dict:
     """Fill the inference log's labels from ``labels_table``; returns the counts before and after."""
     config = run.config
     labels = run.tables.read(config.labels_table, missing_hint=LABELS_HINT)

@@ -13,11 +13,14 @@ import logging
 import mlflow
 from taxi_fares import features
 
+from mlops.config import MonitoringConfig
 from mlops.lifecycle.registry import CHAMPION, RegistryClient
-from mlops.monitoring.decision import Decision, decide
 from mlops.monitoring import report, signals
+from mlops.monitoring.decision import Decision, decide
 from mlops.monitoring.lakehouse import monitor_with_lakehouse
 from mlops.monitoring.monitor import check_labels, monitor_range
+from mlops.stages.run import TaskRun
+
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def _rows_the_rule_uses(result, retrain_on: str) -> tuple[list, list]:
     return profile_rows, drift_rows
 
 
-def monitor_inference_log(run) -> tuple[Decision, str]:
+def monitor_inference_log(run: TaskRun[MonitoringConfig]) -> tuple[Decision, str]:
     """Monitor the configured range, write the metric tables, decide, and hand the decision on.
 
     Returns the decision and the URI of the HTML report logged to the task's MLflow run.

@@ -2,6 +2,8 @@
 import numpy as np
 from taxi_fares import features
 
+from mlops.config import TrainingConfig
+from mlops.data.tables import TableStore
 from mlops.errors import ConfigError, RegistryError, ValidationFailed
 from mlops.lifecycle.profiles import store_reference
 from mlops.lifecycle.registry import RegistryClient
@@ -11,18 +13,17 @@ from mlops.stages.feature_tables import TRAINING, recorded_versions
 from mlops.stages.validation import Split, load_held_out, load_model, pickups_of, predict
 
 
-def profile_version(run, registry: RegistryClient, version: str, force: bool = False,
-                    by: str = "") -> ReferenceProfile:
+def profile_version(config: TrainingConfig, tables: TableStore, registry: RegistryClient, version: str,
+                    force: bool = False, by: str = "") -> ReferenceProfile:
     """Build the reference profile of a registered ``version`` from its own held-out rows, and store it.
 
     The rows are read at the feature tables' versions its training run recorded (Delta time
     travel), over its recorded held-out range, so later training runs that rewrote the tables do
     not change it. A version that has a profile keeps it unless ``force``; a forced rebuild is
     recorded in the model's history with the old and new row counts.
-    ``run`` needs ``tables`` and ``config`` (``validation_sample_rows``, ``predictions_table``).
     """
     model = registry.resolve(version)
-    existing = stored_profile(run.tables, run.config.predictions_table, model.version)
+    existing = stored_profile(tables, config.predictions_table, model.version)
     if existing is not None and not force:
         raise ConfigError(f"model '{model.name}' version {model.version} already has a reference profile "
                           f"({existing.rows} held-out rows, built {existing.created_at}); monitoring judges "
@@ -35,7 +36,7 @@ def profile_version(run, registry: RegistryClient, version: str, force: bool = F
         raise RegistryError(f"training run {training_run.info.run_id} of version {model.version} recorded no "
                             f"Delta version of {', '.join(missing)}, so its held-out rows cannot be read as "
                             "they were; validate a version trained with table versions recorded instead")
-    data = load_held_out(run, Split.of_training_run(training_run), run.config.validation_sample_rows,
+    data = load_held_out(tables, Split.of_training_run(training_run), config.validation_sample_rows,
                          table_versions=versions)
     predictions = predict(load_model(model), data.rows)
     if not np.isfinite(predictions).all():
@@ -44,7 +45,7 @@ def profile_version(run, registry: RegistryClient, version: str, force: bool = F
     reference = build_reference(model.name, model.version, data.rows, features.FEATURE_COLUMNS, predictions,
                                 data.rows[features.LABEL_COLUMN].to_numpy(dtype=float),
                                 timestamps=pickups_of(data.rows))
-    store_reference(run, reference, training_run.info.run_id)
+    store_reference(tables, config.predictions_table, reference, training_run.info.run_id)
     if existing is not None:
         registry.history.append("profile_rebuilt", model.version, by, old_rows=existing.rows,
                                 new_rows=reference.rows, table_versions=versions)

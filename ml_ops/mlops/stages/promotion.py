@@ -23,9 +23,12 @@ from dataclasses import dataclass
 import mlflow
 from taxi_fares import evaluation, features
 
+from mlops.config import TrainingConfig
 from mlops.lifecycle.registry import (APPROVAL_PENDING, APPROVAL_TAG, CHAMPION, ChampionMoved, ModelRef,
                                       RegistryClient, utc_now)
+from mlops.stages.run import TaskRun
 from mlops.stages.validation import Split, load_held_out, load_model, predict, resolve_model
+
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +98,10 @@ def decide(comparison: Comparison, require_approval: bool) -> str:
     return PENDING_APPROVAL if require_approval else PROMOTED
 
 
-def _compare(run, registry: RegistryClient, challenger: ModelRef, champion_version: str | None) -> Comparison:
+def _compare(run: TaskRun[TrainingConfig], registry: RegistryClient, challenger: ModelRef,
+             champion_version: str | None) -> Comparison:
     split = Split.of_training_run(registry.training_run(challenger.version))
-    data = load_held_out(run, split, run.config.validation_sample_rows,
+    data = load_held_out(run.tables, split, run.config.validation_sample_rows,
                          with_training_rows=champion_version is None)
     if champion_version is None:
         label = data.rows[features.LABEL_COLUMN].to_numpy(dtype=float)
@@ -133,7 +137,7 @@ def no_fair_comparison(champion_version: str, held_out: int, usable: int, champi
     return Comparison(f"{CHAMPION} v{champion_version}", {}, {}, False, rule, usable)
 
 
-def promote_challenger(run) -> PromotionDecision:
+def promote_challenger(run: TaskRun[TrainingConfig]) -> PromotionDecision:
     """Compare, decide, record, and move the Champion alias when the decision is to promote."""
     config = run.config
     registry = RegistryClient.from_config(config)
@@ -157,7 +161,8 @@ def promote_challenger(run) -> PromotionDecision:
     return result
 
 
-def _decide_and_move(run, registry: RegistryClient, challenger: ModelRef) -> PromotionDecision:
+def _decide_and_move(run: TaskRun[TrainingConfig], registry: RegistryClient,
+                     challenger: ModelRef) -> PromotionDecision:
     champion_before = registry.alias_version(CHAMPION)
     if champion_before == challenger.version:
         return PromotionDecision(challenger, ALREADY_CHAMPION, None, champion_before, champion_before,
@@ -177,7 +182,7 @@ def _decide_and_move(run, registry: RegistryClient, challenger: ModelRef) -> Pro
                              registry.alias_version(CHAMPION), reason)
 
 
-def _record(run, registry: RegistryClient, result: PromotionDecision):
+def _record(run: TaskRun[TrainingConfig], registry: RegistryClient, result: PromotionDecision):
     """The decision and both models' metrics, in the deploy run and as tags on the version."""
     comparison = result.comparison
     mlflow.set_tags({"model_name": result.challenger.name, "model_version": result.challenger.version,

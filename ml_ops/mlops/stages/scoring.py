@@ -17,13 +17,16 @@ import mlflow
 from pyspark.sql import functions as F
 from taxi_fares.features import filter_date_range
 
-from mlops.observability import plots
-from mlops.inference import engine
-from mlops.errors import ConfigError, DataError, RegistryError, ValidationFailed
-from mlops.publishing import make_publisher, validate_prefix
-from mlops.lifecycle.registry import PASSED, VALIDATION_STATUS_TAG, ModelRef, RegistryClient
-from mlops.stages.feature_tables import REBUILD_HINT, SCORING, build_feature_tables, load_feature_set
 from mlops import platform
+from mlops.config import ScoringConfig
+from mlops.errors import ConfigError, DataError, RegistryError, ValidationFailed
+from mlops.inference import engine
+from mlops.lifecycle.registry import PASSED, VALIDATION_STATUS_TAG, ModelRef, RegistryClient
+from mlops.observability import plots
+from mlops.publishing import make_publisher, validate_prefix
+from mlops.stages.feature_tables import REBUILD_HINT, SCORING, build_feature_tables, load_feature_set
+from mlops.stages.run import TaskRun
+
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ class ScoredPredictions:
     scoring_range: tuple = ()
 
 
-def resolve_model(run) -> ResolvedModel:
+def resolve_model(run: TaskRun[ScoringConfig]) -> ResolvedModel:
     """Pin the model version once (trained_model_version, else the alias) and fetch its file.
 
     A promotion later in the run cannot change the version: every later stage uses this one.
@@ -128,7 +131,7 @@ def storage_connection_string(host, config, dbutils) -> str | None:
                             CONNECTION_STRING_ENV, ("storage_secret_scope", "storage_secret_key"))
 
 
-def open_publish_target(run) -> PublishTarget:
+def open_publish_target(run: TaskRun[ScoringConfig]) -> PublishTarget:
     """Validate container and prefix and reach the endpoint with the key, before any Spark work."""
     config = run.config
     if not config.publish_results:
@@ -145,7 +148,7 @@ def open_publish_target(run) -> PublishTarget:
     return PublishTarget(publisher)
 
 
-def engineer_features(run):
+def engineer_features(run: TaskRun[ScoringConfig]):
     """Clean raw trips in the scoring range and write the scoring feature tables."""
     config = run.config
     return build_feature_tables(run, config.taxi_fares_raw_data, config.scoring_data_start_date,
@@ -153,10 +156,11 @@ def engineer_features(run):
                                 config.online_store_path)
 
 
-def score_and_write(run, model: ResolvedModel) -> ScoredPredictions:
+def score_and_write(run: TaskRun[ScoringConfig], model: ResolvedModel) -> ScoredPredictions:
     """Score the scoring range's feature set on the executors; append the rows to the inference log."""
     config = run.config
-    features = load_feature_set(run, config.scoring_data_start_date, config.scoring_data_end_date, SCORING)
+    features = load_feature_set(run.tables, config.scoring_data_start_date, config.scoring_data_end_date,
+                                SCORING)
     if _no_trips_in_range(run):
         raise DataError(f"no trips to score between {config.scoring_data_start_date} and "
                         f"{config.scoring_data_end_date} in table {SCORING.trips}; check "
@@ -192,7 +196,7 @@ def write_predictions(tables, table: str, features, model: ResolvedModel, proven
                       properties=INFERENCE_LOG_PROPERTIES)
 
 
-def rows_of_this_run(run, scored: ScoredPredictions):
+def rows_of_this_run(run: TaskRun[ScoringConfig], scored: ScoredPredictions):
     """The inference log rows this scoring run wrote (its date range's partitions only)."""
     start, end = scored.scoring_range
     log = run.tables.read(scored.table)
@@ -206,7 +210,7 @@ def _date_range(config) -> tuple:
     return (config.scoring_data_start_date, config.scoring_data_end_date)
 
 
-def _no_trips_in_range(run) -> bool:
+def _no_trips_in_range(run: TaskRun[ScoringConfig]) -> bool:
     """A cheap emptiness check on the trip table (the feature set has one row per trip)."""
     config = run.config
     trips = run.tables.read(SCORING.trips, missing_hint=REBUILD_HINT)
@@ -239,7 +243,7 @@ def prediction_files(folder: Path) -> list[tuple[Path, str, int]]:
 
 
 @contextlib.contextmanager
-def staged_rows_of_this_run(run, scored: ScoredPredictions):
+def staged_rows_of_this_run(run: TaskRun[ScoringConfig], scored: ScoredPredictions):
     """This run's rows written once by Spark under ``<publish_folder>/_staging/``; removed afterwards.
 
     The folder is one that the driver and the executors both reach (a volume or DBFS on Databricks).
@@ -253,7 +257,7 @@ def staged_rows_of_this_run(run, scored: ScoredPredictions):
         shutil.rmtree(platform.driver_path(uri), ignore_errors=True)
 
 
-def publish_predictions(run, scored: ScoredPredictions, target: PublishTarget):
+def publish_predictions(run: TaskRun[ScoringConfig], scored: ScoredPredictions, target: PublishTarget):
     """Publish the part files under <prefix>/<scoring range>/<run id>/, manifest last."""
     if target.publisher is None:
         return None
@@ -261,7 +265,7 @@ def publish_predictions(run, scored: ScoredPredictions, target: PublishTarget):
         return _publish_files(run, scored, target, prediction_files(folder))
 
 
-def _publish_files(run, scored: ScoredPredictions, target: PublishTarget, files):
+def _publish_files(run: TaskRun[ScoringConfig], scored: ScoredPredictions, target: PublishTarget, files):
     config = run.config
     total = sum(rows for _, _, rows in files)
     if total != scored.rows:
@@ -298,7 +302,7 @@ def _publish_files(run, scored: ScoredPredictions, target: PublishTarget, files)
     return result
 
 
-def prediction_summary(run, scored: ScoredPredictions) -> dict:
+def prediction_summary(run: TaskRun[ScoringConfig], scored: ScoredPredictions) -> dict:
     """Row count and prediction statistics (and errors against actual fares), from Spark aggregates."""
     table = rows_of_this_run(run, scored)
     prediction = F.col(engine.PREDICTION)
@@ -317,7 +321,7 @@ def prediction_summary(run, scored: ScoredPredictions) -> dict:
     return {name: value for name, value in row.items() if value is not None}
 
 
-def histograms(run, scored: ScoredPredictions, bins: int = HISTOGRAM_BINS):
+def histograms(run: TaskRun[ScoringConfig], scored: ScoredPredictions, bins: int = HISTOGRAM_BINS):
     """Bin edges and per-bin counts of predictions (and actual fares), counted by Spark; None with no rows."""
     table = rows_of_this_run(run, scored)
     columns = [engine.PREDICTION] + ([engine.LABEL] if scored.has_actuals else [])
@@ -362,7 +366,7 @@ def _log_histogram(scored: ScoredPredictions, edges, counts) -> None:
     plots.close(figure)
 
 
-def log_summary(run, scored: ScoredPredictions, published=None) -> dict:
+def log_summary(run: TaskRun[ScoringConfig], scored: ScoredPredictions, published=None) -> dict:
     """Log row counts, prediction statistics, the histogram plot and the blob URL to the MLflow run."""
     summary = prediction_summary(run, scored)
     mlflow.log_metrics({name: float(value) for name, value in summary.items()

@@ -6,10 +6,13 @@ from mlflow.models import infer_signature
 from pyspark.sql import functions as F
 from taxi_fares import evaluation, features, training
 
-from mlops.observability import plots
+from mlops.config import TrainingConfig
 from mlops.errors import DataError
 from mlops.lifecycle.registry import PENDING, ModelRef, RegistryClient
+from mlops.observability import plots
 from mlops.stages.feature_tables import TRAINING, build_feature_tables, lineage, load_feature_set, log_inputs
+from mlops.stages.run import TaskRun
+
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +20,7 @@ logger = logging.getLogger(__name__)
 MIN_HELD_OUT_ROWS = 50
 
 
-def engineer_features(run):
+def engineer_features(run: TaskRun[TrainingConfig]):
     """Clean raw trips in the training range and write the training feature tables."""
     config = run.config
     return build_feature_tables(run, config.taxi_fares_raw_data, config.training_data_start_date,
@@ -25,9 +28,9 @@ def engineer_features(run):
                                 config.online_store_path)
 
 
-def load_training_set(run, start, end):
+def load_training_set(run: TaskRun[TrainingConfig], start, end):
     """The point-in-time training set for trips picked up in [start, end]."""
-    return load_feature_set(run, start, end, TRAINING)
+    return load_feature_set(run.tables, start, end, TRAINING)
 
 
 def collect_split(dataset, config):
@@ -59,7 +62,7 @@ def collect_split(dataset, config):
                          "held_out_rows_available": counts.get(True, 0)}
 
 
-def train_and_register(run):
+def train_and_register(run: TaskRun[TrainingConfig]):
     """Train LightGBM on the feature tables, evaluate on held-out rows, log and register."""
     config = run.config
     dataset = load_training_set(run, config.training_data_start_date, config.training_data_end_date)

@@ -25,12 +25,16 @@ from pyspark.sql import functions as F
 from taxi_fares import evaluation, features
 from taxi_fares.schema import TRIP_ID
 
+from mlops.config import TrainingConfig
+from mlops.data.tables import TableStore
 from mlops.errors import ConfigError, DataError, RegistryError, ValidationFailed
+from mlops.lifecycle.profiles import store_reference
 from mlops.lifecycle.registry import (CHALLENGER, CHAMPION, FAILED, PASSED, PENDING, ModelRef, RegistryClient,
                                       utc_now)
-from mlops.lifecycle.profiles import store_reference
 from mlops.monitoring.reference import ReferenceProfile, build_reference
 from mlops.stages.feature_tables import TRAINING, load_feature_set
+from mlops.stages.run import TaskRun
+
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +52,8 @@ CHAMPION_FAILED_TAG = "champion_validation_failed_at"
 
 # ---------------------------------------------------------------- which model
 
-def resolve_model(run, registry: RegistryClient, upstream_task: str, switch_parameter: str) -> ModelRef:
+def resolve_model(run: TaskRun[TrainingConfig], registry: RegistryClient, upstream_task: str,
+                  switch_parameter: str) -> ModelRef:
     """The version named by ``model_version``, else the one task ``upstream_task`` passed on."""
     config = run.config
     if config.model_version:
@@ -128,13 +133,13 @@ def _bounded_collect(frame, columns, max_rows: int, salt: int, what: str) -> pd.
     return collected
 
 
-def load_held_out(run, split: Split, max_rows: int, with_training_rows: bool = False,
+def load_held_out(store: TableStore, split: Split, max_rows: int, with_training_rows: bool = False,
                   table_versions: dict | None = None) -> HeldOutData:
     """The held-out rows of ``split`` (features, label) from the training feature tables.
 
     ``table_versions`` reads the tables at those Delta versions (time travel).
     """
-    dataset = load_feature_set(run, split.start_date, split.end_date, TRAINING, table_versions)
+    dataset = load_feature_set(store, split.start_date, split.end_date, TRAINING, table_versions)
     flagged = features.split_by_time(dataset, split.by_time)
     label = features.LABEL_COLUMN
     held_out = _bounded_collect(flagged.filter(F.col(features.IS_TEST)),
@@ -285,7 +290,7 @@ def check_model(model: ModelRef, loaded_model, training_run_tags: dict, data: He
 
 # ---------------------------------------------------------------- the stage
 
-def validate_model(run) -> ValidationReport:
+def validate_model(run: TaskRun[TrainingConfig]) -> ValidationReport:
     """Validate the version trained upstream (or ``model_version``); see the module docstring."""
     config = run.config
     registry = RegistryClient.from_config(config)
@@ -296,7 +301,7 @@ def validate_model(run) -> ValidationReport:
         # A PASSED version (the Champion, say) keeps serving while it is re-validated.
         registry.set_validation_status(model.version, PENDING)
     training_run = registry.training_run(model.version)
-    data = load_held_out(run, Split.of_training_run(training_run), config.validation_sample_rows)
+    data = load_held_out(run.tables, Split.of_training_run(training_run), config.validation_sample_rows)
     report = check_model(model, load_model(model), training_run.data.tags, data, config)
     alias_set = _record(run, registry, report, previous_status)
     for key, value in {**model.task_values(), "validation_status": report.status}.items():
@@ -310,14 +315,15 @@ def validate_model(run) -> ValidationReport:
     return report
 
 
-def _record(run, registry: RegistryClient, report: ValidationReport, previous_status: str | None):
+def _record(run: TaskRun[TrainingConfig], registry: RegistryClient, report: ValidationReport,
+            previous_status: str | None):
     """Results to the task's MLflow run and the version; then the status tag and alias (returned, if set)."""
     model = report.model
     when = utc_now()
     mlflow.log_dict(report.as_dict(), "validation_results.json")
     if report.reference is not None:
         # Monitoring compares every later window of the inference log with this reference.
-        store_reference(run, report.reference, run.mlflow_run_id)
+        store_reference(run.tables, run.config.predictions_table, report.reference, run.mlflow_run_id)
     mlflow.log_metrics({"held_out_rows": report.held_out_rows, "checks_failed": len(report.failed)}
                        | {f"check.{check.name}": check.value for check in report.checks
                           if isinstance(check.value, float)})
@@ -344,7 +350,8 @@ def _record(run, registry: RegistryClient, report: ValidationReport, previous_st
     return alias_set
 
 
-def _champion_failed(run, registry: RegistryClient, report: ValidationReport, when: str):
+def _champion_failed(run: TaskRun[TrainingConfig], registry: RegistryClient, report: ValidationReport,
+                     when: str):
     """The serving Champion failed a re-validation: tag it, tell telemetry, and say what to do."""
     model = report.model
     registry.set_tags(model.version, {CHAMPION_FAILED_TAG: when})

@@ -23,10 +23,9 @@ LOG = "taxi_fares_predictions"
 @pytest.fixture
 def unlabelled_log(spark, feature_tables, booster, tmp_path):
     """An inference log scored without fares, by versions 1 and 2, in its own location."""
-    import types
 
     store = TableStore(spark, str(tmp_path / "tables"))
-    features = load_feature_set(types.SimpleNamespace(tables=TableStore(spark, str(feature_tables))),
+    features = load_feature_set(TableStore(spark, str(feature_tables)),
                                 SCORING_START, SCORING_END, SCORING)
     model = ResolvedModel(ModelRef("fares", "1"), "trained_model_version",
                           engine.ScoringModel.from_text(booster.model_to_string()))
