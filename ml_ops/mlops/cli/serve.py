@@ -9,6 +9,25 @@ from mlops.cli import command
 from mlops.platform import driver_path
 
 
+# The options that tune the server, each a ServeSettings field of the same name: (type, default, help).
+TUNING = {
+    "--poll-seconds": (float, 10.0, "how often the alias and the feature snapshot are checked"),
+    "--max-feature-age-minutes": (float, 60.0, "older window features fall back to the defaults"),
+    "--flush-rows": (int, 5_000, "rows per inference log commit, at most"),
+    "--flush-seconds": (float, 5.0, "the longest a logged row waits for its commit"),
+    "--queue-rows": (int, 100_000, "rows the log queue holds; more are counted as not logged"),
+    "--max-body-bytes": (int, 1 << 20, "larger bodies get a 413"),
+    "--read-timeout": (float, 5.0, "seconds a request body may take to arrive; then 408"),
+    "--request-timeout": (float, 10.0, "seconds an answer may take; then 504"),
+    "--telemetry-sample-rate": (float, 0.1, "share of requests sent to Application Insights as items"),
+    "--workers": (int, 1, "processes answering on the port; each loads the model and logs on its own"),
+}
+
+
+def _field(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
 def _token(secret: str) -> str:
     """The bearer token: from the secret scope ``SCOPE/KEY`` when named, else MLOPS_SERVING_TOKEN."""
     from mlops.errors import ConfigError
@@ -41,23 +60,16 @@ def _log_table_path(value: str) -> Path | None:
 
 
 def _serve(args) -> int:
-    from mlops.observability.telemetry import Telemetry, TelemetrySettings
-    from mlops.orchestration import CONNECTION_STRING_ENV
-    from mlops.platform.home import mlops_home
-    from mlops.serving.start import ServeSettings, close_server, open_server
+    from mlops.serving.start import ServeSettings, close_server, open_server, serving_telemetry
 
     settings = ServeSettings(
         model_name=args.model, alias=args.alias, host=args.host, port=args.port,
-        online_store=Path(driver_path(args.online_store)),
-        log_table=_log_table_path(args.log_table),
-        poll_seconds=args.poll_seconds, max_feature_age_minutes=args.max_feature_age_minutes,
-        token=_token(args.token_secret), flush_rows=args.flush_rows, flush_seconds=args.flush_seconds,
-        queue_rows=args.queue_rows, max_body_bytes=args.max_body_bytes, registry_uri=args.registry_uri,
-        read_timeout=args.read_timeout, request_timeout=args.request_timeout)
-    telemetry = Telemetry.start(TelemetrySettings(
-        connection_string=os.environ.get(CONNECTION_STRING_ENV) or None, role_name=f"serving/{args.model}",
-        jsonl_path=mlops_home() / "runs" / f"serving-{args.model}-telemetry.jsonl",
-        dimensions={"model_name": args.model, "alias": args.alias}, sample_rate=args.telemetry_sample_rate))
+        online_store=Path(driver_path(args.online_store)), log_table=_log_table_path(args.log_table),
+        token=_token(args.token_secret), registry_uri=args.registry_uri,
+        **{_field(flag): getattr(args, _field(flag)) for flag in TUNING})
+    if settings.workers > 1:
+        return _serve_with_workers(settings)
+    telemetry = serving_telemetry(settings)
     try:
         server, watcher = open_server(settings, telemetry)
     except BaseException:
@@ -77,6 +89,18 @@ def _serve(args) -> int:
     return 0
 
 
+def _serve_with_workers(settings) -> int:
+    from mlops.serving.workers import serve_with_workers
+
+    def listening(url):
+        print(f"serving {settings.model_name}@{settings.alias} with {settings.workers} workers at {url}",
+              flush=True)
+
+    serve_with_workers(settings, listening)
+    print(f"stopped; {settings.workers} workers", flush=True)
+    return 0
+
+
 def register_cli(subparsers):
     parser = subparsers.add_parser(
         "serve", help="serve a registered model's alias (MLflow scoring protocol)",
@@ -92,26 +116,11 @@ def register_cli(subparsers):
     parser.add_argument("--log-table", default="",
                         help="the inference log: a table name catalog.schema.table, or a Delta folder "
                              "(empty: requests are not logged)")
-    parser.add_argument("--poll-seconds", type=float, default=10.0,
-                        help="how often the alias and the feature snapshot are checked")
-    parser.add_argument("--max-feature-age-minutes", type=float, default=60.0,
-                        help="older window features fall back to the defaults")
-    parser.add_argument("--flush-rows", type=int, default=5_000,
-                        help="rows per inference log commit, at most")
-    parser.add_argument("--flush-seconds", type=float, default=5.0,
-                        help="the longest a logged row waits for its commit")
-    parser.add_argument("--queue-rows", type=int, default=100_000,
-                        help="rows the log queue holds; more are counted as not logged")
-    parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get a 413")
-    parser.add_argument("--read-timeout", type=float, default=5.0,
-                        help="seconds a request body may take to arrive; then 408")
-    parser.add_argument("--request-timeout", type=float, default=10.0,
-                        help="seconds an answer may take; then 504")
+    for flag, (kind, default, help_text) in TUNING.items():
+        parser.add_argument(flag, type=kind, default=default, help=help_text)
     parser.add_argument("--token-secret", default="", metavar="SCOPE/KEY",
                         help="read the bearer token from this secret (locally MLOPS_SECRET_<SCOPE>_<KEY>); "
                              "empty: MLOPS_SERVING_TOKEN")
-    parser.add_argument("--telemetry-sample-rate", type=float, default=0.1,
-                        help="share of requests sent to Application Insights as requests items")
     parser.add_argument("--registry-uri", default="",
                         help="registry URI; 'databricks-uc' for Unity Catalog (empty: the tracking store)")
     parser.set_defaults(func=command(_serve))

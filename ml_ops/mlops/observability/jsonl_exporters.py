@@ -118,30 +118,33 @@ class JsonlFile:
             lines = "".join(json.dumps(item, default=str) + "\n" for item in items)
             with self._lock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as handle:
-                    handle.write(lines)
+                # One unbuffered write to a file opened for appending: lines from several
+                # processes (the server's workers) never interleave.
+                with open(self.path, "ab", buffering=0) as handle:
+                    handle.write(lines.encode("utf-8"))
             return True
         except Exception as exc:
             self._on_error("cannot write telemetry to %s: %s", self.path, exc)
             return False
 
 
-class JsonlSpanExporter(SpanExporter):
+class _WritesTo:
     def __init__(self, output: JsonlFile):
         self._output = output
 
+    def _written(self, items, results):
+        """``results.SUCCESS`` once ``items`` are in the file, else ``results.FAILURE``."""
+        return results.SUCCESS if self._output.append(items) else results.FAILURE
+
+
+class JsonlSpanExporter(_WritesTo, SpanExporter):
     def export(self, spans):
-        ok = self._output.append([span_item(span) for span in spans])
-        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+        return self._written([span_item(span) for span in spans], SpanExportResult)
 
 
-class JsonlLogExporter(LogRecordExporter):
-    def __init__(self, output: JsonlFile):
-        self._output = output
-
+class JsonlLogExporter(_WritesTo, LogRecordExporter):
     def export(self, batch):
-        ok = self._output.append([log_item(record) for record in batch])
-        return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
+        return self._written([log_item(record) for record in batch], LogRecordExportResult)
 
     def shutdown(self):
         pass
@@ -150,14 +153,13 @@ class JsonlLogExporter(LogRecordExporter):
         return True
 
 
-class JsonlMetricExporter(MetricExporter):
+class JsonlMetricExporter(_WritesTo, MetricExporter):
     def __init__(self, output: JsonlFile, preferred_temporality):
-        super().__init__(preferred_temporality=preferred_temporality)
-        self._output = output
+        MetricExporter.__init__(self, preferred_temporality=preferred_temporality)
+        _WritesTo.__init__(self, output)
 
     def export(self, metrics_data, timeout_millis: float = 10_000, **kwargs):
-        ok = self._output.append(metric_items(metrics_data))
-        return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
+        return self._written(metric_items(metrics_data), MetricExportResult)
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return True

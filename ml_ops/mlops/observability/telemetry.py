@@ -60,6 +60,8 @@ internal_logger = logging.getLogger(INTERNAL_LOGGER_NAME)
 _IGNORED_LOGGER_PREFIXES = (INTERNAL_LOGGER_NAME, "opencensus", "opentelemetry", "azure", "urllib3",
                             "requests")
 _EXPORT_PROBLEM_LOGGERS = otel_backend.EXPORT_PROBLEM_LOGGERS + opencensus_backend.EXPORT_PROBLEM_LOGGERS
+# Where jobs and the server read the Application Insights connection string from.
+CONNECTION_STRING_ENV = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 _RECORDED_MARK = "_mlops_telemetry_recorded"
 _HANDLER_MARK = "_mlops_telemetry_owner"
 

@@ -152,9 +152,11 @@ def endpoint_for(serving: ServingApp):
     return answer
 
 
-def create_app(serving: ServingApp) -> Starlette:
+def create_app(serving: ServingApp, lifespan=None) -> Starlette:
+    """The Starlette app for ``serving``; ``lifespan`` starts and stops what a worker process owns."""
     app = Starlette(routes=[Route("/metrics", _AsgiApp(make_asgi_app(serving.metrics.registry))),
-                            Route("/{path:path}", endpoint_for(serving), methods=METHODS)])
+                            Route("/{path:path}", endpoint_for(serving), methods=METHODS)],
+                    lifespan=lifespan)
     if serving.options.token:
         app.add_middleware(RequireBearerToken, token=serving.options.token)
     app.add_middleware(MeasureRequests, serving=serving)

@@ -12,6 +12,7 @@ import datetime
 import ipaddress
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -94,7 +95,8 @@ class ServingApp:
                            "alias": self.options.alias, "loaded_at": model.loaded_at,
                            "not_loaded": self.slot.refused or None,
                            "feature_snapshot_version": self.store.version,
-                           "log_rows_not_logged": self.request_log.dropped if self.request_log else 0})
+                           "log_rows_not_logged": self.request_log.dropped if self.request_log else 0,
+                           "process_id": os.getpid()})
 
     def invocations(self, body: bytes, content_type: str = "application/json") -> tuple[int, dict, bytes]:
         model = self.slot.current  # one read: a switch never changes the model under this request

@@ -1,11 +1,14 @@
 """Start serving a registered model's alias: checks first, then the model, store, log and watcher."""
 import datetime
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlops.errors import ConfigError, RegistryError
 from mlops.lifecycle.registry import RegistryClient
+from mlops.observability.telemetry import CONNECTION_STRING_ENV, Telemetry, TelemetrySettings
+from mlops.platform.home import mlops_home
 from mlops.serving.metrics import ServingMetrics
 from mlops.serving.model_slot import AliasWatcher, ModelSlot, load_version
 from mlops.serving.online_store import OnlineFeatureStore
@@ -36,6 +39,12 @@ class ServeSettings:
     registry_uri: str = ""
     read_timeout: float = 5.0
     request_timeout: float = 10.0
+    telemetry_sample_rate: float = 0.1
+    workers: int = 1
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be 1 or more, got {self.workers}")
 
 
 def first_model(registry: RegistryClient, alias: str):
@@ -53,8 +62,18 @@ def first_model(registry: RegistryClient, alias: str):
         raise ConfigError(f"cannot serve {registry.name}@{alias}: {error}") from None
 
 
-def open_server(settings: ServeSettings, telemetry=None) -> tuple[ServingServer, AliasWatcher]:
-    """A started server and alias watcher; stop both with :func:`close_server`."""
+def serving_telemetry(settings: ServeSettings) -> Telemetry:
+    """The server's telemetry: Application Insights when its connection string is set, else JSON lines."""
+    return Telemetry.start(TelemetrySettings(
+        connection_string=os.environ.get(CONNECTION_STRING_ENV) or None,
+        role_name=f"serving/{settings.model_name}",
+        jsonl_path=mlops_home() / "runs" / f"serving-{settings.model_name}-telemetry.jsonl",
+        dimensions={"model_name": settings.model_name, "alias": settings.alias},
+        sample_rate=settings.telemetry_sample_rate))
+
+
+def build_app(settings: ServeSettings, telemetry=None) -> tuple[ServingApp, AliasWatcher]:
+    """The app (model, feature store, request log and metrics) and its alias watcher, not started."""
     require_token_off_loopback(settings.host, settings.token)
     registry = RegistryClient(settings.model_name, settings.registry_uri)
     slot = ModelSlot(first_model(registry, settings.alias))
@@ -80,13 +99,19 @@ def open_server(settings: ServeSettings, telemetry=None) -> tuple[ServingServer,
     options = ServingOptions(settings.alias, settings.max_body_bytes, settings.token,
                              read_timeout=settings.read_timeout, request_timeout=settings.request_timeout)
     app = ServingApp(slot, store, request_log, options, metrics, telemetry)
-    server = ServingServer(app, settings.host, settings.port)
     watcher = AliasWatcher(registry, settings.alias, slot, settings.poll_seconds, on_switch=switched,
                            on_poll=store.refresh)
+    return app, watcher
+
+
+def open_server(settings: ServeSettings, telemetry=None) -> tuple[ServingServer, AliasWatcher]:
+    """A started server and alias watcher in this process; stop both with :func:`close_server`."""
+    app, watcher = build_app(settings, telemetry)
+    server = ServingServer(app, settings.host, settings.port)
     server.start()
     watcher.start()
-    logger.info("serving %s@%s (version %s) at %s", settings.model_name, settings.alias, slot.current.version,
-                server.url)
+    logger.info("serving %s@%s (version %s) at %s", settings.model_name, settings.alias,
+                app.slot.current.version, server.url)
     return server, watcher
 
 

@@ -161,6 +161,21 @@ def readme_serve_command(port: int) -> list:
     return words
 
 
+def readme_server_setup(home: Path) -> tuple[int, dict]:
+    """A free port, a snapshot where the README's command reads it, and the command's environment."""
+    online_store.publish(home / "dbfs" / "mlops" / "taxi_fares" / "online_store", SNAPSHOT)
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
+    environment["MLOPS_HOME"] = str(home)
+    return free_port(), environment
+
+
+class Address:
+    """What :func:`call` needs of a server started in another process."""
+
+    def __init__(self, port: int):
+        self.url = f"http://127.0.0.1:{port}"
+
+
 def readme_python_example() -> str:
     return next(block for block in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
                 if "ScoringServerClient" in block)
@@ -169,21 +184,17 @@ def readme_python_example() -> str:
 @pytest.mark.slow
 def test_the_readme_command_serves_from_another_folder_and_sigterm_flushes_the_queue(registry_home, tmp_path):
     home, _ = registry_home
-    port = free_port()
-    online_store.publish(home / "dbfs" / "mlops" / "taxi_fares" / "online_store", SNAPSHOT)
+    port, environment = readme_server_setup(home)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
-    environment["MLOPS_HOME"] = str(home)
     command = [*readme_serve_command(port), "--flush-seconds", "600", "--flush-rows", "1000"]
     process = subprocess.Popen(command, env=environment, cwd=elsewhere, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        class Address:
-            url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: process.poll() is None and _answers(Address), timeout=60)
+        server = Address(port)
+        wait_for(lambda: process.poll() is None and _answers(server), timeout=60)
         for _ in range(4):
-            assert call(Address, "/invocations", BODY)[0] == 200
+            assert call(server, "/invocations", BODY)[0] == 200
         # The README's Python example, as written, against this server: one more logged request.
         *statements, last = readme_python_example().replace("5050", str(port)).strip().splitlines()
         namespace = {}
@@ -210,19 +221,14 @@ def test_the_readme_command_serves_from_another_folder_and_sigterm_flushes_the_q
 @pytest.mark.slow
 def test_a_server_killed_with_sigkill_loses_and_duplicates_no_logged_row(registry_home, tmp_path):
     home, _ = registry_home
-    port = free_port()
-    online_store.publish(home / "dbfs" / "mlops" / "taxi_fares" / "online_store", SNAPSHOT)
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
-    environment["MLOPS_HOME"] = str(home)
+    port, environment = readme_server_setup(home)
     command = [*readme_serve_command(port), "--flush-seconds", "600", "--flush-rows", "3"]
-
-    class Address:
-        url = f"http://127.0.0.1:{port}"
+    server = Address(port)
 
     def started():
         process = subprocess.Popen(command, env=environment, cwd=tmp_path, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: process.poll() is None and _answers(Address), timeout=60)
+        wait_for(lambda: process.poll() is None and _answers(server), timeout=60)
         return process
 
     log = home / "tables" / "dev" / "taxi_fares" / "taxi_fares_predictions"
@@ -234,7 +240,7 @@ def test_a_server_killed_with_sigkill_loses_and_duplicates_no_logged_row(registr
     killed = started()
     try:
         # Three rows fill a commit; the next two wait in the queue (and the journal) when the kill comes.
-        answered = sum(call(Address, "/invocations", BODY)[0] == 200 for _ in range(5))
+        answered = sum(call(server, "/invocations", BODY)[0] == 200 for _ in range(5))
         wait_for(lambda: rows() == before + 3, timeout=30)
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=30)
@@ -249,7 +255,7 @@ def test_a_server_killed_with_sigkill_loses_and_duplicates_no_logged_row(registr
     deadline = time.monotonic() + 3
 
     def client():
-        return sum(call(Address, "/invocations", BODY)[0] == 200 for _ in iter(
+        return sum(call(server, "/invocations", BODY)[0] == 200 for _ in iter(
             lambda: time.monotonic() < deadline, False))
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:

@@ -1,0 +1,55 @@
+"""``mlops serve --workers N``: several processes on one port, each logging its own rows, exactly once."""
+import concurrent.futures
+import signal
+import subprocess
+
+import pytest
+from deltalake import DeltaTable
+
+from mlops.cli import main
+
+from .conftest import call
+from .test_alias_switch_and_logging import (
+    BODY, Address, _answers, readme_serve_command, readme_server_setup, wait_for)
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_port_and_every_answered_row_is_logged_once(registry_home, tmp_path):
+    home, _ = registry_home
+    port, environment = readme_server_setup(home)
+    log = home / "tables" / "dev" / "taxi_fares" / "taxi_fares_predictions"
+    before = DeltaTable(str(log)).to_pyarrow_table().num_rows if DeltaTable.is_deltatable(str(log)) else 0
+    command = [*readme_serve_command(port), "--workers", "2", "--flush-seconds", "600", "--flush-rows", "7"]
+    process = subprocess.Popen(command, env=environment, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    server = Address(port)
+    try:
+        wait_for(lambda: process.poll() is None and _answers(server), timeout=90)
+
+        def client(_):
+            scored = sum(call(server, "/invocations", BODY)[0] == 200 for _ in range(15))
+            return scored, call(server, "/health")[2]["process_id"]
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(client, range(24)))
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    answered = sum(scored for scored, _ in answers)
+    workers = {worker for _, worker in answers}
+    assert process.returncode == 0, stderr[-2000:]
+    assert f"with 2 workers at http://127.0.0.1:{port}" in stdout and "stopped; 2 workers" in stdout
+    assert answered == 24 * 15
+    assert len(workers) == 2 and process.pid not in workers
+    request_ids = DeltaTable(str(log)).to_pyarrow_table().column("request_id").to_pylist()
+    assert len(request_ids) == before + answered
+    assert len(set(request_ids)) == len(request_ids)
+    assert list((log.parent / f"{log.name}.journal").glob("*.jsonl")) == []
+
+
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_a_worker_count_below_one_is_refused(workers, capsys):
+    assert main(["serve", "--workers", workers]) == 1
+    assert f"error: --workers must be 1 or more, got {workers}" in capsys.readouterr().err
