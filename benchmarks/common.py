@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -115,6 +116,29 @@ def prepare_data(spark, rows: int) -> Path:
     # As many files as cores: each Spark task reads one, and pandas gets balanced work.
     feature_set.repartition(CORES).write.mode("overwrite").parquet(str(target))
     return target
+
+
+def bench_store() -> tuple[Path, str]:
+    """A fresh folder for the run's MLflow store and its tracking URI; Spark's workers use this Python.
+
+    MLflow's sqlite stores, opened here and in child processes, keep their artifact root in the
+    folder's ``home``: without one MLflow makes ``./mlruns`` in the working folder.
+    """
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    store = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
+    keep_mlflow_in(store / "home")
+    return store, f"sqlite:///{store / 'mlflow.db'}"
+
+
+def keep_mlflow_in(home: Path) -> None:
+    """Give MLflow's sqlite stores opened here and in child processes an artifact root in ``home``."""
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["MLOPS_HOME"] = str(home)
+    from mlops.lifecycle import tracking
+
+    tracking.local_store_defaults()
 
 
 def train_and_register(spark, rows: int, tracking_uri: str, artifacts: Path) -> str:

@@ -14,7 +14,6 @@ import datetime
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from benchmarks import common
@@ -134,11 +133,7 @@ def main():
     sizes = [int(size) for size in os.environ.get("BENCH_MONITORING_SIZES", SIZES).split(",") if size]
     reps = int(os.environ.get("BENCH_REPS", "3"))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    common.DATA_DIR.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    store = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
-    tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
+    store, tracking_uri = common.bench_store()
     try:
         spark = common.spark_session()
         for rows in sizes:

@@ -243,11 +243,7 @@ def parent_main(args):
     reps = int(os.environ.get("BENCH_REPS", "3"))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     host = machine()
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    store = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
-    tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
+    store, tracking_uri = common.bench_store()
     try:
         spark = spark_session()
         for rows in sizes:

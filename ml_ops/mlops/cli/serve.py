@@ -60,7 +60,7 @@ def _log_table_path(value: str) -> Path | None:
 
 
 def _serve(args) -> int:
-    from mlops.serving.start import ServeSettings, close_server, open_server, serving_telemetry
+    from mlops.serving.start import ServeSettings, close_server, open_server, serving_telemetry, settle_memory
 
     settings = ServeSettings(
         model_name=args.model, alias=args.alias, host=args.host, port=args.port,
@@ -77,6 +77,7 @@ def _serve(args) -> int:
         raise
     print(f"serving {args.model}@{args.alias} version {server.app.slot.current.version} at {server.url}",
           flush=True)
+    settle_memory()
     stopped = threading.Event()
     for sign in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sign, lambda *_: stopped.set())

@@ -18,7 +18,7 @@ from pathlib import Path
 from mlops.lifecycle.registry import RegistryClient
 from mlops.serving.asgi import create_app
 from mlops.serving.server import TOKEN_ENV, listening_socket, require_token_off_loopback
-from mlops.serving.start import ServeSettings, build_app, first_model, serving_telemetry
+from mlops.serving.start import ServeSettings, build_app, first_model, serving_telemetry, settle_memory
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def worker_app():
     @contextlib.asynccontextmanager
     async def lifespan(_):
         watcher.start()
+        settle_memory()
         yield
         watcher.stop()
         if serving.request_log is not None:
