@@ -213,6 +213,20 @@ class TimeSplit:
                              f"leave no training time in {start_date}..{end_date}")
         return cls(range_start, train_end, held_out_start, range_end)
 
+    def of_training_part(self, validation_fraction: float, gap_minutes: int) -> "TimeSplit":
+        """A split of this split's training part alone: its held-out part ends where training does."""
+        start = self.train_start
+        span = self.train_end - start
+        if not 0.0 < validation_fraction < 1.0:
+            raise ValueError("the validation fraction must be strictly between 0 and 1, "
+                             f"got {validation_fraction!r}")
+        validation_start = (self.train_end - span * validation_fraction).replace(second=0, microsecond=0)
+        fit_end = validation_start - datetime.timedelta(minutes=int(gap_minutes))
+        if fit_end <= start:
+            raise ValueError(f"a validation fraction of {validation_fraction} and a gap of {gap_minutes} "
+                             f"minutes leave no time to fit on in {_span(start, self.train_end)}")
+        return TimeSplit(start, fit_end, validation_start, self.train_end)
+
     def describe(self) -> dict:
         """The ranges as text, for tags and messages."""
         return {"train_range": _span(self.train_start, self.train_end),

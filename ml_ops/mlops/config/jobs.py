@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Iterable, Literal, Mapping, Optiona
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from taxi_fares import features
 from taxi_fares.training import TrainingParams
+from taxi_fares.tuning import DEFAULT_SPACE, SearchSpace
 
 from mlops.errors import ConfigError
 from mlops.monitoring.settings import MonitoringSettings
@@ -195,6 +196,18 @@ class TrainingConfig(RawTripsConfig):
     held_out_gap_minutes: int = Field(60, ge=features.LONGEST_WINDOW_MINUTES,
                                       description="the longest feature window")
     seed: int = 42
+    # Where train takes its hyperparameters: these parameters, or the Champion's last tuning.
+    training_params_from: Literal["job", "champion"] = "job"
+    # Tuning (stage `tuning` of task `train`): an Optuna study over tuning_space, trials on Spark.
+    execute_tuning: bool = False
+    tuning_space: str = DEFAULT_SPACE
+    tuning_trials: int = Field(16, ge=1)
+    tuning_timeout_minutes: float = Field(30.0, gt=0)
+    tuning_parallelism: int = Field(2, ge=1)
+    # The validation slice: the latest fraction of the training part, cut off by the same gap.
+    tuning_validation_fraction: float = Field(0.25, gt=0, lt=0.9)
+    # Empty: one study per model and training range, so a rerun of a failed tune resumes it.
+    tuning_study_name: str = ""
     # Validation and promotion (tasks `validate` and `deploy`).
     model_version: str = ""
     execute_validation: bool = True
@@ -220,7 +233,26 @@ class TrainingConfig(RawTripsConfig):
             self.training_params().validate(label=lambda field: f"parameter '{_TRAINING_PARAMETERS[field]}'")
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        self.search_space()
+        try:
+            self.tuning_split()
+        except ValueError as error:
+            raise ConfigError(f"parameter 'tuning_validation_fraction': {error}") from None
         return self
+
+    def search_space(self) -> SearchSpace:
+        try:
+            return SearchSpace.parse(self.tuning_space)
+        except ValueError as error:
+            raise ConfigError(f"parameter 'tuning_space': {error}") from None
+
+    def tuning_split(self) -> "features.TimeSplit":
+        """The tuner's split: its validation slice is the end of the training part, never held-out time."""
+        return self.time_split().of_training_part(self.tuning_validation_fraction, self.held_out_gap_minutes)
+
+    def study_name(self) -> str:
+        return self.tuning_study_name or (f"tune-{self.registered_model_name}-"
+                                          f"{self.training_data_start_date}-{self.training_data_end_date}")
 
     def time_split(self) -> "features.TimeSplit":
         """The out-of-time split of the training range (see :class:`taxi_fares.features.TimeSplit`)."""
@@ -271,6 +303,8 @@ class MonitoringConfig(JobConfig):
     drift_exempt_columns: str = "pickup_day_of_week,is_weekend"
     retrain_on: Literal["drift", "quality", "drift_or_quality"] = "drift_or_quality"
     retraining_range_days: int = Field(30, ge=1)
+    # 0: a retraining reuses the Champion's tuned hyperparameters; N: it tunes again with N trials.
+    retraining_tuning_trials: int = Field(0, ge=0)
     # No retraining while a run of this job is in progress (its task runs in the experiment say RUNNING).
     training_job_name: str = "taxi_fares_training"
     # "spark" runs everywhere; "lakehouse" has Databricks Lakehouse Monitoring compute the tables.
