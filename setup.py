@@ -38,6 +38,7 @@ RUNTIME_PROVIDED = {
     "pyyaml": "PyYAML>=6",
     # Job configuration (MLflow depends on it too).
     "pydantic": "pydantic>=2.5,<3",
+    "optuna": "optuna>=4.2,<5",
 }
 
 
@@ -82,7 +83,7 @@ def distribution(target, version):
                        # Local and serving locks (flock on POSIX, msvcrt on Windows).
                        "filelock>=4.2,<5"],
                       ("pyspark", "pandas", "numpy", "lightgbm", "mlflow", "scikit-learn", "scipy",
-                       "matplotlib", "databricks-sdk", "pyyaml", "pydantic"),
+                       "matplotlib", "databricks-sdk", "pyyaml", "pydantic", "optuna"),
                       entry_points={"console_scripts": ["mlops=mlops.cli:main"]})
     raise SystemExit(f"{TARGET_ENV} must be 'ml' or 'ops', got {target!r}")
 

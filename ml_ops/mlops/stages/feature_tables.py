@@ -2,6 +2,7 @@
 import logging
 from dataclasses import dataclass
 
+from pyspark.sql import functions as F
 from taxi_fares import features
 
 from mlops import platform
@@ -135,3 +136,41 @@ def recorded_versions(mlflow_run, tables: FeatureTables) -> dict:
 
 def lineage(run: TaskRun[RawTripsConfig], tables: FeatureTables) -> dict:
     return run.tables.metadata(tables.trips)
+
+
+# Fewer rows than this on either side of the split give an rmse too noisy to judge a model by.
+MIN_HELD_OUT_ROWS = 50
+
+
+def collect_split(dataset, config, time_split=None, parts=("training", "held-out")):
+    """The one sanctioned collect: a bounded sample of both sides of an out-of-time split.
+
+    ``time_split`` defaults to the training range's; ``parts`` names its two sides in messages.
+    """
+    time_split = time_split or config.time_split()
+    split = features.split_by_time(dataset, time_split)
+    counts = {row["is_test"]: row["count"] for row in split.groupBy("is_test").count().collect()}
+    total = sum(counts.values())
+    if total == 0:
+        raise DataError(
+            f"no training rows between {config.training_data_start_date} and "
+            f"{config.training_data_end_date} in the feature tables; rerun with "
+            "execute_feature_engineering=true for this range")
+    ranges = time_split.describe()
+    first, second = parts
+    if counts.get(True, 0) < MIN_HELD_OUT_ROWS or counts.get(False, 0) < MIN_HELD_OUT_ROWS:
+        raise DataError(
+            f"the out-of-time split leaves {counts.get(False, 0)} {first} rows ({ranges['train_range']}) "
+            f"and {counts.get(True, 0)} {second} rows ({ranges['held_out_range']}); each needs at least "
+            f"{MIN_HELD_OUT_ROWS} to evaluate: widen the training range or change "
+            + ("test_fraction" if second == "held-out" else "tuning_validation_fraction"))
+    fraction = min(1.0, config.training_sample_rows / total)
+    columns = list(features.FEATURE_COLUMNS) + [features.LABEL_COLUMN]
+    sampled = split if fraction >= 1.0 else split.sample(fraction=fraction, seed=config.seed)
+    train = sampled.filter(~F.col("is_test")).select(*columns).toPandas()
+    test = sampled.filter(F.col("is_test")).select(*columns).toPandas()
+    logger.info("collected %d %s and %d %s rows (sample fraction %.4f of %d)",
+                len(train), first, len(test), second, fraction, total)
+    return train, test, {"rows_available": total, "sample_fraction": fraction, **ranges,
+                         "train_rows_available": counts.get(False, 0),
+                         "held_out_rows_available": counts.get(True, 0)}

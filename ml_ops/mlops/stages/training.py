@@ -1,23 +1,21 @@
 """Training job stages: feature engineering, then training and registration."""
 import logging
+from dataclasses import asdict
 
 import mlflow
 from mlflow.models import infer_signature
-from pyspark.sql import functions as F
 from taxi_fares import evaluation, features, training
 
 from mlops.config import TrainingConfig
-from mlops.errors import DataError
 from mlops.lifecycle.registry import PENDING, ModelRef, RegistryClient
 from mlops.observability import plots
-from mlops.stages.feature_tables import TRAINING, build_feature_tables, lineage, load_feature_set, log_inputs
+from mlops.stages.feature_tables import (TRAINING, build_feature_tables, collect_split, lineage,
+                                         load_feature_set, log_inputs)
 from mlops.stages.run import TaskRun
+from mlops.stages.tuning import TuningResult, choose_params
 
 
 logger = logging.getLogger(__name__)
-
-# Fewer rows than this on either side of the split give an rmse too noisy to judge a model by.
-MIN_HELD_OUT_ROWS = 50
 
 
 def engineer_features(run: TaskRun[TrainingConfig]):
@@ -33,38 +31,13 @@ def load_training_set(run: TaskRun[TrainingConfig], start, end):
     return load_feature_set(run.tables, start, end, TRAINING)
 
 
-def collect_split(dataset, config):
-    """The one sanctioned collect: a bounded sample of train and held-out rows, split out of time."""
-    time_split = config.time_split()
-    split = features.split_by_time(dataset, time_split)
-    counts = {row["is_test"]: row["count"] for row in split.groupBy("is_test").count().collect()}
-    total = sum(counts.values())
-    if total == 0:
-        raise DataError(
-            f"no training rows between {config.training_data_start_date} and "
-            f"{config.training_data_end_date} in the feature tables; rerun with "
-            "execute_feature_engineering=true for this range")
-    ranges = time_split.describe()
-    if counts.get(True, 0) < MIN_HELD_OUT_ROWS or counts.get(False, 0) < MIN_HELD_OUT_ROWS:
-        raise DataError(
-            f"the out-of-time split leaves {counts.get(False, 0)} training rows ({ranges['train_range']}) "
-            f"and {counts.get(True, 0)} held-out rows ({ranges['held_out_range']}); each needs at least "
-            f"{MIN_HELD_OUT_ROWS} to evaluate: widen the training range or change test_fraction")
-    fraction = min(1.0, config.training_sample_rows / total)
-    columns = list(features.FEATURE_COLUMNS) + [features.LABEL_COLUMN]
-    sampled = split if fraction >= 1.0 else split.sample(fraction=fraction, seed=config.seed)
-    train = sampled.filter(~F.col("is_test")).select(*columns).toPandas()
-    test = sampled.filter(F.col("is_test")).select(*columns).toPandas()
-    logger.info("collected %d training and %d held-out rows (sample fraction %.4f of %d)",
-                len(train), len(test), fraction, total)
-    return train, test, {"rows_available": total, "sample_fraction": fraction, **ranges,
-                         "train_rows_available": counts.get(False, 0),
-                         "held_out_rows_available": counts.get(True, 0)}
+def train_and_register(run: TaskRun[TrainingConfig], tuned: TuningResult | None = None):
+    """Train LightGBM on the feature tables, evaluate on held-out rows, log and register.
 
-
-def train_and_register(run: TaskRun[TrainingConfig]):
-    """Train LightGBM on the feature tables, evaluate on held-out rows, log and register."""
+    The hyperparameters are ``tuned``'s, the Champion's tuned ones, or the job's (see ``choose_params``).
+    """
     config = run.config
+    chosen = choose_params(config, tuned)
     dataset = load_training_set(run, config.training_data_start_date, config.training_data_end_date)
     train, test, sampling = collect_split(dataset, config)
     feature_names = list(features.FEATURE_COLUMNS)
@@ -72,7 +45,8 @@ def train_and_register(run: TaskRun[TrainingConfig]):
     # Float inputs let the model signature accept missing values at inference time.
     train_features = train[feature_names].astype("float64")
     test_features = test[feature_names].astype("float64")
-    booster = training.train_model(train_features, train[label], config.training_params())
+    booster = training.train_model(train_features, train[label], chosen.params)
+    mlflow.log_params({f"trained.{name}": value for name, value in asdict(chosen.params).items()})
     predictions = training.predict(booster, test_features)
     metrics = evaluation.regression_metrics(test[label].to_numpy(), predictions)
     metrics["baseline_rmse"] = evaluation.mean_baseline_rmse(train[label], test[label])
@@ -100,10 +74,13 @@ def train_and_register(run: TaskRun[TrainingConfig]):
     # Tagged at once, so a version is never mistaken for one that was checked.
     registry = RegistryClient.from_config(config)
     registry.set_validation_status(model.version, PENDING)
-    registry.set_tags(model.version, split_tags)
+    registry.set_tags(model.version, split_tags | chosen.tags)
     logger.info("registered %s version %s: rmse %.3f (baseline %.3f), r2 %.3f", model.name,
                 model.version, metrics["rmse"], metrics["baseline_rmse"], metrics["r2"])
     run.annotate(model_version=model.version)
     for key, value in model.task_values().items():
         run.set_task_value(key, value)
+    if chosen.description:
+        logger.info("hyperparameters: %s", chosen.description)
+        run.set_task_value("hyperparameters", chosen.description)
     return model
