@@ -144,6 +144,8 @@ def task_outcome(entry: dict) -> str:
     if values.get("model_version"):
         parts.append(" ".join(filter(None, ("model", values.get("model_name"), "version",
                                             str(values["model_version"])))))
+    if values.get("hyperparameters"):
+        parts.append(values["hyperparameters"])
     if values.get("validation_status"):
         parts.append(f"validation {values['validation_status']}")
     if values.get("promotion_decision"):
@@ -158,6 +160,10 @@ def task_outcome(entry: dict) -> str:
     if "retrain_required" in values:
         verdict = "retraining required" if values["retrain_required"] == "true" else "no retraining"
         parts.append(f"{verdict}: {values.get('reason', '')}".rstrip(": "))
+        if values["retrain_required"] == "true" and values.get("training_params_from"):
+            tunes = values.get("execute_tuning") == "true"
+            parts.append(f"it tunes again with {values.get('tuning_trials')} trials" if tunes
+                         else "it reuses the Champion's tuned params")
     if values.get("report"):
         parts.append(f"report {values['report']}")
     if entry.get("child_run_id"):

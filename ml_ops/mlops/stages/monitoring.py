@@ -13,7 +13,7 @@ import logging
 import mlflow
 from taxi_fares import features
 
-from mlops.config import MonitoringConfig
+from mlops.config import MonitoringConfig, TrainingConfig
 from mlops.lifecycle.registry import CHAMPION, RegistryClient
 from mlops.monitoring import report, signals
 from mlops.monitoring.decision import Decision, decide
@@ -58,6 +58,14 @@ def training_in_progress(config, now: datetime.datetime) -> str:
     return f"MLflow run {running[0].info.run_id}, task {task} of {config.training_job_name}"
 
 
+def retraining_tuning(config: MonitoringConfig) -> dict:
+    """How a retraining gets its hyperparameters: the Champion's tuned ones, or a tuning budget of its own."""
+    budget = config.retraining_tuning_trials
+    return {"training_params_from": "job" if budget else "champion",
+            "execute_tuning": "true" if budget else "false",
+            "tuning_trials": str(budget or TrainingConfig.default_of("tuning_trials"))}
+
+
 def _rows_the_rule_uses(result, retrain_on: str) -> tuple[list, list]:
     profile_rows = [row for row in result.profile_rows if row.is_table] \
         if retrain_on in ("quality", "drift_or_quality") else []
@@ -92,7 +100,7 @@ def monitor_inference_log(run: TaskRun[MonitoringConfig]) -> tuple[Decision, str
     training_start = end - datetime.timedelta(days=config.retraining_range_days - 1)
     values = {**decision.task_values(), "monitoring_start_date": start.isoformat(),
               "monitoring_end_date": end.isoformat(), "training_data_start_date": training_start.isoformat(),
-              "training_data_end_date": end.isoformat()}
+              "training_data_end_date": end.isoformat(), **retraining_tuning(config)}
     for key, value in values.items():
         run.set_task_value(key, value)
     mlflow.log_dict({**values, "windows": decision.windows}, "monitoring_decision.json")
