@@ -76,6 +76,8 @@ def _print_retraining(record):
     parameters = retrain["job_parameters"]
     span = f"{parameters['training_data_start_date']}..{parameters['training_data_end_date']}"
     print(f"retrain started {child['job_name']} run {child_id} on {span}: {child['state']}")
+    hyperparameters = child["tasks"].get("train", {}).get("task_values", {}).get("hyperparameters")
+    print(f"hyperparameters: {hyperparameters or 'the job parameters'}")
     validate = child["tasks"].get("validate", {}).get("task_values", {})
     deploy = child["tasks"].get("deploy", {}).get("task_values", {})
     print(f"new version {validate.get('model_version', '?')}: "
