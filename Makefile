@@ -52,6 +52,7 @@ bench: venv node wheels jars
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.monitoring
 	$(PY) -m benchmarks.serving
+	$(PY) -m benchmarks.tuning
 
 clean:
 	rm -rf build dist .mlops .pytest_cache

@@ -5,6 +5,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -118,18 +119,22 @@ def prepare_data(spark, rows: int) -> Path:
     return target
 
 
-def bench_store() -> tuple[Path, str]:
-    """A fresh folder for the run's MLflow store and its tracking URI; Spark's workers use this Python.
+@contextlib.contextmanager
+def bench_store():
+    """A fresh folder for the run's MLflow store and its tracking URI, removed at exit.
 
-    MLflow's sqlite stores, opened here and in child processes, keep their artifact root in the
-    folder's ``home``: without one MLflow makes ``./mlruns`` in the working folder.
+    Spark's workers use this Python. MLflow's sqlite stores, opened here and in child processes,
+    keep their artifact root in the folder's ``home``: without one MLflow makes ``./mlruns`` here.
     """
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     store = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
-    keep_mlflow_in(store / "home")
-    return store, f"sqlite:///{store / 'mlflow.db'}"
+    try:
+        keep_mlflow_in(store / "home")
+        yield store, f"sqlite:///{store / 'mlflow.db'}"
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
 
 
 def keep_mlflow_in(home: Path) -> None:
@@ -234,7 +239,8 @@ def judged_size(sizes: list) -> int:
     return max([size for size in sizes if size <= JUDGED_ROWS] or [min(sizes)])
 
 
-SECTION_TITLES = {"monitoring": "\n# Monitoring benchmark", "serving": "\n# Serving benchmark"}
+SECTION_TITLES = {"monitoring": "\n# Monitoring benchmark", "serving": "\n# Serving benchmark",
+                  "tuning": "\n# Tuning benchmark"}
 
 
 def saved_path(name: str) -> Path:
@@ -266,13 +272,14 @@ def write_results(scoring_text: str, renderers: dict) -> None:
 
 
 def save_section(name: str, saved: dict, render) -> None:
-    """Keep benchmark ``name``'s raw figures, and rewrite its section of results.md with ``render``."""
+    """Keep benchmark ``name``'s raw figures, rewrite its results.md section with ``render``, and print it."""
     saved_path(name).write_text(json.dumps(saved, indent=2))
     published = RESULTS.read_text() if RESULTS.exists() else ""
     scoring = published
     for title in SECTION_TITLES.values():
         scoring = scoring.split(title)[0]
     write_results(scoring.rstrip("\n") + "\n", {name: render})
+    print(render(saved))
 
 
 def use_working_tree() -> None:

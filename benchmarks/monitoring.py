@@ -133,8 +133,7 @@ def main():
     sizes = [int(size) for size in os.environ.get("BENCH_MONITORING_SIZES", SIZES).split(",") if size]
     reps = int(os.environ.get("BENCH_REPS", "3"))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    store, tracking_uri = common.bench_store()
-    try:
+    with common.bench_store() as (store, tracking_uri):
         spark = common.spark_session()
         for rows in sizes:
             common.prepare_data(spark, rows)
@@ -151,9 +150,6 @@ def main():
             results += [common.run_child(route, rows, model_uri, tracking_uri, reps) for route in ("A", "M")]
         saved = {"started": started, "reps": reps, "sizes": sizes, "results": results}
         common.save_section("monitoring", saved, section)
-        print(section(saved))
-    finally:
-        shutil.rmtree(store, ignore_errors=True)
     return 0
 
 

@@ -243,8 +243,7 @@ def parent_main(args):
     reps = int(os.environ.get("BENCH_REPS", "3"))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     host = machine()
-    store, tracking_uri = common.bench_store()
-    try:
+    with common.bench_store() as (store, tracking_uri):
         spark = spark_session()
         for rows in sizes:
             prepare_data(spark, rows)
@@ -264,8 +263,6 @@ def parent_main(args):
         text = report(results, sizes, reps, host, started)
         write_results(text)
         print(text)
-    finally:
-        shutil.rmtree(store, ignore_errors=True)
     return 0
 
 

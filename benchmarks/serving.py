@@ -321,7 +321,6 @@ def main():
                               [body(batch_of(feature_rows))], seconds)
         saved = {"started": started, "seconds": seconds, "ours": ours, "mlflow": peer}
         common.save_section("serving", saved, section)
-        print(section(saved))
     return 0
 
 
