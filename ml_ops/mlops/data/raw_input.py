@@ -29,7 +29,7 @@ _NANOS_TYPE = "TIMESTAMP(NANOS"
 
 def detect_format(spark, uri: str) -> str:
     local = platform.driver_path(uri)
-    if local.is_dir() and _is_delta_table(spark, platform.spark_path(uri)):
+    if local.is_dir() and is_delta_table(spark, platform.spark_path(uri)):
         return "delta"
     name = local.name.lower()
     if name.endswith((".csv", ".csv.gz")) or (local.is_dir() and any(local.glob("*.csv*"))):
@@ -37,7 +37,7 @@ def detect_format(spark, uri: str) -> str:
     return "parquet"
 
 
-def _is_delta_table(spark, path: str) -> bool:
+def is_delta_table(spark, path: str) -> bool:
     from pyspark.errors import AnalysisException
 
     try:

@@ -195,7 +195,9 @@ class TableStore:
                             f"does not match: {'; '.join(detail for detail in details if detail)}")
 
     def _create(self, df, name: str, partition_by, properties: dict):
-        writer = df.writeTo(self._identifier(name)).using("delta").partitionedBy(*partition_by)
+        writer = df.writeTo(self._identifier(name)).using("delta")
+        if partition_by:
+            writer = writer.partitionedBy(*partition_by)
         for key, value in properties.items():
             writer = writer.tableProperty(key, value)
         writer.create()

@@ -49,6 +49,8 @@ class Platform(Protocol):
 
     def read_secret(self, dbutils, scope: str, key: str, env_var: str, parameters: tuple): ...
 
+    def file_stream_reader(self, spark, schema, schema_location: str): ...
+
 
 UNITY_CATALOG_REGISTRY = "databricks-uc"
 
@@ -106,6 +108,13 @@ class DatabricksPlatform(_Shared):
     def telemetry_file(self, job_run_id: str, task: str) -> Path:
         return Path(tempfile.gettempdir()) / "mlops-telemetry" / f"{job_run_id}-{task}.jsonl"
 
+    def file_stream_reader(self, spark, schema, schema_location: str):
+        """Auto Loader on Parquet files; a file with new columns stops the stream."""
+        return (spark.readStream.format("cloudFiles").schema(schema)
+                .option("cloudFiles.format", "parquet")
+                .option("cloudFiles.schemaLocation", self.locate(schema_location).spark)
+                .option("cloudFiles.schemaEvolutionMode", "failOnNewColumns"))
+
     def named_lock(self, name: str):
         """None: runs share no disk. The registry offers no lock either, so a Champion move checks
         the Champion just before moving it and reads it back after (``RegistryClient.move_champion``)."""
@@ -141,6 +150,10 @@ class LocalPlatform(_Shared):
 
     def telemetry_file(self, job_run_id: str, task: str) -> Path:
         return home.runs_dir() / job_run_id / f"telemetry-{task}.jsonl"
+
+    def file_stream_reader(self, spark, schema, schema_location: str):
+        """Spark's own file source on Parquet files (Auto Loader is Databricks-only)."""
+        return spark.readStream.format("parquet").schema(schema)
 
     def named_lock(self, name: str):
         return locks.file_lock(locks.lock_path(home.mount_root("locks"), name))

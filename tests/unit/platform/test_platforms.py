@@ -41,9 +41,9 @@ def databricks_dbutils():
 
 @pytest.mark.parametrize("host", PLATFORMS, ids=lambda host: host.name)
 def test_each_platform_implements_the_whole_protocol(host):
-    assert PROTOCOL_METHODS == ["default_tracking_uri", "locate", "named_lock", "primary_key_statements",
-                                "read_secret", "registry_store", "run_context", "table_target",
-                                "telemetry_file"]
+    assert PROTOCOL_METHODS == ["default_tracking_uri", "file_stream_reader", "locate", "named_lock",
+                                "primary_key_statements", "read_secret", "registry_store", "run_context",
+                                "table_target", "telemetry_file"]
     assert all(callable(getattr(host, method)) for method in PROTOCOL_METHODS)
 
 
