@@ -1,6 +1,9 @@
 """Synthetic raw trips with the public dataset's schema (``mlops data generate``)."""
 import datetime
 import logging
+import shutil
+import uuid
+from pathlib import Path
 
 from mlops import platform
 from mlops.errors import ConfigError
@@ -56,3 +59,21 @@ def write_labels(trips, tables, name: str, append: bool = False) -> None:
         fares = tables.read(name).unionByName(fares).localCheckpoint()
     tables.write(fares.dropDuplicates([engine.REQUEST_ID]), name)
     logger.info("late labels of the generated trips written to %s", tables.uri(name))
+
+
+def land_file(trips, folder) -> Path:
+    """Write ``trips`` as one new Parquet file in ``folder``, renamed into place when complete.
+
+    A stream reading ``folder`` never sees half a file, as with a landing process that uploads,
+    then renames.
+    """
+    folder = platform.driver_path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}-staging-{uuid.uuid4().hex[:8]}"
+    try:
+        trips.coalesce(1).write.parquet(str(staging))
+        landed = folder / f"trips-{uuid.uuid4().hex[:12]}.parquet"
+        next(staging.glob("part-*.parquet")).rename(landed)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return landed

@@ -153,6 +153,9 @@ def task_outcome(entry: dict) -> str:
         parts.append(values["promotion_decision"] + (f" ({reason})" if reason else ""))
     if values.get("approval_request"):
         parts.append(values["approval_request"])
+    if "stream_batches" in values:
+        batches = values["stream_batches"]
+        parts.append(f"{len(batches)} stream batch(es)" + "".join(f"\n    {line}" for line in batches))
     if "rows_scored" in values:
         parts.append(f"{values['rows_scored']} rows scored")
     if values.get("blob_url"):

@@ -72,7 +72,8 @@ def test_every_bundle_file_is_valid_against_the_official_schema(validator, path)
 def test_the_bundle_declares_every_resource_kind_the_deployment_needs():
     bundle = load_bundle(REPO_ROOT, "dev")
     assert set(bundle.resources("jobs")) == {"taxi_fares_training", "taxi_fares_batch_scoring",
-                                             "taxi_fares_monitoring", "taxi_fares_integration_tests"}
+                                             "taxi_fares_streaming", "taxi_fares_monitoring",
+                                             "taxi_fares_integration_tests"}
     for kind in ("experiments", "registered_models", "schemas", "volumes", "quality_monitors",
                  "model_serving_endpoints"):
         assert bundle.resources(kind), f"no {kind} in the bundle"

@@ -7,13 +7,14 @@ import re
 
 import pytest
 
-from mlops.config import MonitoringConfig, ScoringConfig, TrainingConfig
+from mlops.config import MonitoringConfig, ScoringConfig, StreamingConfig, TrainingConfig
 from mlops.local.bundle import read_yaml
 
 from .conftest import JOBS_DIR, REPO_ROOT
 
 JOBS = {"taxi_fares_training": (TrainingConfig, "## Training job"),
         "taxi_fares_batch_scoring": (ScoringConfig, "## Batch scoring"),
+        "taxi_fares_streaming": (StreamingConfig, "## Streaming scoring"),
         "taxi_fares_monitoring": (MonitoringConfig, "## Monitoring and retraining")}
 _BACKTICKED = re.compile(r"`([^`]*)`")
 

@@ -14,7 +14,7 @@ def test_every_job_of_every_target_runs_on_the_lts_ml_runtime(target):
     bundle = load_bundle(REPO_ROOT, target)
     versions = {job_key: {cluster["new_cluster"]["spark_version"] for cluster in job["job_clusters"]}
                 for job_key, job in bundle.resources("jobs").items()}
-    assert len(versions) == 4 and all(value == {runtime.SPARK_VERSION_KEY} for value in versions.values()), \
+    assert len(versions) == 5 and all(value == {runtime.SPARK_VERSION_KEY} for value in versions.values()), \
         versions
 
 
