@@ -3,8 +3,9 @@
 Tunes, trains, validates and promotes on January 2016, then scores February 2016 with the
 Champion and publishes the results to a local Azurite (or a folder when Node is absent).
 Then the loop closes (:mod:`mlops.demo.loop`): February is monitored, a drifted March
-is scored and monitored, and the monitoring job retrains. Last, the Champion answers three
-trips online (:mod:`mlops.demo.online`).
+is scored and monitored, and the monitoring job retrains. The Champion answers three trips
+online (:mod:`mlops.demo.online`), and last, two files of trips are scored as they land
+(:mod:`mlops.demo.streaming`).
 """
 import argparse
 import contextlib
@@ -22,6 +23,7 @@ from mlops.data.generator import generate
 from mlops.platform.home import mlflow_tracking_uri, mlops_home
 from mlops.demo.loop import close_the_loop
 from mlops.demo.online import serve_three_trips
+from mlops.demo.streaming import stream_two_batches
 from mlops.local.job_file import bundle_job
 from mlops.local.jobs import run_job
 from mlops.local.session import spark_session
@@ -141,6 +143,7 @@ def main(argv=None):
     print(format_table(COLUMNS, history_rows(log, config.predictions_table)))
     close_the_loop(spark, args.data, args.rows, _run, _banner, labels_of(spark))
     serve_three_trips(_banner, config)
+    stream_two_batches(spark, _run, _banner, TARGET)
     _banner("Next")
     print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {mlflow_tracking_uri()} --port 5000")
     print(f"run records and telemetry: {mlops_home() / 'runs'}")
