@@ -28,10 +28,10 @@ def stream_two_batches(spark, run, banner, target: str) -> None:
     for name, half in (("morning", hour < 12), ("afternoon", hour >= 12)):
         landed = land_file(trips.where(half), config.taxi_fares_stream_source)
         print(f"landed {landed.name} ({name})")
-    run(STREAMING_JOB, {"max_files_per_trigger": "1"})
+    record = run(STREAMING_JOB, {"max_files_per_trigger": "1"})
     log = TableStore(spark, config.table_location).read(config.predictions_table)
-    streamed = (log.where(F.col(engine.PICKUP_DATE) == F.lit(APRIL_FIRST))
+    streamed = (log.where(F.col(engine.JOB_RUN_ID) == F.lit(record.run_id))
                 .groupBy(engine.MODEL_VERSION).count().orderBy(engine.MODEL_VERSION).collect())
     for row in streamed:
-        print(f"inference log, {APRIL_FIRST}: {row['count']} trips scored by version "
-              f"{row[engine.MODEL_VERSION]}")
+        print(f"inference log {config.predictions_table}: {row['count']} trips from this streaming run, "
+              f"scored by version {row[engine.MODEL_VERSION]}")
