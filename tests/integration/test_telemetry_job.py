@@ -22,6 +22,10 @@ TASKS = ("train", "validate", "deploy")
 MODEL_NAME = "taxi_fares"
 
 
+# The jobs below turn on every stage the notebooks can run, tuning included (two trials).
+EVERY_STAGE = {"execute_tuning": "true", "tuning_trials": "2"}
+
+
 def notebook_stages() -> dict:
     """task -> the stage names its notebook passes to ``run.stage``, read from the notebooks."""
     stages = {task.task_key: re.findall(r"""run\.stage\(\s*["'](\w+)["']""", task.notebook_path.read_text())
@@ -61,7 +65,7 @@ def captured_job(spark, training_trips, tmp_path_factory):  # noqa: F811
     """The whole training job, run once, and everything its telemetry sent."""
     home = new_home(tmp_path_factory.mktemp("telemetry_job"), training_trips)
     with AppInsightsCapture() as capture:
-        record = run_in_process(spark, home, capture.connection_string)
+        record = run_in_process(spark, home, capture.connection_string, **EVERY_STAGE)
         yield record, capture, home
 
 
@@ -141,11 +145,14 @@ def test_the_model_version_is_a_dimension_once_it_is_known(captured_job):
 
 def test_a_trace_logged_inside_a_stage_is_a_child_of_that_stage(captured_job):
     _, capture, _ = captured_job
-    (training,) = [item for item in capture.items("dependencies") if base(item)["name"] == "training"]
-    collected = [trace for trace in of_task(capture.items("traces"), "train")
-                 if base(trace)["message"].startswith("collected ")]
-    assert collected
-    assert {tags(trace)["ai.operation.parentId"] for trace in collected} == {base(training)["id"]}
+    # Both stages collect a split and say so; each trace belongs to the stage that logged it.
+    for stage, parts in (("training", "training and"), ("tuning", "fit and")):
+        (span,) = [item for item in of_task(capture.items("dependencies"), "train")
+                   if base(item)["name"] == stage]
+        collected = [trace for trace in of_task(capture.items("traces"), "train")
+                     if base(trace)["message"].startswith("collected ") and parts in base(trace)["message"]]
+        assert collected, stage
+        assert {tags(trace)["ai.operation.parentId"] for trace in collected} == {base(span)["id"]}
 
 
 def test_a_failed_stage_sends_its_exception_and_a_failed_dependency_and_request(captured_failure):
@@ -169,7 +176,7 @@ def test_a_failed_stage_sends_its_exception_and_a_failed_dependency_and_request(
 def test_job_run_without_a_connection_string_leaves_jsonl_spans_for_every_stage(
         training_trips, tmp_path):  # noqa: F811
     home = new_home(tmp_path, training_trips)
-    completed = run_job_process(TRAINING_JOB, home, training_parameters())
+    completed = run_job_process(TRAINING_JOB, home, training_parameters(**EVERY_STAGE))
     assert completed.returncode == 0, completed.stderr[-3000:]
     record = only_run_record(home)
     for task, stages in notebook_stages().items():
