@@ -55,17 +55,6 @@ def test_a_bad_search_space_is_refused_at_parse_time_naming_the_parameter(space,
         TrainingConfig(tuning_space=space)
 
 
-@pytest.mark.parametrize("name, value, message", [
-    ("tuning_trials", "0", "parameter 'tuning_trials' must be at least 1, got 0"),
-    ("tuning_timeout_minutes", "0", "parameter 'tuning_timeout_minutes' must be above 0, got 0.0"),
-    ("tuning_parallelism", "0", "parameter 'tuning_parallelism' must be at least 1, got 0"),
-    ("training_params_from", "latest", "parameter 'training_params_from' must be one of"),
-])
-def test_a_bad_tuning_budget_is_refused(name, value, message):
-    with pytest.raises(ConfigError, match=message):
-        TrainingConfig.from_params({"execute_tuning": "true", name: value})
-
-
 def test_a_validation_slice_that_leaves_nothing_to_fit_on_is_refused():
     with pytest.raises(ConfigError, match="tuning_validation_fraction.*leave no time to fit on"):
         TrainingConfig(training_data_start_date="2016-01-01", training_data_end_date="2016-01-01",

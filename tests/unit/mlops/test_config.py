@@ -2,7 +2,7 @@ import datetime
 
 import pytest
 
-from mlops.config import TrainingConfig
+from mlops.config import StreamingConfig, TrainingConfig
 from mlops.errors import ConfigError
 from mlops.lifecycle.tracking import validate_model_name
 
@@ -38,10 +38,23 @@ def test_unknown_parameter_lists_valid_names():
     ("promotion_tolerance", "-1", "promotion_tolerance' must be above -1"),
     ("validation_min_r2", "7", "validation_min_r2' must be between -1 and 1, got 7.0"),
     ("validation_min_r2", "-100", "validation_min_r2' must be between -1 and 1, got -100.0"),
+    # The tuning budget, with tuning on.
+    ("tuning_trials", "0", "parameter 'tuning_trials' must be at least 1, got 0"),
+    ("tuning_timeout_minutes", "0", "parameter 'tuning_timeout_minutes' must be above 0, got 0.0"),
+    ("tuning_parallelism", "0", "parameter 'tuning_parallelism' must be at least 1, got 0"),
+    ("training_params_from", "latest", "parameter 'training_params_from' must be one of"),
+    # The streaming job's.
+    ("stream_trigger", "continuous", "'stream_trigger' must be one of available_now, processing_time"),
+    ("trigger_interval_seconds", "0", "parameter 'trigger_interval_seconds' must be above 0, got 0.0"),
+    ("stream_run_minutes", "-1", "parameter 'stream_run_minutes' must be at least 0, got -1.0"),
+    ("max_files_per_trigger", "-1", "parameter 'max_files_per_trigger' must be at least 0, got -1"),
+    ("watermark_minutes", "soon", "parameter 'watermark_minutes' must be an integer"),
 ])
 def test_bad_values_name_the_parameter(name, value, message):
+    config = TrainingConfig if name in TrainingConfig.model_fields else StreamingConfig
+    params = {"execute_tuning": "true", name: value} if config is TrainingConfig else {name: value}
     with pytest.raises(ConfigError, match=message):
-        TrainingConfig.from_params({name: value})
+        config.from_params(params)
 
 
 def test_start_after_end_is_rejected():

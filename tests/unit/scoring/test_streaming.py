@@ -205,18 +205,3 @@ def test_a_file_with_other_columns_stops_the_stream_naming_them(spark, champion,
 def test_a_source_that_does_not_exist_is_named(spark, champion, stream_run, tmp_path):
     with pytest.raises(StageFailed, match="stream source .*nowhere .*taxi_fares_stream_source.*not exist"):
         stream_run(tmp_path / "nowhere")
-
-
-@pytest.mark.parametrize("name, value, message", [
-    ("stream_trigger", "continuous", "'stream_trigger' must be one of available_now, processing_time"),
-    ("trigger_interval_seconds", "0", "parameter 'trigger_interval_seconds' must be above 0, got 0.0"),
-    ("stream_run_minutes", "-1", "parameter 'stream_run_minutes' must be at least 0, got -1.0"),
-    ("max_files_per_trigger", "-1", "parameter 'max_files_per_trigger' must be at least 0, got -1"),
-    ("watermark_minutes", "soon", "parameter 'watermark_minutes' must be an integer"),
-])
-def test_bad_streaming_parameters_name_the_parameter(name, value, message):
-    from mlops.config import StreamingConfig
-    from mlops.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=message):
-        StreamingConfig.from_params({name: value})
