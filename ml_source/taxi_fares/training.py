@@ -28,11 +28,14 @@ class TrainingParams:
     """LightGBM hyperparameters for the fare regressor."""
 
     num_leaves: int = 32
-    objective: str = "regression"
-    metric: str = "rmse"
     num_rounds: int = 100
     learning_rate: float = 0.1
+
+    # What LightGBM minimises and reports, and the seed of its sampling.
+    objective: str = "regression"
+    metric: str = "rmse"
     seed: int = 0
+
     # LightGBM's own defaults: tuning searches them, the job parameters leave them be.
     min_data_in_leaf: int = 20
     feature_fraction: float = 1.0
