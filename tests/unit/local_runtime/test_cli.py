@@ -173,7 +173,7 @@ def test_job_run_names_the_bundle_s_targets_and_jobs_when_one_is_wrong(cli_env, 
     assert _main(["job", "run", "taxi_fares_trainer", "--target", "dev"]) == 1
     assert capsys.readouterr().err.strip() == (
         f"error: the bundle in {REPO_ROOT} has no job 'taxi_fares_trainer' (jobs: taxi_fares_batch_scoring, "
-        "taxi_fares_integration_tests, taxi_fares_monitoring, taxi_fares_training)")
+        "taxi_fares_integration_tests, taxi_fares_monitoring, taxi_fares_streaming, taxi_fares_training)")
     assert _main(["job", "run", str(JOBS / "diamond.json"), "--target", "dev"]) == 1
     assert "--target and --var apply to the bundle's jobs only" in capsys.readouterr().err
 
@@ -194,4 +194,4 @@ def test_bundle_check_reports_no_problem_in_the_repository(capsys, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     assert main(["bundle", "check"]) == 0
     assert capsys.readouterr().out.strip().startswith(f"bundle taxi_fares in {REPO_ROOT}: no problems "
-                                                      "(every target; 4 jobs, 1 schemas, 4 volumes")
+                                                      "(every target; 5 jobs, 1 schemas, 4 volumes")
