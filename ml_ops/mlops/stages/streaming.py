@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import mlflow
 from pyspark.sql import functions as F
 from taxi_fares import features
-from taxi_fares.schema import RAW_COLUMNS
+from taxi_fares.schema import RAW_COLUMNS, TRIP_ID
 
 from mlops import platform
 from mlops.config import StreamingConfig
@@ -26,7 +26,7 @@ from mlops.inference import engine
 from mlops.lifecycle.registry import PASSED, VALIDATION_STATUS_TAG, RegistryClient
 from mlops.stages.feature_tables import FeatureTables, publish_online_snapshot
 from mlops.stages.run import TaskRun
-from mlops.stages.scoring import INFERENCE_LOG_PROPERTIES, ResolvedModel
+from mlops.stages.scoring import ResolvedModel, write_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class BatchScorer:
         # The batch's own session: its rows' temporary views live there, not in the job's.
         tables = TableStore(trips.sparkSession, self.run.tables.location, self.run.host)
         stored = trips.drop(trip_stream.SOURCE_FILE_TIME)
-        tables.upsert(stored, STREAMING.trips, (features.TRIP_KEY_COLUMNS[0],), ())
+        tables.upsert(stored, STREAMING.trips, (TRIP_ID,), ())
         first, last = figures["first_dropoff"], figures["last_dropoff"]
         # The windows the new dropoffs fall in (they end within WINDOW after one), recomputed from
         # every stored trip they cover; windows further out would see only part of their trips.
@@ -200,11 +200,7 @@ class BatchScorer:
             model_name=model.ref.name, model_version=model.ref.version, job_run_id=self.run.job.job_run_id,
             mlflow_run_id=self.run.mlflow_run_id or "", model_alias=config.model_alias,
             scored_at=datetime.datetime.now(datetime.timezone.utc))
-        predictions = engine.score_features(feature_set, model.scoring_model, provenance)
-        with engine.session_settings(trips.sparkSession,
-                                     engine.log_write_settings(model.scoring_model.feature_names)):
-            tables.upsert(predictions, config.predictions_table, engine.LOG_KEYS, engine.PARTITION_COLUMNS,
-                          properties=INFERENCE_LOG_PROPERTIES)
+        write_predictions(tables, config.predictions_table, feature_set, model, provenance)
 
 
 def _landing_latency(trips):
