@@ -69,6 +69,10 @@ def _serve(args) -> int:
         **{_field(flag): getattr(args, _field(flag)) for flag in TUNING})
     if settings.workers > 1:
         return _serve_with_workers(settings)
+    # Caught from the start: a client may see /ping answer and send SIGTERM before startup ends.
+    stopped = threading.Event()
+    for sign in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sign, lambda *_: stopped.set())
     telemetry = serving_telemetry(settings)
     try:
         server, watcher = open_server(settings, telemetry)
@@ -78,9 +82,6 @@ def _serve(args) -> int:
     print(f"serving {args.model}@{args.alias} version {server.app.slot.current.version} at {server.url}",
           flush=True)
     settle_memory()
-    stopped = threading.Event()
-    for sign in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sign, lambda *_: stopped.set())
     stopped.wait()
     close_server(server, watcher)
     telemetry.close()
