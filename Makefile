@@ -53,6 +53,7 @@ bench: venv node wheels jars
 	$(PY) -m benchmarks.monitoring
 	$(PY) -m benchmarks.serving
 	$(PY) -m benchmarks.tuning
+	$(PY) -m benchmarks.streaming
 
 clean:
 	rm -rf build dist .mlops .pytest_cache

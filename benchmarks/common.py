@@ -240,7 +240,7 @@ def judged_size(sizes: list) -> int:
 
 
 SECTION_TITLES = {"monitoring": "\n# Monitoring benchmark", "serving": "\n# Serving benchmark",
-                  "tuning": "\n# Tuning benchmark"}
+                  "tuning": "\n# Tuning benchmark", "streaming": "\n# Streaming benchmark"}
 
 
 def saved_path(name: str) -> Path:
