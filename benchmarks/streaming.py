@@ -100,35 +100,39 @@ def timed_stream(spark, store, landing, **overrides) -> dict:
             "batches": [vars(report) for report in summary.batches]}
 
 
-def feed(spark, trips, landing, stop: threading.Event) -> int:
-    """Land RATE trips every second until ``stop``; returns the files landed."""
-    from pyspark.sql import functions as F
+def feed(table, landing, stop: threading.Event) -> int:
+    """Land RATE trips every second until ``stop``, as an uploader would; returns the files landed.
 
-    from mlops.data.generator import land_file
+    Written with pyarrow, outside Spark, so the feeder does not queue behind the stream's jobs.
+    """
+    import pyarrow.parquet as pq
 
-    chunks = trips.withColumn("chunk", F.floor(F.rand(seed=3) * FEED_SECONDS)).cache()
     landed = 0
     for second in range(FEED_SECONDS):
         if stop.is_set():
             break
         began = time.monotonic()
-        land_file(chunks.where(F.col("chunk") == second).drop("chunk"), landing)
+        staging = landing.parent / f".staging-{uuid.uuid4().hex[:8]}.parquet"
+        pq.write_table(table.slice(second * RATE, RATE), staging)
+        staging.rename(landing / f"trips-{second:05d}.parquet")
         landed += 1
         time.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
-    chunks.unpersist()
     return landed
 
 
 def latency_run(spark, store) -> dict:
+    from pyspark.sql import functions as F
     from taxi_fares.data import generate_trips
 
     landing = store / "latency_landing"
     landing.mkdir()
-    trips = generate_trips(spark, RATE * FEED_SECONDS, END, END, seed=5)
+    # In pickup order, as trips reach a real feed: few of them arrive behind the watermark.
+    trips = generate_trips(spark, RATE * FEED_SECONDS, END, END, seed=5).orderBy(
+        F.col("tpep_pickup_datetime")).toArrow()
     stop = threading.Event()
     files = []
     # The stream runs here, in the main thread, which owns the task's signal handlers.
-    feeder = threading.Thread(target=lambda: files.append(feed(spark, trips, landing, stop)))
+    feeder = threading.Thread(target=lambda: files.append(feed(trips, landing, stop)))
     feeder.start()
     try:
         outcome = timed_stream(spark, store, landing, stream_trigger="processing_time",

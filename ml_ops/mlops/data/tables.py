@@ -21,6 +21,10 @@ from mlops.platform import catalog
 logger = logging.getLogger(__name__)
 
 METADATA_PROPERTY = "mlops.metadata"
+# Delta's idempotent writes: a commit carrying an (app id, version) the table has seen is skipped.
+TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
+TXN_VERSION = "spark.databricks.delta.write.txnVersion"
+IDEMPOTENT_WRITE_SETTINGS = (TXN_APP_ID, TXN_VERSION)
 # Analysis errors that mean "no Delta table there": a folder without a Delta log (an old
 # Parquet table, say), nothing at the path, no such catalog table.
 NOT_DELTA_CONDITIONS = ("DELTA_TABLE_NOT_FOUND", "DELTA_MISSING_DELTA_TABLE")
@@ -132,11 +136,13 @@ class TableStore:
         conflicts.committed(writer.createOrReplace, self.target(name).shown)
         logger.info("wrote table %s to %s", name, self.target(name).shown)
 
-    def upsert(self, df, name: str, keys, partition_by, properties: dict | None = None):
+    def upsert(self, df, name: str, keys, partition_by, properties: dict | None = None,
+               added_columns=()):
         """Rows of ``df`` replace the rows of table ``name`` with the same ``keys`` and add the others.
 
         One MERGE INTO; the first write creates the table, partitioned by ``partition_by``,
-        with the table ``properties``.
+        with the table ``properties``. Columns named in ``added_columns`` that an older table
+        lacks are added to it first (nullable; its old rows read null).
         """
         self._require_columns(df, name, [*keys, *partition_by], "merge")
         condition = " AND ".join(f"target.`{column}` = source.`{column}`"
@@ -146,7 +152,7 @@ class TableStore:
             if not self.exists(name):
                 self._create(df, name, partition_by, properties or {})
                 return
-            self._check_schema(df, name)
+            self._check_schema(df, name, added_columns)
             with self._view(df) as source:
                 self.spark.sql(f"MERGE INTO {self._identifier(name)} AS target USING {source} AS source "
                                f"ON {condition} "
@@ -177,13 +183,20 @@ class TableStore:
             raise DataError(f"cannot {action} into table '{name}': the rows lack the key column(s) "
                             f"{', '.join(missing)}")
 
-    def _check_schema(self, df, name: str):
-        """Rows added to ``name`` must bring its columns with its types, and no others."""
+    def _check_schema(self, df, name: str, added_columns=()):
+        """Rows added to ``name`` must bring its columns with its types, and no others.
+
+        Of the others, those in ``added_columns`` are added to the table instead.
+        """
         # The caller has just found the table: no second existence check.
         schema = self.spark.read.table(self._identifier(name)).schema
         current = {field.name: field.dataType.simpleString() for field in schema.fields}
         new = {field.name: field.dataType.simpleString() for field in df.schema.fields}
         missing = sorted(set(current) - set(new))
+        addable = [column for column in new if column not in current and column in added_columns]
+        if addable and not missing:
+            self._add_columns(name, {column: new[column] for column in addable})
+            current.update({column: new[column] for column in addable})
         extra = sorted(set(new) - set(current))
         changed = sorted(column for column in set(current) & set(new) if current[column] != new[column])
         if missing or extra or changed:
@@ -193,6 +206,21 @@ class TableStore:
                                  for column in changed)]
             raise DataError(f"cannot add rows to table '{name}' at {self.target(name).shown}: the schema "
                             f"does not match: {'; '.join(detail for detail in details if detail)}")
+
+    def _add_columns(self, name: str, columns: dict):
+        # Outside any idempotent-write setting: the schema change must not use up the write's
+        # transaction version, or Delta would skip the write that follows as already done.
+        settings = {key: self.spark.conf.get(key, None) for key in IDEMPOTENT_WRITE_SETTINGS}
+        for key in IDEMPOTENT_WRITE_SETTINGS:
+            self.spark.conf.unset(key)
+        try:
+            added = ", ".join(f"`{column}` {kind}" for column, kind in columns.items())
+            self.spark.sql(f"ALTER TABLE {self._identifier(name)} ADD COLUMNS ({added})")
+        finally:
+            for key, value in settings.items():
+                if value is not None:
+                    self.spark.conf.set(key, value)
+        logger.info("added column(s) %s to table %s at %s", ", ".join(columns), name, self.target(name).shown)
 
     def _create(self, df, name: str, partition_by, properties: dict):
         writer = df.writeTo(self._identifier(name)).using("delta")

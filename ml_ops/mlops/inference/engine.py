@@ -46,6 +46,12 @@ MLFLOW_RUN_ID = "mlflow_run_id"
 JOB_RUN_ID = "job_run_id"
 SCORED_AT = "scored_at"
 PICKUP_DATE = "pickup_date"
+# True when the trip reached a stream after its window's watermark: its window features may
+# lack trips that arrived before it. Batch scoring, with every window complete, writes False;
+# the online server, with no watermark, writes null.
+LATE_FEATURES = "late_features"
+# Columns an inference log created before them gets on its next write.
+ADDED_LOG_COLUMNS = (LATE_FEATURES,)
 PARTITION_COLUMNS = (PICKUP_DATE,)
 LOG_KEYS = (REQUEST_ID, MODEL_VERSION)
 SCORING_BATCH_ROWS = 50_000
@@ -189,7 +195,7 @@ def log_write_settings(feature_names) -> dict:
 def log_columns(feature_names) -> list:
     """The columns of the inference log, in order."""
     return [REQUEST_ID, TRIP_ID, TIMESTAMP, *feature_names, PREDICTION, LABEL, MODEL_NAME, MODEL_VERSION,
-            MODEL_ALIAS, MODEL_ID, MLFLOW_RUN_ID, JOB_RUN_ID, SCORED_AT, PICKUP_DATE]
+            MODEL_ALIAS, MODEL_ID, MLFLOW_RUN_ID, JOB_RUN_ID, SCORED_AT, PICKUP_DATE, LATE_FEATURES]
 
 
 def request_id_column():
@@ -202,7 +208,8 @@ def score_features(features_df: DataFrame, model_uri_or_path, provenance: Proven
 
     ``model_uri_or_path`` is an MLflow model URI, a local model folder or LightGBM file, or
     a :class:`ScoringModel` already read on the driver. Output: :func:`log_columns`, with
-    ``label`` null when the input has no ``fare_amount``.
+    ``label`` null when the input has no ``fare_amount``, and ``late_features`` from the input's
+    own column, or False.
     """
     model = model_uri_or_path if isinstance(model_uri_or_path, ScoringModel) \
         else load_scoring_model(str(model_uri_or_path))
@@ -212,16 +219,20 @@ def score_features(features_df: DataFrame, model_uri_or_path, provenance: Proven
                         f"found {', '.join(features_df.columns)}")
     label = F.col(LABEL_COLUMN).cast("double") if LABEL_COLUMN in features_df.columns \
         else F.lit(None).cast("double")
+    late = [F.col(LATE_FEATURES).cast("boolean")] if LATE_FEATURES in features_df.columns else []
     # pickup_zip and dropoff_zip are keys and features: select each column once.
     inputs = features_df.select(*dict.fromkeys([TRIP_ID, *model.feature_names]),
-                                F.col(PICKUP).alias(TIMESTAMP), label.alias(LABEL))
+                                F.col(PICKUP).alias(TIMESTAMP), label.alias(LABEL), *late)
     predict = _prediction_udf(model)
     scored = inputs.withColumn(PREDICTION, predict(*[F.col(name) for name in model.feature_names]))
     return log_rows(scored, provenance, model.feature_names)
 
 
 def log_rows(scored: DataFrame, provenance: Provenance, feature_names) -> DataFrame:
-    """Scored rows (trip_id, timestamp, features, label, prediction) as inference log rows."""
+    """Scored rows (trip_id, timestamp, features, label, prediction) as inference log rows.
+
+    ``late_features`` is taken from ``scored`` when it has the column, else False.
+    """
     scored_at = provenance.scored_at or datetime.datetime.now(datetime.timezone.utc)
     # A naive scored_at means UTC; Spark would otherwise read it in the Python process's zone.
     scored_at_utc = scored_at if scored_at.tzinfo else scored_at.replace(tzinfo=datetime.timezone.utc)
@@ -235,4 +246,5 @@ def log_rows(scored: DataFrame, provenance: Provenance, feature_names) -> DataFr
         JOB_RUN_ID: F.lit(provenance.job_run_id),
         SCORED_AT: F.lit(scored_at_utc).cast("timestamp"),
         PICKUP_DATE: F.to_date(F.col(TIMESTAMP)),
+        LATE_FEATURES: F.col(LATE_FEATURES) if LATE_FEATURES in scored.columns else F.lit(False),
     }).select(*log_columns(feature_names))

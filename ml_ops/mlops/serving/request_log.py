@@ -60,7 +60,8 @@ def log_schema(feature_names) -> pyarrow.Schema:
                   engine.MODEL_NAME, engine.MODEL_VERSION, engine.MODEL_ALIAS, engine.MODEL_ID,
                   engine.MLFLOW_RUN_ID, engine.JOB_RUN_ID)],
               pyarrow.field(engine.SCORED_AT, utc, False),
-              pyarrow.field(engine.PICKUP_DATE, pyarrow.date32())]
+              pyarrow.field(engine.PICKUP_DATE, pyarrow.date32()),
+              pyarrow.field(engine.LATE_FEATURES, pyarrow.bool_())]
     return pyarrow.schema(fields)
 
 
@@ -109,7 +110,8 @@ def _columns(requests: list[LoggedRequest], feature_names, schema: pyarrow.Schem
               engine.MODEL_ID: repeated(lambda request: f"models:/{request.model_name}/"
                                                         f"{request.model_version}"),
               engine.MLFLOW_RUN_ID: [""] * len(times), engine.JOB_RUN_ID: [ONLINE_RUN] * len(times),
-              engine.SCORED_AT: scored, engine.PICKUP_DATE: [moment.date() for moment in times]}
+              engine.SCORED_AT: scored, engine.PICKUP_DATE: [moment.date() for moment in times],
+              engine.LATE_FEATURES: pyarrow.nulls(len(times), pyarrow.bool_())}
     for position, name in enumerate(feature_names):
         values[name] = pyarrow.array(matrix[:, position], from_pandas=True)
     arrays = []
@@ -193,6 +195,17 @@ class RequestLog:
 
     def _commit(self, requests: list[LoggedRequest], app_id: str, last_entry: int):
         """One append of ``requests``, recording that ``app_id``'s journal is in up to ``last_entry``."""
+        known = self._schema
+        try:
+            self._append(requests, app_id, last_entry)
+        except Exception:
+            # Another writer may have added a column (the table's own migration): read it, once.
+            if known is None or self._read_schema() == known:
+                raise
+            logger.info("the log table %s changed its columns; appending with its new schema", self.folder)
+            self._append(requests, app_id, last_entry)
+
+    def _append(self, requests: list[LoggedRequest], app_id: str, last_entry: int):
         table = self._loggable(requests, self._table_schema())
         if table.num_rows:
             write_deltalake(str(self.folder), table, mode="append", partition_by=[engine.PICKUP_DATE],
@@ -207,7 +220,11 @@ class RequestLog:
         if self._schema is None:
             if not DeltaTable.is_deltatable(str(self.folder)):
                 return log_schema(self.feature_names)
-            self._schema = pyarrow.schema(DeltaTable(str(self.folder)).schema().to_arrow())
+            self._read_schema()
+        return self._schema
+
+    def _read_schema(self) -> pyarrow.Schema:
+        self._schema = pyarrow.schema(DeltaTable(str(self.folder)).schema().to_arrow())
         return self._schema
 
     def _recover(self):

@@ -193,7 +193,7 @@ def write_predictions(tables, table: str, features, model: ResolvedModel, proven
     with engine.session_settings(features.sparkSession,
                                  engine.log_write_settings(model.scoring_model.feature_names)):
         tables.upsert(predictions, table, engine.LOG_KEYS, engine.PARTITION_COLUMNS,
-                      properties=INFERENCE_LOG_PROPERTIES)
+                      properties=INFERENCE_LOG_PROPERTIES, added_columns=engine.ADDED_LOG_COLUMNS)
 
 
 def rows_of_this_run(run: TaskRun[ScoringConfig], scored: ScoredPredictions):

@@ -20,7 +20,7 @@ from taxi_fares.schema import RAW_COLUMNS, TRIP_ID
 from mlops import platform
 from mlops.config import StreamingConfig
 from mlops.data import trip_stream
-from mlops.data.tables import TableStore
+from mlops.data.tables import TXN_APP_ID, TXN_VERSION, TableStore
 from mlops.errors import DataError, MlopsError, RegistryError, ValidationFailed
 from mlops.inference import engine
 from mlops.lifecycle.registry import PASSED, VALIDATION_STATUS_TAG, RegistryClient
@@ -31,9 +31,13 @@ from mlops.stages.scoring import ResolvedModel, write_predictions
 logger = logging.getLogger(__name__)
 
 STREAMING = FeatureTables("streaming")
-TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
-TXN_VERSION = "spark.databricks.delta.write.txnVersion"
+# One row per applied batch: what it did, and the state a restarted stream resumes from.
+BATCHES_TABLE = "streaming_batches"
 BATCH_KEYS = ("stream_id", "batch_id")
+BATCH_SCHEMA = ("stream_id STRING, batch_id BIGINT, rows BIGINT, late_rows BIGINT, model_version STRING, "
+                "model_note STRING, watermark STRING, newest_pickup TIMESTAMP, input_rows_per_second DOUBLE, "
+                "processed_rows_per_second DOUBLE, latency_p50_seconds DOUBLE, latency_p99_seconds DOUBLE, "
+                "seconds DOUBLE, finished_at TIMESTAMP")
 # The longest zip window: a new dropoff changes the windows ending within this long after it.
 WINDOW = datetime.timedelta(minutes=features.LONGEST_WINDOW_MINUTES)
 
@@ -46,6 +50,8 @@ class ChampionFollower:
         self.alias = alias
         self.download_dir = download_dir
         self.current: ResolvedModel | None = None
+        # The version the stream's last batch used before a restart, if any.
+        self.last_used = ""
         self.note = ""
 
     def at_batch_start(self) -> ResolvedModel:
@@ -59,16 +65,22 @@ class ChampionFollower:
         if status != PASSED:
             return self._keep(f"alias {self.alias} names version {version}, whose {VALIDATION_STATUS_TAG} is "
                               f"{status or 'not set'}, not {PASSED}")
-        ref = self.registry.resolve(version)
-        model = engine.load_scoring_model(ref.uri, download_dir=self.download_dir / f"v{ref.version}")
         if self.current is not None:
             logger.info("alias %s moved from version %s to %s: later batches score with %s", self.alias,
-                        self.current.ref.version, ref.version, ref.version)
-        self.current = ResolvedModel(ref=ref, resolved_from=f"alias {self.alias}", scoring_model=model)
+                        self.current.ref.version, version, version)
+        self.current = self._load(version)
         self.note = ""
         return self.current
 
+    def _load(self, version) -> ResolvedModel:
+        ref = self.registry.resolve(version)
+        model = engine.load_scoring_model(ref.uri, download_dir=self.download_dir / f"v{ref.version}")
+        return ResolvedModel(ref=ref, resolved_from=f"alias {self.alias}", scoring_model=model)
+
     def _keep(self, reason: str) -> ResolvedModel:
+        if self.current is None and self.last_used:
+            # A restarted stream keeps the version its last batch used, as the running one would.
+            self.current = self._load(self.last_used)
         if self.current is None:
             error = RegistryError if "no version" in reason else ValidationFailed
             raise error(f"cannot start scoring the stream: {reason}; promote a PASSED version to "
@@ -115,6 +127,7 @@ class BatchScorer:
     failure: BaseException | None = None
     newest_pickup: datetime.datetime | None = None
     last_start: float | None = None
+    resumed: bool = False
 
     def __call__(self, batch, batch_id: int):
         started = time.monotonic()
@@ -129,6 +142,11 @@ class BatchScorer:
     def _score(self, batch, batch_id: int, started: float) -> BatchReport:
         config = self.run.config
         trip_stream.check_new_files(batch, self.source_shown)
+        # The batch's own session: its rows' temporary views live there, not in the job's.
+        tables = TableStore(batch.sparkSession, self.run.tables.location, self.run.host)
+        stream_id = self._stream_id()
+        if not self.resumed:
+            self._resume(tables, stream_id)
         model = self.follower.at_batch_start()
         report = BatchReport(batch_id=batch_id, model_version=model.ref.version,
                              model_note=self.follower.note)
@@ -145,9 +163,8 @@ class BatchScorer:
                                 F.max(features.DROPOFF).alias("last_dropoff"),
                                 F.max(features.PICKUP).alias("newest_pickup")).first()
             if figures["rows"]:
-                with engine.session_settings(trips.sparkSession, {TXN_APP_ID: self._stream_id(),
-                                                                  TXN_VERSION: batch_id}):
-                    self._apply(trips, model, figures)
+                with self._idempotent(trips, stream_id, batch_id):
+                    self._apply(tables, trips, model, figures, watermark)
                 report.latency_p50_seconds, report.latency_p99_seconds = _landing_latency(trips)
         finally:
             trips.unpersist()
@@ -160,10 +177,37 @@ class BatchScorer:
         report.input_rows_per_second = round(report.rows / max(since, 1e-3), 1)
         self.last_start = started
         logger.info("%s", report.line())
+        with self._idempotent(trips, stream_id, batch_id):
+            self._remember(tables, stream_id, report)
         if config.online_store_path and report.rows:
             publish_online_snapshot(self.run, STREAMING, config.online_store_path,
                                     f"streaming batch {batch_id}")
         return report
+
+    @staticmethod
+    def _idempotent(trips, stream_id: str, batch_id: int):
+        """Every commit inside carries (stream id, batch id): Delta skips one it has already applied."""
+        return engine.session_settings(trips.sparkSession, {TXN_APP_ID: stream_id, TXN_VERSION: batch_id})
+
+    def _resume(self, tables: TableStore, stream_id: str):
+        """The newest pickup and the model version of this stream's last batch before a restart."""
+        self.resumed = True
+        if not tables.exists(BATCHES_TABLE):
+            return
+        last = (tables.read(BATCHES_TABLE).where(F.col("stream_id") == stream_id)
+                .orderBy(F.col("batch_id").desc()).limit(1).collect())
+        if last:
+            self.newest_pickup = last[0]["newest_pickup"]
+            self.follower.last_used = last[0]["model_version"]
+            logger.info("stream resumes after batch %s: watermark from pickup %s, last model version %s",
+                        last[0]["batch_id"], self.newest_pickup, self.follower.last_used)
+
+    def _remember(self, tables: TableStore, stream_id: str, report: BatchReport):
+        row = {**asdict(report), "stream_id": stream_id, "newest_pickup": self.newest_pickup,
+               "finished_at": datetime.datetime.now(datetime.timezone.utc)}
+        names = [column.split()[0] for column in BATCH_SCHEMA.split(", ")]
+        frame = tables.spark.createDataFrame([tuple(row[name] for name in names)], BATCH_SCHEMA)
+        tables.upsert(frame, BATCHES_TABLE, BATCH_KEYS, ())
 
     def _watermark(self):
         if self.newest_pickup is None:
@@ -175,9 +219,7 @@ class BatchScorer:
         metadata = platform.driver_path(f"{self.run.config.checkpoint()}/metadata")
         return "mlops-stream-" + json.loads(metadata.read_text())["id"]
 
-    def _apply(self, trips, model: ResolvedModel, figures):
-        # The batch's own session: its rows' temporary views live there, not in the job's.
-        tables = TableStore(trips.sparkSession, self.run.tables.location, self.run.host)
+    def _apply(self, tables: TableStore, trips, model: ResolvedModel, figures, watermark):
         stored = trips.drop(trip_stream.SOURCE_FILE_TIME)
         tables.upsert(stored, STREAMING.trips, (TRIP_ID,), ())
         first, last = figures["first_dropoff"], figures["last_dropoff"]
@@ -195,6 +237,8 @@ class BatchScorer:
             tables.upsert(frame.where(changed), name, keys, ())
         feature_set = features.build_training_set(
             stored, tables.read(STREAMING.pickup_features), tables.read(STREAMING.dropoff_features))
+        late = F.col(features.PICKUP) < F.lit(watermark) if watermark else F.lit(False)
+        feature_set = feature_set.withColumn(engine.LATE_FEATURES, late)
         config = self.run.config
         provenance = engine.Provenance(
             model_name=model.ref.name, model_version=model.ref.version, job_run_id=self.run.job.job_run_id,

@@ -7,9 +7,11 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
+from pyspark.sql import functions as F
 
 from mlops.cli import build_parser
 from mlops.data import conflicts
@@ -137,6 +139,25 @@ def test_the_cli_prints_describe_history_with_merge_rows(spark, store, trips, ca
     assert "CREATE TABLE AS SELECT" in lines[4]
 
 
+def test_a_declared_new_column_is_added_to_an_older_table_even_inside_an_idempotent_write(
+        spark, store, trips):
+    from mlops.data.tables import TXN_APP_ID, TXN_VERSION
+    from mlops.inference.engine import session_settings
+
+    store.upsert(trips, "log", ["trip_id"], ["pickup_date"])
+    flagged = trips.where("trip_id = 3").withColumn("late", trips.trip_id > 2)
+    with pytest.raises(DataError, match="not in the table late"):
+        store.upsert(flagged, "log", ["trip_id"], ["pickup_date"])
+    with session_settings(spark, {TXN_APP_ID: "stream-1", TXN_VERSION: 7}):
+        store.upsert(flagged, "log", ["trip_id"], ["pickup_date"], added_columns=("late",))
+        # The same (app id, version) again: Delta skips it, so the fare change below never lands.
+        store.upsert(flagged.withColumn("fare", flagged.fare + 1), "log", ["trip_id"], ["pickup_date"],
+                     added_columns=("late",))
+    rows = {row.trip_id: (row.fare, row.late) for row in store.read("log").collect()}
+    assert rows == {1: (12.5, None), 2: (7.0, None), 3: (30.25, True)}
+    assert spark.conf.get(TXN_APP_ID, None) is None
+
+
 def test_the_server_writer_and_spark_share_the_log_table_both_ways(spark, store, trips):
     change_feed = {"delta.enableChangeDataFeed": "true"}
     store.upsert(trips, "log", ["trip_id"], ["pickup_date"], properties=change_feed)
@@ -155,6 +176,45 @@ def test_the_server_writer_and_spark_share_the_log_table_both_ways(spark, store,
                .load(folder).collect())
     assert sorted((row.trip_id, row._change_type) for row in changes) == \
         [(1, "update_postimage"), (1, "update_preimage"), (13, "insert")]
+
+
+def test_a_running_server_keeps_logging_after_spark_adds_a_column_to_the_log(spark, store):
+    import numpy as np
+    import pyarrow
+    from deltalake import write_deltalake
+    from taxi_fares.features import FEATURE_COLUMNS
+
+    from mlops.inference import engine
+    from mlops.serving.request_log import LoggedRequest, RequestLog, log_schema, new_request_ids
+
+    folder = folder_of(store, "log")
+    older = pyarrow.schema([field for field in log_schema(FEATURE_COLUMNS)
+                            if field.name != engine.LATE_FEATURES])
+    write_deltalake(folder, older.empty_table(), partition_by=[engine.PICKUP_DATE])
+    log = RequestLog(Path(folder), list(FEATURE_COLUMNS), flush_rows=2, flush_seconds=60)
+    when = datetime.datetime(2016, 2, 1, 12, tzinfo=datetime.timezone.utc)
+
+    def request():
+        matrix = np.ones((2, len(FEATURE_COLUMNS)))
+        log.add(LoggedRequest("m", "1", "Champion", when, new_request_ids(2), matrix, np.full(2, 9.5),
+                              [when.replace(tzinfo=None)] * 2))
+
+    try:
+        request()
+        deadline = time.monotonic() + 30
+        while log.written < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        batch_rows = store.read("log").withColumn(engine.REQUEST_ID, F.lit("from-batch")).withColumn(
+            engine.LATE_FEATURES, F.lit(False))
+        store.upsert(batch_rows.limit(1), "log", engine.LOG_KEYS, engine.PARTITION_COLUMNS,
+                     added_columns=engine.ADDED_LOG_COLUMNS)
+        request()
+    finally:
+        log.close()
+
+    assert (log.written, log.dropped) == (4, 0)
+    flags = {row[engine.REQUEST_ID]: row[engine.LATE_FEATURES] for row in store.read("log").collect()}
+    assert len(flags) == 5 and flags.pop("from-batch") is False and set(flags.values()) == {None}
 
 
 def test_a_commit_refused_for_a_concurrent_one_is_retried_then_named(monkeypatch):

@@ -7,7 +7,7 @@ from pyspark.sql import functions as F
 
 from mlops.data.generator import land_file
 from mlops.data.tables import TableStore
-from mlops.errors import StageFailed
+from mlops.errors import StageFailed, ValidationFailed
 from mlops.inference import engine
 from mlops.lifecycle.registry import RegistryClient
 from mlops.stages import streaming
@@ -36,13 +36,28 @@ def landing(spark, raw_trips_path, tmp_path):
 
 
 @pytest.fixture
-def stream_run(spark, scoring_home, tmp_path):
-    """Run the `stream_score` task on a config, as the notebook does."""
-    from mlops.config import StreamingConfig
+def task_of(spark, scoring_home, tmp_path):
+    """task_of(config, stage) runs ``stage`` as a task of the streaming job, as the notebook does."""
     from mlops.local.dbutils import LocalDbutils
     from mlops.local.session import LocalSession
     from mlops.orchestration import task_run
     from mlops.platform.context import RunContext, bind as notebook_context
+
+    def run(config, name, stage):
+        job_run_id = f"stream-{uuid.uuid4().hex[:6]}"
+        session = LocalSession(spark=spark, job_name="taxi_fares_streaming", job_run_id=job_run_id)
+        session.task_key = name
+        context = RunContext(job_name=session.job_name, job_run_id=job_run_id, task=name)
+        with notebook_context(context), task_run(name, config, spark, LocalDbutils(session)) as task:
+            return task.stage(name, stage)
+
+    return run
+
+
+@pytest.fixture
+def stream_run(spark, task_of, tmp_path):
+    """Run the `stream_score` task on a config."""
+    from mlops.config import StreamingConfig
 
     def run(landing_folder, **overrides):
         params = {"taxi_fares_stream_source": str(landing_folder), "registered_model_name": MODEL_NAME,
@@ -50,14 +65,7 @@ def stream_run(spark, scoring_home, tmp_path):
                   "checkpoint_location": str(tmp_path / "checkpoints"), "max_files_per_trigger": "1",
                   "online_store_path": str(tmp_path / "online")}
         params.update({name: str(value) for name, value in overrides.items()})
-        config = StreamingConfig.from_params(params)
-        job_run_id = f"stream-{uuid.uuid4().hex[:6]}"
-        session = LocalSession(spark=spark, job_name="taxi_fares_streaming", job_run_id=job_run_id)
-        session.task_key = "stream_score"
-        context = RunContext(job_name=session.job_name, job_run_id=job_run_id, task="stream_score")
-        dbutils = LocalDbutils(session)
-        with notebook_context(context), task_run("stream_score", config, spark, dbutils) as task:
-            return task.stage("stream", streaming.score_stream)
+        return task_of(StreamingConfig.from_params(params), "stream_score", streaming.score_stream)
 
     run.tables = lambda: TableStore(spark, str(tmp_path / "tables"))
     run.checkpoint = tmp_path / "checkpoints" / LOG
@@ -143,11 +151,17 @@ def test_each_batch_scores_with_the_champion_of_its_start_and_never_with_a_versi
     assert follower.note == (f"alias Champion names version {failed}, whose model_validation_status is "
                              f"FAILED, not PASSED: kept version {second}")
 
+    # Restarted while the alias names the FAILED version: it keeps the version its last batch used.
     landing(4)
-    with pytest.raises(StageFailed, match=f"names version {failed}, whose .* is FAILED, not PASSED"):
-        stream_run(landing.folder, registered_model_name=name)
+    restarted = stream_run(landing.folder, registered_model_name=name)
+    assert [(report.model_version, report.model_note) for report in restarted.batches] == [
+        (second, follower.note)]
     log = stream_run.tables().read(LOG)
     assert log.where(F.col(engine.MODEL_VERSION) == failed).count() == 0
+    # A stream with no batch behind it has no version to keep: it does not start.
+    with pytest.raises(ValidationFailed, match=f"cannot start scoring the stream: alias Champion names "
+                                               f"version {failed}, whose .* is FAILED, not PASSED"):
+        streaming.ChampionFollower(client, "Champion", scoring_home / "models").at_batch_start()
 
 
 def test_a_failed_batch_stops_the_stream_naming_the_error_and_a_restart_resumes_it(
@@ -205,3 +219,44 @@ def test_a_file_with_other_columns_stops_the_stream_naming_them(spark, champion,
 def test_a_source_that_does_not_exist_is_named(spark, champion, stream_run, tmp_path):
     with pytest.raises(StageFailed, match="stream source .*nowhere .*taxi_fares_stream_source.*not exist"):
         stream_run(tmp_path / "nowhere")
+
+
+def test_late_trips_are_scored_and_marked_and_a_restart_keeps_the_watermark_and_labels_merge(
+        spark, champion, landing, stream_run, task_of, tmp_path):
+    from mlops.config import ScoringConfig
+    from mlops.stages.labels import merge_labels
+
+    newest = landing(3)
+    late_day = landing(1)
+    first = stream_run(landing.folder)
+    # Restarted: the watermark (the newest pickup so far, less 60 minutes) comes back with it.
+    later_day = landing(2)
+    restarted = stream_run(landing.folder)
+
+    reports = [*first.batches, *restarted.batches]
+    assert [report.late_rows for report in reports] == [0, clean_count(late_day), clean_count(later_day)]
+    assert restarted.batches[0].watermark == first.batches[1].watermark != ""
+    tables = stream_run.tables()
+    log = tables.read(LOG)
+    per_day = log.groupBy(F.col(engine.PICKUP_DATE).alias("day")).agg(
+        F.count("*").alias("rows"), F.count_if(engine.LATE_FEATURES).alias("late"))
+    late_per_day = {row["day"]: (row["rows"], row["late"]) for row in per_day.collect()}
+    days = [SCORING_START + datetime.timedelta(days=day) for day in (1, 2, 3)]
+    assert late_per_day == {days[0]: (clean_count(late_day), clean_count(late_day)),
+                            days[1]: (clean_count(later_day), clean_count(later_day)),
+                            days[2]: (clean_count(newest), 0)}
+    assert log.where(F.col(engine.PREDICTION).isNull()).count() == 0
+    batches = tables.read(streaming.BATCHES_TABLE).orderBy("batch_id").collect()
+    assert [(row.batch_id, row.late_rows) for row in batches] == [
+        (0, 0), (1, reports[1].late_rows), (2, reports[2].late_rows)]
+
+    # Labels arriving later reach streamed rows as they reach batch rows.
+    late_ids = log.where(engine.LATE_FEATURES).select(engine.REQUEST_ID, F.lit(99.0).alias("fare_amount"))
+    tables.write(late_ids, "taxi_fares_labels")
+    config = ScoringConfig.from_params({"registered_model_name": MODEL_NAME,
+                                        "experiment_name": "streaming-tests",
+                                        "table_location": str(tmp_path / "tables")})
+    counts = task_of(config, "merge_labels", merge_labels)
+    assert counts["rows_labelled_after"] == log.count()
+    relabelled = tables.read(LOG).where(F.col(engine.LABEL) == 99.0)
+    assert relabelled.count() == relabelled.where(engine.LATE_FEATURES).count() == late_ids.count()
