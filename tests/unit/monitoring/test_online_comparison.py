@@ -1,0 +1,122 @@
+"""The online comparison's statistics: verdicts, intervals, and rollouts simulated on a model's errors."""
+import numpy as np
+import pytest
+from taxi_fares import features, training
+from taxi_fares.data import generate_trips
+
+from mlops.errors import ConfigError
+from mlops.monitoring import online_comparison as oc
+
+SEEDS = range(100)
+PLAN = "10,50,100"
+
+
+@pytest.fixture(scope="module")
+def residuals(spark):
+    """Held-out errors of a fare model trained on generated trips: the heavy tails of real residuals."""
+    import datetime
+
+    day = datetime.date(2016, 3, 1)
+    week = (day, day + datetime.timedelta(days=6))
+    trips = features.clean_trips(generate_trips(spark, 30_000, *week, seed=11))
+    frame = features.build_training_set(trips, features.pickup_zip_features(trips),
+                                        features.dropoff_zip_features(trips)).toPandas()
+    train, held_out = frame.iloc[: len(frame) // 2], frame.iloc[len(frame) // 2:]
+    columns = list(features.FEATURE_COLUMNS)
+    booster = training.train_model(train[columns], train[features.LABEL_COLUMN],
+                                   training.TrainingParams(num_rounds=60), num_threads=1)
+    return (held_out[features.LABEL_COLUMN] - booster.predict(held_out[columns])).to_numpy()
+
+
+def simulate(residuals, plan: oc.RolloutPlan, settings, worse: float, seed: int):
+    """One rollout: labelled rows arrive in looks of half a step; returns (last action, rows seen)."""
+    rng = np.random.default_rng(seed)
+    champion = challenger = oc.ArmErrors(0, 0.0, 0.0, 0.0)
+    share, at_step, seen, look = plan.shares[0], 0, 0, plan.rows_per_step // 2
+    while seen < plan.planned_rows:
+        to_challenger = rng.random(look) < share / 100
+        errors = rng.choice(residuals, look)
+        champion += oc.ArmErrors.of(errors[~to_challenger])
+        challenger += oc.ArmErrors.of(errors[to_challenger] * worse)
+        seen, at_step = seen + look, at_step + look
+        decision = plan.decide(share, at_step, oc.compare(champion, challenger, settings))
+        if decision.action in (oc.ROLL_BACK, oc.PROMOTE):
+            return decision.action, seen
+        if decision.action == oc.STEP_UP:
+            share, at_step = decision.share, 0
+    return oc.HOLD, seen
+
+
+def test_a_worse_challenger_is_rolled_back_and_an_equal_one_is_not_in_95_of_100_rollouts(residuals):
+    settings = oc.ComparisonSettings(planned_looks=4)
+    relative_variance = oc.ArmErrors.of(residuals).relative_variance
+    plan = oc.RolloutPlan.for_power(PLAN, relative_variance, settings)
+
+    worse = [simulate(residuals, plan, settings, 1.1, seed) for seed in SEEDS]
+    equal = [simulate(residuals, plan, settings, 1.0, seed) for seed in SEEDS]
+
+    rolled_back = sum(action == oc.ROLL_BACK for action, _ in worse)
+    wrongly_rolled_back = sum(action == oc.ROLL_BACK for action, _ in equal)
+    print(f"\nrmse 10% worse: rolled back in {rolled_back} of 100 rollouts within {plan.planned_rows:,} "
+          f"labelled rows (median {int(np.median([rows for _, rows in worse])):,}); equal: rolled back in "
+          f"{wrongly_rolled_back} of 100, promoted in {sum(action == oc.PROMOTE for action, _ in equal)}")
+    assert rolled_back >= 95
+    assert wrongly_rolled_back <= 5
+
+
+def test_shadow_pairs_judge_with_fewer_rows_than_a_split(residuals):
+    rng = np.random.default_rng(3)
+    errors = rng.choice(residuals, 4000)
+    # The challenger errs like the champion on each trip, 10% more, with a little noise of its own.
+    shadow = errors * 1.1 + rng.normal(0, 0.2, len(errors))
+    paired = oc.compare(None, None, paired=oc.PairedErrors.of(errors, shadow))
+    split = oc.compare(oc.ArmErrors.of(errors[:2000]), oc.ArmErrors.of(shadow[2000:]))
+
+    assert paired.verdict == oc.KEEP and paired.paired
+    assert paired.ratio_low < paired.rmse_ratio < paired.ratio_high
+    assert paired.ratio_high - paired.ratio_low < (split.ratio_high - split.ratio_low) / 3
+
+
+def test_too_few_rows_say_how_many_more_are_needed(residuals):
+    few = oc.compare(oc.ArmErrors.of(residuals[:500]), oc.ArmErrors.of(residuals[500:560]))
+    assert few.verdict == oc.NOT_ENOUGH_DATA and few.rows_needed == 80
+    close = oc.compare(oc.ArmErrors.of(residuals[:3000]), oc.ArmErrors.of(residuals[3000:6000] * 1.02))
+    assert close.verdict == oc.NOT_ENOUGH_DATA and close.rows_needed > 0
+    assert "more labelled rows needed" in close.line()
+    settled = oc.compare(oc.ArmErrors.of(residuals[:3000]),
+                         oc.ArmErrors.of(residuals[3000:3000 + 6000 + close.rows_needed] * 1.02))
+    assert settled.rows_needed < close.rows_needed
+
+
+@pytest.mark.parametrize("text, message", [
+    ("10,fifty,100", "a rollout plan is percentages separated by commas, such as 10,50,100; "
+                     "got '10,fifty,100'"),
+    ("10,50", "a rollout plan rises from above 0 to 100, such as 10,50,100; got '10,50'"),
+    ("50,10,100", "a rollout plan rises from above 0 to 100"),
+    ("0,100", "a rollout plan rises from above 0 to 100"),
+])
+def test_a_bad_rollout_plan_is_named(text, message):
+    with pytest.raises(ConfigError, match=message):
+        oc.RolloutPlan.parse(text, 100)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"alpha": 1.5}, "the comparison's alpha must be between 0 and 1, got 1.5"),
+    ({"margin": -0.1}, "the comparison's margin must be at least 0 and below 1, got -0.1"),
+    ({"planned_looks": 0}, "the comparison needs at least 1 planned look, got 0"),
+])
+def test_bad_comparison_settings_are_named(options, message):
+    with pytest.raises(ConfigError, match=message):
+        oc.ComparisonSettings(**options)
+
+
+def test_a_plan_steps_up_on_no_worse_holds_without_rows_and_promotes_only_when_shown_no_worse(residuals):
+    plan = oc.RolloutPlan.parse(PLAN, 1000)
+    equal = oc.compare(oc.ArmErrors.of(residuals[:8000]), oc.ArmErrors.of(residuals[8000:16000]))
+    worse = oc.compare(oc.ArmErrors.of(residuals[:8000]), oc.ArmErrors.of(residuals[8000:16000] * 1.3))
+    assert plan.decide(10, 999, equal).action == oc.HOLD
+    assert (plan.decide(10, 1000, equal).action, plan.decide(10, 1000, equal).share) == (oc.STEP_UP, 50)
+    assert plan.decide(50, 1000, equal).action == (oc.PROMOTE if equal.verdict == oc.PROMOTE else oc.HOLD)
+    assert (plan.decide(50, 10, worse).action, plan.decide(50, 10, worse).share) == (oc.ROLL_BACK, 0)
+    with pytest.raises(ConfigError, match="share 20% is not a step of the plan 10,50,100"):
+        plan.decide(20, 1000, equal)
