@@ -13,6 +13,7 @@ USAGE = """Look at registered models and move the Champion by hand.
     mlops model rollback taxi_fares 2 --reason "v3 overcharges airport trips" --by alice
     mlops model promote taxi_fares 4 --reason "v4 fixed the airport trips" --by alice
     mlops model pin taxi_fares --reason "investigating drift"     mlops model unpin taxi_fares
+    mlops model compare-online taxi_fares --start 2016-04-01 --end 2016-04-07
 
 Every command reads the local tracking store by default (``MLFLOW_TRACKING_URI`` when set,
 else ``$MLOPS_HOME/mlflow.db``); ``--registry-uri databricks-uc`` targets Unity Catalog.
@@ -70,6 +71,43 @@ def _profile(args) -> str:
             f"{args.predictions_table}_baseline and as the artifact of its training run")
 
 
+def _compare_online(args) -> str:
+    """Champion against Challenger on the inference log's labelled online rows."""
+    import datetime
+
+    from mlops.data.tables import TableStore
+    from mlops.errors import ConfigError
+    from mlops.lifecycle.registry import RegistryClient
+    from mlops.local.session import spark_session
+    from mlops.monitoring import online_log
+    from mlops.monitoring.online_comparison import ComparisonSettings
+
+    registry = RegistryClient(args.name, args.registry_uri)
+    versions = {alias: registry.alias_version(alias) for alias in ("Champion", "Challenger")}
+    absent = [alias for alias, version in versions.items() if version is None]
+    if absent:
+        raise ConfigError(f"model {args.name} has no {' and no '.join(absent)}: an online comparison needs "
+                          "both aliases")
+    start, end = (datetime.date.fromisoformat(value) if value else default
+                  for value, default in ((args.start, datetime.date.min), (args.end, datetime.date.max)))
+    tables = TableStore(spark_session(), args.location)
+    log = tables.read(args.predictions_table, missing_hint="score with mlops serve or a job first")
+    result = online_log.compare_log(log, str(versions["Champion"]), str(versions["Challenger"]), start, end,
+                                    ComparisonSettings(margin=args.margin, alpha=args.alpha))
+    return (f"model {args.name}: challenger version {versions['Challenger']} against champion version "
+            f"{versions['Champion']}: {result.line()}")
+
+
+def _iso_date(text: str) -> str:
+    import datetime
+
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got '{text}'") from None
+    return text
+
+
 def register_cli(subparsers):
     parser = subparsers.add_parser("model", help="list, show, approve, promote, roll back and pin models",
                                    description=USAGE,
@@ -90,6 +128,10 @@ def register_cli(subparsers):
     by = (("--by",), {"default": _current_user(), "help": "who asks (default: the current user)"})
     experiment = (("--experiment",), {"default": DEFAULT_EXPERIMENT,
                                       "help": "MLflow experiment of the audit run"})
+    location = (("--location",), {"default": "dev.taxi_fares",
+                                  "help": "the table_location (default dev.taxi_fares)"})
+    predictions_table = (("--predictions-table",), {
+        "default": "taxi_fares_predictions", "help": "the inference log (default taxi_fares_predictions)"})
     add("list", "registered models with their Champion and Challenger", _admin("list_models", "registry_uri"))
     add("show", "versions, aliases, validation status, approval and history of one model",
         _admin("show_model", "name", "registry_uri"), name)
@@ -103,11 +145,7 @@ def register_cli(subparsers):
         (("--no-pin",), {"dest": "pin", "action": "store_false",
                          "help": "leave automatic promotion on after the rollback"}))
     add("profile", "build the monitoring reference of an existing version from its held-out rows",
-        _profile, name, version,
-        (("--location",), {"default": "dev.taxi_fares",
-                           "help": "the table_location (default dev.taxi_fares)"}),
-        (("--predictions-table",), {"default": "taxi_fares_predictions",
-                                    "help": "the inference log (default taxi_fares_predictions)"}),
+        _profile, name, version, location, predictions_table,
         (("--force",), {"action": "store_true",
                         "help": "rebuild an existing profile (recorded in the model's history)"}), by)
     add("promote", "make any PASSED version the Champion (a roll-forward)",
@@ -115,5 +153,13 @@ def register_cli(subparsers):
         name, version, reason, by, experiment)
     add("pin", "stop automatic promotion: deploy tasks leave the Champion where it is",
         _admin("pin", "name", "reason", "by", "registry_uri", "experiment"), name, reason, by, experiment)
+    add("compare-online", "judge the Challenger against the Champion on labelled online rows of the log",
+        _compare_online, name, location, predictions_table,
+        (("--start",), {"type": _iso_date, "default": None, "help": "first pickup date (default: all)"}),
+        (("--end",), {"type": _iso_date, "default": None, "help": "last pickup date (default: all)"}),
+        (("--margin",), {"type": float, "default": 0.05,
+                         "help": "how much worse in rmse still counts as no worse (default 0.05)"}),
+        (("--alpha",), {"type": float, "default": 0.05,
+                        "help": "the error rate of a verdict (default 0.05)"}))
     add("unpin", "restart automatic promotion",
         _admin("unpin", "name", "by", "registry_uri", "experiment"), name, by, experiment)

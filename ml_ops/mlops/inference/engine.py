@@ -50,8 +50,12 @@ PICKUP_DATE = "pickup_date"
 # lack trips that arrived before it. Batch scoring, with every window complete, writes False;
 # the online server, with no watermark, writes null.
 LATE_FEATURES = "late_features"
+# Which side of a Champion/Challenger comparison scored the row: the alias it was served under
+# (champion, challenger), or shadow for a Challenger scoring beside the Champion; null otherwise.
+ARM = "arm"
+ARMS = {"Champion": "champion", "Challenger": "challenger"}
 # Columns an inference log created before them gets on its next write.
-ADDED_LOG_COLUMNS = (LATE_FEATURES,)
+ADDED_LOG_COLUMNS = (LATE_FEATURES, ARM)
 PARTITION_COLUMNS = (PICKUP_DATE,)
 LOG_KEYS = (REQUEST_ID, MODEL_VERSION)
 SCORING_BATCH_ROWS = 50_000
@@ -195,7 +199,12 @@ def log_write_settings(feature_names) -> dict:
 def log_columns(feature_names) -> list:
     """The columns of the inference log, in order."""
     return [REQUEST_ID, TRIP_ID, TIMESTAMP, *feature_names, PREDICTION, LABEL, MODEL_NAME, MODEL_VERSION,
-            MODEL_ALIAS, MODEL_ID, MLFLOW_RUN_ID, JOB_RUN_ID, SCORED_AT, PICKUP_DATE, LATE_FEATURES]
+            MODEL_ALIAS, MODEL_ID, MLFLOW_RUN_ID, JOB_RUN_ID, SCORED_AT, PICKUP_DATE, LATE_FEATURES, ARM]
+
+
+def arm_of(alias: str) -> str | None:
+    """The comparison arm of rows scored under ``alias``; None for other aliases and versions."""
+    return ARMS.get(alias)
 
 
 def request_id_column():
@@ -247,4 +256,5 @@ def log_rows(scored: DataFrame, provenance: Provenance, feature_names) -> DataFr
         SCORED_AT: F.lit(scored_at_utc).cast("timestamp"),
         PICKUP_DATE: F.to_date(F.col(TIMESTAMP)),
         LATE_FEATURES: F.col(LATE_FEATURES) if LATE_FEATURES in scored.columns else F.lit(False),
+        ARM: F.lit(arm_of(provenance.model_alias)).cast("string"),
     }).select(*log_columns(feature_names))

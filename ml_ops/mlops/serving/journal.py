@@ -103,7 +103,7 @@ def entries(path: Path, request_type) -> list:
 def encode(request) -> dict:
     # A missing feature is written as NaN, which Python's json reads back; older journals say null.
     return {"model_name": request.model_name, "model_version": request.model_version,
-            "alias": request.alias,
+            "alias": request.alias, "arm": request.arm,
             "scored_at": request.scored_at.isoformat(), "ids": request.ids,
             "matrix": request.matrix.tolist(), "predictions": request.predictions.tolist(),
             "pickups": [pickup.isoformat() if pickup else None for pickup in request.pickups]}
@@ -116,4 +116,5 @@ def decode(entry: dict, request_type):
         ids=[tuple(pair) for pair in entry["ids"]],
         matrix=np.array(entry["matrix"], dtype=np.float64),
         predictions=np.array(entry["predictions"], dtype=np.float64),
-        pickups=[datetime.datetime.fromisoformat(pickup) if pickup else None for pickup in entry["pickups"]])
+        pickups=[datetime.datetime.fromisoformat(pickup) if pickup else None for pickup in entry["pickups"]],
+        arm=entry.get("arm"))

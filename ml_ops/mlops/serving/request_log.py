@@ -61,7 +61,8 @@ def log_schema(feature_names) -> pyarrow.Schema:
                   engine.MLFLOW_RUN_ID, engine.JOB_RUN_ID)],
               pyarrow.field(engine.SCORED_AT, utc, False),
               pyarrow.field(engine.PICKUP_DATE, pyarrow.date32()),
-              pyarrow.field(engine.LATE_FEATURES, pyarrow.bool_())]
+              pyarrow.field(engine.LATE_FEATURES, pyarrow.bool_()),
+              pyarrow.field(engine.ARM, pyarrow.string())]
     return pyarrow.schema(fields)
 
 
@@ -84,6 +85,8 @@ class LoggedRequest:
     matrix: np.ndarray
     predictions: np.ndarray
     pickups: list
+    # Set when the request was split or shadowed; otherwise the alias names the arm.
+    arm: str | None = None
 
     @property
     def rows(self) -> int:
@@ -111,7 +114,8 @@ def _columns(requests: list[LoggedRequest], feature_names, schema: pyarrow.Schem
                                                         f"{request.model_version}"),
               engine.MLFLOW_RUN_ID: [""] * len(times), engine.JOB_RUN_ID: [ONLINE_RUN] * len(times),
               engine.SCORED_AT: scored, engine.PICKUP_DATE: [moment.date() for moment in times],
-              engine.LATE_FEATURES: pyarrow.nulls(len(times), pyarrow.bool_())}
+              engine.LATE_FEATURES: pyarrow.nulls(len(times), pyarrow.bool_()),
+              engine.ARM: repeated(lambda request: request.arm or engine.arm_of(request.alias))}
     for position, name in enumerate(feature_names):
         values[name] = pyarrow.array(matrix[:, position], from_pandas=True)
     arrays = []

@@ -4,7 +4,7 @@ import pytest
 from taxi_fares import features, training
 from taxi_fares.data import generate_trips
 
-from mlops.errors import ConfigError
+from mlops.errors import ConfigError, DataError
 from mlops.monitoring import online_comparison as oc
 
 SEEDS = range(100)
@@ -120,3 +120,89 @@ def test_a_plan_steps_up_on_no_worse_holds_without_rows_and_promotes_only_when_s
     assert (plan.decide(50, 10, worse).action, plan.decide(50, 10, worse).share) == (oc.ROLL_BACK, 0)
     with pytest.raises(ConfigError, match="share 20% is not a step of the plan 10,50,100"):
         plan.decide(20, 1000, equal)
+
+
+def test_the_log_s_arms_are_summed_in_spark_as_in_numpy_and_shadow_pairs_are_preferred(spark, residuals):
+    import datetime
+
+    from mlops.inference import engine
+    from mlops.monitoring import online_log
+
+    rng = np.random.default_rng(5)
+    day = datetime.date(2016, 3, 2)
+    champion, challenger = rng.choice(residuals, 3000), rng.choice(residuals, 1000) * 1.3
+    shadowed = champion[:2000] * 1.3 + rng.normal(0, 0.1, 2000)
+    rows = ([(f"c{i}", "1", "champion", float(error)) for i, error in enumerate(champion)]
+            + [(f"x{i}", "2", "challenger", float(error)) for i, error in enumerate(challenger)]
+            + [(f"c{i}", "2", "shadow", float(error)) for i, error in enumerate(shadowed)]
+            + [("old", "0", "champion", 99.0), ("unlabelled", "1", "champion", None)])
+    log = spark.createDataFrame(
+        [(request, version, arm, 10.0, None if error is None else 10.0 - error, day)
+         for request, version, arm, error in rows],
+        f"{engine.REQUEST_ID} string, {engine.MODEL_VERSION} string, {engine.ARM} string, "
+        f"{engine.PREDICTION} double, {engine.LABEL} double, {engine.PICKUP_DATE} date")
+
+    split_champion, split_challenger, paired = online_log.arm_errors(log, "1", "2", day, day)
+
+    assert split_champion.rows == 3000 and split_challenger.rows == 1000
+    assert split_champion.sum_squared == pytest.approx(oc.ArmErrors.of(champion).sum_squared)
+    assert split_challenger.sum_fourth == pytest.approx(oc.ArmErrors.of(challenger).sum_fourth)
+    assert paired.sum_cross == pytest.approx(oc.PairedErrors.of(champion[:2000], shadowed).sum_cross)
+    verdict = online_log.compare_log(log, "1", "2", day, day)
+    assert verdict.paired and verdict.verdict == oc.KEEP and verdict.champion_rows == 2000
+    outside = online_log.compare_log(log, "1", "2", day + datetime.timedelta(days=1),
+                                     day + datetime.timedelta(days=2))
+    assert outside.verdict == oc.NOT_ENOUGH_DATA and outside.champion_rows == 0
+    with pytest.raises(DataError, match="the inference log has no column arm: it was written before"):
+        online_log.arm_errors(log.drop(engine.ARM), "1", "2", day, day)
+
+
+def test_compare_online_judges_the_aliases_on_the_log_and_names_what_is_missing(
+        spark, mlops_home, residuals, tmp_path, capsys):
+    import datetime
+
+    from mlops import platform
+    from mlops.cli import build_parser
+    from mlops.data.tables import TableStore
+    from mlops.inference import engine
+    from mlops.lifecycle.registry import RegistryClient
+
+    def cli(*words):
+        args = build_parser().parse_args(["model", "compare-online", "fares", "--location", "dbfs:/tables",
+                                          *words])
+        code = args.func(args)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    with platform.mlflow_store_environment():
+        client = RegistryClient("fares").client
+        client.create_registered_model("fares")
+        versions = [client.create_model_version("fares", source=str(tmp_path)).version for _ in range(2)]
+        RegistryClient("fares").set_alias("Champion", str(versions[0]))
+    code, _, err = cli()
+    assert code == 1 and "model fares has no Challenger: an online comparison needs both aliases" in err
+
+    with platform.mlflow_store_environment():
+        RegistryClient("fares").set_alias("Challenger", str(versions[1]))
+    rng = np.random.default_rng(8)
+    day = datetime.date(2016, 3, 2)
+    rows = [(f"r{i}", str(versions[i % 2]), ("champion", "challenger")[i % 2], 10.0,
+             10.0 - float(error) * (1.4 if i % 2 else 1.0), day)
+            for i, error in enumerate(rng.choice(residuals, 6000))]
+    TableStore(spark, "dbfs:/tables").write(spark.createDataFrame(
+        rows, f"{engine.REQUEST_ID} string, {engine.MODEL_VERSION} string, {engine.ARM} string, "
+              f"{engine.PREDICTION} double, {engine.LABEL} double, {engine.PICKUP_DATE} date"),
+        "taxi_fares_predictions")
+
+    code, out, err = cli("--start", "2016-03-01", "--end", "2016-03-02")
+    assert code == 0, err
+    assert out.startswith(f"model fares: challenger version {versions[1]} against champion version "
+                          f"{versions[0]}: keep: challenger rmse") and "3,000 and 3,000 split rows" in out
+    code, out, _ = cli("--start", "2016-03-03")
+    assert code == 0 and "not enough data" in out
+
+    with pytest.raises(SystemExit):
+        cli("--start", "March")
+    assert "expected a date YYYY-MM-DD, got 'March'" in capsys.readouterr().err
+    code, _, err = cli("--alpha", "2")
+    assert code == 1 and "the comparison's alpha must be between 0 and 1, got 2.0" in err

@@ -32,7 +32,8 @@ def test_output_is_the_inference_log_row_of_each_trip(feature_set, booster):
 
     assert output.columns == ["request_id", "trip_id", "timestamp", *features.FEATURE_COLUMNS, "prediction",
                               "label", "model_name", "model_version", "model_alias", "model_id",
-                              "mlflow_run_id", "job_run_id", "scored_at", "pickup_date"]
+                              "mlflow_run_id", "job_run_id", "scored_at", "pickup_date", "late_features",
+                              "arm"]
     types = {field.name: field.dataType.simpleString() for field in output.schema.fields}
     assert {name: types[name] for name in ("request_id", "trip_id", "timestamp", "prediction", "label",
                                            "model_version", "scored_at", "pickup_date")} == {
@@ -43,6 +44,8 @@ def test_output_is_the_inference_log_row_of_each_trip(feature_set, booster):
     assert (first.model_name, first.model_version, first.model_alias, first.model_id) == (
         "fares", "7", "Champion", "models:/fares/7")
     assert (first.job_run_id, first.mlflow_run_id) == ("job-42", "run-9")
+    # Batch rows: windows complete, and the Champion alias is the champion arm.
+    assert (first.late_features, first.arm) == (False, "champion")
     assert first.scored_at == SCORED_AT.replace(tzinfo=None)
     assert first.timestamp == source.tpep_pickup_datetime
     assert first.pickup_date == first.timestamp.date()
