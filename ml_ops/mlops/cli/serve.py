@@ -21,6 +21,8 @@ TUNING = {
     "--request-timeout": (float, 10.0, "seconds an answer may take; then 504"),
     "--telemetry-sample-rate": (float, 0.1, "share of requests sent to Application Insights as items"),
     "--workers": (int, 1, "processes answering on the port; each loads the model and logs on its own"),
+    "--challenger-percent": (int, 0, "percent of requests the Challenger alias answers, sticky by "
+                                     "X-Request-Key or body"),
 }
 
 
@@ -66,7 +68,7 @@ def _serve(args) -> int:
         model_name=args.model, alias=args.alias, host=args.host, port=args.port,
         online_store=Path(driver_path(args.online_store)), log_table=_log_table_path(args.log_table),
         token=_token(args.token_secret), registry_uri=args.registry_uri,
-        **{_field(flag): getattr(args, _field(flag)) for flag in TUNING})
+        shadow=args.shadow, **{_field(flag): getattr(args, _field(flag)) for flag in TUNING})
     if settings.workers > 1:
         return _serve_with_workers(settings)
     # Caught from the start: a client may see /ping answer and send SIGTERM before startup ends.
@@ -81,6 +83,10 @@ def _serve(args) -> int:
         raise
     print(f"serving {args.model}@{args.alias} version {server.app.slot.current.version} at {server.url}",
           flush=True)
+    if server.app.challenger_slot is not None:
+        share = "in the shadow" if args.shadow else f"on {args.challenger_percent}% of requests"
+        print(f"and {args.model}@Challenger version {server.app.challenger_slot.current.version} {share}",
+              flush=True)
     settle_memory()
     stopped.wait()
     close_server(server, watcher)
@@ -120,6 +126,9 @@ def register_cli(subparsers):
                              "(empty: requests are not logged)")
     for flag, (kind, default, help_text) in TUNING.items():
         parser.add_argument(flag, type=kind, default=default, help=help_text)
+    parser.add_argument("--shadow", action="store_true",
+                        help="score every request with the Challenger alias too, answer with the Champion, "
+                             "and log both (arm shadow)")
     parser.add_argument("--token-secret", default="", metavar="SCOPE/KEY",
                         help="read the bearer token from this secret (locally MLOPS_SECRET_<SCOPE>_<KEY>); "
                              "empty: MLOPS_SERVING_TOKEN")

@@ -134,12 +134,13 @@ def endpoint_for(serving: ServingApp):
         except ClientDisconnect:
             return Response(status_code=400)
         content_type = request.headers.get("content-type") or "application/json"
+        key = request.headers.get("x-request-key", "").encode()
         try:
             if len(body) <= INLINE_BODY_BYTES:
-                status, headers, payload = serving.route(request.method, path, body, content_type)
+                status, headers, payload = serving.route(request.method, path, body, content_type, key)
             else:
                 status, headers, payload = await asyncio.wait_for(
-                    run_in_threadpool(serving.route, request.method, path, body, content_type),
+                    run_in_threadpool(serving.route, request.method, path, body, content_type, key),
                     options.request_timeout)
         except asyncio.TimeoutError:
             return _error(504, "REQUEST_TIMEOUT", f"no answer within {options.request_timeout:g} s")

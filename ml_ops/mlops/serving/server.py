@@ -4,7 +4,8 @@ Routes: ``POST /invocations`` (see :mod:`mlops.serving.payload`), ``GET /ping``,
 ``/version`` and ``/metrics`` (Prometheus text). Every scoring response names the version that
 produced it in ``X-Model-Version`` (and the model in ``X-Model-Name``), the request's ids in
 ``X-Request-Id``, and how many rows fell back to default window features in
-``X-Feature-Fallbacks``. Bound to an address other than loopback, every route but ``/ping``
+``X-Feature-Fallbacks``; with a traffic split or a shadow (:mod:`mlops.serving.split`), the arm
+that answered in ``X-Model-Arm``. Bound to an address other than loopback, every route but ``/ping``
 needs ``Authorization: Bearer <token>``, compared in constant time. The HTTP layer is
 :mod:`mlops.serving.asgi` on uvicorn; this module routes and scores.
 """
@@ -24,6 +25,7 @@ from mlops.errors import ConfigError
 from mlops.serving import request_log as logs
 from mlops.serving.metrics import ServingMetrics
 from mlops.serving.payload import feature_row, records_of
+from mlops.serving.split import CHALLENGER, CHALLENGER_ALIAS, SHADOW, TrafficSplit
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +64,11 @@ class ServingApp:
     """What the HTTP handler calls: routing, scoring, logging and metrics; no socket code."""
 
     def __init__(self, slot, store, request_log, options: ServingOptions, metrics: ServingMetrics,
-                 telemetry=None):
+                 telemetry=None, challenger_slot=None, split: TrafficSplit = TrafficSplit()):
         self.slot, self.store, self.request_log = slot, store, request_log
         self.options, self.metrics, self.telemetry = options, metrics, telemetry
+        # The Challenger's slot when the traffic is split or shadowed; None serves the alias alone.
+        self.challenger_slot, self.split = challenger_slot, split
 
     def answered(self, route: str, code: int, seconds: float) -> None:
         """Count the request, and hand it to telemetry, whose sampler keeps its share."""
@@ -74,8 +78,8 @@ class ServingApp:
             self.telemetry.track_request(route, seconds, code, route, ROUTES.get(route, "GET"),
                                          model_name=model.name, model_version=model.version, route=route)
 
-    def route(self, method: str, path: str, body: bytes,
-              content_type: str = "application/json") -> tuple[int, dict, bytes]:
+    def route(self, method: str, path: str, body: bytes, content_type: str = "application/json",
+              key: bytes = b"") -> tuple[int, dict, bytes]:
         if path not in ROUTES:
             message = f"no route {path}; routes: {', '.join(sorted(ROUTES))}"
             return _json(404, {"error_code": "ENDPOINT_NOT_FOUND", "message": message})
@@ -84,7 +88,7 @@ class ServingApp:
                                                    "message": f"{path} takes {ROUTES[path]}, not {method}"})
             return status, {**headers, "Allow": ROUTES[path]}, payload
         if path == "/invocations":
-            return self.invocations(body, content_type)
+            return self.invocations(body, content_type, key)
         if path == "/ping":
             return 200, {"Content-Type": "text/plain"}, b"\n"
         model = self.slot.current
@@ -92,14 +96,24 @@ class ServingApp:
             return _json(200, {"model_name": model.name, "model_version": model.version,
                                "alias": self.options.alias})
         return _json(200, {"status": "ok", "model_name": model.name, "model_version": model.version,
-                           "alias": self.options.alias, "loaded_at": model.loaded_at,
+                           "alias": self.options.alias, "loaded_at": model.loaded_at, **self._split_health(),
                            "not_loaded": self.slot.refused or None,
                            "feature_snapshot_version": self.store.version,
                            "log_rows_not_logged": self.request_log.dropped if self.request_log else 0,
                            "process_id": os.getpid()})
 
-    def invocations(self, body: bytes, content_type: str = "application/json") -> tuple[int, dict, bytes]:
-        model = self.slot.current  # one read: a switch never changes the model under this request
+    def _split_health(self) -> dict:
+        if self.challenger_slot is None:
+            return {}
+        return {"challenger_version": self.challenger_slot.current.version,
+                "challenger_percent": self.split.challenger_percent, "shadow": self.split.shadow,
+                "challenger_not_loaded": self.challenger_slot.refused or None}
+
+    def invocations(self, body: bytes, content_type: str = "application/json",
+                    key: bytes = b"") -> tuple[int, dict, bytes]:
+        arm = self.split.arm_for(key or body) if self.challenger_slot is not None else None
+        # One read per slot: a switch never changes the model under this request.
+        model = (self.challenger_slot if arm == CHALLENGER else self.slot).current
         rows = [feature_row(record, index, model.feature_names, self.store)
                 for index, record in enumerate(records_of(body, content_type))]
         matrix = np.array([[row.features[name] for name in model.feature_names] for row in rows], dtype=float)
@@ -108,12 +122,20 @@ class ServingApp:
         fell_back = sum(bool(row.fell_back) for row in rows)
         self.metrics.fallbacks.inc(fell_back)
         if self.request_log is not None:
-            self.request_log.add(logs.LoggedRequest(
-                model.name, model.version, self.options.alias, datetime.datetime.now(datetime.timezone.utc),
-                ids, matrix, predictions, [row.pickup for row in rows]))
+            scored_at, pickups = datetime.datetime.now(datetime.timezone.utc), [row.pickup for row in rows]
+            alias = CHALLENGER_ALIAS if arm == CHALLENGER else self.options.alias
+            self.request_log.add(logs.LoggedRequest(model.name, model.version, alias, scored_at, ids, matrix,
+                                                    predictions, pickups, arm=arm))
+            if self.split.shadow:
+                shadow = self.challenger_slot.current
+                self.request_log.add(logs.LoggedRequest(
+                    shadow.name, shadow.version, CHALLENGER_ALIAS, scored_at, ids, matrix,
+                    shadow.predict(matrix), pickups, arm=SHADOW))
         headers = {"X-Model-Name": model.name, "X-Model-Version": model.version,
                    "X-Request-Id": ",".join(request_id for _, request_id in ids[:100]),
                    "X-Feature-Fallbacks": str(fell_back)}
+        if arm is not None:
+            headers["X-Model-Arm"] = arm
         status, json_headers, payload = _json(200, {"predictions": predictions.tolist()})
         return status, {**json_headers, **headers}, payload
 

@@ -15,6 +15,7 @@ from mlops.serving.model_slot import AliasWatcher, ModelSlot, load_version
 from mlops.serving.online_store import OnlineFeatureStore
 from mlops.serving.request_log import RequestLog
 from mlops.serving.server import ServingApp, ServingOptions, ServingServer, require_token_off_loopback
+from mlops.serving.split import CHALLENGER_ALIAS, TrafficSplit
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,19 @@ class ServeSettings:
     request_timeout: float = 10.0
     telemetry_sample_rate: float = 0.1
     workers: int = 1
+    challenger_percent: int = 0
+    shadow: bool = False
 
     def __post_init__(self):
         if self.workers < 1:
             raise ConfigError(f"--workers must be 1 or more, got {self.workers}")
+        if self.split.active and self.alias != "Champion":
+            raise ConfigError(f"a split or a shadow serves the Champion beside the {CHALLENGER_ALIAS}; "
+                              f"--alias must be Champion, got {self.alias}")
+
+    @property
+    def split(self) -> TrafficSplit:
+        return TrafficSplit(self.challenger_percent, self.shadow)
 
 
 def first_model(registry: RegistryClient, alias: str):
@@ -73,7 +83,7 @@ def serving_telemetry(settings: ServeSettings) -> Telemetry:
         sample_rate=settings.telemetry_sample_rate))
 
 
-def build_app(settings: ServeSettings, telemetry=None) -> tuple[ServingApp, AliasWatcher]:
+def build_app(settings: ServeSettings, telemetry=None) -> tuple[ServingApp, "Watchers"]:
     """The app (model, feature store, request log and metrics) and its alias watcher, not started."""
     require_token_off_loopback(settings.host, settings.token)
     registry = RegistryClient(settings.model_name, settings.registry_uri)
@@ -99,13 +109,42 @@ def build_app(settings: ServeSettings, telemetry=None) -> tuple[ServingApp, Alia
 
     options = ServingOptions(settings.alias, settings.max_body_bytes, settings.token,
                              read_timeout=settings.read_timeout, request_timeout=settings.request_timeout)
-    app = ServingApp(slot, store, request_log, options, metrics, telemetry)
-    watcher = AliasWatcher(registry, settings.alias, slot, settings.poll_seconds, on_switch=switched,
-                           on_poll=store.refresh)
-    return app, watcher
+    challenger_slot = _challenger(registry, slot) if settings.split.active else None
+    app = ServingApp(slot, store, request_log, options, metrics, telemetry, challenger_slot, settings.split)
+    watchers = [AliasWatcher(registry, settings.alias, slot, settings.poll_seconds, on_switch=switched,
+                             on_poll=store.refresh)]
+    if challenger_slot is not None:
+        watchers.append(AliasWatcher(registry, CHALLENGER_ALIAS, challenger_slot, settings.poll_seconds))
+    return app, Watchers(watchers)
 
 
-def open_server(settings: ServeSettings, telemetry=None) -> tuple[ServingServer, AliasWatcher]:
+class Watchers:
+    """The alias watchers of one server, started and stopped together."""
+
+    def __init__(self, watchers: list):
+        self.watchers = watchers
+
+    def start(self):
+        for watcher in self.watchers:
+            watcher.start()
+
+    def stop(self):
+        for watcher in self.watchers:
+            watcher.stop()
+
+
+def _challenger(registry: RegistryClient, champion_slot: ModelSlot) -> ModelSlot:
+    """The Challenger's slot; refused unless it is PASSED and reads the Champion's features."""
+    challenger = first_model(registry, CHALLENGER_ALIAS)
+    champion = champion_slot.current
+    if tuple(challenger.feature_names) != tuple(champion.feature_names):
+        raise ConfigError(f"cannot split traffic: the {CHALLENGER_ALIAS} (version {challenger.version}) "
+                          f"reads features {', '.join(challenger.feature_names)}, the Champion (version "
+                          f"{champion.version}) {', '.join(champion.feature_names)}")
+    return ModelSlot(challenger)
+
+
+def open_server(settings: ServeSettings, telemetry=None) -> tuple[ServingServer, "Watchers"]:
     """A started server and alias watcher in this process; stop both with :func:`close_server`."""
     app, watcher = build_app(settings, telemetry)
     server = ServingServer(app, settings.host, settings.port)
@@ -113,6 +152,10 @@ def open_server(settings: ServeSettings, telemetry=None) -> tuple[ServingServer,
     watcher.start()
     logger.info("serving %s@%s (version %s) at %s", settings.model_name, settings.alias,
                 app.slot.current.version, server.url)
+    if app.challenger_slot is not None:
+        logger.info("and %s version %s: %s", CHALLENGER_ALIAS, app.challenger_slot.current.version,
+                    "in the shadow of every request" if settings.shadow
+                    else f"{settings.challenger_percent}% of requests, sticky by key")
     return server, watcher
 
 
@@ -125,6 +168,6 @@ def settle_memory() -> None:
     gc.freeze()
 
 
-def close_server(server: ServingServer, watcher: AliasWatcher) -> None:
+def close_server(server: ServingServer, watcher: "Watchers") -> None:
     watcher.stop()
     server.stop()
