@@ -27,6 +27,9 @@ CREATE_HINT = ("train and promote one with `mlops job run taxi_fares_training --
 class ServeSettings:
     model_name: str = "taxi_fares"
     alias: str = "Champion"
+    # Beside the Champion, the Challenger: on a share of the requests, or in the shadow of all.
+    challenger_percent: int = 0
+    shadow: bool = False
     host: str = "127.0.0.1"
     port: int = 5050
     online_store: Path = Path("online_store")
@@ -43,8 +46,6 @@ class ServeSettings:
     request_timeout: float = 10.0
     telemetry_sample_rate: float = 0.1
     workers: int = 1
-    challenger_percent: int = 0
-    shadow: bool = False
 
     def __post_init__(self):
         if self.workers < 1:

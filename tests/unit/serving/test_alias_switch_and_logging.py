@@ -1,5 +1,6 @@
 """Zero-downtime alias switches under load, and requests logged into the Delta inference log."""
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -37,32 +38,48 @@ def wait_for(condition, timeout=20.0):
         time.sleep(0.05)
 
 
-def test_the_champion_moves_under_load_without_a_failed_request(serve, registry_home):
-    _, (first, second, failed) = registry_home
-    move_champion(first)
-    server = serve(poll_seconds=0.05)
-    answers, stop = [], threading.Event()
+@contextlib.contextmanager
+def under_load(ask, threads: int = 4):
+    """``ask(worker, number)`` in a loop on ``threads`` threads, from 0.3 s before the block to its end."""
+    stop = threading.Event()
 
-    def load():
+    def load(worker: int):
+        number = 0
         while not stop.is_set():
-            status, headers, _ = call(server, "/invocations", BODY)
-            answers.append((time.monotonic(), status, headers.get("X-Model-Version")))
+            number += 1
+            ask(worker, number)
 
-    workers = [threading.Thread(target=load) for _ in range(4)]
+    workers = [threading.Thread(target=load, args=(worker,)) for worker in range(threads)]
     for worker in workers:
         worker.start()
     try:
         time.sleep(0.3)
-        move_champion(second)
-        wait_for(lambda: server.app.slot.current.version == second)
-        switched_at = time.monotonic()
-        time.sleep(0.3)
-        move_champion(failed)
-        time.sleep(0.5)
+        yield
     finally:
         stop.set()
         for worker in workers:
             worker.join()
+
+
+def test_the_champion_moves_under_load_without_a_failed_request(serve, registry_home):
+    _, (first, second, failed) = registry_home
+    move_champion(first)
+    server = serve(poll_seconds=0.05)
+    answers = []
+
+    def ask(*_):
+        status, headers, _ = call(server, "/invocations", BODY)
+        answers.append((time.monotonic(), status, headers.get("X-Model-Version")))
+
+    try:
+        with under_load(ask):
+            move_champion(second)
+            wait_for(lambda: server.app.slot.current.version == second)
+            switched_at = time.monotonic()
+            time.sleep(0.3)
+            move_champion(failed)
+            time.sleep(0.5)
+    finally:
         move_champion(first)
 
     assert {status for _, status, _ in answers} == {200}

@@ -1,5 +1,4 @@
 """Champion and Challenger on one server: a sticky split, a shadow, refusals, and a switch under load."""
-import threading
 import time
 
 import mlflow
@@ -10,7 +9,7 @@ from mlops.errors import ConfigError
 from mlops.serving.start import ServeSettings
 
 from .conftest import MODEL, call
-from .test_alias_switch_and_logging import BODY, move_champion, wait_for
+from .test_alias_switch_and_logging import BODY, move_champion, under_load, wait_for
 
 
 def set_challenger(version):
@@ -75,28 +74,17 @@ def test_the_shadow_answers_with_the_champion_and_logs_both_under_one_request_id
 def test_the_challenger_moves_under_split_load_without_a_failed_request(serve, aliases):
     first, second, _ = aliases
     server = serve(poll_seconds=0.05, challenger_percent=50)
-    answers, stop = [], threading.Event()
+    answers = []
 
-    def load(worker: int):
-        number = 0
-        while not stop.is_set():
-            number += 1
-            key = {"X-Request-Key": f"{worker}-{number}"}
-            status, headers, _ = call(server, "/invocations", BODY, headers=key)
-            answers.append((status, headers.get("X-Model-Arm"), headers.get("X-Model-Version")))
+    def ask(worker: int, number: int):
+        key = {"X-Request-Key": f"{worker}-{number}"}
+        status, headers, _ = call(server, "/invocations", BODY, headers=key)
+        answers.append((status, headers.get("X-Model-Arm"), headers.get("X-Model-Version")))
 
-    workers = [threading.Thread(target=load, args=(worker,)) for worker in range(4)]
-    for worker in workers:
-        worker.start()
-    try:
-        time.sleep(0.3)
+    with under_load(ask):
         set_challenger(first)
         wait_for(lambda: server.app.challenger_slot.current.version == first)
         time.sleep(0.3)
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join()
 
     assert {status for status, _, _ in answers} == {200}
     assert {(arm, version) for _, arm, version in answers} == {
