@@ -21,6 +21,7 @@ from mlops.lifecycle.model_admin import format_table
 from mlops.local import azurite
 from mlops.data.generator import generate
 from mlops.platform.home import mlflow_tracking_uri, mlops_home
+from mlops.demo.ab_test import ab_test
 from mlops.demo.loop import close_the_loop
 from mlops.demo.online import serve_three_trips
 from mlops.demo.streaming import stream_two_batches
@@ -144,6 +145,7 @@ def main(argv=None):
     close_the_loop(spark, args.data, args.rows, _run, _banner, labels_of(spark))
     serve_three_trips(_banner, config)
     stream_two_batches(spark, _run, _banner, TARGET)
+    ab_test(spark, _run, _banner, TRAINING_JOB, config)
     _banner("Next")
     print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {mlflow_tracking_uri()} --port 5000")
     print(f"run records and telemetry: {mlops_home() / 'runs'}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable, Field, write_deltalake
 from deltalake.transaction import CommitProperties, Transaction
 from taxi_fares import features
 
@@ -37,6 +37,8 @@ ONLINE_RUN = "online"
 LOG_PROPERTIES = {"delta.enableChangeDataFeed": "true"}
 _INTEGER_FEATURES = {"pickup_hour", "pickup_day_of_week", "is_weekend", "pickup_zip", "dropoff_zip"}
 _COUNT_FEATURES = {features.COUNT_1H_PICKUP_ZIP, features.COUNT_30M_DROPOFF_ZIP}
+# Delta's names of the Arrow types of the columns a server may add to an older log.
+_DELTA_TYPES = {pyarrow.bool_(): "boolean", pyarrow.string(): "string"}
 # Request ids need to be unique, not secret: a seeded generator costs no system call per row.
 _ids = random.Random(random.SystemRandom().getrandbits(128))
 _ids_lock = threading.Lock()
@@ -199,17 +201,6 @@ class RequestLog:
 
     def _commit(self, requests: list[LoggedRequest], app_id: str, last_entry: int):
         """One append of ``requests``, recording that ``app_id``'s journal is in up to ``last_entry``."""
-        known = self._schema
-        try:
-            self._append(requests, app_id, last_entry)
-        except Exception:
-            # Another writer may have added a column (the table's own migration): read it, once.
-            if known is None or self._read_schema() == known:
-                raise
-            logger.info("the log table %s changed its columns; appending with its new schema", self.folder)
-            self._append(requests, app_id, last_entry)
-
-    def _append(self, requests: list[LoggedRequest], app_id: str, last_entry: int):
         table = self._loggable(requests, self._table_schema())
         if table.num_rows:
             write_deltalake(str(self.folder), table, mode="append", partition_by=[engine.PICKUP_DATE],
@@ -220,15 +211,25 @@ class RequestLog:
             self.commits += 1
 
     def _table_schema(self) -> pyarrow.Schema:
-        """The log table's schema, read once it exists; the batch path's if nothing created it yet."""
+        """The log table's schema, read once it exists; the batch path's if nothing created it yet.
+
+        A log created before a column of ``engine.ADDED_LOG_COLUMNS`` gets it here, as Spark's
+        writers add it: nullable, its old rows null.
+        """
         if self._schema is None:
             if not DeltaTable.is_deltatable(str(self.folder)):
                 return log_schema(self.feature_names)
-            self._read_schema()
-        return self._schema
-
-    def _read_schema(self) -> pyarrow.Schema:
-        self._schema = pyarrow.schema(DeltaTable(str(self.folder)).schema().to_arrow())
+            table = DeltaTable(str(self.folder))
+            present = set(pyarrow.schema(table.schema().to_arrow()).names)
+            added = [field for field in log_schema(self.feature_names)
+                     if field.name in engine.ADDED_LOG_COLUMNS and field.name not in present]
+            if added:
+                table.alter.add_columns([Field(field.name, _DELTA_TYPES[field.type], nullable=True)
+                                         for field in added])
+                logger.info("added column(s) %s to the log table %s",
+                            ", ".join(field.name for field in added), self.folder)
+                table = DeltaTable(str(self.folder))
+            self._schema = pyarrow.schema(table.schema().to_arrow())
         return self._schema
 
     def _recover(self):

@@ -26,25 +26,29 @@ DUPLICATES_SHOWN = 5
 def merge_labels(run: TaskRun[ScoringConfig]) -> dict:
     """Fill the inference log's labels from ``labels_table``; returns the counts before and after."""
     config = run.config
-    labels = run.tables.read(config.labels_table, missing_hint=LABELS_HINT)
+    counts = merge_label_table(run.tables, config.labels_table, config.predictions_table)
+    mlflow.log_metrics({name: float(value) for name, value in counts.items()})
+    run.set_task_value("rows_labelled", counts["rows_labelled_after"])
+    return counts
+
+
+def merge_label_table(tables, labels_table: str, predictions_table: str) -> dict:
+    """Labels of ``labels_table`` into the log ``predictions_table``, by request id; the counts."""
+    labels = tables.read(labels_table, missing_hint=LABELS_HINT)
     missing = [name for name in (engine.REQUEST_ID, LABEL_COLUMN) if name not in labels.columns]
     if missing:
-        raise DataError(f"the labels source {run.tables.uri(config.labels_table)} lacks column(s) "
+        raise DataError(f"the labels source {tables.uri(labels_table)} lacks column(s) "
                         f"{', '.join(missing)}; it needs {engine.REQUEST_ID} and {LABEL_COLUMN}, "
                         f"found {', '.join(labels.columns)}")
     updates = labels.select(engine.REQUEST_ID, F.col(LABEL_COLUMN).cast("double").alias(engine.LABEL))
-    _require_one_label_per_request(updates, run.tables.uri(config.labels_table))
-    log = run.tables.read(config.predictions_table, missing_hint="run the score task first")
+    _require_one_label_per_request(updates, tables.uri(labels_table))
+    log = tables.read(predictions_table, missing_hint="run the score task first")
     before = _labelled_rows(log)
-    changed = run.tables.fill_column(config.predictions_table, updates, engine.REQUEST_ID, engine.LABEL)
-    after = _labelled_rows(run.tables.read(config.predictions_table)) if changed else before
-    counts = {"rows_labelled_before": before, "rows_labelled_after": after,
-              "rows_labelled_now": after - before}
-    mlflow.log_metrics({name: float(value) for name, value in counts.items()})
-    run.set_task_value("rows_labelled", after)
-    logger.info("labels from %s: %d rows of %s had a label before, %d after", config.labels_table,
-                before, config.predictions_table, after)
-    return counts
+    changed = tables.fill_column(predictions_table, updates, engine.REQUEST_ID, engine.LABEL)
+    after = _labelled_rows(tables.read(predictions_table)) if changed else before
+    logger.info("labels from %s: %d rows of %s had a label before, %d after", labels_table,
+                before, predictions_table, after)
+    return {"rows_labelled_before": before, "rows_labelled_after": after, "rows_labelled_now": after - before}
 
 
 def _require_one_label_per_request(updates, source: str):
