@@ -148,21 +148,37 @@ def keep_mlflow_in(home: Path) -> None:
 
 def train_and_register(spark, rows: int, tracking_uri: str, artifacts: Path) -> str:
     """Train the 100-tree model on a sample of the smallest feature set; register it as Champion."""
-    import mlflow
     from taxi_fares import training
     from taxi_fares.features import LABEL_COLUMN
 
     frame = spark.read.parquet(str(features_path(rows))).limit(TRAINING_ROWS).toPandas()
     booster = training.train_model(frame[feature_names()], frame[LABEL_COLUMN],
                                    training.TrainingParams(num_rounds=100, num_leaves=32))
+    register_champion(booster, tracking_uri, artifacts, MODEL_NAME, frame[feature_names()].head(5))
+    return f"models:/{MODEL_NAME}@Champion"
+
+
+def register_champion(booster, tracking_uri: str, artifacts: Path, model_name: str,
+                      input_example=None) -> str:
+    """Log ``booster`` as a new version of ``model_name``, tagged PASSED and made the Champion."""
+    import mlflow
+
+    from mlops.lifecycle.registry import PASSED, VALIDATION_STATUS_TAG
+
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     experiment = mlflow.create_experiment("bench", artifact_location=artifacts.as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=MODEL_NAME,
-                                         input_example=frame[feature_names()].head(5))
-    mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "Champion", info.registered_model_version)
-    return f"models:/{MODEL_NAME}@Champion"
+        # Given, not inferred: inference imports the model in a child process, which opens the
+        # store without this project's defaults and so makes ./mlruns in the working folder.
+        info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=model_name,
+                                         input_example=input_example,
+                                         pip_requirements=mlflow.lightgbm.get_default_pip_requirements())
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(model_name, version, VALIDATION_STATUS_TAG, PASSED)
+    client.set_registered_model_alias(model_name, "Champion", version)
+    return version
 
 
 def provenance():

@@ -29,26 +29,16 @@ START, END = datetime.date(2016, 2, 1), datetime.date(2016, 2, 8)
 MODEL = "taxi_fares_stream_bench"
 
 
-def register_champion(spark, raw, tracking_uri: str, artifacts):
+def train_champion(raw, tracking_uri: str, artifacts):
     """A 100-tree model on a sample of the trips, registered as the PASSED Champion."""
-    import mlflow
     from taxi_fares import features, training
-
-    from mlops.lifecycle.registry import RegistryClient
 
     trips = features.clean_trips(raw)
     frame = features.build_training_set(trips, features.pickup_zip_features(trips),
                                         features.dropoff_zip_features(trips)).limit(50_000).toPandas()
     booster = training.train_model(frame[list(features.FEATURE_COLUMNS)], frame[features.LABEL_COLUMN],
                                    training.TrainingParams(num_rounds=100, num_leaves=32))
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    experiment = mlflow.create_experiment("bench", artifact_location=artifacts.as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=MODEL)
-    registry = RegistryClient(MODEL)
-    registry.set_validation_status(str(info.registered_model_version), "PASSED")
-    registry.set_alias("Champion", str(info.registered_model_version))
+    common.register_champion(booster, tracking_uri, artifacts, MODEL)
 
 
 def task(spark, name: str, job: str, config):
@@ -200,7 +190,7 @@ def main():
         for day in range(days):
             date = START + datetime.timedelta(days=day)
             land_file(raw.where(F.to_date("tpep_pickup_datetime") == F.lit(date)), landing)
-        register_champion(spark, raw, tracking_uri, store / "artifacts")
+        train_champion(raw, tracking_uri, store / "artifacts")
         # Batch, stream, stream, batch: neither route gains from running second (a warm JVM).
         rounds = {"batch": [], "stream": []}
         for position, route in enumerate(("batch", "stream", "stream", "batch")):

@@ -120,7 +120,9 @@ def test_model_read_from_an_mlflow_model_folder(tmp_path, booster, feature_set):
     import mlflow
 
     folder = tmp_path / "model"
-    mlflow.lightgbm.save_model(booster, str(folder))
+    # Requirements given: inferring them starts a child process that makes ./mlruns where it runs.
+    mlflow.lightgbm.save_model(booster, str(folder),
+                               pip_requirements=mlflow.lightgbm.get_default_pip_requirements())
 
     model = scoring.load_scoring_model(str(folder))
 

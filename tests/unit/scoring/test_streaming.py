@@ -199,7 +199,8 @@ def _register_linear_model(feature_frame):
 
     fitted = LinearRegression().fit(feature_frame[["trip_distance"]], feature_frame[features.LABEL_COLUMN])
     with mlflow.start_run(experiment_id=_training_experiment()):
-        info = mlflow.sklearn.log_model(fitted, name="model", registered_model_name=MODEL_NAME)
+        info = mlflow.sklearn.log_model(fitted, name="model", registered_model_name=MODEL_NAME,
+                                        pip_requirements=mlflow.sklearn.get_default_pip_requirements())
     version = str(info.registered_model_version)
     RegistryClient(MODEL_NAME).set_validation_status(version, "PASSED")
     RegistryClient(MODEL_NAME).set_alias("Champion", version)
