@@ -77,35 +77,33 @@ def _compare_online(args) -> str:
 
     from mlops.data.tables import TableStore
     from mlops.errors import ConfigError
-    from mlops.lifecycle.registry import RegistryClient
+    from mlops.lifecycle.registry import CHALLENGER, CHAMPION, RegistryClient
     from mlops.local.session import spark_session
     from mlops.monitoring import online_log
     from mlops.monitoring.online_comparison import ComparisonSettings
 
     registry = RegistryClient(args.name, args.registry_uri)
-    versions = {alias: registry.alias_version(alias) for alias in ("Champion", "Challenger")}
+    versions = {alias: registry.alias_version(alias) for alias in (CHAMPION, CHALLENGER)}
     absent = [alias for alias, version in versions.items() if version is None]
     if absent:
         raise ConfigError(f"model {args.name} has no {' and no '.join(absent)}: an online comparison needs "
                           "both aliases")
-    start, end = (datetime.date.fromisoformat(value) if value else default
-                  for value, default in ((args.start, datetime.date.min), (args.end, datetime.date.max)))
     tables = TableStore(spark_session(), args.location)
     log = tables.read(args.predictions_table, missing_hint="score with mlops serve or a job first")
-    result = online_log.compare_log(log, str(versions["Champion"]), str(versions["Challenger"]), start, end,
+    result = online_log.compare_log(log, str(versions[CHAMPION]), str(versions[CHALLENGER]),
+                                    args.start or datetime.date.min, args.end or datetime.date.max,
                                     ComparisonSettings(margin=args.margin, alpha=args.alpha))
-    return (f"model {args.name}: challenger version {versions['Challenger']} against champion version "
-            f"{versions['Champion']}: {result.line()}")
+    return (f"model {args.name}: challenger version {versions[CHALLENGER]} against champion version "
+            f"{versions[CHAMPION]}: {result.line()}")
 
 
-def _iso_date(text: str) -> str:
+def _iso_date(text: str):
     import datetime
 
     try:
-        datetime.date.fromisoformat(text)
+        return datetime.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got '{text}'") from None
-    return text
 
 
 def register_cli(subparsers):

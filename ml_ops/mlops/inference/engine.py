@@ -53,7 +53,8 @@ LATE_FEATURES = "late_features"
 # Which side of a Champion/Challenger comparison scored the row: the alias it was served under
 # (champion, challenger), or shadow for a Challenger scoring beside the Champion; null otherwise.
 ARM = "arm"
-ARMS = {"Champion": "champion", "Challenger": "challenger"}
+CHAMPION_ARM, CHALLENGER_ARM, SHADOW_ARM = "champion", "challenger", "shadow"
+ARMS = {"Champion": CHAMPION_ARM, "Challenger": CHALLENGER_ARM}
 # Columns an inference log created before them gets on its next write.
 ADDED_LOG_COLUMNS = (LATE_FEATURES, ARM)
 PARTITION_COLUMNS = (PICKUP_DATE,)

@@ -1,17 +1,15 @@
 """The arms of an online comparison, summed from the inference log's labelled rows in one Spark pass."""
 import datetime
-import logging
 
 from pyspark.sql import functions as F
 
 from mlops.errors import DataError
 from mlops.inference import engine
+from mlops.inference.engine import CHALLENGER_ARM as CHALLENGER
+from mlops.inference.engine import CHAMPION_ARM as CHAMPION
+from mlops.inference.engine import SHADOW_ARM as SHADOW
 from mlops.monitoring.online_comparison import (ArmErrors, Comparison, ComparisonSettings, PairedErrors,
                                                 compare)
-
-logger = logging.getLogger(__name__)
-
-CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
 
 
 def _sums(error):

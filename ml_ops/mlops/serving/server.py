@@ -25,7 +25,9 @@ from mlops.errors import ConfigError
 from mlops.serving import request_log as logs
 from mlops.serving.metrics import ServingMetrics
 from mlops.serving.payload import feature_row, records_of
-from mlops.serving.split import CHALLENGER, CHALLENGER_ALIAS, SHADOW, TrafficSplit
+from mlops.inference.engine import CHALLENGER_ARM, SHADOW_ARM
+from mlops.lifecycle.registry import CHALLENGER as CHALLENGER_ALIAS
+from mlops.serving.split import TrafficSplit
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +115,7 @@ class ServingApp:
                     key: bytes = b"") -> tuple[int, dict, bytes]:
         arm = self.split.arm_for(key or body) if self.challenger_slot is not None else None
         # One read per slot: a switch never changes the model under this request.
-        model = (self.challenger_slot if arm == CHALLENGER else self.slot).current
+        model = (self.challenger_slot if arm == CHALLENGER_ARM else self.slot).current
         rows = [feature_row(record, index, model.feature_names, self.store)
                 for index, record in enumerate(records_of(body, content_type))]
         matrix = np.array([[row.features[name] for name in model.feature_names] for row in rows], dtype=float)
@@ -123,14 +125,14 @@ class ServingApp:
         self.metrics.fallbacks.inc(fell_back)
         if self.request_log is not None:
             scored_at, pickups = datetime.datetime.now(datetime.timezone.utc), [row.pickup for row in rows]
-            alias = CHALLENGER_ALIAS if arm == CHALLENGER else self.options.alias
+            alias = CHALLENGER_ALIAS if arm == CHALLENGER_ARM else self.options.alias
             self.request_log.add(logs.LoggedRequest(model.name, model.version, alias, scored_at, ids, matrix,
                                                     predictions, pickups, arm=arm))
             if self.split.shadow:
                 shadow = self.challenger_slot.current
                 self.request_log.add(logs.LoggedRequest(
                     shadow.name, shadow.version, CHALLENGER_ALIAS, scored_at, ids, matrix,
-                    shadow.predict(matrix), pickups, arm=SHADOW))
+                    shadow.predict(matrix), pickups, arm=SHADOW_ARM))
         headers = {"X-Model-Name": model.name, "X-Model-Version": model.version,
                    "X-Request-Id": ",".join(request_id for _, request_id in ids[:100]),
                    "X-Feature-Fallbacks": str(fell_back)}

@@ -9,10 +9,7 @@ import hashlib
 from dataclasses import dataclass
 
 from mlops.errors import ConfigError
-from mlops.inference.engine import ARMS
-
-CHAMPION, CHALLENGER, SHADOW = ARMS["Champion"], ARMS["Challenger"], "shadow"
-CHALLENGER_ALIAS = "Challenger"
+from mlops.inference.engine import CHALLENGER_ARM, CHAMPION_ARM
 
 
 @dataclass(frozen=True)
@@ -36,6 +33,6 @@ class TrafficSplit:
     def arm_for(self, key: bytes) -> str:
         """The arm that answers the request with ``key``; the same key always gets the same arm."""
         if self.shadow or not self.challenger_percent:
-            return CHAMPION
+            return CHAMPION_ARM
         bucket = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % 100
-        return CHALLENGER if bucket < self.challenger_percent else CHAMPION
+        return CHALLENGER_ARM if bucket < self.challenger_percent else CHAMPION_ARM

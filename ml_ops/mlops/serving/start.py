@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlops.errors import ConfigError, RegistryError
+from mlops.lifecycle.registry import CHALLENGER as CHALLENGER_ALIAS
 from mlops.lifecycle.registry import RegistryClient
 from mlops.observability.telemetry import CONNECTION_STRING_ENV, Telemetry, TelemetrySettings
 from mlops.platform.home import mlops_home
@@ -15,7 +16,7 @@ from mlops.serving.model_slot import AliasWatcher, ModelSlot, load_version
 from mlops.serving.online_store import OnlineFeatureStore
 from mlops.serving.request_log import RequestLog
 from mlops.serving.server import ServingApp, ServingOptions, ServingServer, require_token_off_loopback
-from mlops.serving.split import CHALLENGER_ALIAS, TrafficSplit
+from mlops.serving.split import TrafficSplit
 
 logger = logging.getLogger(__name__)
 
