@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow
+import pyarrow.compute
 from deltalake import DeltaTable, Field, write_deltalake
 from deltalake.transaction import CommitProperties, Transaction
 from taxi_fares import features
@@ -96,28 +97,39 @@ class LoggedRequest:
 
 
 def _columns(requests: list[LoggedRequest], feature_names, schema: pyarrow.Schema) -> pyarrow.Table:
-    """The Arrow table of many requests, built column by column."""
-    def repeated(value_of):
-        return [value_of(request) for request in requests for _ in range(request.rows)]
+    """The Arrow table of many requests, built column by column.
+
+    What a request shares across its rows (model, alias, arm, scoring time) is one value per
+    request, spread to its rows with one ``take``; only ids and pickups are listed per row.
+    """
+    owner = pyarrow.array(np.repeat(np.arange(len(requests)), [request.rows for request in requests]))
+
+    def per_request(values, kind=None):
+        return pyarrow.array(values, kind).take(owner)
     matrix = np.vstack([request.matrix for request in requests])
-    scored = repeated(lambda request: request.scored_at)
-    pickups = (pickup for request in requests for pickup in request.pickups)
-    times = [pickup.replace(tzinfo=datetime.timezone.utc) if pickup else scored_at
-             for pickup, scored_at in zip(pickups, scored)]
+    utc = pyarrow.timestamp("us", tz="UTC")
+    scored = per_request([request.scored_at for request in requests], utc)
+    # A pickup is the trip's UTC time without its zone; a row without one takes its scoring time.
+    pickups = pyarrow.array([pickup for request in requests for pickup in request.pickups],
+                            pyarrow.timestamp("us")).cast(utc)
+    times = pyarrow.compute.coalesce(pickups, scored)
+    rows = len(times)
     values = {engine.REQUEST_ID: [text for request in requests for _, text in request.ids],
               "trip_id": [number for request in requests for number, _ in request.ids],
               engine.TIMESTAMP: times,
               engine.PREDICTION: np.concatenate([request.predictions for request in requests]),
-              engine.LABEL: pyarrow.nulls(len(times), pyarrow.float64()),
-              engine.MODEL_NAME: repeated(lambda request: request.model_name),
-              engine.MODEL_VERSION: repeated(lambda request: request.model_version),
-              engine.MODEL_ALIAS: repeated(lambda request: request.alias),
-              engine.MODEL_ID: repeated(lambda request: f"models:/{request.model_name}/"
-                                                        f"{request.model_version}"),
-              engine.MLFLOW_RUN_ID: [""] * len(times), engine.JOB_RUN_ID: [ONLINE_RUN] * len(times),
-              engine.SCORED_AT: scored, engine.PICKUP_DATE: [moment.date() for moment in times],
-              engine.LATE_FEATURES: pyarrow.nulls(len(times), pyarrow.bool_()),
-              engine.ARM: repeated(lambda request: request.arm or engine.arm_of(request.alias))}
+              engine.LABEL: pyarrow.nulls(rows, pyarrow.float64()),
+              engine.MODEL_NAME: per_request([request.model_name for request in requests]),
+              engine.MODEL_VERSION: per_request([request.model_version for request in requests]),
+              engine.MODEL_ALIAS: per_request([request.alias for request in requests]),
+              engine.MODEL_ID: per_request([f"models:/{request.model_name}/{request.model_version}"
+                                            for request in requests]),
+              engine.MLFLOW_RUN_ID: pyarrow.repeat("", rows),
+              engine.JOB_RUN_ID: pyarrow.repeat(ONLINE_RUN, rows),
+              engine.SCORED_AT: scored, engine.PICKUP_DATE: times.cast(pyarrow.date32()),
+              engine.LATE_FEATURES: pyarrow.nulls(rows, pyarrow.bool_()),
+              engine.ARM: per_request([request.arm or engine.arm_of(request.alias) for request in requests],
+                                      pyarrow.string())}
     for position, name in enumerate(feature_names):
         values[name] = pyarrow.array(matrix[:, position], from_pandas=True)
     arrays = []
