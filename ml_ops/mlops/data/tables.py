@@ -145,8 +145,10 @@ class TableStore:
         lacks are added to it first (nullable; its old rows read null).
         """
         self._require_columns(df, name, [*keys, *partition_by], "merge")
-        condition = " AND ".join(f"target.`{column}` = source.`{column}`"
-                                 for column in [*keys, *partition_by])
+        # Null-safe on the keys: a key column added to an older table is null in its old rows, and
+        # rows that still have no value for it must replace them, not sit beside them.
+        condition = " AND ".join([*(f"target.`{column}` <=> source.`{column}`" for column in keys),
+                                  *(f"target.`{column}` = source.`{column}`" for column in partition_by)])
 
         def merge_or_create():
             if not self.exists(name):

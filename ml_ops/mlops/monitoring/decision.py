@@ -6,13 +6,17 @@ model version that serves (the version the ``Champion`` alias names): a version 
 enough rows are left out of the count: they are reported as insufficient data, never as
 violations. Retraining is required when at least
 ``retrain_min_violations`` of the last ``retrain_windows`` windows with data are over
-threshold, the latest of them included, and no cooldown applies.
+threshold, the latest of them included, and no cooldown applies. Rows a Challenger answered or
+shadowed (arms ``challenger`` and ``shadow``) are reported, and left to the online comparison.
 """
 import datetime
 from dataclasses import dataclass, field
 
+from mlops.inference.engine import CHALLENGER_ARM, SHADOW_ARM
 from mlops.monitoring.rows import DriftRow, ProfileRow, Status
 from mlops.monitoring.settings import MonitoringSettings
+
+COMPARED_ARMS = (CHALLENGER_ARM, SHADOW_ARM)
 
 
 @dataclass(frozen=True)
@@ -84,13 +88,19 @@ def decide(profile_rows: list[ProfileRow], drift_rows: list[DriftRow], settings:
     if not profile_rows and not drift_rows:
         return Decision(False, "no rows: the inference log has no rows in the monitored range", [], [])
     others = ""
+    # A Challenger's traffic, split or shadowed, is judged by the online comparison, not by this rule.
+    compared = {row.arm for row in profile_rows + drift_rows if row.arm in COMPARED_ARMS}
+    if compared:
+        profile_rows = [row for row in profile_rows if row.arm not in COMPARED_ARMS]
+        drift_rows = [row for row in drift_rows if row.arm not in COMPARED_ARMS]
+        others = f"; the {' and '.join(sorted(compared))} arm(s) are compared online, not judged here"
     if serving_versions:
         scored = {row.model_version for row in profile_rows + drift_rows}
         ignored = sorted(scored - set(serving_versions), key=lambda version: (len(version), version))
         profile_rows = [row for row in profile_rows if row.model_version in serving_versions]
         drift_rows = [row for row in drift_rows if row.model_version in serving_versions]
         if ignored:
-            others = (f"; version(s) {', '.join(ignored)} do not serve: reported, not judged")
+            others += (f"; version(s) {', '.join(ignored)} do not serve: reported, not judged")
     windows = window_states(profile_rows, drift_rows)
     judged = [(start, state) for start, state in windows
               if state != Status.INSUFFICIENT][-settings.retrain_windows:]

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from mlops.inference import engine
 from mlops.monitoring.drift_methods import DRIFT_METHODS, ColumnWindow
 from mlops.monitoring.reference import QUANTILE_LEVELS, ReferenceProfile, ReferenceSlice
 from mlops.monitoring.rows import TABLE_COLUMN, DriftRow, ProfileRow, Status, Window  # noqa: F401
@@ -32,7 +33,8 @@ from mlops.monitoring.window_stats import BIN_COUNTS, WINDOW_START
 def _key(sums: dict, name: str, profile: ReferenceProfile, settings: MonitoringSettings) -> dict:
     start = sums[WINDOW_START]
     return {"window": Window(start, start + settings.window_length), "granularity": settings.granularity,
-            "model_id": sums["model_id"], "model_version": profile.model_version, "column_name": name}
+            "model_id": sums["model_id"], "model_version": profile.model_version, "column_name": name,
+            "arm": sums[engine.ARM]}
 
 
 def column_metrics(sums: dict, name: str, reference: ReferenceSlice, profile: ReferenceProfile,

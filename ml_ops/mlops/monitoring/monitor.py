@@ -34,7 +34,9 @@ BASELINE_SCHEMA = _schema(("model_name", STRING), ("model_version", STRING), ("m
                           *[(name, DOUBLE) for name in ("null_rate", "avg", "stddev", "min", "max")],
                           *[(name, DOUBLES) for name in ("bin_edges", "cumulative_share", "quantiles")],
                           ("reference_rmse", DOUBLE), ("reference_mae", DOUBLE), ("profile_json", STRING))
-METRIC_KEYS = ("window_start", "model_version", "column_name")
+METRIC_KEYS = ("window_start", "model_version", "arm", "column_name")
+# Metric tables written before arms were profiled apart gain the column; their rows read null.
+ADDED_METRIC_COLUMNS = ("arm",)
 METRIC_PARTITIONS = ("granularity",)
 
 
@@ -138,4 +140,4 @@ def _write_metrics(tables, predictions_table: str, profile_rows: list, drift_row
     for name, rows, schema in ((names["profile"], profile_rows, PROFILE_SCHEMA),
                                (names["drift"], drift_rows, DRIFT_SCHEMA)):
         frame = spark.createDataFrame([to_record(row) for row in rows], schema)
-        tables.upsert(frame, name, METRIC_KEYS, METRIC_PARTITIONS)
+        tables.upsert(frame, name, METRIC_KEYS, METRIC_PARTITIONS, added_columns=ADDED_METRIC_COLUMNS)

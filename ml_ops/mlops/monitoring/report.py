@@ -73,7 +73,7 @@ def distributions_figure(profile_rows: list, drift_rows: list, profiles: dict):
     latest = {}
     for row in sorted(_judged(drift_rows), key=lambda row: row.window.start):
         latest[row.column_name] = row
-    quantiles = {(row.window.start, row.model_version, row.column_name): row.quantiles
+    quantiles = {(row.window.start, row.model_version, row.arm, row.column_name): row.quantiles
                  for row in profile_rows if not row.is_table}
     names = sorted(latest)
     columns = 4
@@ -82,7 +82,7 @@ def distributions_figure(profile_rows: list, drift_rows: list, profiles: dict):
     for panel, name in zip(axes.flat, names):
         drift = latest[name]
         reference = profiles[drift.model_version].column(name)
-        current = quantiles.get((drift.window.start, drift.model_version, name)) or []
+        current = quantiles.get((drift.window.start, drift.model_version, drift.arm, name)) or []
         shown = reference.binned_quantiles()
         levels = [(index + 0.5) / len(shown) for index in range(len(shown))]
         panel.plot(shown, levels, color=COLORS["reference"], label="reference")
@@ -131,18 +131,21 @@ def psi_figure(drift_rows: list, psi_threshold: float):
 
 
 def rmse_figure(profile_rows: list, profiles: dict, rmse_ratio_threshold: float, decision):
-    """rmse per window and version, with the limit and the retraining decision."""
+    """rmse per window, version and arm, with each version's limit and the retraining decision."""
     figure, axes = plt.subplots(figsize=(9, 4))
     quality = [row for row in _judged(profile_rows) if row.is_table]
-    for version in sorted({row.model_version for row in quality}):
-        own = sorted((row for row in quality if row.model_version == version),
+    limits_drawn = set()
+    for version, arm in sorted({(row.model_version, row.arm or "") for row in quality}):
+        own = sorted((row for row in quality if (row.model_version, row.arm or "") == (version, arm)),
                      key=lambda row: row.window.start)
         starts = [row.window.start for row in own]
         axes.plot(starts, [row.root_mean_squared_error for row in own], marker="o",
-                  label=f"version {version} rmse")
-        limit = profiles[version].error.get("rmse", math.nan) * rmse_ratio_threshold
-        axes.axhline(limit, color=COLORS[Status.VIOLATION], linestyle="--",
-                     label=f"version {version} limit {limit:.2f} (reference x {rmse_ratio_threshold})")
+                  label=f"version {version}{f' ({arm})' if arm else ''} rmse")
+        if version not in limits_drawn:
+            limits_drawn.add(version)
+            limit = profiles[version].error.get("rmse", math.nan) * rmse_ratio_threshold
+            axes.axhline(limit, color=COLORS[Status.VIOLATION], linestyle="--",
+                         label=f"version {version} limit {limit:.2f} (reference x {rmse_ratio_threshold})")
         axes.scatter([row.window.start for row in own if row.quality_status == Status.VIOLATION],
                      [row.root_mean_squared_error for row in own if row.quality_status == Status.VIOLATION],
                      color=COLORS[Status.VIOLATION], zorder=3, s=60)
@@ -184,9 +187,10 @@ def render_html(title: str, images: dict, decision, profile_rows: list) -> str:
         f"<td>{violation.value:.4g}</td><td>{violation.limit:.4g}</td></tr>"
         for violation in decision.violations)
     table_rows = sorted((row for row in profile_rows if row.is_table),
-                        key=lambda row: (row.window.start, row.model_version))
+                        key=lambda row: (row.window.start, row.model_version, row.arm or ""))
     windows = "".join(
         f"<tr><td>{escape(row.window_start_text)}</td><td>{escape(row.model_version)}</td>"
+        f"<td>{escape(row.arm or '')}</td>"
         f"<td>{row.count}</td>"
         f"<td>{row.labelled_count or 0}</td><td>{_number(row.root_mean_squared_error)}</td>"
         f"<td>{_number(row.rmse_ratio)}</td>"
@@ -202,8 +206,8 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;te
 <p><strong>{verdict}</strong>: {escape(decision.reason)}</p>
 <p>{len(decision.windows)} windows, {over} over threshold, {len(decision.violations)} violations.</p>
 {figures}
-<h2>Model quality per window</h2><table><tr><th>window</th><th>version</th><th>rows</th><th>labelled</th>
-<th>rmse</th><th>rmse ratio</th><th>status</th></tr>{windows}</table>
+<h2>Model quality per window</h2><table><tr><th>window</th><th>version</th><th>arm</th><th>rows</th>
+<th>labelled</th><th>rmse</th><th>rmse ratio</th><th>status</th></tr>{windows}</table>
 <h2>Violations</h2><table><tr><th>window</th><th>version</th><th>column</th><th>metric</th><th>value</th>
 <th>limit</th></tr>{violations or '<tr><td colspan="6">none</td></tr>'}</table>
 </body></html>

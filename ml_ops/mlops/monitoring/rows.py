@@ -42,13 +42,15 @@ class KsTest:
 
 @dataclasses.dataclass(frozen=True)
 class MetricRow:
-    """What identifies a metric row: the window, the model version and the column."""
+    """What identifies a metric row: the window, the model version, the column and the comparison arm."""
 
     window: Window
     granularity: str
     model_id: str
     model_version: str
     column_name: str
+    # The inference log's arm (champion, challenger, shadow); None for rows logged without one.
+    arm: Optional[str] = None
 
     @property
     def window_start_text(self) -> str:

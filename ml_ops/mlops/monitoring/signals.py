@@ -20,7 +20,7 @@ QUALITY_METRICS = ("count", "labelled_count", "root_mean_squared_error", "mean_a
 
 def _dimensions(row: MetricRow, model_name: str) -> dict:
     return {"model_name": model_name, "model_version": row.model_version, "column_name": row.column_name,
-            "window_start": row.window_start_text, "granularity": row.granularity,
+            "window_start": row.window_start_text, "granularity": row.granularity, "arm": row.arm or "",
             "status": str(row.verdict or "")}
 
 

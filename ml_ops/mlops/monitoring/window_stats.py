@@ -1,6 +1,8 @@
-"""Two passes over the inference log: per window, model version and column, the sums drift needs.
+"""Two passes over the inference log: per window, model version, arm and column, the sums drift needs.
 
-The first groups the log by window start and model version and computes, in one aggregation:
+Each comparison arm of the log (champion, challenger, shadow) is profiled apart: a version that
+answers as Challenger and shadows the Champion's traffic gets one set of rows for each.
+The first groups the log by window start, model version and arm and computes, in one aggregation:
 counts, nulls, moments, the range check (against the version's reference range, chosen by a
 CASE on the model version) and the error sums of the labelled rows. The second counts each
 window's rows per reference bin **exactly**: each Python worker bins its partition's values with
@@ -10,7 +12,7 @@ counts, and so do the window's quantiles (rows spread evenly within a bin), read
 window and reference, for the Wasserstein distance and the profile rows. Spark has no exact
 small-integer histogram aggregate: conditional sums per bin, or stacking (column, bin) pairs and
 grouping them, each took longer than scoring the same rows. Both passes return a few rows per
-window and version, so nothing of the data's size reaches the driver.
+window, version and arm, so nothing of the data's size reaches the driver.
 """
 import numpy as np
 from pyspark.sql import DataFrame
@@ -24,6 +26,13 @@ from mlops.monitoring.statistics import bin_of
 
 WINDOW_START = "window_start"
 BIN_COUNTS = "bin_counts"
+# Rows logged without an arm are grouped under this key inside the binning pass, which needs text.
+_NO_ARM = ""
+
+
+def _arm(log: DataFrame):
+    """The log's arm column; null for a log written before it had one."""
+    return F.col(engine.ARM) if engine.ARM in log.columns else F.lit(None).cast("string")
 
 
 def _per_version(profiles: dict[str, ReferenceProfile], value_of):
@@ -40,7 +49,7 @@ def _per_version(profiles: dict[str, ReferenceProfile], value_of):
 
 
 def _partial_counts(edges_by_version: dict, columns: int):
-    """The function a Python worker runs on its Arrow batches: rows per (window, version, column, bin)."""
+    """What a Python worker runs on its Arrow batches: rows per (window, version, arm, column, bin)."""
     def count(batches):
         import pyarrow
 
@@ -48,55 +57,60 @@ def _partial_counts(edges_by_version: dict, columns: int):
         for batch in batches:
             windows = batch.column(0).cast(pyarrow.int64()).to_numpy(zero_copy_only=False)
             versions = batch.column(1).to_numpy(zero_copy_only=False)
-            for version in np.unique(versions):
-                chosen = versions == version
+            arms = batch.column(2).to_numpy(zero_copy_only=False)
+            for version, arm in {(version, arm) for version, arm in zip(versions, arms)}:
+                chosen = (versions == version) & (arms == arm)
                 edges = edges_by_version.get(version)
                 if edges is None:
                     continue
                 starts, slot = np.unique(windows[chosen], return_inverse=True)
                 for index in range(columns):
-                    values = batch.column(2 + index).to_numpy(zero_copy_only=False)[chosen].astype(float)
+                    values = batch.column(3 + index).to_numpy(zero_copy_only=False)[chosen].astype(float)
                     present = ~np.isnan(values)
                     bins = len(edges[index]) + 1
                     flat = np.bincount(slot[present] * bins + bin_of(values[present], edges[index]),
                                        minlength=len(starts) * bins).reshape(len(starts), bins)
                     for row, start in enumerate(starts):
-                        key = (int(start), str(version), index)
+                        key = (int(start), str(version), str(arm), index)
                         totals[key] = totals.get(key, 0) + flat[row]
         keys = list(totals)
         yield pyarrow.RecordBatch.from_arrays([
             pyarrow.array([key[0] for key in keys], pyarrow.int64()),
             pyarrow.array([key[1] for key in keys], pyarrow.string()),
-            pyarrow.array([key[2] for key in keys], pyarrow.int32()),
+            pyarrow.array([key[2] for key in keys], pyarrow.string()),
+            pyarrow.array([key[3] for key in keys], pyarrow.int32()),
             pyarrow.array([totals[key].tolist() for key in keys], pyarrow.list_(pyarrow.int64()))],
-            names=["window_micros", engine.MODEL_VERSION, "column_index", "counts"])
+            names=["window_micros", engine.MODEL_VERSION, engine.ARM, "column_index", "counts"])
     return count
 
 
 def count_bins(log: DataFrame, profiles: dict[str, ReferenceProfile], columns,
                settings: MonitoringSettings) -> dict:
-    """{(window start, version): {column: exact row count per reference bin}}."""
+    """{(window start, version, arm): {column: exact row count per reference bin}}."""
     edges = {version: [np.asarray(profile.column(name).edges, dtype=float) for name in columns]
              for version, profile in profiles.items()}
     windowed = log.select(F.unix_micros(F.date_trunc(settings.window_unit, F.col(engine.TIMESTAMP))),
                           F.col(engine.MODEL_VERSION).cast("string"),
+                          F.coalesce(_arm(log), F.lit(_NO_ARM)),
                           *[F.col(name).cast("double") for name in columns])
-    schema = f"window_micros long, {engine.MODEL_VERSION} string, column_index int, counts array<long>"
+    schema = (f"window_micros long, {engine.MODEL_VERSION} string, {engine.ARM} string, column_index int, "
+              "counts array<long>")
     partial = windowed.mapInArrow(_partial_counts(edges, len(columns)), schema)
-    added = partial.groupBy("window_micros", engine.MODEL_VERSION, "column_index").agg(
+    added = partial.groupBy("window_micros", engine.MODEL_VERSION, engine.ARM, "column_index").agg(
         *[F.sum(F.get("counts", position)).alias(f"bin_{position}") for position in range(BINS)])
     counts: dict = {}
     for row in added.withColumn(WINDOW_START, F.timestamp_micros("window_micros")).collect():
         version, name = row[engine.MODEL_VERSION], columns[row["column_index"]]
         bins = len(profiles[version].column(name).edges) + 1
-        counts.setdefault((row[WINDOW_START], version), {})[name] = np.array(
+        arm = row[engine.ARM] if row[engine.ARM] != _NO_ARM else None
+        counts.setdefault((row[WINDOW_START], version, arm), {})[name] = np.array(
             [row[f"bin_{position}"] for position in range(bins)], dtype=np.int64)
     return counts
 
 
 def aggregate_windows(log: DataFrame, profiles: dict[str, ReferenceProfile], columns,
                       settings: MonitoringSettings) -> list[dict]:
-    """The per-window, per-version sums of ``log`` (already limited to the monitored range).
+    """The per-window, per-version, per-arm sums of ``log`` (already limited to the monitored range).
 
     Each window's ``bin_counts`` maps a column to its exact row count per reference bin.
     """
@@ -105,7 +119,8 @@ def aggregate_windows(log: DataFrame, profiles: dict[str, ReferenceProfile], col
     if missing:
         raise DataError(f"the inference log lacks column(s) {', '.join(missing)}; "
                         f"found {', '.join(log.columns)}")
-    windowed = log.withColumn(WINDOW_START, F.date_trunc(settings.window_unit, F.col(engine.TIMESTAMP)))
+    windowed = (log.withColumn(WINDOW_START, F.date_trunc(settings.window_unit, F.col(engine.TIMESTAMP)))
+                .withColumn(engine.ARM, _arm(log)))
     aggregations = [F.count(F.lit(1)).alias("rows"),
                     F.first(engine.MODEL_ID, ignorenulls=True).alias("model_id")]
     for name in columns:
@@ -133,10 +148,11 @@ def aggregate_windows(log: DataFrame, profiles: dict[str, ReferenceProfile], col
         F.sum(F.when(error.isNotNull(), label)).alias("label_sum"),
         F.sum(F.when(error.isNotNull(), label * label)).alias("label_square_sum"),
     ]
-    grouped = windowed.groupBy(WINDOW_START, engine.MODEL_VERSION).agg(*aggregations)
-    ordered = grouped.orderBy(WINDOW_START, engine.MODEL_VERSION)
+    grouped = windowed.groupBy(WINDOW_START, engine.MODEL_VERSION, engine.ARM).agg(*aggregations)
+    ordered = grouped.orderBy(WINDOW_START, engine.MODEL_VERSION, engine.ARM)
     sums = [row.asDict(recursive=True) for row in ordered.collect()]
     bins = count_bins(log, profiles, columns, settings)
     for window in sums:
-        window[BIN_COUNTS] = bins.get((window[WINDOW_START], window[engine.MODEL_VERSION]), {})
+        key = (window[WINDOW_START], window[engine.MODEL_VERSION], window[engine.ARM])
+        window[BIN_COUNTS] = bins.get(key, {})
     return sums

@@ -7,7 +7,8 @@ from deltalake import DeltaTable
 from mlops.errors import DataError
 from mlops.monitoring import monitor
 from mlops.monitoring.decision import decide
-from mlops.monitoring.rows import Status, TABLE_COLUMN
+from mlops.inference import engine
+from mlops.monitoring.rows import DRIFT_SCHEMA, TABLE_COLUMN, Status, to_record
 from mlops.monitoring.settings import MonitoringSettings
 from mlops.platform import driver_path
 
@@ -136,3 +137,49 @@ def test_a_quality_rule_without_labels_names_the_label_merge(tables, write_log):
 def test_an_inference_log_that_does_not_exist(tables):
     with pytest.raises(DataError, match="inference log predictions does not exist; run the scoring job"):
         run_monitor(tables, 1)
+
+
+def with_arm(frame, arm: str):
+    frame[engine.ARM] = arm
+    return frame
+
+
+def test_each_arm_is_profiled_apart_and_only_the_champion_s_is_judged(tables, write_log):
+    # Version 2 answers a fifth of the traffic as Challenger and shadows the rest; its fares are off.
+    write_log([with_arm(log_rows(day(0), 2000, seed=1), engine.CHAMPION_ARM),
+               with_arm(log_rows(day(0), 500, seed=2, version="2", label_scale=1.5), engine.CHALLENGER_ARM),
+               with_arm(log_rows(day(0), 2000, seed=3, version="2", label_scale=1.5), engine.SHADOW_ARM)])
+    for version in ("1", "2"):
+        monitor.write_baseline(tables, LOG_TABLE, reference_profile(version=version))
+
+    result = run_monitor(tables, 1)
+
+    quality = {(row.model_version, row.arm): row for row in result.profile_rows if row.is_table}
+    assert {key: row.count for key, row in quality.items()} == {
+        ("1", engine.CHAMPION_ARM): 2000, ("2", engine.CHALLENGER_ARM): 500, ("2", engine.SHADOW_ARM): 2000}
+    assert quality[("1", engine.CHAMPION_ARM)].quality_status == Status.OK
+    assert quality[("2", engine.SHADOW_ARM)].quality_status == Status.VIOLATION
+    assert len({(row.model_version, row.arm) for row in result.drift_rows}) == 3
+    stored = tables.read(monitor.metric_table_names(LOG_TABLE)["profile"]).where(
+        f"column_name = '{TABLE_COLUMN}'").select("model_version", "arm", "count").collect()
+    assert sorted(tuple(row) for row in stored) == sorted(
+        (version, arm, row.count) for (version, arm), row in quality.items())
+    decision = decide(result.profile_rows, result.drift_rows, MonitoringSettings(), None, NOW)
+    assert not decision.retrain_required
+    assert "the challenger and shadow arm(s) are compared online, not judged here" in decision.reason
+
+
+def test_a_metric_table_from_before_arms_gains_the_column_and_keeps_one_row_per_key(tables, write_log, spark):
+    write_log([log_rows(day(offset), 300, seed=offset) for offset in range(2)])
+    monitor.write_baseline(tables, LOG_TABLE, reference_profile())
+    drift_name = monitor.metric_table_names(LOG_TABLE)["drift"]
+    result = run_monitor(tables, 1)
+    older = spark.createDataFrame([to_record(row) for row in result.drift_rows], DRIFT_SCHEMA).drop("arm")
+    tables.write(older, drift_name, partition_by=monitor.METRIC_PARTITIONS)
+
+    run_monitor(tables, 2)
+
+    stored = tables.read(drift_name)
+    assert "arm" in stored.columns
+    # The first day's rows, written without an arm, were replaced rather than doubled.
+    assert stored.count() == 2 * (len(FEATURES) + 1)
