@@ -92,6 +92,8 @@ def test_a_quiet_fortnight_needs_no_retraining(loop):
     # a day may stray over a threshold, never as often as the retraining rule asks.
     assert values["retrain_required"] == "false" and len(values["violated_windows"]) <= 1
     assert record.tasks["check"]["outcome"] == "false" and record.tasks["retrain"]["state"] == EXCLUDED
+    # No Challenger yet: the online comparison has nothing to judge, and says so.
+    assert record.tasks["compare_online"]["task_values"]["online_verdict"] == "no challenger"
 
 
 def test_inflated_fares_within_the_cooldown_do_not_retrain(loop):

@@ -311,6 +311,10 @@ class MonitoringConfig(JobConfig):
     monitoring_backend: Literal["spark", "lakehouse"] = "spark"
     lakehouse_assets_dir: str = "/Shared/taxi_fares/dev/monitoring"
     lakehouse_refresh_timeout_minutes: int = Field(60, ge=1)
+    # The online comparison: how much worse the Challenger's rmse may be and still be promoted, and
+    # the chance of rolling back a Challenger that is no worse.
+    online_comparison_margin: float = Field(0.05, ge=0, lt=1)
+    online_comparison_alpha: float = Field(0.05, gt=0, lt=1)
     # Thresholds and the rule default to the monitor's own defaults, which check them.
     monitoring_granularity: str = MonitoringSettings.granularity
     monitoring_min_rows: int = MonitoringSettings.min_rows

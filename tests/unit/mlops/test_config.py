@@ -2,7 +2,7 @@ import datetime
 
 import pytest
 
-from mlops.config import StreamingConfig, TrainingConfig
+from mlops.config import MonitoringConfig, StreamingConfig, TrainingConfig
 from mlops.errors import ConfigError
 from mlops.lifecycle.tracking import validate_model_name
 
@@ -49,9 +49,13 @@ def test_unknown_parameter_lists_valid_names():
     ("stream_run_minutes", "-1", "parameter 'stream_run_minutes' must be at least 0, got -1.0"),
     ("max_files_per_trigger", "-1", "parameter 'max_files_per_trigger' must be at least 0, got -1"),
     ("watermark_minutes", "soon", "parameter 'watermark_minutes' must be an integer"),
+    # The monitoring job's online comparison.
+    ("online_comparison_alpha", "1.5", "'online_comparison_alpha' must be between 0 and 1, got 1.5"),
+    ("online_comparison_margin", "-0.1", "'online_comparison_margin' must be between 0 and 1, got -0.1"),
 ])
 def test_bad_values_name_the_parameter(name, value, message):
-    config = TrainingConfig if name in TrainingConfig.model_fields else StreamingConfig
+    config = next(job for job in (TrainingConfig, StreamingConfig, MonitoringConfig)
+                  if name in job.model_fields)
     params = {"execute_tuning": "true", name: value} if config is TrainingConfig else {name: value}
     with pytest.raises(ConfigError, match=message):
         config.from_params(params)

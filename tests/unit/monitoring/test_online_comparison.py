@@ -5,7 +5,11 @@ from taxi_fares import features, training
 from taxi_fares.data import generate_trips
 
 from mlops.errors import ConfigError, DataError
+from mlops.local.jobs import SUCCESS, run_notebook_as_job
 from mlops.monitoring import online_comparison as oc
+from mlops.stages.online_comparison import VERDICT_EVENT
+from support.jobs import telemetry_items
+from support.spark_cluster import REPO_ROOT
 
 SEEDS = range(100)
 PLAN = "10,50,100"
@@ -200,6 +204,22 @@ def test_compare_online_judges_the_aliases_on_the_log_and_names_what_is_missing(
                           f"{versions[0]}: keep: challenger rmse") and "3,000 and 3,000 split rows" in out
     code, out, _ = cli("--start", "2016-03-03")
     assert code == 0 and "not enough data" in out
+
+    # The monitoring job's compare_online task says the same, and hands it on.
+    parameters = {"wheel_path": str(REPO_ROOT / "dist"), "registered_model_name": "fares",
+                  "table_location": "dbfs:/tables", "monitoring_start_date": "2016-03-01",
+                  "monitoring_end_date": "2016-03-02"}
+    record = run_notebook_as_job(REPO_ROOT / "orchestrator" / "taxi_fares_compare_online.py", parameters,
+                                 progress=print, spark=spark)
+    values = record.tasks["taxi_fares_compare_online"]["task_values"]
+    assert record.state == SUCCESS and values["online_verdict"] == "keep"
+    assert values["online_comparison"].startswith(
+        f"challenger version {versions[1]} against champion version {versions[0]}: keep: challenger rmse")
+    items = telemetry_items(mlops_home, record.run_id, "compare_online")
+    [event] = [item for item in items if item["name"] == VERDICT_EVENT]
+    assert event["customDimensions"]["challenger_version"] == str(versions[1])
+    ratio = [item for item in items if item["name"] == "online_comparison.rmse_ratio"]
+    assert ratio and ratio[0]["value"] > 1.2
 
     with pytest.raises(SystemExit):
         cli("--start", "March")
