@@ -27,11 +27,10 @@ from mlops.config import MonitoringConfig
 from mlops.orchestration import task_run
 from mlops.stages.online_comparison import NO_CHALLENGER, compare_online_arms
 
-config = MonitoringConfig.from_notebook(dbutils)
-
 # COMMAND ----------
 
-with task_run("compare_online", config, spark, dbutils) as run:
+# The comparison reads the monitoring job's own parameters: its range, model and log.
+with task_run("compare_online", MonitoringConfig.from_notebook(dbutils), spark, dbutils) as run:
     comparison = run.stage("compare_online", compare_online_arms)
 verdict = comparison.verdict if comparison is not None else NO_CHALLENGER
 print(comparison.line() if comparison is not None else "no Challenger: nothing to compare online")
