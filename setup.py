@@ -80,6 +80,8 @@ def distribution(target, version):
                        "httptools>=0.6", "uvloop>=0.19; sys_platform != 'win32'",
                        # The serving request log's writer; the runtime ships no delta-rs.
                        "deltalake>=1.6,<2",
+                       # The serving journal: arrays and datetimes to JSON in C, without copies.
+                       "orjson>=3.10,<4",
                        # Local and serving locks (flock on POSIX, msvcrt on Windows).
                        "filelock>=4.2,<5"],
                       ("pyspark", "pandas", "numpy", "lightgbm", "mlflow", "scikit-learn", "scipy",

@@ -155,7 +155,7 @@ class RequestLog:
         self._lock = threading.Lock()
         self._enough = threading.Condition(self._lock)
         self._stopping = False
-        self._schema = None
+        self._schema = self._table = None
         self.journal_folder = self.folder.parent / f"{self.folder.name}.journal"
         self._recover()
         self.journal = journal.Journal(self.journal_folder)
@@ -215,7 +215,10 @@ class RequestLog:
         """One append of ``requests``, recording that ``app_id``'s journal is in up to ``last_entry``."""
         table = self._loggable(requests, self._table_schema())
         if table.num_rows:
-            write_deltalake(str(self.folder), table, mode="append", partition_by=[engine.PICKUP_DATE],
+            # The open table, once there is one: its log is read again only from the last version
+            # it saw, where a path would replay the log on every commit.
+            write_deltalake(self._table or str(self.folder), table, mode="append",
+                            partition_by=[engine.PICKUP_DATE],
                             configuration=LOG_PROPERTIES,
                             commit_properties=CommitProperties(
                                 app_transactions=[Transaction(app_id, last_entry)]))
@@ -241,7 +244,7 @@ class RequestLog:
                 logger.info("added column(s) %s to the log table %s",
                             ", ".join(field.name for field in added), self.folder)
                 table = DeltaTable(str(self.folder))
-            self._schema = pyarrow.schema(table.schema().to_arrow())
+            self._schema, self._table = pyarrow.schema(table.schema().to_arrow()), table
         return self._schema
 
     def _recover(self):
