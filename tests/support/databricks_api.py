@@ -5,9 +5,10 @@ job's ``lakehouse`` backend drives. The real databricks-sdk ``WorkspaceClient`` 
 server over HTTP, so tests exercise the SDK's request building, authentication and error
 mapping. It records every request.
 
-Endpoints: ``/.well-known/databricks-config`` (the SDK's host metadata probe), and Lakehouse
+Endpoints: ``/.well-known/databricks-config`` (the SDK's host metadata probe), Lakehouse
 Monitoring's ``unity-catalog/tables/{table}/monitor`` (get, create, update) and
-``.../monitor/refreshes`` (run, get) under API versions 2.0 to 2.2.
+``.../monitor/refreshes`` (run, get) under API versions 2.0 to 2.2, and Model Serving's
+``serving-endpoints/{name}`` (get) and ``.../config`` (update), which a rollout drives.
 """
 import dataclasses
 import json
@@ -23,6 +24,7 @@ WORKSPACE_ID = "1234567890123456"
 # Built from parts so the literal never looks like a leaked credential to a scanner.
 FAKE_TOKEN = "dapi" + "0123456789abcdef" * 2
 _API_PATH = re.compile(r"^/api/2\.[0-9]/(?P<endpoint>.+)$")
+_ENDPOINT_PATH = re.compile(r"^serving-endpoints/(?P<name>[^/]+)(?P<config>/config)?$")
 _MONITOR_PATH = re.compile(r"^unity-catalog/tables/(?P<table>[^/]+)/monitor(?P<rest>/refreshes(?:/\d+)?)?$")
 
 
@@ -59,6 +61,8 @@ class DatabricksApi:
         self.monitors = {}
         self.refreshes = {}
         self.refresh_outcome = ("SUCCESS", "")
+        # Model Serving: endpoint name -> its details, as GET returns them.
+        self.endpoints = {}
         self._next_id = 100
         self._failures = []
         self._lock = threading.RLock()
@@ -94,6 +98,11 @@ class DatabricksApi:
             raise ApiError(401, "UNAUTHENTICATED", "Invalid access token.")
 
     def _route(self, request, endpoint):
+        serving = _ENDPOINT_PATH.match(endpoint)
+        if serving is not None:
+            body = json.loads(request.body) if request.body else {}
+            return self._json(200, self._serving_endpoint(request.method, serving["name"],
+                                                          bool(serving["config"]), body))
         monitor = _MONITOR_PATH.match(endpoint)
         if monitor is None:
             self.unhandled.append(request)
@@ -143,6 +152,22 @@ class DatabricksApi:
             refresh["state"], refresh["message"] = self.refresh_outcome
             refresh["end_time_ms"] = int(time.time() * 1000)
         return refresh
+
+    # ------------------------------------------------------------ Model Serving
+
+    def _serving_endpoint(self, method, name, config, body):
+        """``serving_endpoints`` get and update_config of one endpoint."""
+        endpoint = self.endpoints.get(name)
+        if endpoint is None:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST",
+                           f"Serving endpoint with name '{name}' does not exist")
+        if method == "PUT" and config:
+            if endpoint["state"]["config_update"] == "IN_PROGRESS":
+                raise ApiError(409, "RESOURCE_CONFLICT", f"Endpoint {name} is currently being updated")
+            endpoint["pending_config"] = {"served_entities": body.get("served_entities", []),
+                                          "traffic_config": body.get("traffic_config", {})}
+            endpoint["state"]["config_update"] = "IN_PROGRESS"
+        return endpoint
 
 
 class _Handler(BaseHTTPRequestHandler):

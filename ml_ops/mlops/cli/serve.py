@@ -68,7 +68,8 @@ def _serve(args) -> int:
         model_name=args.model, alias=args.alias, host=args.host, port=args.port,
         online_store=Path(driver_path(args.online_store)), log_table=_log_table_path(args.log_table),
         token=_token(args.token_secret), registry_uri=args.registry_uri,
-        shadow=args.shadow, **{_field(flag): getattr(args, _field(flag)) for flag in TUNING})
+        shadow=args.shadow, follow_rollout=args.follow_rollout,
+        **{_field(flag): getattr(args, _field(flag)) for flag in TUNING})
     if settings.workers > 1:
         return _serve_with_workers(settings)
     # Caught from the start: a client may see /ping answer and send SIGTERM before startup ends.
@@ -84,7 +85,9 @@ def _serve(args) -> int:
     print(f"serving {args.model}@{args.alias} version {server.app.slot.current.version} at {server.url}",
           flush=True)
     if server.app.challenger_slot is not None:
-        share = "in the shadow" if args.shadow else f"on {args.challenger_percent}% of requests"
+        following = ", following its rollout" if args.follow_rollout else ""
+        share = "in the shadow" if args.shadow else \
+            f"on {server.app.split.challenger_percent}% of requests{following}"
         print(f"and {args.model}@Challenger version {server.app.challenger_slot.current.version} {share}",
               flush=True)
     settle_memory()
@@ -129,6 +132,9 @@ def register_cli(subparsers):
     parser.add_argument("--shadow", action="store_true",
                         help="score every request with the Challenger alias too, answer with the Champion, "
                              "and log both (arm shadow)")
+    parser.add_argument("--follow-rollout", action="store_true",
+                        help="serve the Challenger alias to the share its rollout has reached (task "
+                             "compare_online with rollout_plan), read on every poll")
     parser.add_argument("--token-secret", default="", metavar="SCOPE/KEY",
                         help="read the bearer token from this secret (locally MLOPS_SECRET_<SCOPE>_<KEY>); "
                              "empty: MLOPS_SERVING_TOKEN")

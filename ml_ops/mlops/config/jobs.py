@@ -315,6 +315,12 @@ class MonitoringConfig(JobConfig):
     # the chance of rolling back a Challenger that is no worse.
     online_comparison_margin: float = Field(0.05, ge=0, lt=1)
     online_comparison_alpha: float = Field(0.05, gt=0, lt=1)
+    # A gradual rollout of the Challenger, such as 10,50,100 (empty: its share is left alone), and
+    # the labelled rows each step waits for before it is judged.
+    rollout_plan: str = ""
+    rollout_rows_per_step: int = Field(5000, ge=1)
+    # On Databricks, the Model Serving endpoint whose traffic the rollout sets (empty: none).
+    serving_endpoint_name: str = ""
     # Thresholds and the rule default to the monitor's own defaults, which check them.
     monitoring_granularity: str = MonitoringSettings.granularity
     monitoring_min_rows: int = MonitoringSettings.min_rows
@@ -329,6 +335,12 @@ class MonitoringConfig(JobConfig):
     @model_validator(mode="after")
     def _check_settings_and_range(self):
         self.settings()
+        if self.rollout_plan:
+            from mlops.monitoring.online_comparison import RolloutPlan
+            try:
+                RolloutPlan.parse(self.rollout_plan, self.rollout_rows_per_step)
+            except ConfigError as error:
+                raise ConfigError(f"parameter 'rollout_plan': {error}") from None
         start, end = self.monitoring_range()
         if start > end:
             raise ConfigError(f"parameter 'monitoring_start_date' ({start}) is after 'monitoring_end_date' "

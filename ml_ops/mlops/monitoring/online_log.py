@@ -65,3 +65,13 @@ def compare_log(log, champion_version: str, challenger_version: str, start: date
     if paired is not None and paired.champion.rows >= settings.min_rows_per_arm:
         return compare(paired.champion, paired.challenger, settings, paired=paired)
     return compare(champion, challenger, settings)
+
+
+def labelled_rows_since(log, champion_version: str, challenger_version: str,
+                        since: datetime.datetime) -> int:
+    """Labelled rows of both arms (Champion, Challenger or its shadow) scored from ``since`` on."""
+    arm, version = F.col(engine.ARM), F.col(engine.MODEL_VERSION)
+    of_an_arm = ((arm == CHAMPION) & (version == champion_version)) \
+        | (arm.isin(CHALLENGER, SHADOW) & (version == challenger_version))
+    return log.where(of_an_arm & F.col(engine.LABEL).isNotNull()
+                     & (F.col(engine.SCORED_AT) >= F.lit(since))).count()

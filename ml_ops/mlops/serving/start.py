@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mlops.errors import ConfigError, RegistryError
 from mlops.lifecycle.registry import CHALLENGER as CHALLENGER_ALIAS
+from mlops.lifecycle import rollout
 from mlops.lifecycle.registry import RegistryClient
 from mlops.observability.telemetry import CONNECTION_STRING_ENV, Telemetry, TelemetrySettings
 from mlops.platform.home import mlops_home
@@ -31,6 +32,8 @@ class ServeSettings:
     # Beside the Champion, the Challenger: on a share of the requests, or in the shadow of all.
     challenger_percent: int = 0
     shadow: bool = False
+    # The Challenger's share is its rollout's, read from the registry on every poll.
+    follow_rollout: bool = False
     host: str = "127.0.0.1"
     port: int = 5050
     online_store: Path = Path("online_store")
@@ -51,7 +54,10 @@ class ServeSettings:
     def __post_init__(self):
         if self.workers < 1:
             raise ConfigError(f"--workers must be 1 or more, got {self.workers}")
-        if self.split.active and self.alias != "Champion":
+        if self.follow_rollout and (self.shadow or self.challenger_percent):
+            raise ConfigError("--follow-rollout takes the Challenger's share from its rollout; leave out "
+                              "--challenger-percent and --shadow")
+        if (self.split.active or self.follow_rollout) and self.alias != "Champion":
             raise ConfigError(f"a split or a shadow serves the Champion beside the {CHALLENGER_ALIAS}; "
                               f"--alias must be Champion, got {self.alias}")
 
@@ -111,13 +117,29 @@ def build_app(settings: ServeSettings, telemetry=None) -> tuple[ServingApp, "Wat
 
     options = ServingOptions(settings.alias, settings.max_body_bytes, settings.token,
                              read_timeout=settings.read_timeout, request_timeout=settings.request_timeout)
-    challenger_slot = _challenger(registry, slot) if settings.split.active else None
+    with_challenger = settings.split.active or settings.follow_rollout
+    challenger_slot = _challenger(registry, slot) if with_challenger else None
     app = ServingApp(slot, store, request_log, options, metrics, telemetry, challenger_slot, settings.split)
     watchers = [AliasWatcher(registry, settings.alias, slot, settings.poll_seconds, on_switch=switched,
                              on_poll=store.refresh)]
     if challenger_slot is not None:
-        watchers.append(AliasWatcher(registry, CHALLENGER_ALIAS, challenger_slot, settings.poll_seconds))
+        follow = (lambda: _follow_rollout(registry, app)) if settings.follow_rollout else None
+        if follow is not None:
+            follow()
+        watchers.append(AliasWatcher(registry, CHALLENGER_ALIAS, challenger_slot, settings.poll_seconds,
+                                     on_poll=follow))
     return app, Watchers(watchers)
+
+
+def _follow_rollout(registry: RegistryClient, app: ServingApp):
+    """Serve the Challenger to the share its rollout has reached (0 once rolled back or promoted)."""
+    version = app.challenger_slot.current.version
+    share = rollout.served_share(registry, version)
+    if share != app.split.challenger_percent:
+        logger.info("rollout of version %s: the %s now answers %d%% of requests (was %d%%)", version,
+                    CHALLENGER_ALIAS, share, app.split.challenger_percent)
+        # One assignment: a request reads the old split or the new one, never a mix.
+        app.split = TrafficSplit(share)
 
 
 class Watchers:

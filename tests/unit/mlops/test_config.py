@@ -52,6 +52,10 @@ def test_unknown_parameter_lists_valid_names():
     # The monitoring job's online comparison.
     ("online_comparison_alpha", "1.5", "'online_comparison_alpha' must be between 0 and 1, got 1.5"),
     ("online_comparison_margin", "-0.1", "'online_comparison_margin' must be between 0 and 1, got -0.1"),
+    ("rollout_plan", "10,5,100", "parameter 'rollout_plan': a rollout plan rises from above 0 to 100, "
+                                 "such as 10,50,100; got '10,5,100'"),
+    ("rollout_plan", "ten", "parameter 'rollout_plan': a rollout plan is percentages separated by commas"),
+    ("rollout_rows_per_step", "0", "parameter 'rollout_rows_per_step' must be at least 1, got 0"),
 ])
 def test_bad_values_name_the_parameter(name, value, message):
     config = next(job for job in (TrainingConfig, StreamingConfig, MonitoringConfig)

@@ -326,6 +326,37 @@ def test_a_dead_server_s_journal_is_committed_exactly_once(tmp_path):
     assert not dead.path.exists() and not dead.path.with_suffix(".lock").exists()
 
 
+def test_the_journal_reads_back_what_it_holds_and_nothing_it_emptied(tmp_path):
+    import datetime
+
+    import numpy as np
+
+    from mlops.serving import journal
+    from mlops.serving.request_log import LoggedRequest, new_request_ids
+
+    names = list(FEATURES)
+    when = datetime.datetime(2016, 2, 1, 12, tzinfo=datetime.timezone.utc)
+    wide = np.arange(4 * len(names), dtype=float).reshape(len(names), 4).T  # not C-contiguous
+    wide[1, 2] = np.nan
+    held = LoggedRequest(MODEL, "2", "Challenger", when, new_request_ids(4), wide, np.arange(4.0),
+                         [when.replace(tzinfo=None), None, None, None], arm="challenger")
+    long_ago = LoggedRequest(MODEL, "1", "Champion", when, new_request_ids(40), np.ones((40, len(names))),
+                             np.ones(40), [None] * 40)
+    kept = journal.Journal(tmp_path / "log.journal")
+    for _ in range(3):
+        kept.append(long_ago)
+    kept.mark_committed(3)
+    kept.append(held)
+    # Read as recovery reads it: the emptied entries, longer and still in the file, are not read.
+    (seq, back), = journal.entries(kept.path, LoggedRequest)
+    assert seq == 4 and back.ids == held.ids and back.arm == "challenger" and back.pickups == held.pickups
+    assert np.array_equal(back.matrix, wide, equal_nan=True) and np.isnan(back.matrix[1, 2])
+    assert back.scored_at == when and back.model_version == "2"
+    kept.mark_committed(4)
+    kept.close()
+    assert not kept.path.exists()
+
+
 def _answers(server) -> bool:
     try:
         return call(server, "/ping")[0] == 200

@@ -103,7 +103,31 @@ def test_a_challenger_not_passed_refuses_the_split_with_the_reason(serve, aliase
         serve(shadow=True)
 
 
+def test_a_server_following_the_rollout_serves_the_share_it_has_reached(serve, aliases):
+    from mlops.lifecycle import rollout
+    from mlops.lifecycle.registry import RegistryClient
+
+    _, second, _ = aliases
+    registry = RegistryClient(MODEL)
+    server = serve(follow_rollout=True)
+    # No rollout yet: every request is the Champion's.
+    assert {invoke(server, f"trip-{number}")[0] for number in range(50)} == {"champion"}
+    try:
+        rollout.record(registry, second, "10,50,100", 50, rollout.RUNNING)
+        wait_for(lambda: call(server, "/health")[2]["challenger_percent"] == 50)
+        arms = [invoke(server, f"trip-{number}")[0] for number in range(200)]
+        assert 0.35 < arms.count("challenger") / len(arms) < 0.65
+        rollout.record(registry, second, "10,50,100", 0, rollout.ROLLED_BACK)
+        wait_for(lambda: call(server, "/health")[2]["challenger_percent"] == 0)
+        assert {invoke(server, f"trip-{number}")[0] for number in range(50)} == {"champion"}
+    finally:
+        mlflow.MlflowClient().delete_model_version_tag(MODEL, second, rollout.STATE_TAG)
+
+
 @pytest.mark.parametrize("options, message", [
+    ({"follow_rollout": True, "challenger_percent": 10},
+     "--follow-rollout takes the Challenger's share from its rollout; leave out --challenger-percent"),
+    ({"follow_rollout": True, "alias": "Challenger"}, "--alias must be Champion, got Challenger"),
     ({"challenger_percent": 120}, "--challenger-percent must be from 0 to 100, got 120"),
     ({"challenger_percent": 10, "shadow": True},
      "--shadow answers every request with the Champion; leave out --challenger-percent"),
