@@ -51,6 +51,8 @@ class Platform(Protocol):
 
     def file_stream_reader(self, spark, schema, schema_location: str): ...
 
+    def serving_client(self): ...
+
 
 UNITY_CATALOG_REGISTRY = "databricks-uc"
 
@@ -108,6 +110,12 @@ class DatabricksPlatform(_Shared):
     def telemetry_file(self, job_run_id: str, task: str) -> Path:
         return Path(tempfile.gettempdir()) / "mlops-telemetry" / f"{job_run_id}-{task}.jsonl"
 
+    def serving_client(self):
+        """The workspace client that drives Model Serving endpoints."""
+        from databricks.sdk import WorkspaceClient
+
+        return WorkspaceClient()
+
     def file_stream_reader(self, spark, schema, schema_location: str):
         """Auto Loader on Parquet files; a file with new columns stops the stream."""
         return (spark.readStream.format("cloudFiles").schema(schema)
@@ -150,6 +158,10 @@ class LocalPlatform(_Shared):
 
     def telemetry_file(self, job_run_id: str, task: str) -> Path:
         return home.runs_dir() / job_run_id / f"telemetry-{task}.jsonl"
+
+    def serving_client(self):
+        """None: locally ``mlops serve --follow-rollout`` plays the endpoint."""
+        return None
 
     def file_stream_reader(self, spark, schema, schema_location: str):
         """Spark's own file source on Parquet files (Auto Loader is Databricks-only)."""

@@ -45,8 +45,9 @@ def advance_rollout(run: TaskRun[MonitoringConfig], comparison: Comparison | Non
         decision = RolloutDecision(OFF, 0, "no Challenger to roll out")
     else:
         decision = _advance(run, registry, str(champion), str(challenger), comparison)
-        if decision.action != HOLD and config.serving_endpoint_name and platform.name() == "databricks":
-            _set_endpoint_traffic(config.serving_endpoint_name, registry, decision)
+        client = platform.current().serving_client() if config.serving_endpoint_name else None
+        if decision.action != HOLD and client is not None:
+            _set_endpoint_traffic(client, config.serving_endpoint_name, registry, decision)
     for key, value in (("rollout_action", decision.action), ("rollout_share", decision.share),
                        ("rollout_reason", decision.reason)):
         run.set_task_value(key, value)
@@ -107,12 +108,10 @@ def _promote(registry: RegistryClient, champion: str, challenger: str, decision:
     return decision
 
 
-def _set_endpoint_traffic(endpoint: str, registry: RegistryClient, decision: RolloutDecision):
-    from databricks.sdk import WorkspaceClient
-
+def _set_endpoint_traffic(client, endpoint: str, registry: RegistryClient, decision: RolloutDecision):
     from mlops.deploy.serving_endpoint import set_traffic
 
     champion, challenger = registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER)
     promoted = decision.action == PROMOTE
-    set_traffic(WorkspaceClient(), endpoint, champion, challenger or champion,
+    set_traffic(client, endpoint, champion, challenger or champion,
                 0 if promoted else decision.share)
