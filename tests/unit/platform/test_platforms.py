@@ -43,7 +43,7 @@ def databricks_dbutils():
 def test_each_platform_implements_the_whole_protocol(host):
     assert PROTOCOL_METHODS == ["default_tracking_uri", "file_stream_reader", "locate", "named_lock",
                                 "primary_key_statements", "read_secret", "registry_store", "run_context",
-                                "table_target", "telemetry_file"]
+                                "serving_client", "table_target", "telemetry_file"]
     assert all(callable(getattr(host, method)) for method in PROTOCOL_METHODS)
 
 

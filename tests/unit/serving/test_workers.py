@@ -25,6 +25,14 @@ def test_two_workers_share_the_port_and_every_answered_row_is_logged_once(regist
     server = Address(port)
     try:
         wait_for(lambda: process.poll() is None and _answers(server), timeout=90)
+        # Each worker loads its model on its own; the load starts once both answer on the port.
+        seen = set()
+
+        def both_workers_answered():
+            seen.update(_health_pids(server))
+            return len(seen) == 2
+
+        wait_for(both_workers_answered, timeout=90)
 
         def client(_):
             scored = sum(call(server, "/invocations", BODY)[0] == 200 for _ in range(15))
@@ -38,15 +46,20 @@ def test_two_workers_share_the_port_and_every_answered_row_is_logged_once(regist
         if process.poll() is None:
             process.kill()
     answered = sum(scored for scored, _ in answers)
-    workers = {worker for _, worker in answers}
     assert process.returncode == 0, stderr[-2000:]
     assert f"with 2 workers at http://127.0.0.1:{port}" in stdout and "stopped; 2 workers" in stdout
     assert answered == 24 * 15
-    assert len(workers) == 2 and process.pid not in workers
+    assert process.pid not in seen | {worker for _, worker in answers}
     request_ids = DeltaTable(str(log)).to_pyarrow_table().column("request_id").to_pylist()
     assert len(request_ids) == before + answered
     assert len(set(request_ids)) == len(request_ids)
     assert list((log.parent / f"{log.name}.journal").glob("*.jsonl")) == []
+
+
+def _health_pids(server) -> set:
+    """The process ids of the workers that answered 8 concurrent health checks."""
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return set(pool.map(lambda _: call(server, "/health")[2]["process_id"], range(8)))
 
 
 @pytest.mark.parametrize("workers", ["0", "-2"])
