@@ -10,8 +10,9 @@ commit, with the table's own schema (the batch path's columns; ``job_run_id`` sa
 SIGTERM) writes whatever is queued. A request whose rows the table's schema refuses does not
 take the others down with it: its rows go, with the reason, to ``<table>.dead_letter.jsonl``
 beside the table (:attr:`RequestLog.dead_lettered` counts them), and the rest are written.
-A queued request is in the server's journal (:mod:`mlops.serving.journal`) too, so a server
-killed with SIGKILL loses none: the next one to start commits them, exactly once.
+A queued request reaches the server's journal (:mod:`mlops.serving.journal`) within 50 ms,
+so a server killed with SIGKILL loses at most those: the next one to start commits the rest,
+exactly once.
 """
 import datetime
 import json
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow
 import pyarrow.compute
 from deltalake import DeltaTable, Field, write_deltalake
+from deltalake.exceptions import CommitFailedError
 from deltalake.transaction import CommitProperties, Transaction
 from taxi_fares import features
 
@@ -214,16 +216,27 @@ class RequestLog:
     def _commit(self, requests: list[LoggedRequest], app_id: str, last_entry: int):
         """One append of ``requests``, recording that ``app_id``'s journal is in up to ``last_entry``."""
         table = self._loggable(requests, self._table_schema())
-        if table.num_rows:
-            # The open table, once there is one: its log is read again only from the last version
-            # it saw, where a path would replay the log on every commit.
-            write_deltalake(self._table or str(self.folder), table, mode="append",
-                            partition_by=[engine.PICKUP_DATE],
-                            configuration=LOG_PROPERTIES,
-                            commit_properties=CommitProperties(
-                                app_transactions=[Transaction(app_id, last_entry)]))
-            self.written += table.num_rows
-            self.commits += 1
+        if not table.num_rows:
+            return
+        try:
+            self._append(table, app_id, last_entry)
+        except CommitFailedError:
+            # Another server created the table, or committed more than delta-rs retries over,
+            # since this one looked: once more, from the table as it is now.
+            self._schema = self._table = None
+            self._append(self._loggable(requests, self._table_schema()), app_id, last_entry)
+        self.written += table.num_rows
+        self.commits += 1
+
+    def _append(self, table: pyarrow.Table, app_id: str, last_entry: int):
+        if self._table is not None:
+            # Other servers' commits since the last one here: read only those, where a path would
+            # replay the whole log on every commit.
+            self._table.update_incremental()
+        write_deltalake(self._table or str(self.folder), table, mode="append",
+                        partition_by=[engine.PICKUP_DATE], configuration=LOG_PROPERTIES,
+                        commit_properties=CommitProperties(
+                            app_transactions=[Transaction(app_id, last_entry)]))
 
     def _table_schema(self) -> pyarrow.Schema:
         """The log table's schema, read once it exists; the batch path's if nothing created it yet.

@@ -5,7 +5,7 @@ address) and binds the socket; uvicorn's supervisor then starts the workers, res
 dies, and on SIGTERM or Ctrl-C stops them all. Each worker builds its own app from the settings
 the parent left in :data:`SETTINGS_ENV` (the token travels in :data:`~mlops.serving.server.TOKEN_ENV`,
 never in the settings): its own model copy, alias watcher, telemetry and request log, with a
-journal of its own, so a worker killed with SIGKILL loses no logged row either. ``/metrics`` and
+journal of its own, so a worker killed with SIGKILL loses at most its last 50 ms of rows too. ``/metrics`` and
 ``/health`` describe the worker that answers.
 """
 import contextlib

@@ -1,6 +1,7 @@
 """Zero-downtime alias switches under load, and requests logged into the Delta inference log."""
 import concurrent.futures
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -13,11 +14,13 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from deltalake import DeltaTable
 
 from mlops.observability.telemetry import Telemetry, TelemetrySettings
-from mlops.serving import online_store
+from mlops.serving import journal, online_store
+from mlops.serving.request_log import LoggedRequest, RequestLog, new_request_ids
 from support.appinsights import appinsights  # noqa: F401
 from support.ports import free_port
 
@@ -128,12 +131,6 @@ def test_a_refused_version_is_loaded_once_it_is_tagged_passed(serve, registry_ho
 
 
 def test_rows_the_log_refuses_go_to_the_dead_letters_and_the_others_are_written(tmp_path):
-    import datetime
-
-    import numpy as np
-
-    from mlops.serving.request_log import LoggedRequest, RequestLog, new_request_ids
-
     names = list(FEATURES)
     good = np.ones((3, len(names)))
     bad = np.ones((1, len(names)))
@@ -253,12 +250,17 @@ def test_a_server_killed_with_sigkill_loses_and_duplicates_no_logged_row(registr
     def rows() -> int:
         return DeltaTable(str(log)).to_pyarrow_table().num_rows if DeltaTable.is_deltatable(str(log)) else 0
 
+    def journaled() -> list:
+        return [entry for path in (log.parent / f"{log.name}.journal").glob("*.jsonl")
+                for entry in journal.entries(path, LoggedRequest)]
+
     before = rows()
     killed = started()
     try:
         # Three rows fill a commit; the next two wait in the queue (and the journal) when the kill comes.
         answered = sum(call(server, "/invocations", BODY)[0] == 200 for _ in range(5))
         wait_for(lambda: rows() == before + 3, timeout=30)
+        wait_for(lambda: len(journaled()) == 2, timeout=30)
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=30)
     finally:
@@ -288,28 +290,24 @@ def test_a_server_killed_with_sigkill_loses_and_duplicates_no_logged_row(registr
     request_ids = DeltaTable(str(log)).to_pyarrow_table().column("request_id").to_pylist()
     lost = before + 5 + under_load - len(request_ids)
     print(f"SIGKILL under load: {under_load} rows answered in 3 s, {committed_before_recovery} committed "
-          f"before the kill, {lost} lost ({lost / under_load:.1%})")
-    assert under_load > 0 and lost == 0
+          f"before the kill, {lost} lost ({lost / under_load:.1%}); the journal writes every "
+          f"{journal.WRITE_SECONDS * 1000:.0f} ms")
+    # What a kill may lose is what was answered since the journal's last write: well under 0.5 s of it.
+    assert under_load > 0 and 0 <= lost <= under_load / 3 * 0.5
     assert len(set(request_ids)) == len(request_ids)
     assert list((log.parent / f"{log.name}.journal").iterdir()) == []
 
 
 def test_a_dead_server_s_journal_is_committed_exactly_once(tmp_path):
-    import datetime
-
-    import numpy as np
-
-    from mlops.serving import journal
-    from mlops.serving.request_log import LoggedRequest, RequestLog, new_request_ids
-
     names = list(FEATURES)
     when = datetime.datetime(2016, 2, 1, 12, tzinfo=datetime.timezone.utc)
     requests = [LoggedRequest(MODEL, "1", "Champion", when, new_request_ids(2), np.ones((2, len(names))),
                               np.full(2, 9.5), [when.replace(tzinfo=None)] * 2) for _ in range(4)]
     folder = tmp_path / "log"
-    dead = journal.Journal(tmp_path / "log.journal")
+    dead = journal.Journal(tmp_path / "log.journal", write_seconds=None)
     for request in requests:
         dead.append(request)
+    dead.write_waiting()
     # Its server committed the first two requests and died before emptying its journal.
     other = RequestLog(folder, names)
     other._commit(requests[:2], dead.app_id, 2)
@@ -326,14 +324,31 @@ def test_a_dead_server_s_journal_is_committed_exactly_once(tmp_path):
     assert not dead.path.exists() and not dead.path.with_suffix(".lock").exists()
 
 
+def test_a_log_other_servers_committed_to_many_times_meanwhile_still_takes_this_one_s_rows(tmp_path):
+    names = list(FEATURES)
+    when = datetime.datetime(2016, 2, 1, 12, tzinfo=datetime.timezone.utc)
+
+    def request():
+        return LoggedRequest(MODEL, "1", "Champion", when, new_request_ids(1), np.ones((1, len(names))),
+                             np.ones(1), [None])
+    folder = tmp_path / "log"
+    this = RequestLog(folder, names)
+    # The first commit creates the table; the second is through the table it then opened.
+    for number in (1, 2):
+        this._commit([request()], this.journal.app_id, number)
+    other = RequestLog(folder, names)
+    # More commits than delta-rs retries a stale commit over.
+    for number in range(1, 21):
+        other._commit([request()], other.journal.app_id, number)
+    this._commit([request()], this.journal.app_id, 3)
+    this.close()
+    other.close()
+    assert (this.written, other.written) == (3, 20)
+    table = DeltaTable(str(folder))
+    assert table.to_pyarrow_table().num_rows == 23 and table.transaction_version(this.journal.app_id) == 3
+
+
 def test_the_journal_reads_back_what_it_holds_and_nothing_it_emptied(tmp_path):
-    import datetime
-
-    import numpy as np
-
-    from mlops.serving import journal
-    from mlops.serving.request_log import LoggedRequest, new_request_ids
-
     names = list(FEATURES)
     when = datetime.datetime(2016, 2, 1, 12, tzinfo=datetime.timezone.utc)
     wide = np.arange(4 * len(names), dtype=float).reshape(len(names), 4).T  # not C-contiguous
@@ -342,16 +357,23 @@ def test_the_journal_reads_back_what_it_holds_and_nothing_it_emptied(tmp_path):
                          [when.replace(tzinfo=None), None, None, None], arm="challenger")
     long_ago = LoggedRequest(MODEL, "1", "Champion", when, new_request_ids(40), np.ones((40, len(names))),
                              np.ones(40), [None] * 40)
-    kept = journal.Journal(tmp_path / "log.journal")
+    kept = journal.Journal(tmp_path / "log.journal", write_seconds=None)
     for _ in range(3):
         kept.append(long_ago)
+    kept.write_waiting()
     kept.mark_committed(3)
     kept.append(held)
+    kept.write_waiting()
     # Read as recovery reads it: the emptied entries, longer and still in the file, are not read.
     (seq, back), = journal.entries(kept.path, LoggedRequest)
     assert seq == 4 and back.ids == held.ids and back.arm == "challenger" and back.pickups == held.pickups
     assert np.array_equal(back.matrix, wide, equal_nan=True) and np.isnan(back.matrix[1, 2])
     assert back.scored_at == when and back.model_version == "2"
+    # Committed before its write came: it is never written.
+    kept.append(long_ago)
+    kept.mark_committed(5)
+    kept.write_waiting()
+    assert journal.entries(kept.path, LoggedRequest) == []
     kept.mark_committed(4)
     kept.close()
     assert not kept.path.exists()

@@ -1,14 +1,16 @@
 """``mlops serve --workers N``: several processes on one port, each logging its own rows, exactly once."""
 import concurrent.futures
+import json
 import signal
 import subprocess
+import sys
 
 import pytest
 from deltalake import DeltaTable
 
 from mlops.cli import main
 
-from .conftest import call
+from .conftest import FEATURES, call
 from .test_alias_switch_and_logging import (
     BODY, Address, _answers, readme_serve_command, readme_server_setup, wait_for)
 
@@ -51,9 +53,35 @@ def test_two_workers_share_the_port_and_every_answered_row_is_logged_once(regist
     assert answered == 24 * 15
     assert process.pid not in seen | {worker for _, worker in answers}
     request_ids = DeltaTable(str(log)).to_pyarrow_table().column("request_id").to_pylist()
-    assert len(request_ids) == before + answered
+    assert len(request_ids) == before + answered, stderr[-3000:]
     assert len(set(request_ids)) == len(request_ids)
     assert list((log.parent / f"{log.name}.journal").glob("*.jsonl")) == []
+
+
+_COMMIT_ONE_ROW_EACH = """
+import datetime, json, sys
+import numpy as np
+from mlops.serving.request_log import LoggedRequest, RequestLog, new_request_ids
+folder, names, commits = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+when = datetime.datetime(2016, 2, 1, 12, tzinfo=datetime.timezone.utc)
+log = RequestLog(folder, names)
+for number in range(1, commits + 1):
+    log._commit([LoggedRequest("taxi_fares", "1", "Champion", when, new_request_ids(1),
+                               np.ones((1, len(names))), np.ones(1), [None])], log.journal.app_id, number)
+log.close()
+print(log.written)
+"""
+
+
+def test_two_servers_committing_to_one_log_at_once_lose_no_row(tmp_path):
+    folder, commits = tmp_path / "log", 100
+    command = [sys.executable, "-c", _COMMIT_ONE_ROW_EACH, str(folder), json.dumps(FEATURES), str(commits)]
+    writers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outcomes = [writer.communicate(timeout=300) for writer in writers]
+    assert [(writer.returncode, stdout.strip()) for writer, (stdout, _) in zip(writers, outcomes)] == \
+        [(0, str(commits))] * 2, [stderr[-2000:] for _, stderr in outcomes]
+    assert DeltaTable(str(folder)).to_pyarrow_table().num_rows == 2 * commits
 
 
 def _health_pids(server) -> set:
