@@ -22,6 +22,7 @@ from mlops.monitoring.rows import Status
 
 plt = plots.plt
 FIGURE_NAMES = ("status", "distributions", "psi", "rmse")
+ONLINE_FIGURE = "online_comparison"
 ARTIFACT_FOLDER = "monitoring"
 REPORT_NAME = "report.html"
 COLORS = {"reference": "#718096", "current": "#2b6cb0", Status.VIOLATION: "#c53030", Status.OK: "#2f855a",
@@ -175,9 +176,11 @@ def png_bytes(figure) -> bytes:
     return buffer.getvalue()
 
 
-def render_html(title: str, images: dict, decision, profile_rows: list) -> str:
+def render_html(title: str, images: dict, decision, profile_rows: list, comparison_line: str = "") -> str:
     """One page: the decision, the heat map and figures, then the window table and the violations."""
     escape = html.escape
+    online = f"<p><strong>Online comparison</strong>: {escape(comparison_line)}</p>" \
+        if comparison_line else ""
     figures = "".join(f'<h2>{escape(name)}</h2><img alt="{escape(name)}" '
                       f'src="data:image/png;base64,{base64.b64encode(data).decode()}">'
                       for name, data in images.items())
@@ -205,7 +208,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;te
 </head><body><h1>{escape(title)}</h1>
 <p><strong>{verdict}</strong>: {escape(decision.reason)}</p>
 <p>{len(decision.windows)} windows, {over} over threshold, {len(decision.violations)} violations.</p>
-{figures}
+{online}{figures}
 <h2>Model quality per window</h2><table><tr><th>window</th><th>version</th><th>arm</th><th>rows</th>
 <th>labelled</th><th>rmse</th><th>rmse ratio</th><th>status</th></tr>{windows}</table>
 <h2>Violations</h2><table><tr><th>window</th><th>version</th><th>column</th><th>metric</th><th>value</th>
@@ -214,9 +217,15 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;te
 """
 
 
-def log_report(mlflow_module, result, settings, decision, title: str) -> str:
-    """Log the PNGs and the HTML page to the active MLflow run; returns the page's artifact URI."""
+def log_report(mlflow_module, result, settings, decision, title: str, comparison=None) -> str:
+    """Log the PNGs and the HTML page to the active MLflow run; returns the page's artifact URI.
+
+    ``comparison`` (its ``line`` and ``figure()``), when the Challenger is judged online, adds
+    the verdict and the arms' figure.
+    """
     figures = build_figures(result, settings, decision)
+    if comparison is not None:
+        figures[ONLINE_FIGURE] = comparison.figure()
     try:
         images = {name: png_bytes(figure) for name, figure in figures.items()}
         for name, figure in figures.items():
@@ -224,7 +233,8 @@ def log_report(mlflow_module, result, settings, decision, title: str) -> str:
     finally:
         for figure in figures.values():
             plots.close(figure)
-    mlflow_module.log_text(render_html(title, images, decision, result.profile_rows),
+    mlflow_module.log_text(render_html(title, images, decision, result.profile_rows,
+                                       comparison.line if comparison is not None else ""),
                            f"{ARTIFACT_FOLDER}/{REPORT_NAME}")
     return f"{mlflow_module.get_artifact_uri(ARTIFACT_FOLDER)}/{REPORT_NAME}"
 

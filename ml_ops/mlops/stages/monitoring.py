@@ -3,7 +3,7 @@
 The monitored windows' metrics go to ``<predictions table>_profile_metrics`` and
 ``_drift_metrics``; the decision goes out as task values for the job's ``check`` condition:
 ``retrain_required`` ("true"/"false"), ``reason``, ``violated_windows``, ``violations``, ``report``
-(the HTML report's artifact URI), and
+(the HTML report's artifact URI; with a Challenger set, the report shows the online comparison), and
 the training range a retraining would use (``training_data_start_date``,
 ``training_data_end_date``: the ``retraining_range_days`` up to the last monitored day).
 """
@@ -14,11 +14,13 @@ import mlflow
 from taxi_fares import features
 
 from mlops.config import MonitoringConfig, TrainingConfig
+from mlops.errors import DataError
 from mlops.lifecycle.registry import CHAMPION, RegistryClient
 from mlops.monitoring import report, signals
 from mlops.monitoring.decision import Decision, decide
 from mlops.monitoring.lakehouse import monitor_with_lakehouse
 from mlops.monitoring.monitor import check_labels, monitor_range
+from mlops.stages import online_comparison
 from mlops.stages.run import TaskRun
 
 
@@ -93,7 +95,8 @@ def monitor_inference_log(run: TaskRun[MonitoringConfig]) -> tuple[Decision, str
                                features.FEATURE_COLUMNS, settings, start, end, require_labels=needs_labels)
     registry = RegistryClient.from_config(config)
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-    champion = registry.alias_version(CHAMPION) if registry.exists() else None
+    versions = online_comparison.serving_versions(config)
+    champion = versions.get(CHAMPION)
     decision = decide(*_rows_the_rule_uses(result, config.retrain_on), settings, _last_trained_at(registry),
                       now, training_in_progress=training_in_progress(config, now),
                       serving_versions=[champion] if champion else None)
@@ -110,8 +113,14 @@ def monitor_inference_log(run: TaskRun[MonitoringConfig]) -> tuple[Decision, str
     mlflow.set_tags({"retrain_required": values["retrain_required"], "monitoring.reason": decision.reason})
     sent = signals.send(run.telemetry, result.profile_rows, result.drift_rows, decision,
                         config.registered_model_name)
+    # With a Challenger serving beside the Champion, the report shows their online comparison too.
+    try:
+        comparison = online_comparison.judge_arms(config, run.tables, versions)
+    except DataError as error:  # a log written before arms were recorded: the drift report still stands
+        comparison = None
+        logger.warning("no online comparison in the report: %s", error)
     report_uri = report.log_report(mlflow, result, settings, decision,
-                                   f"{config.registered_model_name}: monitoring {start} to {end}")
+                                   f"{config.registered_model_name}: monitoring {start} to {end}", comparison)
     run.set_task_value("report", report_uri)
     logger.info("monitoring %s to %s: %s", start, end, decision.reason)
     for violation in decision.violations[:20]:

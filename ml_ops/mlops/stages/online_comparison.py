@@ -10,6 +10,7 @@ verdict is ``no challenger`` and the task succeeds.
 """
 import logging
 import math
+from dataclasses import dataclass
 
 import mlflow
 
@@ -30,28 +31,61 @@ MEASURES = ("champion_rows", "challenger_rows", "champion_rmse", "challenger_rms
             "challenger_mae", "rmse_ratio", "ratio_low", "ratio_high", "rows_needed")
 
 
+@dataclass(frozen=True)
+class JudgedArms:
+    """The Challenger judged against the Champion: the versions, the settings and the comparison."""
+
+    champion: str
+    challenger: str
+    settings: ComparisonSettings
+    result: Comparison
+
+    @property
+    def line(self) -> str:
+        return f"challenger version {self.challenger} against champion version {self.champion}: " \
+               f"{self.result.line()}"
+
+    def figure(self):
+        return arms_figure(self.result, self.settings, self.champion, self.challenger)
+
+
+def serving_versions(config: MonitoringConfig) -> dict:
+    """The Champion's and the Challenger's versions, by alias; an alias not set is absent."""
+    registry = RegistryClient.from_config(config)
+    if not registry.exists():
+        return {}
+    versions = {alias: registry.alias_version(alias) for alias in (CHAMPION, CHALLENGER)}
+    return {alias: str(version) for alias, version in versions.items() if version}
+
+
+def judge_arms(config: MonitoringConfig, tables, versions: dict) -> JudgedArms | None:
+    """The comparison of the aliases' arms over the monitored range; None unless both are set."""
+    if CHAMPION not in versions or CHALLENGER not in versions:
+        return None
+    start, end = config.monitoring_range()
+    log = tables.read(config.predictions_table, missing_hint="score with mlops serve or a job first")
+    settings = ComparisonSettings(margin=config.online_comparison_margin,
+                                  alpha=config.online_comparison_alpha)
+    result = online_log.compare_log(log, versions[CHAMPION], versions[CHALLENGER], start, end, settings)
+    return JudgedArms(versions[CHAMPION], versions[CHALLENGER], settings, result)
+
+
 def compare_online_arms(run: TaskRun[MonitoringConfig]) -> Comparison | None:
     """Judge the Challenger on the monitored range and hand the verdict on; None without a Challenger."""
     config = run.config
-    registry = RegistryClient.from_config(config)
-    versions = {alias: registry.alias_version(alias) for alias in (CHAMPION, CHALLENGER)} \
-        if registry.exists() else {}
-    if not versions.get(CHAMPION) or not versions.get(CHALLENGER):
-        absent = " and no ".join(alias for alias in (CHAMPION, CHALLENGER) if not versions.get(alias))
+    versions = serving_versions(config)
+    judged = judge_arms(config, run.tables, versions)
+    if judged is None:
+        absent = " and no ".join(alias for alias in (CHAMPION, CHALLENGER) if alias not in versions)
         line = f"model {config.registered_model_name} has no {absent}: there is nothing to compare online"
         run.set_task_value("online_verdict", NO_CHALLENGER)
         run.set_task_value("online_comparison", line)
         logger.info(line)
         return None
-    champion, challenger = str(versions[CHAMPION]), str(versions[CHALLENGER])
-    start, end = config.monitoring_range()
-    log = run.tables.read(config.predictions_table, missing_hint="score with mlops serve or a job first")
-    settings = ComparisonSettings(margin=config.online_comparison_margin,
-                                  alpha=config.online_comparison_alpha)
-    result = online_log.compare_log(log, champion, challenger, start, end, settings)
-    line = f"challenger version {challenger} against champion version {champion}: {result.line()}"
-    values = {"online_verdict": result.verdict, "online_comparison": line, "champion_version": champion,
-              "challenger_version": challenger, "online_rows_needed": result.rows_needed}
+    result, champion, challenger = judged.result, judged.champion, judged.challenger
+    values = {"online_verdict": result.verdict, "online_comparison": judged.line,
+              "champion_version": champion, "challenger_version": challenger,
+              "online_rows_needed": result.rows_needed}
     for key, value in values.items():
         run.set_task_value(key, value)
     measured = {name: float(getattr(result, name)) for name in MEASURES}
@@ -63,13 +97,14 @@ def compare_online_arms(run: TaskRun[MonitoringConfig]) -> Comparison | None:
     for name, value in measured.items():
         if math.isfinite(value):
             run.telemetry.track_metric(METRIC_PREFIX + name, value, **dimensions)
-    run.telemetry.track_event(VERDICT_EVENT, **dimensions, comparison=line)
-    figure = arms_figure(result, settings, champion, challenger)
+    run.telemetry.track_event(VERDICT_EVENT, **dimensions, comparison=judged.line)
+    figure = judged.figure()
     try:
         mlflow.log_figure(figure, FIGURE)
     finally:
         plots.close(figure)
-    logger.info("online comparison %s to %s: %s", start, end, line)
+    start, end = config.monitoring_range()
+    logger.info("online comparison %s to %s: %s", start, end, judged.line)
     return result
 
 

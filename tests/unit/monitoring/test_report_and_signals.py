@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 import matplotlib.colors
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -17,9 +18,11 @@ from mlops.data.tables import TableStore
 from mlops.inference import engine
 from mlops.monitoring import monitor, report, signals
 from mlops.monitoring.decision import decide
+from mlops.monitoring.online_comparison import ArmErrors, ComparisonSettings, compare
 from mlops.monitoring.rows import Status
 from mlops.monitoring.settings import MonitoringSettings
 from mlops.observability.telemetry import Telemetry, TelemetrySettings
+from mlops.stages.online_comparison import JudgedArms
 from support.appinsights import appinsights  # noqa: F401
 
 from .conftest import FEATURES, FIRST_DAY, LOG_TABLE, MODEL_NAME, log_rows, reference_profile
@@ -106,6 +109,28 @@ def test_the_report_is_logged_with_its_figures_and_names_the_decision(shifted, t
         f"{name}.png" for name in report.FIGURE_NAMES)
     # The quality table lists every window, the inflated ones as violations.
     assert text.count("<td>violation</td>") == 2 and text.count("<td>ok</td>") == 2
+
+
+def test_a_challenger_judged_online_adds_its_verdict_and_figure_to_the_report(shifted, tmp_path,
+                                                                              mlflow_tracking):
+    result, decision = shifted
+    rng = np.random.default_rng(3)
+    settings = ComparisonSettings()
+    judged = JudgedArms("1", "2", settings, compare(ArmErrors.of(rng.normal(0, 4, 4000)),
+                                                    ArmErrors.of(rng.normal(0, 6, 1000)), settings))
+    experiment = mlflow.create_experiment("online_report", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        uri = report.log_report(mlflow, result, SETTINGS, decision, "fares: monitoring", judged)
+
+    page = Path(urlparse(uri).path)
+    text = page.read_text()
+    assert judged.result.verdict == "keep"
+    assert f"<strong>Online comparison</strong>: {html.escape(judged.line)}" in text
+    assert judged.line.startswith("challenger version 2 against champion version 1: keep")
+    assert text.index(decision.reason) < text.index(html.escape(judged.line)) < text.index('alt="status"')
+    assert f'alt="{report.ONLINE_FIGURE}"' in text
+    assert len(re.findall(r'src="data:image/png;base64,', text)) == len(report.FIGURE_NAMES) + 1
+    assert (page.parent / f"{report.ONLINE_FIGURE}.png").read_bytes().startswith(PNG_MAGIC)
 
 
 def test_each_metric_is_a_custom_metric_and_each_violation_a_custom_event(shifted, appinsights):  # noqa: F811

@@ -1,4 +1,4 @@
-"""``mlops serve --workers N``: several processes on one port, each logging its own rows, exactly once."""
+"""``mlops serve --workers N``: processes on one port, splitting alike, each row logged exactly once."""
 import concurrent.futures
 import json
 import signal
@@ -13,15 +13,18 @@ from mlops.cli import main
 from .conftest import FEATURES, call
 from .test_alias_switch_and_logging import (
     BODY, Address, _answers, readme_serve_command, readme_server_setup, wait_for)
+from .test_traffic_split import set_challenger
 
 
 @pytest.mark.slow
-def test_two_workers_share_the_port_and_every_answered_row_is_logged_once(registry_home, tmp_path):
-    home, _ = registry_home
+def test_two_workers_share_the_port_split_alike_and_log_every_answered_row_once(registry_home, tmp_path):
+    home, (first, second, _) = registry_home
+    set_challenger(second)
     port, environment = readme_server_setup(home)
     log = home / "tables" / "dev" / "taxi_fares" / "taxi_fares_predictions"
     before = DeltaTable(str(log)).to_pyarrow_table().num_rows if DeltaTable.is_deltatable(str(log)) else 0
-    command = [*readme_serve_command(port), "--workers", "2", "--flush-seconds", "600", "--flush-rows", "7"]
+    command = [*readme_serve_command(port), "--workers", "2", "--flush-seconds", "600", "--flush-rows", "7",
+               "--challenger-percent", "30"]
     process = subprocess.Popen(command, env=environment, cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     server = Address(port)
@@ -36,26 +39,37 @@ def test_two_workers_share_the_port_and_every_answered_row_is_logged_once(regist
 
         wait_for(both_workers_answered, timeout=90)
 
-        def client(_):
-            scored = sum(call(server, "/invocations", BODY)[0] == 200 for _ in range(15))
-            return scored, call(server, "/health")[2]["process_id"]
+        def arms_of(keys) -> dict:
+            return {key: arm for key, arm in zip(keys, (_arm(server, key) for key in keys)) if arm}
 
+        clients = [[f"trip-{client}-{number}" for number in range(15)] for client in range(24)]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(client, range(24)))
+            answers = {key: arm for arms in pool.map(arms_of, clients) for key, arm in arms.items()}
+            # Asked again, on whichever worker takes it: the same arm.
+            again = [list(answers)[start::8] for start in range(8)]
+            retried = {key: arm for arms in pool.map(arms_of, again) for key, arm in arms.items()}
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=90)
     finally:
         if process.poll() is None:
             process.kill()
-    answered = sum(scored for scored, _ in answers)
     assert process.returncode == 0, stderr[-2000:]
     assert f"with 2 workers at http://127.0.0.1:{port}" in stdout and "stopped; 2 workers" in stdout
-    assert answered == 24 * 15
-    assert process.pid not in seen | {worker for _, worker in answers}
-    request_ids = DeltaTable(str(log)).to_pyarrow_table().column("request_id").to_pylist()
-    assert len(request_ids) == before + answered, stderr[-3000:]
-    assert len(set(request_ids)) == len(request_ids)
+    assert len(answers) == 24 * 15 and process.pid not in seen
+    assert retried == answers
+    challenger_share = list(answers.values()).count("challenger") / len(answers)
+    assert 0.2 < challenger_share < 0.4
+    rows = DeltaTable(str(log)).to_pyarrow_table().to_pandas()
+    assert len(rows) == before + 2 * len(answers), stderr[-3000:]
+    assert rows["request_id"].is_unique
+    assert (rows["arm"] == "challenger").sum() == 2 * list(answers.values()).count("challenger")
+    assert set(zip(rows["arm"], rows["model_version"])) == {("champion", first), ("challenger", second)}
     assert list((log.parent / f"{log.name}.journal").glob("*.jsonl")) == []
+
+
+def _arm(server, key: str) -> str | None:
+    status, headers, _ = call(server, "/invocations", BODY, headers={"X-Request-Key": key})
+    return headers["X-Model-Arm"] if status == 200 else None
 
 
 _COMMIT_ONE_ROW_EACH = """
