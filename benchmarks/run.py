@@ -32,8 +32,9 @@ from benchmarks.common import (C_SINGLE_ATTEMPT_ABOVE, CORES, DATA_DIR, DEFAULT_
                                RESULTS, RssSampler, feature_names, features_path, judged_size, prepare_data,
                                provenance, run_child, spark_session, train_and_register, use_working_tree)
 
-# Monitoring one window of the inference log (benchmarks/monitoring.py).
+# Monitoring one window of the inference log, and with estimated quality (benchmarks/monitoring.py).
 MONITORING = "M"
+ESTIMATING = "E"
 
 
 # ---------------------------------------------------------------- routes (child process)
@@ -187,9 +188,9 @@ def measure(route: str, rows: int, model_uri: str, reps: int) -> dict:
                     run = route_b(features, model_uri)
                 else:
                     spark = spark_session()
-                    from benchmarks.monitoring import route_m
+                    from benchmarks.monitoring import route_e, route_m
 
-                    make_run = {"A": route_a, "C": route_c, "D": route_d, "M": route_m}[route]
+                    make_run = {"A": route_a, "C": route_c, "D": route_d, "M": route_m, "E": route_e}[route]
                     run = make_run(spark, features, model_uri, output)
                 seconds = _timed(run, reps, output)
             except Exception as error:  # the failure and the memory it reached are the result
@@ -269,7 +270,7 @@ def parent_main(args):
 def main(argv=None):
     use_working_tree()
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--route", choices=sorted([*ROUTES, PROFILE, MONITORING]))
+    parser.add_argument("--route", choices=sorted([*ROUTES, PROFILE, MONITORING, ESTIMATING]))
     parser.add_argument("--rows", type=int)
     parser.add_argument("--model-uri")
     parser.add_argument("--tracking-uri")

@@ -147,22 +147,28 @@ def story(lifecycle, tmp_path_factory):
 
 def _profile_chapter(lifecycle) -> Chapter:
     """Version 1's profile, refused without --force, then rebuilt after the feature tables were rewritten."""
+    import dataclasses
     import types
 
     from mlops.data.tables import TableStore
-    from mlops.monitoring.monitor import stored_profile
+    from mlops.monitoring.monitor import stored_profile, write_baseline
     from mlops.stages.feature_tables import TRAINING, build_feature_tables
 
     _, parameters, spark = lifecycle
     tables = TableStore(spark, parameters["table_location"])
     before = stored_profile(tables, "taxi_fares_predictions", "1")
+    # A profile stored before error models were fitted gets one without --force.
+    write_baseline(tables, "taxi_fares_predictions", dataclasses.replace(before, error_model={}))
+    filled = cli("profile", MODEL, "1", "--location", parameters["table_location"])
+    with_error_model = stored_profile(tables, "taxi_fares_predictions", "1")
     refused = cli("profile", MODEL, "1", "--location", parameters["table_location"])
     # A later training run rewrites the feature tables with other trips (here: only the last week).
     build_feature_tables(types.SimpleNamespace(spark=spark, tables=tables), parameters["taxi_fares_raw_data"],
                          datetime.date(2016, 1, 25), END, TRAINING, "training_data")
     forced = cli("profile", MODEL, "1", "--location", parameters["table_location"], "--force", "--by", "dana")
     after = stored_profile(tables, "taxi_fares_predictions", "1")
-    return Chapter(extra={"before": before, "refused": refused, "forced": forced, "after": after,
+    return Chapter(extra={"before": before, "filled": filled, "with_error_model": with_error_model,
+                          "refused": refused, "forced": forced, "after": after,
                           "history": [event for event in registry().history.events()
                                       if event["event"] == "profile_rebuilt"]})
 
@@ -372,6 +378,11 @@ def test_the_logged_model_asks_for_the_cluster_runtime_s_mlflow(story):
 def test_a_profile_is_never_replaced_by_accident_and_a_forced_rebuild_reads_the_version_s_own_rows(story):
     chapter = story["profile"]
     before, after = chapter.extra["before"], chapter.extra["after"]
+    # validate fitted the version's error model; the same rows fit the same one again.
+    assert before.error_model["feature_names"][-1] == "prediction"
+    code, _, err = chapter.extra["filled"]
+    assert code == 0, err
+    assert chapter.extra["with_error_model"].error_model["squared"] == before.error_model["squared"]
     code, _, err = chapter.extra["refused"]
     assert code == 1 and (f"already has a reference profile ({before.rows} held-out rows" in err
                           and "Pass --force to rebuild it" in err)
@@ -380,6 +391,7 @@ def test_a_profile_is_never_replaced_by_accident_and_a_forced_rebuild_reads_the_
     # Read at the table versions its training run recorded: the same rows, whatever the tables hold now.
     assert after.rows == before.rows and after.error["rmse"] == pytest.approx(before.error["rmse"], rel=1e-9)
     assert after.column("trip_distance").quantiles == pytest.approx(before.column("trip_distance").quantiles)
-    [event] = chapter.extra["history"]
-    assert (event["version"], event["by"]) == ("1", "dana")
+    filling, event = chapter.extra["history"]
+    assert filling["version"] == "1" and (event["version"], event["by"]) == ("1", "dana")
+    assert after.error_model["squared"] == before.error_model["squared"]
     assert event["detail"]["old_rows"] == event["detail"]["new_rows"] == str(before.rows)

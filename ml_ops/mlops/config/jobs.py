@@ -301,7 +301,7 @@ class MonitoringConfig(JobConfig):
     monitoring_windows: int = Field(7, ge=1)
     # Calendar features: a daily window holds one weekday, so these always differ from the reference.
     drift_exempt_columns: str = "pickup_day_of_week,is_weekend"
-    retrain_on: Literal["drift", "quality", "drift_or_quality"] = "drift_or_quality"
+    retrain_on: Literal["drift", "quality", "drift_or_quality", "estimated_quality"] = "drift_or_quality"
     retraining_range_days: int = Field(30, ge=1)
     # 0: a retraining reuses the Champion's tuned hyperparameters; N: it tunes again with N trials.
     retraining_tuning_trials: int = Field(0, ge=0)

@@ -1,9 +1,11 @@
 """The second half of ``make demo``: monitoring watches the Champion, drift arrives, retraining follows.
 
 February is monitored first (no drift, no retraining). Then March arrives with longer trips
-and dearer fares (the generator's distance and fare shifts); it is scored and monitored, the
-violations and the rmse rise are shown, and the monitoring job's ``retrain`` task runs the
-training job, whose new version is validated and judged against the Champion.
+and dearer fares (the generator's distance and fare shifts); it is scored and monitored before
+its labels arrive (the estimated rmse), then again once ``merge_labels`` has filled them (the
+realized rmse, shown beside the estimate), the violations and the rmse rise are shown, and the
+monitoring job's ``retrain`` task runs the training job, whose new version is validated and
+judged against the Champion.
 """
 import datetime
 import json
@@ -26,11 +28,11 @@ MARCH = (datetime.date(2016, 3, 1), datetime.date(2016, 3, 31))
 MARCH_DRIFT = DriftSettings(distance_scale=1.5, fare_scale=1.5)
 
 
-def _monitor(start: datetime.date, end: datetime.date, shared: dict, run):
+def _monitor(start: datetime.date, end: datetime.date, shared: dict, run, cooldown_days: int = 0):
     record = run(MONITORING_JOB, {**shared, "monitoring_start_date": start.isoformat(),
                                   "monitoring_end_date": end.isoformat(),
-                                  # The demo's Champion was trained minutes ago: no cooldown here.
-                                  "retrain_cooldown_days": "0"})
+                                  # The demo's Champion was trained minutes ago: no cooldown unless asked.
+                                  "retrain_cooldown_days": str(cooldown_days)})
     values = record.tasks["monitor"]["task_values"]
     print(f"decision: retrain_required={values['retrain_required']}: {values['reason']}")
     print(f"windows over threshold: {len(values['violated_windows'])} of "
@@ -64,6 +66,35 @@ def _print_quality(spark, config: MonitoringConfig):
                                    F.avg("rmse_ratio").alias("ratio")).orderBy("month").collect())
     print(format_table(["month", "windows", "mean rmse", "rmse / reference"],
                        [[row.month, row.windows, f"{row.rmse:.3f}", f"{row.ratio:.2f}"] for row in quality]))
+
+
+def _month_quality(spark, config: MonitoringConfig, month: str) -> tuple:
+    """(windows, mean estimated rmse, mean realized rmse) of the month's windows; None where there is none."""
+    tables = TableStore(spark, config.table_location)
+    row = (tables.read(metric_table_names(config.predictions_table)["profile"])
+           .where((F.col("column_name") == TABLE_COLUMN)
+                  & (F.date_format(F.col("window.start"), "yyyy-MM") == month))
+           .agg(F.count("*").alias("windows"), F.avg("estimated_root_mean_squared_error").alias("estimated"),
+                F.avg("root_mean_squared_error").alias("realized")).first())
+    return row.windows, row.estimated, row.realized
+
+
+def _print_estimate_against_realized(before: tuple, after: tuple, reference_rmse: float):
+    def shown(value):
+        return "-" if value is None else f"{value:.3f} ({value / reference_rmse:.2f}x)"
+    print(format_table(["March 2016", "windows", "estimated rmse", "realized rmse"],
+                       [["before merge_labels", before[0], shown(before[1]), shown(before[2])],
+                        ["after merge_labels", after[0], shown(after[1]), shown(after[2])]]))
+    print(f"reference rmse {reference_rmse:.3f}. The estimate needs no label: it sees the longer trips. "
+          "Only the labels show the dearer fares for the same trips (concept drift), which no estimate can.")
+
+
+def _reference_rmse(spark, config: MonitoringConfig) -> float:
+    tables = TableStore(spark, config.table_location)
+    champion = RegistryClient.from_config(config).alias_version("Champion")
+    row = (tables.read(metric_table_names(config.predictions_table)["baseline"])
+           .where(F.col("model_version") == str(champion)).select("reference_rmse").first())
+    return row.reference_rmse
 
 
 def _print_retraining(record):
@@ -104,10 +135,15 @@ def close_the_loop(spark, raw_data: str, rows: int, run, banner, labels):
     banner(f"March 2016 arrives with drift: trips x{MARCH_DRIFT.distance_scale} longer, "
            f"fares x{MARCH_DRIFT.fare_scale}")
     generate(spark, rows // 2, *MARCH, raw_data, seed=8, drift=MARCH_DRIFT, append=True, labels=labels)
-    scoring = run(SCORING_JOB,
-                  {**shared, "scoring_data_start_date": MARCH[0].isoformat(),
-                   "scoring_data_end_date": MARCH[1].isoformat(), "publish_results": "false",
-                   "execute_label_merge": "true"})
+    march_scoring = {**shared, "scoring_data_start_date": MARCH[0].isoformat(),
+                     "scoring_data_end_date": MARCH[1].isoformat(), "publish_results": "false"}
+    run(SCORING_JOB, {**march_scoring, "execute_label_merge": "false"})
+    banner("Monitoring March 2016 before its labels arrive: the estimated rmse")
+    print("(a long cooldown for this look: retraining waits for the labels)")
+    _monitor(*MARCH, shared, run, cooldown_days=3650)
+    before = _month_quality(spark, config, "2016-03")
+    banner("March's labels arrive (task merge_labels)")
+    scoring = run(SCORING_JOB, {**march_scoring, "execute_label_merge": "true"})
     labelled = scoring.tasks["merge_labels"].get("task_values", {}).get("rows_labelled", "?")
     print(f"late labels merged from {labels[1]} (task merge_labels): {labelled} inference log rows "
           "have a fare")
@@ -115,6 +151,8 @@ def close_the_loop(spark, raw_data: str, rows: int, run, banner, labels):
     march = _monitor(*MARCH, shared, run)
     _print_drift(spark, config, *MARCH)
     _print_quality(spark, config)
+    _print_estimate_against_realized(before, _month_quality(spark, config, "2016-03"),
+                                     _reference_rmse(spark, config))
     banner("Retraining (the monitoring job's retrain task)")
     _print_retraining(march)
     return march

@@ -17,6 +17,7 @@ from mlops.monitoring.rows import DriftRow, ProfileRow, Status
 from mlops.monitoring.settings import MonitoringSettings
 
 COMPARED_ARMS = (CHALLENGER_ARM, SHADOW_ARM)
+ESTIMATED_RATIO = "estimated_rmse_ratio_low"
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,19 @@ class Violation:
 
 
 def violations_of(profile_rows: list[ProfileRow], drift_rows: list[DriftRow],
-                  settings: MonitoringSettings) -> list:
+                  settings: MonitoringSettings, quality_metric: str = "rmse_ratio") -> list:
     """Every drifted column and degraded quality, as :class:`Violation`.
 
-    The limit is the larger of the configured threshold and what chance gives at the window's size.
+    The limit is the larger of the configured threshold and what chance gives at the window's size;
+    an estimated quality (``estimated_rmse_ratio_low``) has chance in its bound already.
     """
+    def quality_limit(row):
+        if quality_metric == ESTIMATED_RATIO:
+            return settings.rmse_ratio_threshold
+        return max(settings.rmse_ratio_threshold, row.rmse_ratio_by_chance)
     found = [(row, "population_stability_index", max(settings.psi_threshold, row.psi_by_chance))
              for row in drift_rows if row.status == Status.VIOLATION]
-    found += [(row, "rmse_ratio", max(settings.rmse_ratio_threshold, row.rmse_ratio_by_chance))
-              for row in profile_rows
+    found += [(row, quality_metric, quality_limit(row)) for row in profile_rows
               if row.is_table and row.quality_status == Status.VIOLATION]
     return [Violation(row.window_start_text, row.model_version, row.column_name, metric, getattr(row, metric),
                       limit)
@@ -78,13 +83,14 @@ def window_states(profile_rows: list[ProfileRow], drift_rows: list[DriftRow]) ->
 
 def decide(profile_rows: list[ProfileRow], drift_rows: list[DriftRow], settings: MonitoringSettings,
            last_trained_at: datetime.datetime | None, now: datetime.datetime,
-           training_in_progress: str = "", serving_versions=None) -> Decision:
+           training_in_progress: str = "", serving_versions=None,
+           quality_metric: str = "rmse_ratio") -> Decision:
     """Apply the retraining rule, then the cooldown; ``training_in_progress`` names a running training.
 
     With ``serving_versions``, only their rows count towards the rule; the others' violations are
-    still listed.
+    still listed. ``quality_metric`` names what the rows' ``quality_status`` judged.
     """
-    violations = violations_of(profile_rows, drift_rows, settings)
+    violations = violations_of(profile_rows, drift_rows, settings, quality_metric)
     if not profile_rows and not drift_rows:
         return Decision(False, "no rows: the inference log has no rows in the monitored range", [], [])
     others = ""

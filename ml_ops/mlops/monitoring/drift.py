@@ -18,16 +18,18 @@ chance level, and the KS p-value under ``alpha``).
 """
 import dataclasses
 import math
+from statistics import NormalDist
 
 import numpy as np
 
 from mlops.inference import engine
+from mlops.monitoring import estimation
 from mlops.monitoring.drift_methods import DRIFT_METHODS, ColumnWindow
 from mlops.monitoring.reference import QUANTILE_LEVELS, ReferenceProfile, ReferenceSlice
 from mlops.monitoring.rows import TABLE_COLUMN, DriftRow, ProfileRow, Status, Window  # noqa: F401
 from mlops.monitoring.settings import MonitoringSettings
 from mlops.monitoring.statistics import QUALITY, binned_quantiles, rmse_ratio_by_chance
-from mlops.monitoring.window_stats import BIN_COUNTS, WINDOW_START
+from mlops.monitoring.window_stats import BIN_COUNTS, ESTIMATED_ABSOLUTE, ESTIMATED_SQUARED, WINDOW_START
 
 
 def _key(sums: dict, name: str, profile: ReferenceProfile, settings: MonitoringSettings) -> dict:
@@ -84,12 +86,32 @@ def quality_status(ratio: float, rows: float, settings: MonitoringSettings,
     return (Status.VIOLATION if over else Status.OK), by_chance
 
 
+def estimated_quality(sums: dict, reference: ReferenceSlice, profile: ReferenceProfile,
+                      settings: MonitoringSettings) -> dict:
+    """The ``estimated_*`` fields of a window's ``:table`` row, from its error model's sums; none without."""
+    rows, squared_sum = sums["rows"], sums.get(ESTIMATED_SQUARED)
+    if squared_sum is None or not profile.error_model:
+        return {}
+    if rows < settings.min_rows:
+        return {"estimated_quality_status": Status.INSUFFICIENT}
+    estimated = math.sqrt(squared_sum / rows)
+    z = float(NormalDist().inv_cdf(1 - settings.alpha / 2))
+    low, high = estimation.rmse_interval(profile.error_model["calibration"], estimated, rows, z)
+    ratio_low = low / reference.error["rmse"] if reference.error.get("rmse") else math.inf
+    return {"estimated_root_mean_squared_error": estimated,
+            "estimated_mean_absolute_error": sums[ESTIMATED_ABSOLUTE] / rows,
+            "estimated_rmse_low": low, "estimated_rmse_high": high, "estimated_rmse_ratio_low": ratio_low,
+            "estimated_quality_status": Status.VIOLATION if ratio_low > settings.rmse_ratio_threshold
+            else Status.OK}
+
+
 def quality_metrics(sums: dict, reference: ReferenceSlice, profile: ReferenceProfile,
                     settings: MonitoringSettings) -> ProfileRow:
-    """The window's ``:table`` profile row: row count and, where labels exist, model quality."""
+    """The window's ``:table`` row: row count, estimated quality and, with labels, realized quality."""
     labelled = sums["labelled"]
     row = ProfileRow(**_key(sums, TABLE_COLUMN, profile, settings), count=sums["rows"],
-                     labelled_count=labelled, quality_status=Status.INSUFFICIENT)
+                     labelled_count=labelled, quality_status=Status.INSUFFICIENT,
+                     **estimated_quality(sums, reference, profile, settings))
     if labelled < settings.min_rows:
         return row
     squared = sums["squared_error_sum"] / labelled

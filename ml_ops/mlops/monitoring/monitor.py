@@ -35,8 +35,10 @@ BASELINE_SCHEMA = _schema(("model_name", STRING), ("model_version", STRING), ("m
                           *[(name, DOUBLES) for name in ("bin_edges", "cumulative_share", "quantiles")],
                           ("reference_rmse", DOUBLE), ("reference_mae", DOUBLE), ("profile_json", STRING))
 METRIC_KEYS = ("window_start", "model_version", "arm", "column_name")
-# Metric tables written before arms were profiled apart gain the column; their rows read null.
-ADDED_METRIC_COLUMNS = ("arm",)
+# Metric tables written before arms were profiled apart, or quality estimated, gain the columns;
+# their rows read null.
+ADDED_METRIC_COLUMNS = ("arm", *(name for name in PROFILE_SCHEMA.fieldNames()
+                                 if name.startswith("estimated_")))
 METRIC_PARTITIONS = ("granularity",)
 
 

@@ -87,6 +87,8 @@ class ReferenceProfile:
     seasons: dict = field(default_factory=dict)
     # window unit ("hour", "day") -> column -> dispersion (see mlops.monitoring.statistics)
     dispersion: dict = field(default_factory=dict)
+    # The version's error model (mlops.monitoring.estimation.ErrorModel.to_dict); empty without one.
+    error_model: dict = field(default_factory=dict)
 
     def column(self, name: str) -> ColumnReference:
         return self.columns[name]

@@ -132,16 +132,30 @@ def psi_figure(drift_rows: list, psi_threshold: float):
 
 
 def rmse_figure(profile_rows: list, profiles: dict, rmse_ratio_threshold: float, decision):
-    """rmse per window, version and arm, with each version's limit and the retraining decision."""
+    """rmse per window, version and arm, with each version's limit and the retraining decision.
+
+    Where the version has an error model, its estimated rmse is drawn too, dashed, with its
+    interval as a band: before labels it is the only line; after, it sits beside the realized one.
+    """
     figure, axes = plt.subplots(figsize=(9, 4))
-    quality = [row for row in _judged(profile_rows) if row.is_table]
+    quality = [row for row in profile_rows if row.is_table and (
+        row.quality_status not in (None, Status.INSUFFICIENT) or row.estimated_root_mean_squared_error)]
     limits_drawn = set()
     for version, arm in sorted({(row.model_version, row.arm or "") for row in quality}):
         own = sorted((row for row in quality if (row.model_version, row.arm or "") == (version, arm)),
                      key=lambda row: row.window.start)
-        starts = [row.window.start for row in own]
-        axes.plot(starts, [row.root_mean_squared_error for row in own], marker="o",
-                  label=f"version {version}{f' ({arm})' if arm else ''} rmse")
+        name = f"version {version}{f' ({arm})' if arm else ''}"
+        realized = [row for row in own if row.root_mean_squared_error is not None]
+        axes.plot([row.window.start for row in realized], [row.root_mean_squared_error for row in realized],
+                  marker="o", label=f"{name} rmse")
+        estimated = [row for row in own if row.estimated_root_mean_squared_error is not None]
+        if estimated:
+            starts = [row.window.start for row in estimated]
+            line, = axes.plot(starts, [row.estimated_root_mean_squared_error for row in estimated],
+                              marker="s", linestyle="--", label=f"{name} estimated rmse (no labels needed)")
+            axes.fill_between(starts, [row.estimated_rmse_low for row in estimated],
+                              [row.estimated_rmse_high for row in estimated], color=line.get_color(),
+                              alpha=0.15)
         if version not in limits_drawn:
             limits_drawn.add(version)
             limit = profiles[version].error.get("rmse", math.nan) * rmse_ratio_threshold
@@ -151,7 +165,8 @@ def rmse_figure(profile_rows: list, profiles: dict, rmse_ratio_threshold: float,
                      [row.root_mean_squared_error for row in own if row.quality_status == Status.VIOLATION],
                      color=COLORS[Status.VIOLATION], zorder=3, s=60)
     if not quality:
-        axes.text(0.5, 0.5, "no labelled window with enough rows", ha="center", transform=axes.transAxes)
+        axes.text(0.5, 0.5, "no window with enough labelled rows or an estimate", ha="center",
+                  transform=axes.transAxes)
     axes.set_ylabel("rmse")
     axes.set_ylim(bottom=0)
     axes.set_title(("RETRAIN: " if decision.retrain_required else "no retraining: ") + decision.reason,

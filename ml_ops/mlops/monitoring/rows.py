@@ -84,6 +84,13 @@ class ProfileRow(MetricRow):
     rmse_ratio: Optional[float] = None
     rmse_ratio_by_chance: Optional[float] = None
     quality_status: Optional[Status] = None
+    # Before labels: the version's error model over every row of the window (mlops.monitoring.estimation).
+    estimated_root_mean_squared_error: Optional[float] = None
+    estimated_mean_absolute_error: Optional[float] = None
+    estimated_rmse_low: Optional[float] = None
+    estimated_rmse_high: Optional[float] = None
+    estimated_rmse_ratio_low: Optional[float] = None
+    estimated_quality_status: Optional[Status] = None
 
     @property
     def verdict(self) -> Optional[Status]:

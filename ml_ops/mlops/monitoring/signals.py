@@ -15,7 +15,9 @@ DECISION_EVENT = "monitoring.decision"
 DRIFT_METRICS = ("population_stability_index", "wasserstein_distance_normalized")
 COLUMN_METRICS = ("percent_null", "percent_out_of_range", "avg")
 QUALITY_METRICS = ("count", "labelled_count", "root_mean_squared_error", "mean_absolute_error",
-                   "mean_absolute_percentage_error", "r2_score", "mean_error", "rmse_ratio")
+                   "mean_absolute_percentage_error", "r2_score", "mean_error", "rmse_ratio",
+                   "estimated_root_mean_squared_error", "estimated_mean_absolute_error", "estimated_rmse_low",
+                   "estimated_rmse_high", "estimated_rmse_ratio_low")
 
 
 def _dimensions(row: MetricRow, model_name: str) -> dict:

@@ -20,12 +20,17 @@ from pyspark.sql import functions as F
 
 from mlops.errors import DataError
 from mlops.inference import engine
+from mlops.monitoring.estimation import ErrorModel
 from mlops.monitoring.reference import BINS, ReferenceProfile
 from mlops.monitoring.settings import MonitoringSettings
 from mlops.monitoring.statistics import bin_of
 
 WINDOW_START = "window_start"
 BIN_COUNTS = "bin_counts"
+ESTIMATED_ABSOLUTE = "estimated_absolute_error_sum"
+ESTIMATED_SQUARED = "estimated_squared_error_sum"
+# The column index of the rows that carry a window's error estimates in the binning pass.
+ESTIMATES = -1
 # Rows logged without an arm are grouped under this key inside the binning pass, which needs text.
 _NO_ARM = ""
 
@@ -48,12 +53,20 @@ def _per_version(profiles: dict[str, ReferenceProfile], value_of):
     return expression
 
 
-def _partial_counts(edges_by_version: dict, columns: int):
-    """What a Python worker runs on its Arrow batches: rows per (window, version, arm, column, bin)."""
+def _partial_counts(edges_by_version: dict, columns: int, error_models: dict):
+    """What a Python worker runs on its Arrow batches: rows per (window, version, arm, column, bin).
+
+    For a version with an error model it also sums the estimated absolute and squared errors of
+    the window's rows, in a row of column index ``ESTIMATES``: one more prediction per row, on
+    the values already in hand.
+    """
     def count(batches):
         import pyarrow
 
         totals: dict = {}
+        estimates: dict = {}
+        models = {version: (positions, ErrorModel.from_dict(raw))
+                  for version, (positions, raw) in error_models.items()}
         for batch in batches:
             windows = batch.column(0).cast(pyarrow.int64()).to_numpy(zero_copy_only=False)
             versions = batch.column(1).to_numpy(zero_copy_only=False)
@@ -64,29 +77,56 @@ def _partial_counts(edges_by_version: dict, columns: int):
                 if edges is None:
                     continue
                 starts, slot = np.unique(windows[chosen], return_inverse=True)
+                values = [batch.column(3 + index).to_numpy(zero_copy_only=False)[chosen].astype(float)
+                          for index in range(columns)]
                 for index in range(columns):
-                    values = batch.column(3 + index).to_numpy(zero_copy_only=False)[chosen].astype(float)
-                    present = ~np.isnan(values)
+                    present = ~np.isnan(values[index])
                     bins = len(edges[index]) + 1
-                    flat = np.bincount(slot[present] * bins + bin_of(values[present], edges[index]),
+                    flat = np.bincount(slot[present] * bins + bin_of(values[index][present], edges[index]),
                                        minlength=len(starts) * bins).reshape(len(starts), bins)
                     for row, start in enumerate(starts):
                         key = (int(start), str(version), str(arm), index)
                         totals[key] = totals.get(key, 0) + flat[row]
-        keys = list(totals)
+                if version in models:
+                    positions, model = models[version]
+                    absolute, squared = model.predict(np.column_stack([values[index] for index in positions]))
+                    sums = (np.bincount(slot, absolute, len(starts)), np.bincount(slot, squared, len(starts)))
+                    for row, start in enumerate(starts):
+                        key = (int(start), str(version), str(arm), ESTIMATES)
+                        before = estimates.get(key, (0.0, 0.0))
+                        estimates[key] = (before[0] + sums[0][row], before[1] + sums[1][row])
+        keys = list(totals) + list(estimates)
         yield pyarrow.RecordBatch.from_arrays([
             pyarrow.array([key[0] for key in keys], pyarrow.int64()),
             pyarrow.array([key[1] for key in keys], pyarrow.string()),
             pyarrow.array([key[2] for key in keys], pyarrow.string()),
             pyarrow.array([key[3] for key in keys], pyarrow.int32()),
-            pyarrow.array([totals[key].tolist() for key in keys], pyarrow.list_(pyarrow.int64()))],
-            names=["window_micros", engine.MODEL_VERSION, engine.ARM, "column_index", "counts"])
+            pyarrow.array([totals[key].tolist() if key in totals else [] for key in keys],
+                          pyarrow.list_(pyarrow.int64())),
+            *[pyarrow.array([estimates[key][part] if key in estimates else None for key in keys],
+                            pyarrow.float64()) for part in (0, 1)]],
+            names=["window_micros", engine.MODEL_VERSION, engine.ARM, "column_index", "counts",
+                   ESTIMATED_ABSOLUTE, ESTIMATED_SQUARED])
     return count
 
 
+def _error_models(profiles: dict[str, ReferenceProfile], columns) -> dict:
+    """{version: (positions of its error model's inputs among ``columns``, the model)} where it has one."""
+    found = {}
+    for version, profile in profiles.items():
+        names = profile.error_model.get("feature_names") if profile.error_model else None
+        if names and all(name in columns for name in names):
+            found[version] = ([list(columns).index(name) for name in names], profile.error_model)
+    return found
+
+
 def count_bins(log: DataFrame, profiles: dict[str, ReferenceProfile], columns,
-               settings: MonitoringSettings) -> dict:
-    """{(window start, version, arm): {column: exact row count per reference bin}}."""
+               settings: MonitoringSettings) -> tuple[dict, dict]:
+    """{(window start, version, arm): {column: exact row count per reference bin}}, and the estimates.
+
+    The estimates map the same keys to (sum of estimated absolute errors, of squared errors),
+    for the versions with an error model.
+    """
     edges = {version: [np.asarray(profile.column(name).edges, dtype=float) for name in columns]
              for version, profile in profiles.items()}
     windowed = log.select(F.unix_micros(F.date_trunc(settings.window_unit, F.col(engine.TIMESTAMP))),
@@ -94,18 +134,26 @@ def count_bins(log: DataFrame, profiles: dict[str, ReferenceProfile], columns,
                           F.coalesce(_arm(log), F.lit(_NO_ARM)),
                           *[F.col(name).cast("double") for name in columns])
     schema = (f"window_micros long, {engine.MODEL_VERSION} string, {engine.ARM} string, column_index int, "
-              "counts array<long>")
-    partial = windowed.mapInArrow(_partial_counts(edges, len(columns)), schema)
+              f"counts array<long>, {ESTIMATED_ABSOLUTE} double, {ESTIMATED_SQUARED} double")
+    counting = _partial_counts(edges, len(columns), _error_models(profiles, columns))
+    partial = windowed.mapInArrow(counting, schema)
     added = partial.groupBy("window_micros", engine.MODEL_VERSION, engine.ARM, "column_index").agg(
-        *[F.sum(F.get("counts", position)).alias(f"bin_{position}") for position in range(BINS)])
+        *[F.sum(F.get("counts", position)).alias(f"bin_{position}") for position in range(BINS)],
+        *[F.sum(name).alias(name) for name in (ESTIMATED_ABSOLUTE, ESTIMATED_SQUARED)])
     counts: dict = {}
+    estimates: dict = {}
     for row in added.withColumn(WINDOW_START, F.timestamp_micros("window_micros")).collect():
-        version, name = row[engine.MODEL_VERSION], columns[row["column_index"]]
-        bins = len(profiles[version].column(name).edges) + 1
+        version = row[engine.MODEL_VERSION]
         arm = row[engine.ARM] if row[engine.ARM] != _NO_ARM else None
-        counts.setdefault((row[WINDOW_START], version, arm), {})[name] = np.array(
+        key = (row[WINDOW_START], version, arm)
+        if row["column_index"] == ESTIMATES:
+            estimates[key] = (row[ESTIMATED_ABSOLUTE], row[ESTIMATED_SQUARED])
+            continue
+        name = columns[row["column_index"]]
+        bins = len(profiles[version].column(name).edges) + 1
+        counts.setdefault(key, {})[name] = np.array(
             [row[f"bin_{position}"] for position in range(bins)], dtype=np.int64)
-    return counts
+    return counts, estimates
 
 
 def aggregate_windows(log: DataFrame, profiles: dict[str, ReferenceProfile], columns,
@@ -151,8 +199,9 @@ def aggregate_windows(log: DataFrame, profiles: dict[str, ReferenceProfile], col
     grouped = windowed.groupBy(WINDOW_START, engine.MODEL_VERSION, engine.ARM).agg(*aggregations)
     ordered = grouped.orderBy(WINDOW_START, engine.MODEL_VERSION, engine.ARM)
     sums = [row.asDict(recursive=True) for row in ordered.collect()]
-    bins = count_bins(log, profiles, columns, settings)
+    bins, estimates = count_bins(log, profiles, columns, settings)
     for window in sums:
         key = (window[WINDOW_START], window[engine.MODEL_VERSION], window[engine.ARM])
         window[BIN_COUNTS] = bins.get(key, {})
+        window[ESTIMATED_ABSOLUTE], window[ESTIMATED_SQUARED] = estimates.get(key, (None, None))
     return sums

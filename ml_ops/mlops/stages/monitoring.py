@@ -7,6 +7,7 @@ The monitored windows' metrics go to ``<predictions table>_profile_metrics`` and
 the training range a retraining would use (``training_data_start_date``,
 ``training_data_end_date``: the ``retraining_range_days`` up to the last monitored day).
 """
+import dataclasses
 import datetime
 import logging
 
@@ -17,9 +18,10 @@ from mlops.config import MonitoringConfig, TrainingConfig
 from mlops.errors import DataError
 from mlops.lifecycle.registry import CHAMPION, RegistryClient
 from mlops.monitoring import report, signals
-from mlops.monitoring.decision import Decision, decide
+from mlops.monitoring.decision import ESTIMATED_RATIO, Decision, decide
 from mlops.monitoring.lakehouse import monitor_with_lakehouse
 from mlops.monitoring.monitor import check_labels, monitor_range
+from mlops.monitoring.rows import Status
 from mlops.stages import online_comparison
 from mlops.stages.run import TaskRun
 
@@ -27,6 +29,7 @@ from mlops.stages.run import TaskRun
 logger = logging.getLogger(__name__)
 
 LAKEHOUSE = "lakehouse"
+ESTIMATED_QUALITY = "estimated_quality"
 # Three times the training job's timeout (2 hours): a run this old that still says RUNNING was abandoned.
 TRAINING_STALE_AFTER = datetime.timedelta(hours=6)
 
@@ -68,9 +71,15 @@ def retraining_tuning(config: MonitoringConfig) -> dict:
             "tuning_trials": str(budget or TrainingConfig.default_of("tuning_trials"))}
 
 
-def _rows_the_rule_uses(result, retrain_on: str) -> tuple[list, list]:
-    profile_rows = [row for row in result.profile_rows if row.is_table] \
-        if retrain_on in ("quality", "drift_or_quality") else []
+def rows_the_rule_uses(result, retrain_on: str) -> tuple[list, list]:
+    """(profile rows, drift rows) the retraining rule judges; ``estimated_quality`` judges the estimates."""
+    tables = [row for row in result.profile_rows if row.is_table]
+    if retrain_on == ESTIMATED_QUALITY:
+        # Judged on the estimate's lower bound, which needs no label.
+        profile_rows = [dataclasses.replace(row, quality_status=row.estimated_quality_status
+                                            or Status.INSUFFICIENT) for row in tables]
+    else:
+        profile_rows = tables if retrain_on in ("quality", "drift_or_quality") else []
     drift_rows = result.drift_rows if retrain_on in ("drift", "drift_or_quality") else []
     return profile_rows, drift_rows
 
@@ -97,9 +106,11 @@ def monitor_inference_log(run: TaskRun[MonitoringConfig]) -> tuple[Decision, str
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     versions = online_comparison.serving_versions(config)
     champion = versions.get(CHAMPION)
-    decision = decide(*_rows_the_rule_uses(result, config.retrain_on), settings, _last_trained_at(registry),
+    decision = decide(*rows_the_rule_uses(result, config.retrain_on), settings, _last_trained_at(registry),
                       now, training_in_progress=training_in_progress(config, now),
-                      serving_versions=[champion] if champion else None)
+                      serving_versions=[champion] if champion else None,
+                      quality_metric=(ESTIMATED_RATIO if config.retrain_on == ESTIMATED_QUALITY
+                                      else "rmse_ratio"))
     training_start = end - datetime.timedelta(days=config.retraining_range_days - 1)
     values = {**decision.task_values(), "monitoring_start_date": start.isoformat(),
               "monitoring_end_date": end.isoformat(), "training_data_start_date": training_start.isoformat(),

@@ -7,6 +7,7 @@ from mlops.data.tables import TableStore
 from mlops.errors import ConfigError, RegistryError, ValidationFailed
 from mlops.lifecycle.profiles import store_reference
 from mlops.lifecycle.registry import RegistryClient
+from mlops.monitoring import estimation
 from mlops.monitoring.monitor import stored_profile
 from mlops.monitoring.reference import ReferenceProfile, build_reference
 from mlops.stages.feature_tables import TRAINING, recorded_versions
@@ -15,7 +16,7 @@ from mlops.stages.validation import Split, load_held_out, load_model, pickups_of
 
 def profile_version(config: TrainingConfig, tables: TableStore, registry: RegistryClient, version: str,
                     force: bool = False, by: str = "") -> ReferenceProfile:
-    """Build the reference profile of a registered ``version`` from its own held-out rows, and store it.
+    """Build the reference profile and error model of a registered ``version`` from its held-out rows.
 
     The rows are read at the feature tables' versions its training run recorded (Delta time
     travel), over its recorded held-out range, so later training runs that rewrote the tables do
@@ -24,7 +25,8 @@ def profile_version(config: TrainingConfig, tables: TableStore, registry: Regist
     """
     model = registry.resolve(version)
     existing = stored_profile(tables, config.predictions_table, model.version)
-    if existing is not None and not force:
+    # A version profiled before error models were fitted gets one without --force.
+    if existing is not None and existing.error_model and not force:
         raise ConfigError(f"model '{model.name}' version {model.version} already has a reference profile "
                           f"({existing.rows} held-out rows, built {existing.created_at}); monitoring judges "
                           "against it. Pass --force to rebuild it from the same rows")
@@ -42,9 +44,11 @@ def profile_version(config: TrainingConfig, tables: TableStore, registry: Regist
     if not np.isfinite(predictions).all():
         raise ValidationFailed(f"model '{model.name}' version {model.version} gives predictions that are "
                                "not all finite on its held-out rows; it has no usable reference")
-    reference = build_reference(model.name, model.version, data.rows, features.FEATURE_COLUMNS, predictions,
-                                data.rows[features.LABEL_COLUMN].to_numpy(dtype=float),
-                                timestamps=pickups_of(data.rows))
+    labels = data.rows[features.LABEL_COLUMN].to_numpy(dtype=float)
+    reference = estimation.with_error_model(
+        build_reference(model.name, model.version, data.rows, features.FEATURE_COLUMNS, predictions, labels,
+                        timestamps=pickups_of(data.rows)),
+        data.rows, features.FEATURE_COLUMNS, predictions, labels)
     store_reference(tables, config.predictions_table, reference, training_run.info.run_id)
     if existing is not None:
         registry.history.append("profile_rebuilt", model.version, by, old_rows=existing.rows,

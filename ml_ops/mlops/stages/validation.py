@@ -31,6 +31,7 @@ from mlops.errors import ConfigError, DataError, RegistryError, ValidationFailed
 from mlops.lifecycle.profiles import store_reference
 from mlops.lifecycle.registry import (CHALLENGER, CHAMPION, FAILED, PASSED, PENDING, ModelRef, RegistryClient,
                                       utc_now)
+from mlops.monitoring import estimation
 from mlops.monitoring.reference import ReferenceProfile, build_reference
 from mlops.stages.feature_tables import TRAINING, load_feature_set
 from mlops.stages.run import TaskRun
@@ -276,8 +277,10 @@ def check_model(model: ModelRef, loaded_model, training_run_tags: dict, data: He
     skipped = []
     reference = None
     if np.isfinite(predictions).all():
-        reference = build_reference(model.name, model.version, rows, features.FEATURE_COLUMNS, predictions,
-                                    label, timestamps=pickups_of(rows))
+        reference = estimation.with_error_model(
+            build_reference(model.name, model.version, rows, features.FEATURE_COLUMNS, predictions, label,
+                            timestamps=pickups_of(rows)),
+            rows, features.FEATURE_COLUMNS, predictions, label)
         metrics = evaluation.regression_metrics(label, predictions)
         baseline = evaluation.rmse(label, np.full(len(label), data.train_mean_fare))
         scored = rows.assign(**{PREDICTION: predictions})

@@ -123,7 +123,8 @@ def test_bad_settings_are_refused_with_the_reason(settings, message):
     ({"monitoring_start_date": "2016-03-10", "monitoring_end_date": "2016-03-01"},
      "parameter 'monitoring_start_date' \\(2016-03-10\\) is after 'monitoring_end_date' \\(2016-03-01\\)"),
     ({"monitoring_end_date": "March"}, "parameter 'monitoring_end_date' must be a date as YYYY-MM-DD"),
-    ({"retrain_on": "mood"}, "parameter 'retrain_on' must be one of drift, quality, drift_or_quality"),
+    ({"retrain_on": "mood"},
+     "parameter 'retrain_on' must be one of drift, quality, drift_or_quality, estimated_quality"),
     ({"drift_exempt_columns": "weekday"}, "parameter 'drift_exempt_columns' names weekday, which the model "
                                           "does not use; monitored columns: trip_distance"),
 ])
