@@ -29,7 +29,8 @@ from mlops.monitoring.reference import QUANTILE_LEVELS, ReferenceProfile, Refere
 from mlops.monitoring.rows import TABLE_COLUMN, DriftRow, ProfileRow, Status, Window  # noqa: F401
 from mlops.monitoring.settings import MonitoringSettings
 from mlops.monitoring.statistics import QUALITY, binned_quantiles, rmse_ratio_by_chance
-from mlops.monitoring.window_stats import BIN_COUNTS, ESTIMATED_ABSOLUTE, ESTIMATED_SQUARED, WINDOW_START
+from mlops.monitoring.window_stats import (BIN_COUNTS, ESTIMATED_ABSOLUTE, ESTIMATED_ROWS, ESTIMATED_SQUARED,
+                                           WINDOW_START)
 
 
 def _key(sums: dict, name: str, profile: ReferenceProfile, settings: MonitoringSettings) -> dict:
@@ -96,7 +97,8 @@ def estimated_quality(sums: dict, reference: ReferenceSlice, profile: ReferenceP
         return {"estimated_quality_status": Status.INSUFFICIENT}
     estimated = math.sqrt(squared_sum / rows)
     z = float(NormalDist().inv_cdf(1 - settings.alpha / 2))
-    low, high = estimation.rmse_interval(profile.error_model["calibration"], estimated, rows, z)
+    low, high = estimation.rmse_interval(profile.error_model["calibration"], estimated,
+                                         int(sums[ESTIMATED_ROWS]), z)
     ratio_low = low / reference.error["rmse"] if reference.error.get("rmse") else math.inf
     return {"estimated_root_mean_squared_error": estimated,
             "estimated_mean_absolute_error": sums[ESTIMATED_ABSOLUTE] / rows,

@@ -60,3 +60,20 @@ def write_log(spark, tables):
         frame = pd.concat(frames, ignore_index=True)
         tables.upsert(spark.createDataFrame(frame), LOG_TABLE, engine.LOG_KEYS, engine.PARTITION_COLUMNS)
     return write
+
+
+@pytest.fixture(scope="package")
+def fare_model(spark):
+    """A fare model trained on half of a generated March week: (booster, the other half, its predictions)."""
+    from taxi_fares import features, training
+    from taxi_fares.data import generate_trips
+
+    week = (datetime.date(2016, 3, 1), datetime.date(2016, 3, 7))
+    trips = features.clean_trips(generate_trips(spark, 30_000, *week, seed=11))
+    frame = features.build_training_set(trips, features.pickup_zip_features(trips),
+                                        features.dropoff_zip_features(trips)).toPandas()
+    train, held_out = frame.iloc[: len(frame) // 2], frame.iloc[len(frame) // 2:]
+    columns = list(features.FEATURE_COLUMNS)
+    booster = training.train_model(train[columns], train[features.LABEL_COLUMN],
+                                   training.TrainingParams(num_rounds=60), num_threads=1)
+    return booster, held_out, booster.predict(held_out[columns])

@@ -7,13 +7,13 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 import pytest
-from taxi_fares import features, training
+from taxi_fares import features
 from taxi_fares.data import DriftSettings, generate_trips
 
 from mlops.data.tables import TableStore
 from mlops.errors import DataError
 from mlops.inference import engine
-from mlops.monitoring import estimation, monitor, report, signals
+from mlops.monitoring import estimation, monitor, report, signals, window_stats
 from mlops.monitoring.decision import ESTIMATED_RATIO, decide
 from mlops.monitoring.reference import build_reference
 from mlops.monitoring.rows import Status
@@ -23,7 +23,8 @@ from mlops.stages.monitoring import rows_the_rule_uses
 
 COLUMNS = list(features.FEATURE_COLUMNS)
 SETTINGS = MonitoringSettings()
-MARCH = datetime.date(2016, 3, 1)
+# Windows a week after the trips the model was trained and profiled on.
+MARCH = datetime.date(2016, 3, 15)
 WINDOWS_PER_CASE = 3
 CASES = {"no drift": DriftSettings(), "longer trips (distance x1.5)": DriftSettings(distance_scale=1.5),
          "other zips popular (zip_shift 3)": DriftSettings(zip_shift=3),
@@ -38,13 +39,10 @@ def feature_rows(spark, trips: int, start: datetime.date, days: int, seed: int, 
 
 
 @pytest.fixture(scope="module")
-def fare_model(spark):
-    """A fare model trained on February's first half, and its reference with the error model of the rest."""
-    frame = feature_rows(spark, 30_000, datetime.date(2016, 2, 1), 7, seed=11)
-    train, held_out = frame.iloc[: len(frame) // 2], frame.iloc[len(frame) // 2:]
-    booster = training.train_model(train[COLUMNS], train[features.LABEL_COLUMN],
-                                   training.TrainingParams(num_rounds=60), num_threads=1)
-    predictions, labels = booster.predict(held_out[COLUMNS]), held_out[features.LABEL_COLUMN].to_numpy()
+def fare_reference(fare_model):
+    """The fare model, and its reference with the error model of its held-out rows."""
+    booster, held_out, predictions = fare_model
+    labels = held_out[features.LABEL_COLUMN].to_numpy()
     reference = estimation.with_error_model(
         build_reference("fares", "1", held_out, COLUMNS, predictions, labels), held_out, COLUMNS, predictions,
         labels)
@@ -60,15 +58,18 @@ def estimate(reference, window: pd.DataFrame, predictions) -> tuple[float, float
     return estimated, estimation.rmse_interval(model.calibration, estimated, len(window), z)[0]
 
 
-def test_the_estimate_follows_covariate_shift_and_cannot_see_concept_drift(spark, fare_model, tmp_path):
-    booster, reference = fare_model
+def test_the_estimate_follows_covariate_shift_and_cannot_see_concept_drift(spark, fare_reference, tmp_path,
+                                                                           monkeypatch):
+    booster, reference = fare_reference
     assert reference.error_model["calibration"]["mean_absolute_relative_error"] < 0.15
     measured, windows_by_case = {}, {}
     for seed, (case, drift) in enumerate(CASES.items(), start=101):
-        frame = feature_rows(spark, 6_300, MARCH, 1, seed, drift)
-        windows_by_case[case] = frame
+        # As many trips a day as the model was trained on (the window features count them): a window a day.
+        frame = feature_rows(spark, 13_000, MARCH, WINDOWS_PER_CASE, seed, drift)
+        days = frame[features.PICKUP].dt.date
+        windows_by_case[case] = frame[days == MARCH]
         results = []
-        for window in np.array_split(frame.sample(frac=1.0, random_state=seed), WINDOWS_PER_CASE):
+        for _, window in frame.groupby(days):
             predictions = booster.predict(window[COLUMNS])
             realized = math.sqrt(np.mean((predictions - window[features.LABEL_COLUMN].to_numpy()) ** 2))
             estimated, low = estimate(reference, window, predictions)
@@ -116,6 +117,14 @@ def test_the_estimate_follows_covariate_shift_and_cannot_see_concept_drift(spark
     assert row.estimated_quality_status == Status.VIOLATION and row.quality_status == Status.VIOLATION
     stored = tables.read("predictions_profile_metrics").where("column_name = ':table'").first()
     assert stored.estimated_root_mean_squared_error == pytest.approx(estimated, rel=1e-9)
+    # A big window is estimated from an even share of its rows: every 4th here, as if 1,000 were enough.
+    monkeypatch.setattr(window_stats, "ROWS_TO_ESTIMATE", 1_000)
+    sampled = monitor.monitor_range(tables, "predictions", "fares", COLUMNS, SETTINGS, MARCH, MARCH)
+    [sampled_row] = [row for row in sampled.profile_rows if row.is_table]
+    # Its interval is wider, for the fewer rows, and holds the estimate from every row.
+    assert sampled_row.estimated_root_mean_squared_error != estimated
+    assert sampled_row.estimated_rmse_low < min(estimated, row.estimated_rmse_low)
+    assert sampled_row.estimated_rmse_high > estimated
     # retrain_on=estimated_quality judges the estimate's lower bound, labels or not.
     before_labels = [dataclasses.replace(row, quality_status=Status.INSUFFICIENT,
                                          root_mean_squared_error=None) for row in result.profile_rows]
@@ -146,8 +155,8 @@ def test_too_few_held_out_rows_for_an_error_model_are_named():
         estimation.fit_error_model(rows, np.ones(100), np.ones(100))
 
 
-def test_the_error_model_travels_with_the_reference_and_a_reference_may_lack_one(fare_model):
-    _, reference = fare_model
+def test_the_error_model_travels_with_the_reference_and_a_reference_may_lack_one(fare_reference):
+    _, reference = fare_reference
     plain = dataclasses.replace(reference, error_model={})
     assert plain.error_model == {} and reference.error_model["feature_names"] == [*COLUMNS, "prediction"]
     assert type(plain).from_json(plain.to_json()).error_model == {}

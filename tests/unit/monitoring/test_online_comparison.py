@@ -1,8 +1,7 @@
 """The online comparison's statistics: verdicts, intervals, and rollouts simulated on a model's errors."""
 import numpy as np
 import pytest
-from taxi_fares import features, training
-from taxi_fares.data import generate_trips
+from taxi_fares import features
 
 from mlops.errors import ConfigError, DataError
 from mlops.local.jobs import SUCCESS, run_notebook_as_job
@@ -16,20 +15,10 @@ PLAN = "10,50,100"
 
 
 @pytest.fixture(scope="module")
-def residuals(spark):
+def residuals(fare_model):
     """Held-out errors of a fare model trained on generated trips: the heavy tails of real residuals."""
-    import datetime
-
-    day = datetime.date(2016, 3, 1)
-    week = (day, day + datetime.timedelta(days=6))
-    trips = features.clean_trips(generate_trips(spark, 30_000, *week, seed=11))
-    frame = features.build_training_set(trips, features.pickup_zip_features(trips),
-                                        features.dropoff_zip_features(trips)).toPandas()
-    train, held_out = frame.iloc[: len(frame) // 2], frame.iloc[len(frame) // 2:]
-    columns = list(features.FEATURE_COLUMNS)
-    booster = training.train_model(train[columns], train[features.LABEL_COLUMN],
-                                   training.TrainingParams(num_rounds=60), num_threads=1)
-    return (held_out[features.LABEL_COLUMN] - booster.predict(held_out[columns])).to_numpy()
+    _, held_out, predictions = fare_model
+    return (held_out[features.LABEL_COLUMN] - predictions).to_numpy()
 
 
 def simulate(residuals, plan: oc.RolloutPlan, settings, worse: float, seed: int):
