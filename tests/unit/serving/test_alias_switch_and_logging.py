@@ -214,12 +214,10 @@ def test_the_readme_command_serves_from_another_folder_and_sigterm_flushes_the_q
         namespace = {}
         exec("\n".join(statements), namespace)
         assert len(eval(last, namespace)) == 1
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=60)
+        stdout, stderr = stopped(process, timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 0, stderr[-2000:]
     assert "stopped; 5 request rows logged, 0 not logged" in stdout
     log = home / "tables" / "dev" / "taxi_fares" / "taxi_fares_predictions"
     assert DeltaTable(str(log)).to_pyarrow_table().num_rows == 5
@@ -377,6 +375,14 @@ def test_the_journal_reads_back_what_it_holds_and_nothing_it_emptied(tmp_path):
     kept.mark_committed(4)
     kept.close()
     assert not kept.path.exists()
+
+
+def stopped(process, timeout: float) -> tuple[str, str]:
+    """(stdout, stderr) of a server stopped with SIGTERM, which must exit 0."""
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stderr[-2000:]
+    return stdout, stderr
 
 
 def _answers(server) -> bool:

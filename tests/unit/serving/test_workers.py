@@ -1,7 +1,6 @@
 """``mlops serve --workers N``: processes on one port, splitting alike, each row logged exactly once."""
 import concurrent.futures
 import json
-import signal
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ from mlops.cli import main
 
 from .conftest import FEATURES, call
 from .test_alias_switch_and_logging import (
-    BODY, Address, _answers, readme_serve_command, readme_server_setup, wait_for)
+    BODY, Address, _answers, readme_serve_command, readme_server_setup, stopped, wait_for)
 from .test_traffic_split import set_challenger
 
 
@@ -48,12 +47,10 @@ def test_two_workers_share_the_port_split_alike_and_log_every_answered_row_once(
             # Asked again, on whichever worker takes it: the same arm.
             again = [list(answers)[start::8] for start in range(8)]
             retried = {key: arm for arms in pool.map(arms_of, again) for key, arm in arms.items()}
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=90)
+        stdout, stderr = stopped(process, timeout=90)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 0, stderr[-2000:]
     assert f"with 2 workers at http://127.0.0.1:{port}" in stdout and "stopped; 2 workers" in stdout
     assert len(answers) == 24 * 15 and process.pid not in seen
     assert retried == answers
