@@ -11,6 +11,7 @@ What it cannot see is concept drift: fares that change for the same inputs. The 
 before, so the estimate stays where the reference put it.
 """
 import dataclasses
+import functools
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,8 @@ class ErrorModel:
         return cls(**raw)
 
 
+# A Python worker predicts batch after batch with the same model: it is parsed once, not per batch.
+@functools.lru_cache(maxsize=4)
 def _booster(text: str):
     import lightgbm
 
